@@ -1,0 +1,67 @@
+# abtest-harness: every target sets up .venv itself, so on a fresh machine
+# `make run` and `make test` are the only two commands needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARTIFACTS ?= artifacts
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test unit e2e bench lint types tox validate render base-image clean
+
+help:
+	@echo "make run         run the whole rollout on the local Envoy mesh (the main job)"
+	@echo "make test        run the test suite (unit, local-mesh rollout, docker where available)"
+	@echo "make e2e         run the rollout suite on a real kind cluster with Istio"
+	@echo "make bench       print the benchmark figures"
+	@echo "make lint types  ruff and mypy"
+	@echo "make validate    render and validate every stage offline"
+	@echo "make base-image  build the local Debian base image (no registry needed)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(STAMP)
+	$(PY) -m harness.cli run --mesh local --artifacts-dir $(ARTIFACTS)
+
+validate: $(STAMP)
+	$(PY) -m harness.cli validate --all
+
+render: $(STAMP)
+	$(PY) -m harness.cli render --stage $(or $(STAGE),Blue_50)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+e2e: $(STAMP)
+	$(PY) -m harness.prereqs kind
+	$(PY) -m pytest tests/e2e --mesh=kind --artifacts-dir $(ARTIFACTS) $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@set -e; for f in bench/bench_*.py; do \
+	  m=$$(basename $$f .py); echo "== $$m"; $(PY) -m bench.$$m; echo; \
+	done
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check harness fixtures tests bench
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+tox: $(STAMP)
+	$(PY) -m pip install --quiet tox
+	$(VENV)/bin/tox
+
+base-image: $(STAMP)
+	images/base/build.sh
+
+clean:
+	rm -rf $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
