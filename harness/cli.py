@@ -1,0 +1,125 @@
+"""The ``abtest`` command: render, validate, run, load.
+
+Exit codes: 0 success; 1 a check failed (finding, verdict); 2 bad input or a harness error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from harness.errors import HarnessError
+from harness.plan import load_plan
+from harness.render import render_stage, render_yaml
+
+
+def _image_refs(values: Sequence[str]) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for value in values:
+        key, sep, ref = value.partition("=")
+        if not sep or not key or not ref:
+            raise argparse.ArgumentTypeError(f"--image takes KEY=REF, got {value!r}")
+        refs[key] = ref
+    return refs
+
+
+def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
+    plan = load_plan(args.plan)
+    out.write(render_yaml(render_stage(plan, args.stage, image_refs=_image_refs(args.image))))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    from harness.validate import has_errors, validate_objects
+
+    plan = load_plan(args.plan)
+    stages = [plan.stage(args.stage)] if args.stage else list(plan.stages)
+    failed = False
+    for stage in stages:
+        findings = validate_objects(render_stage(plan, stage))
+        errors = has_errors(findings)
+        failed = failed or errors
+        verdict = "INVALID" if errors else "valid"
+        out.write(f"{stage.name:<11} {stage.summary():<40} {verdict}\n")
+        for finding in findings:
+            out.write(f"    {finding}\n")
+    return 1 if failed else 0
+
+
+def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
+    from harness.traffic import load_command
+
+    return load_command(args.url, args.n, args.version, args.concurrency, out)
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    from harness.runner import run_command
+
+    return run_command(args, out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="abtest", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log what runs (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_plan(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--plan", type=Path, default=None, help="stage plan (default manifests/stages.yaml)")
+
+    render = sub.add_parser("render", help="print the objects of one stage as YAML")
+    with_plan(render)
+    render.add_argument("--stage", required=True, help="stage name, e.g. Blue_50")
+    render.add_argument("--image", action="append", default=[], metavar="KEY=REF",
+                        help="image reference for an image key of the plan (repeatable), e.g. A=abtest/scorer-a:1a2b")
+    render.set_defaults(func=cmd_render)
+
+    validate = sub.add_parser("validate", help="validate stages offline: schemas and routing semantics")
+    with_plan(validate)
+    which = validate.add_mutually_exclusive_group()
+    which.add_argument("--stage", help="one stage (default: all)")
+    which.add_argument("--all", action="store_true", help="every stage of the plan (the default)")
+    validate.set_defaults(func=cmd_validate)
+
+    run = sub.add_parser("run", help="drive every stage on a mesh and judge the routing statistically")
+    with_plan(run)
+    run.add_argument("--mesh", choices=("local", "kind"), default="local")
+    run.add_argument("--workloads", choices=("process", "docker"), default="process")
+    run.add_argument("--stage", action="append", default=[], help="only these stages (repeatable; default all)")
+    run.add_argument("--alpha", type=float, default=1e-6)
+    run.add_argument("--beta", type=float, default=1e-6)
+    run.add_argument("--delta", type=float, default=0.10)
+    run.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
+    run.add_argument("--keep-cluster", action="store_true")
+    run.add_argument("--cluster-name", default="abtest")
+    run.add_argument("--base-image", default=None)
+    run.set_defaults(func=cmd_run)
+
+    load = sub.add_parser("load", help="send N requests and print each answer, then counts per version")
+    load.add_argument("url", help="e.g. http://127.0.0.1:8080/score (loopback only)")
+    load.add_argument("-n", type=int, default=10, help="number of requests (default 10)")
+    load.add_argument("--version", choices=("blue", "green"), default=None, help="send x-api-version: VERSION")
+    load.add_argument("-c", "--concurrency", type=int, default=1)
+    load.set_defaults(func=cmd_load)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args, out or sys.stdout))
+    except HarnessError as exc:
+        print(f"abtest: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("abtest: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
