@@ -1,0 +1,1110 @@
+"""The routing oracle: which version Istio's ingress gateway sends a request to, from the manifests.
+
+Given the rendered objects of a stage (Gateway, VirtualService, DestinationRule, Service,
+Deployment, Namespace as plain dicts) and a request (method, path, headers, Host, port),
+:func:`expected_distribution` returns the probability of each outcome: a version name (the
+``MODEL_VERSION`` of the pods that answer), ``status:404`` (no VirtualService or route) or
+``status:503`` (a destination without ready endpoints). The statistics judge the live data
+plane against it, so it follows Istio's documented semantics and nothing looser:
+
+- the request reaches a VirtualService bound to a Gateway (``spec.gateways``: short name in the
+  VirtualService's namespace, ``ns/name``, or the legacy ``name.ns.svc.cluster.local``) that
+  has a server on the request's port, whose ``hosts`` and the VirtualService's ``hosts`` both
+  admit the request's host (``*`` any, ``*.example.com`` a suffix, else exact; the port of
+  the Host header is ignored); the most specific host wins, as in Envoy's virtual hosts;
+- ``http`` routes are tried in order; the first whose ``match`` list matches wins (OR across
+  entries, AND inside one; no ``match`` matches everything);
+- ``uri``/``headers``/``method`` string matches: ``exact``, ``prefix`` (a plain string
+  prefix, as Envoy's), ``regex`` (RE2, full match, via google-re2 like Envoy); header names
+  compare case-insensitively, values case-sensitively; an empty match (or ``regex: "*"``)
+  tests presence, as Istio translates it;
+- weights are integers summing to 100 (one destination may omit it); each request picks a
+  destination independently with probability weight/100; weight 0 is never picked;
+- a destination is a Service (host: dot-free short name resolved in the VirtualService's
+  namespace, or ``name.ns.svc.cluster.local``) and port, optionally a DestinationRule subset
+  whose labels are added to the Service's selector; its endpoints are the pods of the
+  Deployments in the Service's namespace with ``replicas > 0`` whose template labels include
+  that selector. No such pod: 503.
+
+Anything in the routing path that this module does not implement raises
+:class:`~harness.errors.UnsupportedField` naming the object and the field, never silently
+ignored: a verdict computed against a half-understood manifest would lie.
+
+>>> from harness.routing import STANDARD_CLASSES, expected_distribution
+>>> # expected_distribution(render_stage(load_plan(), "Blue_50"), STANDARD_CLASSES[0]).shares
+>>> # {'green': 0.5, 'blue': 0.5}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import re2
+
+from harness.errors import ConfigError, UnsupportedField
+
+__all__ = [
+    "Backend",
+    "Destination",
+    "Expected",
+    "FrozenMap",
+    "NO_ENDPOINTS",
+    "NO_LISTENER",
+    "NO_ROUTE",
+    "Request",
+    "STANDARD_CLASSES",
+    "backends_behind",
+    "check_supported",
+    "expected_distribution",
+    "host_matches",
+    "resolve_gateway_name",
+    "resolve_service_host",
+    "string_matches",
+    "versions_behind",
+]
+
+#: Outcome when no VirtualService or no route matches: Envoy answers 404 itself.
+NO_ROUTE = "status:404"
+#: Outcome when the chosen destination has no ready endpoint: Envoy answers 503
+#: ("no healthy upstream", or "no cluster" for an unknown host, port or subset).
+NO_ENDPOINTS = "status:503"
+#: Outcome when no Gateway has a server on the request's port: nothing listens there.
+NO_LISTENER = "error:connection"
+
+#: The Kubernetes cluster domain Istio appends to short names.
+CLUSTER_DOMAIN = "svc.cluster.local"
+#: The labels of the ingress gateway workload that serves the Gateways (Istio's default install).
+DEFAULT_GATEWAY_LABELS: Mapping[str, str] = {"istio": "ingressgateway"}
+#: The reserved gateway name that means "the sidecars", not an ingress gateway.
+MESH_GATEWAY = "mesh"
+#: Where a pod's version comes from: the container env first, the pod label as a fallback.
+VERSION_ENV = "MODEL_VERSION"
+VERSION_LABEL = "model_version"
+
+ISTIO_VS_DOC = "https://istio.io/latest/docs/reference/config/networking/virtual-service/"
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V]):
+    """An immutable, hashable, insertion-ordered mapping.
+
+    Frozen dataclasses below hold mappings; a plain dict would make them unhashable, and a
+    Request must be usable as a dict key (per-class counters).
+
+    >>> m = FrozenMap({"x-api-version": "blue"})
+    >>> m["x-api-version"], hash(m) == hash(FrozenMap({"x-api-version": "blue"}))
+    ('blue', True)
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._data: dict[K, V] = dict(items)
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        # Order-insensitive, like Mapping equality.
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def _empty_headers() -> FrozenMap[str, str]:
+    return FrozenMap()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One class of requests sent to the gateway: what the routing decision depends on.
+
+    ``headers`` may be given as any mapping; it is stored frozen so a Request is hashable.
+    ``authority`` is the Host header; its port, if any, is ignored for host matching.
+    ``port`` is the Gateway server port the request arrives on (80 in the reference charts,
+    whatever host port the backend maps to it).
+    """
+
+    label: str = "weighted"
+    path: str = "/score"
+    method: str = "GET"
+    headers: Mapping[str, str] = field(default_factory=_empty_headers)
+    authority: str = "localhost"
+    port: int = 80
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.headers, FrozenMap):
+            object.__setattr__(self, "headers", FrozenMap(self.headers))
+
+    def header(self, name: str) -> str | None:
+        """The value of a header, its name compared case-insensitively (HTTP semantics)."""
+        wanted = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == wanted:
+                return value
+        return None
+
+    @property
+    def host(self) -> str:
+        """The Host header without its port, lower-cased: what virtual host domains match."""
+        authority = self.authority.strip().lower()
+        if authority.startswith("["):  # [::1]:8080
+            return authority.split("]", 1)[0] + "]"
+        return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+    @property
+    def route_path(self) -> str:
+        """The path Envoy's route matchers see: the query string is not part of it."""
+        return self.path.split("?", 1)[0].split("#", 1)[0]
+
+    def describe(self) -> str:
+        """One line, e.g. ``header-blue: GET /score x-api-version: blue``."""
+        headers = "".join(f" {k}: {v}" for k, v in self.headers.items())
+        return f"{self.label}: {self.method} {self.path}{headers}"
+
+
+#: The three request classes of the A/B test: no header (the weighted route), and one
+#: pinned to each version with ``x-api-version``.
+STANDARD_CLASSES: tuple[Request, ...] = (
+    Request("weighted"),
+    Request("header-blue", headers={"x-api-version": "blue"}),
+    Request("header-green", headers={"x-api-version": "green"}),
+)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A routing destination after name resolution: Service FQDN, port and optional subset."""
+
+    host: str
+    port: int
+    subset: str | None = None
+
+    @property
+    def cluster_name(self) -> str:
+        """The Envoy cluster name Istio gives this destination."""
+        return f"outbound|{self.port}|{self.subset or ''}|{self.host}"
+
+    def __str__(self) -> str:
+        subset = f" subset {self.subset}" if self.subset else ""
+        return f"{self.host}:{self.port}{subset}"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A Deployment whose pods are ready endpoints of a destination."""
+
+    namespace: str
+    deployment: str
+    version: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the data plane must do with one request class.
+
+    ``shares``: outcome -> probability, summing to 1; outcomes are versions or
+    ``status:404`` / ``status:503`` (``error:connection`` if nothing listens on the port). A
+    version behind a weight-0 destination is listed with share 0.0, so a reader (and the
+    statistics) know it must never answer.
+    ``route``: which rule decided. ``destinations``: destination -> probability of being picked.
+    ``notes``: why, in words (match entry, empty destinations, approximations).
+    """
+
+    shares: Mapping[str, float]
+    route: str
+    destinations: Mapping[Destination, float] = field(default_factory=FrozenMap)
+    request: Request = field(default_factory=Request)
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("shares", "destinations"):
+            value = getattr(self, name)
+            if not isinstance(value, FrozenMap):
+                object.__setattr__(self, name, FrozenMap(value))
+
+    @property
+    def certain(self) -> str | None:
+        """The outcome every request must have, if the expectation is deterministic."""
+        sure = [outcome for outcome, share in self.shares.items() if share == 1.0]
+        return sure[0] if sure else None
+
+    def describe(self, *, verbose: bool = False) -> str:
+        """One line for a log: ``weighted: green 50%, blue 50% via VirtualService ...``.
+
+        With ``verbose``, one more line per destination and per note.
+        """
+        shares = ", ".join(f"{outcome} {_percent(share)}" for outcome, share in self.shares.items())
+        line = f"{self.request.describe()} -> {shares} via {self.route}"
+        if not verbose:
+            return line
+        lines = [line]
+        lines += [f"  {dest.cluster_name}: {_percent(p)}" for dest, p in self.destinations.items()]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.4g}%"
+
+
+# --------------------------------------------------------------------------------------------
+# Field support. Each allow-list says which fields the oracle implements or has judged
+# harmless for the routing decision; any other field is refused with its path.
+
+# HTTPRoute: `name` only labels stats and logs. `timeout` and `retries` decide whether and
+# when a request fails, never which version answers a successful one: Envoy picks the
+# weighted cluster once per request and retries stay on that cluster, so they change the
+# error count (kept apart by the statistics), not the split.
+_HTTP_ROUTE_IMPLEMENTED = {"name", "match", "route", "timeout", "retries"}
+# Refused: each changes who answers or what the client sees. redirect/directResponse answer
+# at the gateway; delegate moves the routes elsewhere; rewrite changes the path the scorer
+# sees; fault aborts or delays; mirror* sends copies to another version; corsPolicy answers
+# preflights at the gateway; headers can set or strip response headers, including the
+# x-model-version header the harness classifies responses by.
+_HTTP_ROUTE_REFUSED = {
+    "redirect",
+    "directResponse",
+    "delegate",
+    "rewrite",
+    "fault",
+    "mirror",
+    "mirrors",
+    "mirrorPercent",
+    "mirror_percent",
+    "mirrorPercentage",
+    "corsPolicy",
+    "headers",
+}
+# HTTPMatchRequest: `statPrefix` and `name` only label stats/logs.
+_MATCH_IMPLEMENTED = {
+    "name",
+    "uri",
+    "method",
+    "headers",
+    "withoutHeaders",
+    "ignoreUriCase",
+    "port",
+    "gateways",
+    "statPrefix",
+}
+# Refused: scheme/authority depend on how the client connects (the harness does not model
+# them); queryParams are not modelled; sourceLabels/sourceNamespace select sidecar clients
+# and need the gateway pod's labels, which the manifests do not carry.
+_MATCH_REFUSED = {"scheme", "authority", "queryParams", "sourceLabels", "sourceNamespace"}
+_DESTINATION_WEIGHT_IMPLEMENTED = {"destination", "weight"}
+_DESTINATION_IMPLEMENTED = {"host", "subset", "port"}
+_VS_SPEC_IMPLEMENTED = {"hosts", "gateways", "http", "exportTo"}
+# tcp/tls routes belong to non-HTTP ports, which the oracle does not model.
+_VS_SPEC_REFUSED = {"tcp", "tls"}
+_STRING_MATCH_KINDS = ("exact", "prefix", "regex")
+# Header names Istio documents as ignored ("uri", "scheme", "method", "authority"), pseudo
+# headers, Host (Envoy matches it as :authority) and JWT claim routing: each would match
+# something else than a plain header of that name.
+_HEADER_NAMES_REFUSED = {"uri", "scheme", "method", "authority", "host"}
+_GATEWAY_SERVER_IMPLEMENTED = {"port", "hosts", "name"}
+_HTTP_PROTOCOLS = {"HTTP", "HTTP2", "GRPC"}
+# Objects that change routing or endpoints in ways the oracle does not model.
+_KINDS_REFUSED = {
+    "ServiceEntry",
+    "Sidecar",
+    "EnvoyFilter",
+    "WorkloadEntry",
+    "WorkloadGroup",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+    "WasmPlugin",
+    "HTTPRoute",
+    "GRPCRoute",
+    "Pod",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicationController",
+    "Endpoints",
+    "EndpointSlice",
+}
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str(obj.get("metadata", {}).get("name", "?"))
+
+
+def _namespace(obj: Mapping[str, Any]) -> str:
+    return str(obj.get("metadata", {}).get("namespace") or "default")
+
+
+def _label(obj: Mapping[str, Any]) -> str:
+    return f"{obj.get('kind', '?')} {_namespace(obj)}/{_name(obj)}"
+
+
+def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec = obj.get("spec") or {}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(_label(obj), "spec", f"must be a mapping, not {type(spec).__name__}")
+    return spec
+
+
+def _check_keys(
+    obj: str,
+    path: str,
+    value: Any,
+    implemented: Collection[str],
+    refused: Collection[str] = (),
+) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(obj, path, f"must be a mapping, not {type(value).__name__}")
+    for key, item in value.items():
+        if key in implemented or item is None:
+            continue
+        where = f"{path}.{key}" if path else str(key)
+        if key in refused:
+            raise UnsupportedField(
+                obj,
+                where,
+                "changes routing in a way the oracle does not model; remove it "
+                "or extend harness.routing (and the Envoy translation) first",
+            )
+        raise UnsupportedField(obj, where, "unknown or unmodelled field; the oracle refuses to ignore it")
+    return value
+
+
+def _list(obj: str, path: str, value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(obj, path, f"must be a list, not {type(value).__name__}")
+    return value
+
+
+@lru_cache(maxsize=512)
+def _compile(pattern: str) -> Any:
+    options = re2.Options()
+    options.log_errors = False  # the error goes into our ConfigError, not onto stderr
+    return re2.compile(pattern, options)
+
+
+def _check_regex(obj: str, path: str, pattern: Any) -> None:
+    if not isinstance(pattern, str):
+        raise ConfigError(obj, path, f"must be a string, not {type(pattern).__name__}")
+    try:
+        _compile(pattern)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ConfigError(obj, path, f"invalid RE2 regex {pattern!r}: {detail}") from None
+
+
+def _check_string_match(obj: str, path: str, spec: Any, *, header: bool) -> None:
+    """A StringMatch: at most one of exact/prefix/regex, strings, regexes valid RE2.
+
+    Empty is allowed: for a header (or method) Istio makes it a presence test, for the uri it
+    leaves Envoy's catch-all prefix "/". ``regex: "*"`` is a presence test for headers only;
+    on the uri Istio passes it to Envoy as a regex, which RE2 rejects.
+    """
+    spec = _check_keys(obj, path, spec, _STRING_MATCH_KINDS)
+    kinds = [k for k in _STRING_MATCH_KINDS if spec.get(k) is not None]
+    if len(kinds) > 1:
+        raise ConfigError(obj, path, f"sets {' and '.join(kinds)}; a StringMatch is exactly one of them")
+    if not kinds:
+        return
+    kind = kinds[0]
+    if kind == "regex" and spec[kind] == "*" and header:
+        return  # Istio turns regex "*" into a presence match
+    if kind == "regex":
+        _check_regex(obj, f"{path}.regex", spec[kind])
+    elif not isinstance(spec[kind], str):
+        raise ConfigError(obj, f"{path}.{kind}", f"must be a string, not {type(spec[kind]).__name__}")
+
+
+def _check_weights(obj: str, path: str, route: list[Any]) -> None:
+    if not route:
+        raise ConfigError(obj, f"{path}.route", "empty: the route sends traffic nowhere")
+    weights: list[int | None] = []
+    for k, dest in enumerate(route):
+        where = f"{path}.route[{k}].weight"
+        weight = dest.get("weight") if isinstance(dest, Mapping) else None
+        if weight is None:
+            weights.append(None)
+            continue
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise ConfigError(obj, where, f"must be an integer, not {weight!r}")
+        if weight < 0:
+            raise ConfigError(obj, where, f"must not be negative, is {weight}")
+        weights.append(weight)
+    if len(route) == 1:
+        # Istio assumes 100 for a lone destination and ignores any other value, so a
+        # different value is a manifest that does not say what it does.
+        if weights[0] not in (None, 100):
+            raise ConfigError(
+                obj,
+                f"{path}.route[0].weight",
+                f"is {weights[0]} on the only destination, which "
+                "Istio ignores (it gets 100%); omit it or set 100",
+            )
+        return
+    total = sum(w or 0 for w in weights)
+    if total != 100:
+        listed = ", ".join("omitted" if w is None else str(w) for w in weights)
+        raise ConfigError(obj, f"{path}.route", f"weights ({listed}) sum to {total}, not 100")
+
+
+def _check_virtual_service(vs: Mapping[str, Any]) -> None:
+    obj = _label(vs)
+    spec = _check_keys(obj, "spec", _spec(vs), _VS_SPEC_IMPLEMENTED, _VS_SPEC_REFUSED)
+    hosts = _list(obj, "spec.hosts", spec.get("hosts"))
+    if not hosts or not all(isinstance(h, str) and h for h in hosts):
+        raise ConfigError(obj, "spec.hosts", "required: at least one host name")
+    for i, route in enumerate(_list(obj, "spec.http", spec.get("http"))):
+        path = f"spec.http[{i}]"
+        route = _check_keys(obj, path, route, _HTTP_ROUTE_IMPLEMENTED, _HTTP_ROUTE_REFUSED)
+        for j, match in enumerate(_list(obj, f"{path}.match", route.get("match"))):
+            mpath = f"{path}.match[{j}]"
+            match = _check_keys(obj, mpath, match, _MATCH_IMPLEMENTED, _MATCH_REFUSED)
+            if not match:
+                raise ConfigError(
+                    obj,
+                    mpath,
+                    "empty match entry (Istio: HTTPMatchRequest cannot be empty); "
+                    "omit `match` to match every request",
+                )
+            if match.get("uri") is not None:
+                _check_string_match(obj, f"{mpath}.uri", match["uri"], header=False)
+            if match.get("method") is not None:
+                _check_string_match(obj, f"{mpath}.method", match["method"], header=True)
+            for key in ("headers", "withoutHeaders"):
+                headers = match.get(key)
+                if headers is None:
+                    continue
+                if not isinstance(headers, Mapping):
+                    raise ConfigError(
+                        obj, f"{mpath}.{key}", "must be a mapping of header name to StringMatch"
+                    )
+                for name, string_match in headers.items():
+                    hpath = f"{mpath}.{key}.{name}"
+                    lowered = str(name).lower()
+                    if lowered in _HEADER_NAMES_REFUSED or lowered.startswith((":", "@")):
+                        raise UnsupportedField(
+                            obj,
+                            hpath,
+                            "matches a pseudo header, Host or JWT claim, not a plain "
+                            "request header; the oracle does not model it",
+                        )
+                    _check_string_match(obj, hpath, string_match, header=True)
+            port = match.get("port")
+            if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+                raise ConfigError(obj, f"{mpath}.port", f"must be an integer, not {port!r}")
+            if match.get("ignoreUriCase") is not None and not isinstance(match["ignoreUriCase"], bool):
+                raise ConfigError(obj, f"{mpath}.ignoreUriCase", "must be true or false")
+        destinations = _list(obj, f"{path}.route", route.get("route"))
+        for k, dest in enumerate(destinations):
+            dpath = f"{path}.route[{k}]"
+            dest = _check_keys(obj, dpath, dest, _DESTINATION_WEIGHT_IMPLEMENTED, {"headers"})
+            inner = _check_keys(
+                obj, f"{dpath}.destination", dest.get("destination"), _DESTINATION_IMPLEMENTED
+            )
+            if not isinstance(inner.get("host"), str) or not inner.get("host"):
+                raise ConfigError(obj, f"{dpath}.destination.host", "required")
+            port = _check_keys(obj, f"{dpath}.destination.port", inner.get("port"), {"number"})
+            number = port.get("number")
+            if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
+                raise ConfigError(
+                    obj, f"{dpath}.destination.port.number", f"must be an integer, not {number!r}"
+                )
+        _check_weights(obj, path, destinations)
+
+
+def _check_gateway(gw: Mapping[str, Any]) -> None:
+    obj = _label(gw)
+    spec = _check_keys(obj, "spec", _spec(gw), {"selector", "servers"})
+    for i, server in enumerate(_list(obj, "spec.servers", spec.get("servers"))):
+        path = f"spec.servers[{i}]"
+        if not isinstance(server, Mapping):
+            raise ConfigError(obj, path, "must be a mapping")
+        port = _check_keys(
+            obj, f"{path}.port", server.get("port"), {"number", "protocol", "name", "targetPort"}
+        )
+        if isinstance(port.get("number"), bool) or not isinstance(port.get("number"), int):
+            raise ConfigError(obj, f"{path}.port.number", "required integer")
+        if str(port.get("protocol", "")).upper() not in _HTTP_PROTOCOLS:
+            # HTTPS/TLS/TCP servers carry no plain-HTTP routes; a request on such a port is
+            # refused when it is judged (_bindings), not here.
+            continue
+        # tls (httpsRedirect), bind and defaultEndpoint change how the port answers; the
+        # oracle models plain HTTP servers only.
+        _check_keys(obj, path, server, _GATEWAY_SERVER_IMPLEMENTED, {"tls", "bind", "defaultEndpoint"})
+        if not _list(obj, f"{path}.hosts", server.get("hosts")):
+            raise ConfigError(obj, f"{path}.hosts", "required: at least one host")
+
+
+def _check_destination_rule(dr: Mapping[str, Any]) -> None:
+    obj = _label(dr)
+    # workloadSelector scopes a rule to sidecars of some workloads, not the gateway.
+    spec = _check_keys(
+        obj, "spec", _spec(dr), {"host", "subsets", "trafficPolicy", "exportTo"}, {"workloadSelector"}
+    )
+    if not isinstance(spec.get("host"), str) or not spec.get("host"):
+        raise ConfigError(obj, "spec.host", "required")
+    _check_traffic_policy(obj, "spec.trafficPolicy", spec.get("trafficPolicy"))
+    names: set[str] = set()
+    for i, subset in enumerate(_list(obj, "spec.subsets", spec.get("subsets"))):
+        path = f"spec.subsets[{i}]"
+        subset = _check_keys(obj, path, subset, {"name", "labels", "trafficPolicy"})
+        name = subset.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(obj, f"{path}.name", "required")
+        if name in names:
+            raise ConfigError(obj, f"{path}.name", f"subset {name!r} defined twice")
+        names.add(name)
+        labels = subset.get("labels") or {}
+        if not isinstance(labels, Mapping):
+            raise ConfigError(obj, f"{path}.labels", "must be a mapping of label to value")
+        _check_traffic_policy(obj, f"{path}.trafficPolicy", subset.get("trafficPolicy"))
+
+
+def _check_traffic_policy(obj: str, path: str, policy: Any) -> None:
+    """Refuse consistent hashing anywhere in a traffic policy.
+
+    Hashing makes the pick of an endpoint sticky per client, so requests stop being
+    independent trials; the rest (connection pools, outlier detection, TLS, simple LB)
+    changes errors or which pod of a subset answers, not which version a destination is.
+    """
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if key == "consistentHash":
+                    raise UnsupportedField(
+                        obj,
+                        f"{where}.{key}",
+                        "sticky endpoint choice breaks the independent-"
+                        "trials model of the split; the oracle does not model it",
+                    )
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+
+    walk(policy, path)
+
+
+def _check_service(svc: Mapping[str, Any]) -> None:
+    spec = _spec(svc)
+    if spec.get("type") == "ExternalName":
+        raise UnsupportedField(_label(svc), "spec.type", "ExternalName Services are not modelled")
+
+
+def check_supported(objects: Sequence[Mapping[str, Any]]) -> None:
+    """Raise UnsupportedField/ConfigError for anything in the objects the oracle cannot model.
+
+    Checks every Gateway, DestinationRule and Service, and every VirtualService bound to a
+    gateway (one bound only to ``mesh`` applies to sidecars, never to ingress traffic).
+    """
+    for obj in objects:
+        kind = obj.get("kind")
+        if kind in _KINDS_REFUSED:
+            raise UnsupportedField(
+                _label(obj), "kind", f"{kind} changes routing or endpoints in ways the oracle does not model"
+            )
+        if kind == "Gateway":
+            _check_gateway(obj)
+        elif kind == "VirtualService":
+            gateways = _spec(obj).get("gateways") or [MESH_GATEWAY]
+            if any(g != MESH_GATEWAY for g in gateways):
+                _check_virtual_service(obj)
+        elif kind == "DestinationRule":
+            _check_destination_rule(obj)
+        elif kind == "Service":
+            _check_service(obj)
+
+
+# --------------------------------------------------------------------------------------------
+# Matching primitives, shared with whoever needs Istio's exact semantics.
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Istio/Envoy host matching: ``*`` any, ``*.example.com`` any suffix ``.example.com``
+    (not ``example.com`` itself), else exact; case-insensitive (DNS names).
+
+    >>> host_matches("*.example.com", "a.b.example.com"), host_matches("*.example.com", "example.com")
+    (True, False)
+    """
+    pattern, host = pattern.lower(), host.lower()
+    if pattern == "*":
+        return True
+    if pattern.startswith("*"):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return pattern == host
+
+
+def _specificity(pattern: str) -> tuple[int, int]:
+    """Envoy's virtual host order: exact domains first, then longer wildcard suffixes, ``*`` last."""
+    if pattern == "*":
+        return (0, 0)
+    if pattern.startswith("*"):
+        return (1, len(pattern))
+    return (2, len(pattern))
+
+
+def string_matches(spec: Mapping[str, Any] | None, value: str | None, *, ignore_case: bool = False) -> bool:
+    """Istio StringMatch against a value; ``None`` value means "absent".
+
+    Empty spec or ``regex: "*"``: presence. ``exact``/``prefix``: plain string comparison
+    (case-insensitive only with ``ignore_case``, Istio's ignoreUriCase). ``regex``: RE2 full
+    match (never affected by ``ignore_case``, as Istio documents).
+    """
+    if value is None:
+        return False
+    if not spec or all(spec.get(k) is None for k in _STRING_MATCH_KINDS):
+        return True
+    if spec.get("exact") is not None:
+        exact = str(spec["exact"])
+        return value.lower() == exact.lower() if ignore_case else value == exact
+    if spec.get("prefix") is not None:
+        prefix = str(spec["prefix"])
+        return value.lower().startswith(prefix.lower()) if ignore_case else value.startswith(prefix)
+    pattern = str(spec["regex"])
+    if pattern == "*":
+        return True
+    return _compile(pattern).fullmatch(value) is not None
+
+
+def resolve_gateway_name(name: str, vs_namespace: str) -> str:
+    """``ns/name`` of a Gateway as a VirtualService names it (Istio's resolution rules).
+
+    >>> resolve_gateway_name("mlmodel-gateway", "abtesting")
+    'abtesting/mlmodel-gateway'
+    >>> resolve_gateway_name("gw.istio-system.svc.cluster.local", "abtesting")
+    'istio-system/gw'
+    """
+    if "/" in name:
+        namespace, _, short = name.partition("/")
+        return f"{vs_namespace if namespace == '.' else namespace}/{short}"
+    if "." in name:
+        # Legacy FQDN form name.ns.svc.cluster.local.
+        short, _, rest = name.partition(".")
+        return f"{rest.split('.', 1)[0]}/{short}"
+    return f"{vs_namespace}/{name}"
+
+
+def resolve_service_host(host: str, namespace: str) -> str:
+    """The FQDN Istio makes of a destination or DestinationRule host.
+
+    Only dot-free short names are qualified (with the rule's namespace); anything with a dot
+    is taken as written, so ``svc.ns`` stays ``svc.ns``, which names no Kubernetes Service.
+    """
+    if host == "*" or "." in host:
+        return host.lower()
+    return f"{host}.{namespace}.{CLUSTER_DOMAIN}".lower()
+
+
+def _exported_to(export_to: Any, owner_namespace: str, consumer_namespace: str) -> bool:
+    if not export_to:
+        return True
+    names = {owner_namespace if n == "." else str(n) for n in export_to}
+    return "*" in names or consumer_namespace in names
+
+
+# --------------------------------------------------------------------------------------------
+# Endpoints.
+
+
+def _service_for(objects: Sequence[Mapping[str, Any]], fqdn: str) -> Mapping[str, Any] | None:
+    suffix = f".{CLUSTER_DOMAIN}"
+    if not fqdn.endswith(suffix):
+        return None
+    parts = fqdn[: -len(suffix)].split(".")
+    if len(parts) != 2:
+        return None
+    name, namespace = parts
+    for obj in objects:
+        if obj.get("kind") == "Service" and _name(obj) == name and _namespace(obj) == namespace:
+            return obj
+    return None
+
+
+def _subset_labels(
+    objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
+) -> tuple[Mapping[str, str] | None, str]:
+    """Labels of the destination's subset, or None (with why) if no visible rule defines it."""
+    candidates: list[tuple[tuple[int, int], Mapping[str, Any], Mapping[str, Any]]] = []
+    for dr in objects:
+        if dr.get("kind") != "DestinationRule":
+            continue
+        spec = _spec(dr)
+        if consumer_namespace is not None and not _exported_to(
+            spec.get("exportTo"), _namespace(dr), consumer_namespace
+        ):
+            continue
+        host = resolve_service_host(str(spec.get("host", "")), _namespace(dr))
+        if not host_matches(host, destination.host):
+            continue
+        for subset in spec.get("subsets") or []:
+            if subset.get("name") == destination.subset:
+                candidates.append((_specificity(host), dr, subset))
+    if not candidates:
+        return None, f"no DestinationRule defines subset {destination.subset!r} for {destination.host}"
+    best = max(c[0] for c in candidates)
+    winners = [c for c in candidates if c[0] == best]
+    if len(winners) > 1:
+        rules = ", ".join(_label(c[1]) for c in winners)
+        raise ConfigError(
+            rules,
+            "spec.subsets",
+            f"subset {destination.subset!r} of {destination.host} is defined "
+            "more than once; Istio's merge order would decide",
+        )
+    return dict(winners[0][2].get("labels") or {}), ""
+
+
+def _deployment_version(obj: Mapping[str, Any]) -> str:
+    template = obj.get("spec", {}).get("template", {})
+    for container in template.get("spec", {}).get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == VERSION_ENV and isinstance(env.get("value"), str):
+                return str(env["value"])
+    label = (template.get("metadata", {}).get("labels") or {}).get(VERSION_LABEL)
+    if isinstance(label, str) and label:
+        return label
+    raise ConfigError(
+        _label(obj),
+        "spec.template",
+        f"no container env {VERSION_ENV} and no pod label "
+        f"{VERSION_LABEL}: cannot tell which version its pods are",
+    )
+
+
+def _has_named_port(obj: Mapping[str, Any], name: str) -> bool:
+    containers = obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+    return any(p.get("name") == name for c in containers for p in c.get("ports") or [])
+
+
+def _backends(
+    objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
+) -> tuple[tuple[Backend, ...], str]:
+    service = _service_for(objects, destination.host)
+    if service is None:
+        return (), f"no Service {destination.host} in the objects (Istio resolves only dot-free short names)"
+    spec = _spec(service)
+    ports = [p for p in spec.get("ports") or [] if p.get("port") == destination.port]
+    if not ports:
+        return (), f"{_label(service)} has no port {destination.port}"
+    target = ports[0].get("targetPort", destination.port)
+    selector = dict(spec.get("selector") or {})
+    if not selector:
+        return (), f"{_label(service)} has no selector, so no pod endpoints"
+    if destination.subset is not None:
+        labels, why = _subset_labels(objects, destination, consumer_namespace)
+        if labels is None:
+            return (), why
+        selector.update(labels)
+    found = []
+    for obj in objects:
+        if obj.get("kind") != "Deployment" or _namespace(obj) != _namespace(service):
+            continue
+        replicas = obj.get("spec", {}).get("replicas", 1)
+        replicas = 1 if replicas is None else replicas
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ConfigError(
+                _label(obj), "spec.replicas", f"must be a non-negative integer, not {replicas!r}"
+            )
+        pod_labels = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {}
+        if replicas == 0 or any(pod_labels.get(k) != v for k, v in selector.items()):
+            continue
+        # A named targetPort that the pod does not declare leaves it out of the endpoints.
+        if isinstance(target, str) and not _has_named_port(obj, target):
+            continue
+        found.append(Backend(_namespace(obj), _name(obj), _deployment_version(obj), replicas))
+    if not found:
+        wanted = ", ".join(f"{k}={v}" for k, v in selector.items())
+        return (
+            (),
+            f"no Deployment with replicas > 0 and pod labels {wanted} in namespace {_namespace(service)}",
+        )
+    return tuple(found), ""
+
+
+def backends_behind(objects: Sequence[Mapping[str, Any]], destination: Destination) -> tuple[Backend, ...]:
+    """The Deployments whose pods are the ready endpoints of a destination (empty: 503)."""
+    return _backends(objects, destination, None)[0]
+
+
+def versions_behind(objects: Sequence[Mapping[str, Any]], destination: Destination) -> dict[str, int]:
+    """Version -> ready replicas behind a destination; empty when it would answer 503."""
+    out: dict[str, int] = {}
+    for backend in backends_behind(objects, destination):
+        out[backend.version] = out.get(backend.version, 0) + backend.replicas
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The oracle.
+
+
+@dataclass(frozen=True)
+class _Binding:
+    """A VirtualService reachable for the request through one Gateway server."""
+
+    specificity: tuple[int, int]
+    domain: str
+    vs: Mapping[str, Any]
+    gateway: str  # ns/name
+
+
+def _gateway_applies(gw: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    selector = _spec(gw).get("selector")
+    # A Gateway without a selector applies to every gateway workload.
+    return not selector or all(labels.get(k) == v for k, v in selector.items())
+
+
+def _server_host_parts(host: str, gateway_namespace: str) -> tuple[str, str]:
+    namespace, sep, dns = host.partition("/")
+    if not sep:
+        return "*", host
+    return (gateway_namespace if namespace == "." else namespace), dns
+
+
+def _bindings(
+    objects: Sequence[Mapping[str, Any]], request: Request, labels: Mapping[str, str]
+) -> tuple[list[_Binding], list[str]]:
+    servers: list[tuple[str, Mapping[str, Any]]] = []
+    for gw in objects:
+        if gw.get("kind") != "Gateway" or not _gateway_applies(gw, labels):
+            continue
+        for i, server in enumerate(_spec(gw).get("servers") or []):
+            port = server.get("port", {})
+            if port.get("number") != request.port:
+                continue
+            if str(port.get("protocol", "")).upper() not in _HTTP_PROTOCOLS:
+                raise UnsupportedField(
+                    _label(gw),
+                    f"spec.servers[{i}].port.protocol",
+                    f"{port.get('protocol')!r} "
+                    f"on port {request.port}: the oracle models plain HTTP servers only",
+                )
+            servers.append((f"{_namespace(gw)}/{_name(gw)}", server))
+    gateways = sorted({name for name, _ in servers})
+    bindings: list[_Binding] = []
+    for gateway, server in servers:
+        gw_namespace = gateway.split("/", 1)[0]
+        for vs in objects:
+            if vs.get("kind") != "VirtualService":
+                continue
+            spec = _spec(vs)
+            vs_ns = _namespace(vs)
+            bound = {resolve_gateway_name(str(g), vs_ns) for g in spec.get("gateways") or [MESH_GATEWAY]}
+            if gateway not in bound or not _exported_to(spec.get("exportTo"), vs_ns, gw_namespace):
+                continue
+            for vs_host in spec.get("hosts") or []:
+                vs_host = str(vs_host)
+                if not host_matches(vs_host, request.host):
+                    continue
+                for server_host in server.get("hosts") or []:
+                    namespace, dns = _server_host_parts(str(server_host), gw_namespace)
+                    if namespace not in ("*", vs_ns) or not host_matches(dns, request.host):
+                        continue
+                    # Istio's virtual host domain is the narrower of the two patterns.
+                    domain = max(vs_host, dns, key=_specificity)
+                    bindings.append(_Binding(_specificity(domain), domain.lower(), vs, gateway))
+    return bindings, gateways
+
+
+def _match_applies(match: Mapping[str, Any], request: Request, gateway: str, vs_namespace: str) -> bool:
+    """One HTTPMatchRequest: every condition in it must hold (AND)."""
+    port = match.get("port")
+    if port and port != request.port:
+        return False
+    gateways = match.get("gateways")
+    if gateways and gateway not in {resolve_gateway_name(str(g), vs_namespace) for g in gateways}:
+        return False
+    ignore_case = bool(match.get("ignoreUriCase"))
+    if match.get("uri") is not None and not string_matches(
+        match["uri"], request.route_path, ignore_case=ignore_case
+    ):
+        return False
+    if match.get("method") is not None and not string_matches(match["method"], request.method):
+        return False
+    for name, spec in (match.get("headers") or {}).items():
+        if not string_matches(spec, request.header(str(name))):
+            return False
+    for name, spec in (match.get("withoutHeaders") or {}).items():
+        # Istio inverts the matcher and treats a missing header as empty, except for a
+        # presence test, where a missing header is simply "not present".
+        value = request.header(str(name))
+        presence = (
+            not spec or all(spec.get(k) is None for k in _STRING_MATCH_KINDS) or spec.get("regex") == "*"
+        )
+        if value is None and not presence:
+            value = ""
+        if string_matches(spec, value):
+            return False
+    return True
+
+
+def _resolve_destination(
+    dest: Mapping[str, Any], vs_namespace: str, objects: Sequence[Mapping[str, Any]], listener_port: int
+) -> Destination:
+    host = resolve_service_host(str(dest["host"]), vs_namespace)
+    number = (dest.get("port") or {}).get("number")
+    if number is None:
+        # Istio: a Service with a single port needs none; otherwise the listener port is used.
+        service = _service_for(objects, host)
+        ports = (_spec(service).get("ports") or []) if service is not None else []
+        number = ports[0].get("port") if len(ports) == 1 else listener_port
+    subset = dest.get("subset")
+    return Destination(host, int(number), str(subset) if subset else None)
+
+
+def expected_distribution(
+    objects: Sequence[Mapping[str, Any]],
+    request: Request,
+    *,
+    gateway_labels: Mapping[str, str] = DEFAULT_GATEWAY_LABELS,
+) -> Expected:
+    """The outcome distribution Istio's ingress gateway promises for a request class.
+
+    ``gateway_labels`` are the labels of the gateway workload: only Gateways whose selector
+    they satisfy apply. Raises UnsupportedField/ConfigError for manifests it cannot judge.
+
+    When several Deployments (versions) back one destination, each gets a share proportional
+    to its replicas. That is an approximation: Istio's default balancer (least request, which
+    reduces to round robin at equal load) spreads requests evenly over endpoints, not
+    randomly, so per-request picks are not exactly independent within a destination.
+    """
+    check_supported(objects)
+    bindings, gateways = _bindings(objects, request, gateway_labels)
+    if not gateways:
+        return Expected(
+            {NO_LISTENER: 1.0},
+            f"no Gateway server on port {request.port}",
+            request=request,
+            notes=(f"no Gateway selecting {dict(gateway_labels)} has a server on port {request.port}",),
+        )
+    if not bindings:
+        return Expected(
+            {NO_ROUTE: 1.0},
+            f"no VirtualService for host {request.host!r}",
+            request=request,
+            notes=(
+                f"no VirtualService bound to {', '.join(gateways)} admits host {request.host!r} "
+                "(VirtualService.hosts, Gateway servers[].hosts)",
+            ),
+        )
+    best = max(b.specificity for b in bindings)
+    top = [b for b in bindings if b.specificity == best]
+    chosen = {(_namespace(b.vs), _name(b.vs)) for b in top}
+    if len(chosen) > 1:
+        names = ", ".join(f"VirtualService {ns}/{n}" for ns, n in sorted(chosen))
+        raise ConfigError(
+            names,
+            "spec.hosts",
+            f"all claim host {top[0].domain!r} on port {request.port}; Istio "
+            "merges them in creation order, which the manifests do not fix",
+        )
+    vs = top[0].vs
+    vs_gateways = sorted({b.gateway for b in top})
+    obj = _label(vs)
+    vs_namespace = _namespace(vs)
+    notes: list[str] = [f"virtual host {top[0].domain!r} on {', '.join(vs_gateways)}"]
+    for i, route in enumerate(_spec(vs).get("http") or []):
+        matches = route.get("match") or []
+        hit: int | None = None
+        if matches:
+            hit = next(
+                (
+                    j
+                    for j, m in enumerate(matches)
+                    if any(_match_applies(m, request, g, vs_namespace) for g in vs_gateways)
+                ),
+                None,
+            )
+            if hit is None:
+                continue
+            notes.append(f"matched spec.http[{i}].match[{hit}]")
+        else:
+            notes.append(f"spec.http[{i}] has no match: it takes every request that reaches it")
+        name = f" ({route['name']})" if route.get("name") else ""
+        return _route_outcome(
+            objects,
+            request,
+            obj,
+            f"{obj} http[{i}]{name}",
+            f"spec.http[{i}]",
+            route,
+            vs_namespace,
+            vs_gateways,
+            notes,
+        )
+    return Expected(
+        {NO_ROUTE: 1.0},
+        f"{obj}: no http route matches",
+        request=request,
+        notes=(*notes, "no spec.http route matched the request"),
+    )
+
+
+def _route_outcome(
+    objects: Sequence[Mapping[str, Any]],
+    request: Request,
+    obj: str,
+    route_label: str,
+    path: str,
+    route: Mapping[str, Any],
+    vs_namespace: str,
+    gateways: list[str],
+    notes: list[str],
+) -> Expected:
+    entries = route.get("route") or []
+    consumer_namespace = gateways[0].split("/", 1)[0]
+    destinations: dict[Destination, Fraction] = {}
+    shares: dict[str, Fraction] = {}
+    zero_versions: list[str] = []
+    for entry in entries:
+        dest = _resolve_destination(entry["destination"], vs_namespace, objects, request.port)
+        # A lone destination gets everything (its weight is checked to be omitted or 100).
+        weight = Fraction(100 if len(entries) == 1 else entry.get("weight") or 0, 100)
+        destinations[dest] = destinations.get(dest, Fraction(0)) + weight
+        backends, why = _backends(objects, dest, consumer_namespace)
+        if weight == 0:
+            # Istio drops weight-0 clusters: they never answer. Name their versions with share 0.
+            zero_versions += [b.version for b in backends]
+            continue
+        if not backends:
+            shares[NO_ENDPOINTS] = shares.get(NO_ENDPOINTS, Fraction(0)) + weight
+            notes.append(f"{dest}: {why} -> 503")
+            continue
+        total = sum(b.replicas for b in backends)
+        for backend in backends:
+            shares[backend.version] = shares.get(backend.version, Fraction(0)) + weight * Fraction(
+                backend.replicas, total
+            )
+        if len({b.version for b in backends}) > 1:
+            notes.append(
+                f"{dest}: several versions behind one destination, shares by replicas (approximation "
+                "of the balancer's even spread)"
+            )
+    for version in zero_versions:
+        shares.setdefault(version, Fraction(0))
+    assert sum(shares.values()) == 1, (route_label, shares)  # guaranteed by the weight checks
+    return Expected(
+        {k: float(v) for k, v in shares.items()},
+        route_label,
+        {d: float(p) for d, p in destinations.items()},
+        request=request,
+        notes=tuple(notes),
+    )
