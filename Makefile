@@ -60,8 +60,8 @@ tox: $(STAMP)
 	$(PY) -m pip install --quiet tox
 	$(VENV)/bin/tox
 
-base-image: $(STAMP)
-	images/base/build.sh
+base-image:
+	images/base/build-base-image
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
