@@ -1,0 +1,1028 @@
+"""KindIstioMesh: the rollout on a real kind cluster with Istio's ingress gateway.
+
+The steps of :meth:`KindIstioMesh.up`, each named in any error it raises:
+
+``cluster``
+    ``kind create cluster`` from ``manifests/kind/cluster.yaml`` (node image pinned by digest,
+    the gateway's NodePort published on 127.0.0.1), or reuse of an existing cluster of the same
+    name (``kind get clusters``). The kubeconfig is the harness's own file under the cache
+    directory: ``--kubeconfig`` for kind and kubectl, ``KUBECONFIG`` for istioctl. The user's
+    ``~/.kube/config`` is never read or written.
+``istio``
+    ``istioctl install -y -f manifests/istio/operator.yaml`` (minimal profile plus the ingress
+    gateway as NodePort 30080), istioctl from PATH or downloaded and checked
+    (:mod:`harness.istioctl`); then a wait on the istiod and gateway Deployments' status.
+``images``
+    the scorer images built with the docker SDK (:func:`harness.images.build_scorer_images`,
+    content-derived tags) and side-loaded with ``kind load docker-image``.
+
+Then :meth:`apply` server-side-applies a stage (field manager ``abtest-harness``), waits for
+the Deployments' status, and prunes what the stage dropped; :meth:`converge` reads the
+gateway Envoy's ``config_dump`` and compares its route table with the manifests'.
+
+A failure in any step writes diagnostics (``kind export logs``, pod logs, events, the
+gateway's config_dump) under the artifacts directory, then deletes the cluster unless
+``keep_cluster``, and raises :class:`KindStepError` naming the step.
+
+>>> mesh = KindIstioMesh(cluster_name="abtest-demo", keep_cluster=True)
+>>> mesh.gateway_url
+'http://127.0.0.1:30080'
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import urllib3
+import yaml
+from kubernetes.client.exceptions import ApiException
+from pytest_kubernetes.options import ClusterOptions
+from pytest_kubernetes.providers.kind import KindManagerBase
+
+from harness import istioctl as istioctl_mod
+from harness import proc
+from harness.errors import CommandError, ConfigError, HarnessError, WaitTimeout
+from harness.wait import wait_until
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+KIND_CONFIG = REPO_ROOT / "manifests" / "kind" / "cluster.yaml"
+ISTIO_OPERATOR = REPO_ROOT / "manifests" / "istio" / "operator.yaml"
+DEFAULT_CLUSTER_NAME = "abtest-harness"
+FIELD_MANAGER = "abtest-harness"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "abtest-harness"
+ISTIO_NAMESPACE = "istio-system"
+ISTIOD = "istiod"
+GATEWAY = "istio-ingressgateway"
+GATEWAY_SELECTOR = "istio=ingressgateway"
+# The gateway Envoy's admin port; Istio binds it to localhost inside the pod, so the API
+# server's pod proxy (which dials the pod IP) cannot reach it. See converge().
+GATEWAY_ADMIN_PORT = 15000
+
+# kind -> REST collection name. A static table rather than API discovery: these are the only
+# kinds a stage renders, and an unknown kind should be an error, not a guess.
+_PLURALS = {
+    "Namespace": "namespaces",
+    "Service": "services",
+    "ConfigMap": "configmaps",
+    "Deployment": "deployments",
+    "Gateway": "gateways",
+    "VirtualService": "virtualservices",
+    "DestinationRule": "destinationrules",
+}
+_CLUSTER_SCOPED = {"Namespace"}
+# What prune looks for, in this order: routing first, so traffic leaves a version before it goes.
+_PRUNABLE = (
+    ("networking.istio.io/v1", "VirtualService"),
+    ("networking.istio.io/v1", "DestinationRule"),
+    ("networking.istio.io/v1", "Gateway"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("v1", "ConfigMap"),
+)
+
+
+class KindStepError(HarnessError):
+    """A step of the kind backend failed; `step` names it, the cause is chained.
+
+    `artifacts` is where diagnostics were written (None if nothing could be).
+    """
+
+    def __init__(self, step: str, cause: BaseException, artifacts: Path | None) -> None:
+        self.step = step
+        self.cause = cause
+        self.artifacts = artifacts
+        where = f"; diagnostics in {artifacts}" if artifacts else ""
+        super().__init__(f"kind backend: step {step!r} failed: {cause}{where}")
+
+
+class KubeAPIError(HarnessError):
+    """The Kubernetes API answered with an error (status 0: it could not be reached)."""
+
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        self.method = method
+        self.path = path
+        self.status = status
+        self.body = body
+        detail = body.strip().replace("\n", " ")[:300]
+        super().__init__(
+            f"{method} {path}: HTTP {status}: {detail}" if status else f"{method} {path}: {detail}"
+        )
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying within a deadline: unreachable, throttled, or a server-side error."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
+
+class TransientKubeAPIError(KubeAPIError):
+    """A KubeAPIError that a wait may retry (see :attr:`KubeAPIError.transient`)."""
+
+
+# ----------------------------------------------------------------------------- API access
+
+
+class KubeAPI:
+    """The few REST calls the backend makes, through the kubernetes client's ApiClient.
+
+    Raw paths instead of the generated typed APIs because server-side apply needs the
+    ``application/apply-patch+yaml`` content type with the object's own YAML, and the Istio
+    kinds have no typed API at all; the ApiClient still does TLS, client certificates and
+    tokens from the kubeconfig.
+    """
+
+    def __init__(self, api_client: Any, *, timeout: float = 30.0) -> None:
+        self.client = api_client
+        self.timeout = timeout
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path, *, timeout: float = 30.0) -> KubeAPI:
+        """A client for the current context of the kubeconfig file at `path`."""
+        from kubernetes import config as k8s_config
+
+        client = k8s_config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+        return cls(client, timeout=timeout)
+
+    def close(self) -> None:
+        """Release the client's connection pool (and its thread pool, if one was made)."""
+        close = getattr(self.client, "close", None)
+        if callable(close):
+            close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: str | None = None,
+        content_type: str | None = None,
+        accept: str = "application/json",
+    ) -> tuple[int, bytes]:
+        """Send one request; return (status, body) for 2xx and 404, raise KubeAPIError otherwise."""
+        headers = {"Accept": accept}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            m, url, hdrs, payload, _ = self.client.param_serialize(
+                method,
+                path,
+                query_params=list(query),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self.client.call_api(
+                m, url, header_params=hdrs, body=payload, _request_timeout=self.timeout
+            )
+            data = response.read() or b""
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientKubeAPIError(method, path, 0, f"API server not reachable: {exc}") from exc
+        except ApiException as exc:  # the client wraps some transport failures as status 0
+            status = int(getattr(exc, "status", 0) or 0)
+            error_type = TransientKubeAPIError if status == 0 else KubeAPIError
+            raise error_type(method, path, status, str(exc)) from exc
+        status = int(response.status)
+        if 200 <= status < 300 or status == 404:
+            return status, data
+        text = data.decode("utf-8", errors="replace")
+        error = KubeAPIError(method, path, status, text)
+        raise TransientKubeAPIError(method, path, status, text) if error.transient else error
+
+    def get(self, path: str, query: Sequence[tuple[str, str]] = ()) -> dict[str, Any] | None:
+        """The object at `path`, or None if it does not exist."""
+        status, data = self.request("GET", path, query=query)
+        return None if status == 404 else _json_object(data, path)
+
+    def get_text(self, path: str, query: Sequence[tuple[str, str]] = ()) -> str | None:
+        """A plain-text subresource (pod logs), or None if it does not exist."""
+        status, data = self.request("GET", path, query=query, accept="*/*")
+        return None if status == 404 else data.decode("utf-8", errors="replace")
+
+    def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        """The items of a collection (empty if the collection's kind is not served)."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        found = self.get(path, query)
+        return list(found.get("items", []) or []) if found else []
+
+    def apply(self, obj: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
+        """Server-side apply of one object with field manager ``abtest-harness``.
+
+        ``force`` takes over fields another manager set (e.g. a ``kubectl edit`` during a
+        debugging session), so the cluster ends up exactly as the manifests say.
+        """
+        path = object_path(obj)
+        query = [("fieldManager", FIELD_MANAGER)]
+        if force:
+            query.append(("force", "true"))
+        status, data = self.request(
+            "PATCH",
+            path,
+            query=query,
+            body=yaml.safe_dump(dict(obj), sort_keys=False),
+            content_type="application/apply-patch+yaml",
+        )
+        if status == 404:
+            # The collection itself is missing: a CRD (Istio's) is not installed.
+            raise KubeAPIError("PATCH", path, 404, f"{_ref(obj)}: the API server does not serve this kind")
+        return _json_object(data, path)
+
+    def delete(self, path: str, *, propagation: str = "Foreground") -> bool:
+        """Delete the object at `path`; False if it was already gone.
+
+        Foreground propagation keeps the object until its dependents (a Deployment's
+        ReplicaSets and Pods) are gone, so "deleted" means no pod of it still serves.
+        """
+        body = json.dumps({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation})
+        status, _ = self.request("DELETE", path, body=body, content_type="application/json")
+        return status != 404
+
+
+def _json_object(data: bytes, path: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError as exc:
+        raise KubeAPIError("GET", path, 200, f"not JSON: {data[:200]!r}") from exc
+    if not isinstance(value, dict):
+        raise KubeAPIError("GET", path, 200, f"not a JSON object: {data[:200]!r}")
+    return value
+
+
+def _ref(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata", {}) or {}
+    ns = meta.get("namespace")
+    return f"{obj.get('kind')} {ns + '/' if ns else ''}{meta.get('name')}"
+
+
+def collection_path(api_version: str, kind: str, namespace: str | None) -> str:
+    """REST path of a kind's collection, e.g. ``/apis/apps/v1/namespaces/abtesting/deployments``."""
+    plural = _PLURALS.get(kind)
+    if plural is None:
+        raise ConfigError(
+            kind, "kind", f"the kind backend cannot apply {kind!r} (known: {', '.join(sorted(_PLURALS))})"
+        )
+    root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    if kind in _CLUSTER_SCOPED:
+        return f"{root}/{plural}"
+    if not namespace:
+        raise ConfigError(kind, "metadata.namespace", "a namespaced object needs a namespace")
+    return f"{root}/namespaces/{namespace}/{plural}"
+
+
+def object_path(obj: Mapping[str, Any]) -> str:
+    """REST path of one object from its apiVersion, kind, namespace and name."""
+    meta = obj.get("metadata", {}) or {}
+    name = meta.get("name")
+    if not name:
+        raise ConfigError(str(obj.get("kind")), "metadata.name", "missing")
+    return (
+        f"{collection_path(str(obj.get('apiVersion')), str(obj.get('kind')), meta.get('namespace'))}/{name}"
+    )
+
+
+# ----------------------------------------------------------------------------- cluster lifecycle
+
+
+class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes ships no type hints
+    """pytest-kubernetes' kind manager (0.9.0), with the parts that do not hold up replaced.
+
+    Kept: the ``kind create cluster`` argv it builds from the config file and kubeconfig
+    path, ``kind load docker-image ... --name``, and its record of whether this run created
+    the cluster (``create()`` reuses an existing one). Replaced, and why:
+
+    * ``_exec``: it joins argv into one string for ``shell=True`` (a path with a space
+      breaks) and passes ``env=os.environ.update(...)``, which is None; here argv goes through
+      :func:`harness.proc.run` (logged, timeout, CommandError with stderr).
+    * ``_set_cluster_name``: it prefixes names with ``pytest-`` and, given a config file,
+      tracks the file's ``name`` while kind would create ``kind`` when there is none; here the
+      name given is the name used, and ``--name`` is always passed.
+    * ``ready``: it polls ``kubectl get --raw='/readyz?verbose'`` with ``sleep(1)`` and greps
+      the text; here it asks ``kind get clusters`` whether the cluster exists, and the backend
+      then waits for Node status through the API.
+    * ``_on_delete``/``delete``: it runs ``kind delete cluster`` without ``--kubeconfig``
+      (kind then edits the default kubeconfig, the user's ``~/.kube/config``), sleeps 1 s,
+      and only deletes clusters it created; deletion is decided by the backend here.
+
+    Not used at all: ``apply(dict)`` (pipes YAML through ``echo '...'`` in a shell, which
+    breaks on the ``'*'`` hosts of our Gateway: the backend applies through the API),
+    ``kubectl()``/``wait()`` (same shell layer), and the pytest plugin's ``k8s`` fixture
+    (``--k8s-provider-config`` is refused while ``--k8s-cluster-name`` has its default,
+    and its default node image, ``kindest/node:v1.25.3``, is older than any Kubernetes
+    Istio 1.30 supports).
+    """
+
+    def __init__(self, name: str, kind_binary: str, kubeconfig: Path, *, command_timeout: float) -> None:
+        self._kind = kind_binary
+        self._command_timeout = command_timeout
+        super().__init__(cluster_name=name, kubeconfig=kubeconfig)
+
+    @property
+    def _exec_path(self) -> Path:
+        return Path(self._kind)
+
+    def _set_cluster_name(self, cluster_name: str | None, provider_config: Any) -> str:
+        if cluster_name:
+            self._cluster_options.cluster_name = cluster_name
+        if provider_config:
+            self._cluster_options.provider_config = Path(provider_config)
+        return str(self._cluster_options.cluster_name)
+
+    def _exec(
+        self, arguments: list[str], additional_env: dict[str, str] | None = None, timeout: float | None = None
+    ) -> Any:
+        return proc.run(
+            [self._kind, *arguments],
+            timeout=timeout or self._command_timeout,
+            env=additional_env or None,
+        )
+
+    def exists(self) -> bool:
+        """Whether ``kind get clusters`` lists this cluster's name."""
+        done = self._exec(["get", "clusters"], timeout=self._command_timeout)
+        return self.cluster_name in str(done.stdout).split()
+
+    def ready(self, timeout: int = 20) -> bool:
+        return self.exists()
+
+    def create_or_reuse(self, config: Path, *, timeout: float, wait: str = "120s") -> bool:
+        """Create the cluster from `config`, or reuse one of this name; True if created now."""
+        self._cluster_options.cluster_timeout = int(timeout)
+        self.create(
+            ClusterOptions(
+                provider_config=config, kubeconfig_path=self.kubeconfig, cluster_timeout=int(timeout)
+            ),
+            options=["--name", self.cluster_name, "--wait", wait],
+        )
+        return bool(self._created)
+
+    def export_kubeconfig(self) -> None:
+        """Write this cluster's kubeconfig to our own file (reuse: kind made the first one)."""
+        self._exec(
+            ["export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)]
+        )
+
+    def load_image(self, image: str, timeout: float | None = None) -> None:
+        self._exec(["load", "docker-image", image, "--name", self.cluster_name], timeout=timeout)
+
+    def export_logs(self, directory: Path) -> None:
+        """``kind export logs``: node journals, container logs, kubelet and containerd state."""
+        self._exec(["export", "logs", str(directory), "--name", self.cluster_name])
+
+    def _on_delete(self) -> None:
+        self._exec(["delete", "cluster", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)])
+
+    def delete(self) -> None:
+        """Delete the cluster (kind treats a missing one as done) and our kubeconfig file."""
+        self._on_delete()
+        if self.kubeconfig:
+            self.kubeconfig.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- the mesh
+
+
+@dataclass(frozen=True)
+class KindTimeouts:
+    """Deadlines of the long steps, in seconds; generous because first runs pull images."""
+
+    create_cluster: float = 600.0
+    nodes_ready: float = 180.0
+    istio_install: float = 600.0
+    istio_ready: float = 300.0
+    load_image: float = 300.0
+    rollout: float = 180.0
+    prune: float = 120.0
+    command: float = 60.0
+
+
+def _stderr_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _kind_config_ports(config: Path) -> tuple[int, int]:
+    """(node port, host port) of the 127.0.0.1 mapping in the kind config."""
+    data = yaml.safe_load(config.read_text())
+    for node in data.get("nodes", []) or []:
+        for mapping in node.get("extraPortMappings", []) or []:
+            if mapping.get("listenAddress") == "127.0.0.1":
+                return int(mapping["containerPort"]), int(mapping["hostPort"])
+    raise ConfigError(str(config), "nodes[].extraPortMappings", "no mapping with listenAddress 127.0.0.1")
+
+
+def _image_repository(image: str) -> str:
+    """``repo/name`` of ``repo/name:tag`` or ``repo/name@sha256:...`` (a registry port survives)."""
+    image = image.split("@", 1)[0]
+    head, _, tail = image.rpartition(":")
+    return head if head and "/" not in tail else image
+
+
+class KindIstioMesh:
+    """The `kind` backend of the Mesh protocol: kind cluster, Istio ingress gateway, real images.
+
+    Parameters are the CLI/pytest options of the same names. The collaborators (tool
+    lookup, docker client, image builder, API client factory, clock) are injectable so the
+    contract tests can put fakes at each process and API boundary.
+    """
+
+    name = "kind"
+
+    def __init__(
+        self,
+        plan: Any = None,
+        *,
+        cluster_name: str = DEFAULT_CLUSTER_NAME,
+        keep_cluster: bool = False,
+        artifacts_dir: Path | str = Path("artifacts") / "kind",
+        cache_dir: Path | str | None = None,
+        kind_config: Path = KIND_CONFIG,
+        istio_operator: Path = ISTIO_OPERATOR,
+        istio_version: str = istioctl_mod.ISTIO_VERSION,
+        istio_base_url: str | None = None,
+        base_image: str | None = None,
+        docker_client: Any = None,
+        build_images: Callable[..., Mapping[str, str]] | None = None,
+        resolve_tool: Callable[[str], str] = proc.tool,
+        api_factory: Callable[[Path], KubeAPI] = KubeAPI.from_kubeconfig,
+        timeouts: KindTimeouts = KindTimeouts(),
+        progress: Callable[[str], None] | None = _stderr_progress,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._plan = plan
+        self.cluster_name = cluster_name
+        self.keep_cluster = keep_cluster
+        self.artifacts_dir = Path(artifacts_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else istioctl_mod.default_cache_dir()
+        self.kind_config = Path(kind_config)
+        self.istio_operator = Path(istio_operator)
+        self.istio_version = istio_version
+        self.istio_base_url = istio_base_url
+        self.base_image = base_image
+        self.docker_client = docker_client
+        self._build_images = build_images
+        self._resolve_tool = resolve_tool
+        self._api_factory = api_factory
+        self.timeouts = timeouts
+        self._progress = progress
+        self._clock = clock
+        self.node_port, self.host_port = _kind_config_ports(self.kind_config)
+        #: Our own kubeconfig: kind writes it, kubectl and istioctl read it; ~/.kube/config is left alone.
+        self.kubeconfig = self.cache_dir / "kind" / f"{cluster_name}.kubeconfig"
+        self.image_refs: dict[str, str] = {}
+        self.created_cluster = False
+        self._cluster: KindCluster | None = None
+        self._api: KubeAPI | None = None
+        self._started_at: float | None = None
+        self._up = False
+        self._cluster_touched = False
+        self._last_seen: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ Mesh protocol surface
+
+    @property
+    def gateway_url(self) -> str:
+        """The ingress gateway through kind's port mapping on loopback."""
+        return f"http://127.0.0.1:{self.host_port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Where the gateway's admin endpoint is: inside the pod only (read via kubectl exec)."""
+        return f"kubectl-exec://{ISTIO_NAMESPACE}/{GATEWAY}:{GATEWAY_ADMIN_PORT}"
+
+    def __enter__(self) -> KindIstioMesh:
+        self.up()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    @property
+    def plan(self) -> Any:
+        """The rollout plan (loaded from manifests/stages.yaml unless one was given)."""
+        if self._plan is None:
+            from harness.plan import load_plan
+
+            self._plan = load_plan()
+        return self._plan
+
+    # ------------------------------------------------------------------ up / down
+
+    def up(self) -> None:
+        """Create or reuse the cluster, install Istio, build and side-load the images.
+
+        On a failure: diagnostics into ``<artifacts>/failure-<step>``, the cluster deleted
+        unless ``keep_cluster``, and KindStepError naming the step. Ctrl-C also tears down.
+        """
+        if self._up:
+            return
+        self._started_at = self._clock()
+        try:
+            self._step("cluster", self._up_cluster)
+            self._step("istio", self._up_istio)
+            self._step("images", self._up_images)
+        except BaseException:
+            self.down()
+            raise
+        self._up = True
+        self._say(f"ready: gateway {self.gateway_url} (cluster {self.cluster_name})")
+
+    def down(self) -> None:
+        """Delete the cluster unless ``keep_cluster``; safe to call twice or before up()."""
+        self._up = False
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+        cluster, self._cluster = self._cluster, None
+        if cluster is None or not self._cluster_touched:
+            return
+        self._cluster_touched = False
+        if self.keep_cluster:
+            self._say(
+                f"keeping cluster {self.cluster_name}: kubectl --kubeconfig {self.kubeconfig} get pods -A; "
+                f"delete it with: kind delete cluster --name {self.cluster_name}"
+            )
+            return
+        self._say(f"cluster: deleting {self.cluster_name}")
+        try:
+            cluster.delete()
+        except (CommandError, OSError) as exc:
+            # Teardown must not hide the error that caused it; say what is left and how to remove it.
+            log.error("could not delete kind cluster %s: %s", self.cluster_name, exc)
+            self._say(
+                f"cluster: delete failed ({exc}); "
+                f"remove it with: kind delete cluster --name {self.cluster_name}"
+            )
+
+    # ------------------------------------------------------------------ steps of up()
+
+    def _step(self, step: str, action: Callable[[], None]) -> None:
+        started = self._clock()
+        self._say(f"{step}: start")
+        try:
+            action()
+        except Exception as exc:
+            where = self._dump_failure(step)
+            raise KindStepError(step, exc, where) from exc
+        self._say(f"{step}: done in {self._clock() - started:.1f}s")
+
+    def _up_cluster(self) -> None:
+        kind = self._resolve_tool("kind")
+        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+        cluster = KindCluster(self.cluster_name, kind, self.kubeconfig, command_timeout=self.timeouts.command)
+        self._cluster = cluster
+        # From here on a cluster may exist that down() has to remove.
+        self._cluster_touched = True
+        self._say(f"cluster: creating or reusing {self.cluster_name} from {self.kind_config}")
+        self.created_cluster = cluster.create_or_reuse(self.kind_config, timeout=self.timeouts.create_cluster)
+        if self.created_cluster:
+            self._say(f"cluster: created {self.cluster_name}")
+        else:
+            self._say(f"cluster: reusing existing {self.cluster_name}")
+            cluster.export_kubeconfig()
+        self._api = self._api_factory(self.kubeconfig)
+        wait_until(
+            self._nodes_ready,
+            what=f"every node of kind cluster {self.cluster_name} to be Ready",
+            timeout=self.timeouts.nodes_ready,
+            interval=0.5,
+            max_interval=5.0,
+            transient=(TransientKubeAPIError,),
+            describe=lambda _: self._last_seen.get("nodes", "no node listed yet"),
+            progress=self._say,
+            clock=self._clock,
+        )
+
+    def _up_istio(self) -> None:
+        api = self._require_api()
+        if not self.created_cluster and self._istio_installed():
+            self._say(
+                f"istio: {self.istio_version} already installed in {self.cluster_name}, install skipped"
+            )
+        else:
+            istioctl = istioctl_mod.ensure_istioctl(
+                self.istio_version,
+                cache_dir=self.cache_dir,
+                base_url=self.istio_base_url,
+                progress=self._say,
+            )
+            self._say(f"istio: istioctl install {self.istio_version} from {self.istio_operator}")
+            proc.run(
+                [istioctl, "install", "-y", "-f", str(self.istio_operator)],
+                timeout=self.timeouts.istio_install,
+                env={"KUBECONFIG": str(self.kubeconfig)},
+            )
+        for name in (ISTIOD, GATEWAY):
+            self._wait_deployment(ISTIO_NAMESPACE, name, self.timeouts.istio_ready)
+        service = api.get(f"/api/v1/namespaces/{ISTIO_NAMESPACE}/services/{GATEWAY}") or {}
+        node_ports = [
+            p.get("nodePort") for p in service.get("spec", {}).get("ports", []) or [] if p.get("port") == 80
+        ]
+        if node_ports != [self.node_port]:
+            raise ConfigError(
+                f"Service {ISTIO_NAMESPACE}/{GATEWAY}",
+                "spec.ports[port=80].nodePort",
+                f"is {node_ports or 'missing'}, but {self.kind_config.name} maps node port {self.node_port} "
+                f"to 127.0.0.1:{self.host_port}; fix {self.istio_operator.name} or delete the cluster",
+            )
+
+    def _up_images(self) -> None:
+        build = self._build_images
+        if build is None:
+            from harness.images import build_scorer_images
+
+            build = build_scorer_images
+        self._say("images: building the scorer images")
+        refs = dict(
+            build(self.plan, base_image=self.base_image, client=self.docker_client, progress=self._say)
+        )
+        cluster = self._require_cluster()
+        for key in sorted(refs):
+            started = self._clock()
+            self._say(f"images: kind load docker-image {refs[key]}")
+            cluster.load_image(refs[key], timeout=self.timeouts.load_image)
+            self._say(f"images: {key} loaded in {self._clock() - started:.1f}s")
+        self.image_refs = refs
+
+    # ------------------------------------------------------------------ apply / converge / dump
+
+    def apply(self, objects: list[dict[str, Any]]) -> None:
+        """Server-side apply `objects`, wait for their Deployments, then prune what they dropped.
+
+        Make-before-break: everything new is applied and ready before anything is deleted.
+        Container images of the plan's repositories are pointed at the refs built in up(),
+        so a stage rendered with the default ``:dev`` refs runs the side-loaded images.
+        """
+        self._require_up()
+        try:
+            prepared = [self._with_image_refs(obj) for obj in objects]
+            for obj in prepared:
+                labels = (obj.get("metadata", {}) or {}).get("labels", {}) or {}
+                if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE:
+                    raise ConfigError(
+                        _ref(obj),
+                        f"metadata.labels.{MANAGED_BY_LABEL}",
+                        f"must be {MANAGED_BY_VALUE!r} (prune relies on it)",
+                    )
+            ordered = sorted(prepared, key=lambda o: 0 if o.get("kind") == "Namespace" else 1)
+            api = self._require_api()
+            for obj in ordered:
+                api.apply(obj)
+            self._say(f"apply: {len(ordered)} objects applied (server-side, field manager {FIELD_MANAGER})")
+            for obj in ordered:
+                if obj.get("kind") == "Deployment":
+                    meta = obj["metadata"]
+                    self._wait_deployment(str(meta["namespace"]), str(meta["name"]), self.timeouts.rollout)
+            self._prune(ordered)
+        except Exception as exc:
+            where = self._dump_failure("apply")
+            raise KindStepError("apply", exc, where) from exc
+
+    def converge(self, objects: list[dict[str, Any]], timeout: float = 30.0) -> None:
+        """Wait until the gateway's live route table (its Envoy config_dump) equals the manifests'.
+
+        The admin port listens on localhost inside the gateway pod, so neither the API
+        server's pod proxy nor a Service reaches it; ``kubectl exec ... pilot-agent request GET
+        config_dump`` runs Istio's own client inside the pod (what ``istioctl proxy-config``
+        did before it moved to port-forward; the python client's exec and port-forward need a
+        websocket upgrade, which kubectl already handles).
+        """
+        self._require_up()
+        from harness.mesh.base import diff_route_tables, expected_route_table, route_table_from_config_dump
+
+        expected = expected_route_table(objects)
+        diff = {"last": "no config_dump read yet"}
+
+        def probe() -> object | None:
+            live = route_table_from_config_dump(self.gateway_config_dump())
+            if live == expected:
+                return live
+            diff["last"] = diff_route_tables(expected, live)
+            return None
+
+        started = self._clock()
+        try:
+            wait_until(
+                probe,
+                what=f"the ingress gateway of {self.cluster_name} to serve the manifests' routes",
+                timeout=timeout,
+                interval=0.2,
+                max_interval=2.0,
+                transient=(CommandError, ValueError, TransientKubeAPIError),
+                describe=lambda _: diff["last"],
+                progress=self._say,
+                clock=self._clock,
+            )
+        except WaitTimeout as exc:
+            where = self._dump_failure("converge")
+            if where:
+                exc.add_note(f"step 'converge' failed; diagnostics in {where}")
+            raise
+        self._say(f"converge: gateway routes match the manifests after {self._clock() - started:.1f}s")
+
+    def gateway_config_dump(self) -> dict[str, Any]:
+        """The ingress gateway Envoy's admin ``/config_dump``, read inside its pod."""
+        pod = self._gateway_pod()
+        kubectl = self._resolve_tool("kubectl")
+        done = proc.run(
+            [
+                kubectl,
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "-n",
+                ISTIO_NAMESPACE,
+                "exec",
+                pod,
+                "-c",
+                "istio-proxy",
+                "--",
+                "pilot-agent",
+                "request",
+                "GET",
+                "config_dump",
+            ],
+            timeout=self.timeouts.command,
+        )
+        value = json.loads(done.stdout)
+        if not isinstance(value, dict):
+            raise ValueError(f"config_dump of {pod} is not a JSON object")
+        return value
+
+    def dump(self, directory: Path) -> None:
+        """Write kind's logs, pod logs, events, our objects and the gateway config_dump.
+
+        Best effort: each part that fails is listed in ``dump-errors.txt`` and the rest is
+        still written; never raises for a failed part (it runs while handling a failure).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        errors: list[str] = []
+
+        def attempt(what: str, action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - collected and written, see docstring
+                errors.append(f"{what}: {type(exc).__name__}: {exc}")
+
+        cluster = self._cluster
+        if cluster is not None and self._cluster_touched:
+            attempt("kind export logs", lambda: cluster.export_logs(directory / "kind-logs"))
+        if self._api is not None:
+            attempt("pod logs", lambda: self._dump_pod_logs(directory / "pods", errors))
+            for ns in (self.plan_namespace(), ISTIO_NAMESPACE):
+                attempt(f"events in {ns}", partial(self._dump_events, ns, directory))
+            attempt("objects", lambda: self._dump_objects(directory / "objects.yaml"))
+            attempt(
+                "gateway config_dump",
+                lambda: (directory / "gateway-config_dump.json").write_text(
+                    json.dumps(self.gateway_config_dump(), indent=1)
+                ),
+            )
+        if errors:
+            (directory / "dump-errors.txt").write_text("\n".join(errors) + "\n")
+
+    def plan_namespace(self) -> str:
+        """The namespace the stages deploy to."""
+        return str(getattr(self._plan, "namespace", None) or "abtesting")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _say(self, message: str) -> None:
+        started = self._started_at if self._started_at is not None else self._clock()
+        line = f"[kind +{self._clock() - started:6.1f}s] {message}"
+        log.info("%s", line)
+        if self._progress is not None:
+            self._progress(line)
+
+    def _require_cluster(self) -> KindCluster:
+        if self._cluster is None:
+            raise HarnessError("the kind backend is not up: call up() (or use it as a context manager) first")
+        return self._cluster
+
+    def _require_api(self) -> KubeAPI:
+        if self._api is None:
+            raise HarnessError("the kind backend is not up: call up() (or use it as a context manager) first")
+        return self._api
+
+    def _require_up(self) -> None:
+        if not self._up:
+            raise HarnessError("the kind backend is not up: call up() (or use it as a context manager) first")
+
+    def _dump_failure(self, step: str) -> Path | None:
+        where = self.artifacts_dir / f"failure-{step}"
+        try:
+            self.dump(where)
+        except OSError as exc:
+            log.error("could not write diagnostics to %s: %s", where, exc)
+            return None
+        self._say(f"{step}: failed; diagnostics written to {where}")
+        return where
+
+    def _nodes_ready(self) -> bool:
+        nodes = self._require_api().list("/api/v1/nodes")
+        states = []
+        for node in nodes:
+            ready = next(
+                (
+                    c.get("status")
+                    for c in node.get("status", {}).get("conditions", []) or []
+                    if c.get("type") == "Ready"
+                ),
+                "Unknown",
+            )
+            states.append(f"{node.get('metadata', {}).get('name')} Ready={ready}")
+        self._last_seen = {**self._last_seen, "nodes": ", ".join(states) or "no nodes"}
+        return bool(nodes) and all(s.endswith("Ready=True") for s in states)
+
+    def _istio_installed(self) -> bool:
+        """istiod of the pinned version and the gateway Deployment exist (reused cluster)."""
+        api = self._require_api()
+        istiod = api.get(f"/apis/apps/v1/namespaces/{ISTIO_NAMESPACE}/deployments/{ISTIOD}")
+        gateway = api.get(f"/apis/apps/v1/namespaces/{ISTIO_NAMESPACE}/deployments/{GATEWAY}")
+        if not istiod or not gateway:
+            return False
+        images = [
+            c.get("image", "")
+            for c in istiod.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+        ]
+        return any(str(image).endswith(f":{self.istio_version}") for image in images)
+
+    def _wait_deployment(self, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+        """Wait until a Deployment's rollout is complete, from its status fields.
+
+        Complete: the controller has seen the latest spec (observedGeneration), every
+        replica runs it (updatedReplicas), is available, and no old replica is left (replicas).
+        """
+        api = self._require_api()
+        path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+        seen = {"last": "not found"}
+
+        def probe() -> dict[str, Any] | None:
+            deployment = api.get(path)
+            if deployment is None:
+                seen["last"] = "not found"
+                return None
+            want = int(deployment.get("spec", {}).get("replicas", 1))
+            status = deployment.get("status", {}) or {}
+            generation = int(deployment.get("metadata", {}).get("generation", 0))
+            observed = int(status.get("observedGeneration", 0))
+            updated = int(status.get("updatedReplicas", 0))
+            available = int(status.get("availableReplicas", 0))
+            total = int(status.get("replicas", 0))
+            seen["last"] = (
+                f"generation {generation} observed {observed}, replicas {total}/{want}, "
+                f"updated {updated}, available {available}"
+            )
+            done = observed >= generation and updated == want and available == want and total == want
+            return deployment if done else None
+
+        started = self._clock()
+        result = wait_until(
+            probe,
+            what=f"Deployment {namespace}/{name} to finish its rollout",
+            timeout=timeout,
+            interval=0.2,
+            max_interval=3.0,
+            transient=(TransientKubeAPIError,),
+            describe=lambda _: seen["last"],
+            progress=self._say,
+            clock=self._clock,
+        )
+        self._say(f"rollout: Deployment {namespace}/{name} available after {self._clock() - started:.1f}s")
+        return result
+
+    def _prune(self, applied: Iterable[Mapping[str, Any]]) -> None:
+        """Delete objects with our managed-by label that `applied` no longer contains."""
+        api = self._require_api()
+        applied = list(applied)
+        keep = {
+            (
+                str(o.get("kind")),
+                (o.get("metadata", {}) or {}).get("namespace"),
+                (o.get("metadata", {}) or {}).get("name"),
+            )
+            for o in applied
+        }
+        namespaces = sorted(
+            {
+                str(o["metadata"]["namespace"])
+                for o in applied
+                if o.get("kind") not in _CLUSTER_SCOPED and o.get("metadata", {}).get("namespace")
+            }
+        )
+        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+        deleted: list[str] = []
+        for namespace in namespaces:
+            for api_version, kind in _PRUNABLE:
+                for item in api.list(collection_path(api_version, kind, namespace), selector):
+                    name = (item.get("metadata", {}) or {}).get("name")
+                    if (kind, namespace, name) in keep:
+                        continue
+                    path = f"{collection_path(api_version, kind, namespace)}/{name}"
+                    if api.delete(path):
+                        self._say(f"prune: deleting {kind} {namespace}/{name} (not in this stage)")
+                        deleted.append(path)
+        def gone(path: str) -> bool:
+            return api.get(path) is None
+
+        for path in deleted:
+            wait_until(
+                partial(gone, path),
+                what=f"{path} to be deleted (with its pods)",
+                timeout=self.timeouts.prune,
+                interval=0.2,
+                max_interval=3.0,
+                transient=(TransientKubeAPIError,),
+                progress=self._say,
+                clock=self._clock,
+            )
+
+    def _with_image_refs(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of `obj` whose containers of the plan's image repositories use the built refs."""
+        result = copy.deepcopy(dict(obj))
+        if result.get("kind") != "Deployment" or not self.image_refs:
+            return result
+        by_repository = {
+            spec.repository: self.image_refs[key]
+            for key, spec in self.plan.images.items()
+            if key in self.image_refs
+        }
+        containers = result.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []) or []
+        for container in containers:
+            ref = by_repository.get(_image_repository(str(container.get("image", ""))))
+            if ref is not None:
+                container["image"] = ref
+        return result
+
+    def _gateway_pod(self) -> str:
+        pods = self._require_api().list(f"/api/v1/namespaces/{ISTIO_NAMESPACE}/pods", GATEWAY_SELECTOR)
+        running = [
+            p
+            for p in pods
+            if p.get("status", {}).get("phase") == "Running"
+            and not p.get("metadata", {}).get("deletionTimestamp")
+        ]
+        if not running:
+            raise CommandError(
+                ["(find gateway pod)"],
+                None,
+                "",
+                f"no Running pod with label {GATEWAY_SELECTOR} in {ISTIO_NAMESPACE}",
+            )
+        return str(sorted(p["metadata"]["name"] for p in running)[0])
+
+    def _dump_pod_logs(self, directory: Path, errors: list[str]) -> None:
+        api = self._require_api()
+        for namespace in (self.plan_namespace(), ISTIO_NAMESPACE):
+            for pod in api.list(f"/api/v1/namespaces/{namespace}/pods"):
+                name = pod.get("metadata", {}).get("name")
+                for container in pod.get("spec", {}).get("containers", []) or []:
+                    cname = container.get("name")
+                    try:
+                        text = api.get_text(
+                            f"/api/v1/namespaces/{namespace}/pods/{name}/log", [("container", str(cname))]
+                        )
+                    except KubeAPIError as exc:
+                        errors.append(f"logs of {namespace}/{name}/{cname}: {exc}")
+                        continue
+                    target = directory / namespace / f"{name}.{cname}.log"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(text or "")
+
+    def _dump_events(self, namespace: str, directory: Path) -> None:
+        events = self._require_api().list(f"/api/v1/namespaces/{namespace}/events")
+        events.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        lines = []
+        for e in events:
+            about = e.get("involvedObject") or {}
+            lines.append(
+                f"{e.get('lastTimestamp') or e.get('eventTime') or '-'} {e.get('type', '')} "
+                f"{about.get('kind', '')}/{about.get('name', '')} "
+                f"{e.get('reason', '')}: {e.get('message', '')}"
+            )
+        (directory / f"events-{namespace}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+
+    def _dump_objects(self, target: Path) -> None:
+        api = self._require_api()
+        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+        found: list[dict[str, Any]] = []
+        for api_version, kind in _PRUNABLE:
+            found.extend(api.list(collection_path(api_version, kind, self.plan_namespace()), selector))
+        target.write_text(yaml.safe_dump_all(found, sort_keys=False))
