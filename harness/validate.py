@@ -1,0 +1,820 @@
+"""Offline validation of rendered objects: schemas first, then the semantics of the rollout.
+
+Nothing here talks to a cluster. The input is the list of plain dicts that
+``render_stage`` returns (as ``kubectl kustomize`` emits them); the output is a list of
+:class:`Finding`, each naming a code, a severity, the object, the field path and what is
+wrong. Errors make ``abtest validate`` exit non-zero; warnings are printed and tolerated.
+
+Three layers, run in this order on every object:
+
+1. Kubernetes kinds against the JSON schemas of one pinned Kubernetes version
+   (:data:`KUBERNETES_VERSION`), in the strict flavour that rejects unknown fields. The
+   schemas are the ones bundled with ``kubernetes-validate``; they are loaded once per kind
+   and every error is reported (``kubernetes_validate.validate()`` stops at the first one
+   and re-reads its 1.8 MB definitions file on every call).
+2. Istio ``networking.istio.io`` kinds (VirtualService, DestinationRule, Gateway, ... in
+   v1, v1beta1 and v1alpha3) against the pydantic models of ``cloudcoil.models.istio``,
+   generated from Istio's CRDs. Those models ignore unknown fields by default, so they
+   are run with ``extra="forbid"``, ``strict=True`` (no "5" for an int) and aliases only
+   (``exportTo``, never ``export_to``). A one-time probe checks that a misspelled
+   ``mtach:`` really is rejected, so a dependency upgrade cannot quietly turn the check off.
+3. Semantic checks across objects, in the spirit of ``istioctl analyze``. Where the
+   meaning matches an istioctl message, its code is reused; the others are ``ABT0xx``.
+
+========  =======  ==========================================================================
+code      level    meaning
+========  =======  ==========================================================================
+IST0106   error    SchemaValidationError: the object does not match its schema (unknown or
+                   misspelled field, wrong type, missing required field).
+IST0101   error    ReferencedResourceNotFound: a destination host that is no Service (or
+                   ServiceEntry host), a host:port the Service does not expose, a subset no
+                   DestinationRule defines for that host, a Gateway that does not exist.
+                   Istio expands only names without a dot (``svc`` -> ``svc.<ns>.svc.
+                   cluster.local``); ``svc.ns`` is looked up as written, so it is reported
+                   too, with the FQDN to use.
+IST0112   error    VirtualServiceDestinationPortSelectorRequired: no port on a destination
+                   whose Service exposes several.
+IST0122   error    InvalidRegexp: a ``regex`` match that RE2 (Envoy's engine) rejects.
+                   istioctl says warning; Envoy refuses the whole route table, so error here.
+IST0127   warning  NoMatchingWorkloadsFound: a Service selector (or a DestinationRule
+                   subset) that selects no Deployment's pods: requests to it get 503.
+                   Expected at stages where a version does not run.
+IST0130   error    VirtualServiceUnreachableRule: an HTTP route after a catch-all route (no
+                   match, or a match that admits every request), or whose matches all repeat
+                   earlier ones. istioctl says warning; here the route is usually a header
+                   route that silently stops pinning requests, so error.
+ABT001    error    The weights of one route do not sum to 100.
+ABT002    error    A weight that is not a non-negative integer, or a weight left out in a
+                   route with more than one destination (Istio reads it as 0).
+ABT003    error    An upper-case header name in a match: Istio's API requires lower-case.
+ABT004    error    Two objects with the same kind, namespace and name (the second one wins
+                   on apply and hides the first).
+ABT005    error    No schema for the kind and apiVersion: it cannot be validated offline.
+ABT006    error    Not a Kubernetes object: not a mapping, or no apiVersion, kind or
+                   metadata.name.
+ABT010    warning  A container pulls ``Always`` (explicitly, or implied by no policy and a
+                   ``:latest`` or missing tag): images side-loaded into kind are not found.
+ABT011    warning  A container without a readinessProbe: traffic reaches it before it serves.
+========  =======  ==========================================================================
+
+>>> findings = validate_objects([{"apiVersion": "v1", "kind": "Namespace",
+...                               "metadata": {"name": "abtesting", "labelz": {}}}])
+>>> print(findings[0])
+error IST0106 Namespace abtesting: metadata.labelz: unknown field 'labelz' (did you mean 'labels'?)
+>>> has_errors(findings)
+True
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.resources
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
+from typing import Any, Literal
+
+import jsonschema
+import pydantic
+import re2
+from referencing import Registry, Resource
+
+from harness.errors import ConfigError, HarnessError
+
+#: The Kubernetes version whose API schemas every object must match (bundled with
+#: kubernetes-validate; kind clusters of the e2e path run this minor version).
+KUBERNETES_VERSION = "1.37.0"
+#: The cluster domain Istio appends to short host names.
+CLUSTER_DOMAIN = "cluster.local"
+
+Severity = Literal["error", "warning"]
+
+ISTIO_NETWORKING_GROUP = "networking.istio.io"
+#: apiVersion -> module of cloudcoil's Istio models. Each module holds the same kinds.
+_ISTIO_MODULES = {
+    f"{ISTIO_NETWORKING_GROUP}/v1": "cloudcoil.models.istio.networking.v1",
+    f"{ISTIO_NETWORKING_GROUP}/v1beta1": "cloudcoil.models.istio.networking.v1beta1",
+    f"{ISTIO_NETWORKING_GROUP}/v1alpha3": "cloudcoil.models.istio.networking.v1alpha3",
+}
+_CLUSTER_SCOPED = frozenset(
+    {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass",
+     "StorageClass", "PersistentVolume", "Node", "IngressClass", "MutatingWebhookConfiguration",
+     "ValidatingWebhookConfiguration"}
+)
+_WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
+# Long schema messages quote the whole offending value; a finding is one readable line.
+_MAX_MESSAGE = 200
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found in the objects, located precisely enough to fix without searching.
+
+    ``obj`` is ``"Kind namespace/name"`` (``"Kind name"`` for cluster-scoped kinds) and
+    ``path`` the field inside it, e.g. ``spec.http[2].route[0].weight``.
+    """
+
+    code: str
+    severity: Severity
+    obj: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.obj}: {self.path}" if self.path else self.obj
+        return f"{self.severity} {self.code} {where}: {self.message}"
+
+
+class InvalidObjects(ConfigError):
+    """Raised by :func:`ensure_valid` when the objects have errors; keeps every finding."""
+
+    def __init__(self, what: str, findings: Sequence[Finding]) -> None:
+        self.findings = tuple(findings)
+        errors = [f for f in self.findings if f.severity == "error"]
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        super().__init__(first.obj, first.path, f"{first.code} {first.message}{more} in {what}")
+
+
+def validate_objects(objects: Sequence[Mapping[str, Any]]) -> list[Finding]:
+    """Validate rendered objects: schemas of every object, then checks across them.
+
+    Pure: reads only the objects and the bundled schemas (cached after the first call).
+    Findings come in object order, schema findings before semantic ones.
+    """
+    findings: list[Finding] = []
+    wellformed: list[Mapping[str, Any]] = []
+    for position, obj in enumerate(objects):
+        problem = _malformed(obj)
+        if problem:
+            findings.append(Finding("ABT006", "error", f"object #{position}", "", problem))
+            continue
+        wellformed.append(obj)
+        findings.extend(_schema_findings(obj))
+    findings.extend(_duplicate_findings(wellformed))
+    index = _Index.build(wellformed)
+    for check in _SEMANTIC_CHECKS:
+        findings.extend(check(index))
+    return findings
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    """True when any finding is an error (the CLI then exits non-zero)."""
+    return any(f.severity == "error" for f in findings)
+
+
+def summarize(findings: Sequence[Finding]) -> str:
+    """A short verdict for one line of CLI output: ``valid``, ``valid (2 warnings)``, ``invalid: ...``.
+
+    >>> summarize([])
+    'valid'
+    """
+    counts = Counter(f.severity for f in findings)
+    warnings = f"{counts['warning']} warning{'s' if counts['warning'] != 1 else ''}"
+    if counts["error"]:
+        errors = f"{counts['error']} error{'s' if counts['error'] != 1 else ''}"
+        return f"invalid: {errors}, {warnings}"
+    return f"valid ({warnings})" if counts["warning"] else "valid"
+
+
+def format_findings(findings: Sequence[Finding]) -> str:
+    """All findings, errors first, one per line (what ``abtest validate`` prints)."""
+    ordered = sorted(findings, key=lambda f: f.severity != "error")
+    return "\n".join(str(f) for f in ordered)
+
+
+def ensure_valid(objects: Sequence[Mapping[str, Any]], *, what: str) -> list[Finding]:
+    """Validate and raise :class:`InvalidObjects` on any error; return the warnings otherwise.
+
+    ``what`` names the input in the error, e.g. ``"stage Blue_50"``. Meant as a gate before
+    objects are applied to a mesh.
+    """
+    findings = validate_objects(objects)
+    if has_errors(findings):
+        raise InvalidObjects(what, findings)
+    return findings
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _malformed(obj: object) -> str:
+    """Why ``obj`` is not a Kubernetes object at all, or "" when it has the basic shape."""
+    if not isinstance(obj, Mapping):
+        return f"not a mapping but {type(obj).__name__}"
+    missing = [k for k in ("apiVersion", "kind") if not isinstance(obj.get(k), str) or not obj.get(k)]
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
+        missing.append("metadata.name")
+    return f"missing {', '.join(missing)}" if missing else ""
+
+
+def _namespace(obj: Mapping[str, Any]) -> str:
+    """The namespace the object lives in ("" for cluster-scoped kinds; "default" if unset)."""
+    if obj["kind"] in _CLUSTER_SCOPED:
+        return ""
+    ns = obj["metadata"].get("namespace")
+    return ns if isinstance(ns, str) and ns else "default"
+
+
+def _label(obj: Mapping[str, Any]) -> str:
+    ns = _namespace(obj)
+    name = obj["metadata"]["name"]
+    return f"{obj['kind']} {ns}/{name}" if ns else f"{obj['kind']} {name}"
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _path(parts: Iterable[str | int]) -> str:
+    """``("spec", "http", 2, "route")`` -> ``spec.http[2].route``; odd keys are quoted."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else an empty one: semantic checks run on unchecked data."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _did_you_mean(word: str, vocabulary: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(set(vocabulary)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def _schema_findings(obj: Mapping[str, Any]) -> list[Finding]:
+    api_version, kind = obj["apiVersion"], obj["kind"]
+    if api_version.split("/")[0] == ISTIO_NETWORKING_GROUP:
+        return _istio_schema_findings(obj)
+    validator = _kubernetes_validator(kind, api_version)
+    if validator is None:
+        return [
+            Finding("ABT005", "error", _label(obj), "apiVersion",
+                    f"no schema for {kind} {api_version} in Kubernetes {KUBERNETES_VERSION} "
+                    f"or Istio {', '.join(sorted(_ISTIO_MODULES))}: cannot be validated offline")
+        ]
+    return [
+        Finding("IST0106", "error", _label(obj), path, message)
+        for path, message in _jsonschema_problems(validator, obj)
+    ]
+
+
+def _kubernetes_schema_dir() -> importlib.resources.abc.Traversable:
+    root = importlib.resources.files("kubernetes_validate").joinpath("kubernetes-json-schema")
+    schema_dir = root.joinpath(f"v{KUBERNETES_VERSION}-local-strict")
+    if not schema_dir.is_dir():
+        raise HarnessError(
+            f"kubernetes-validate has no strict schemas for Kubernetes {KUBERNETES_VERSION} "
+            f"(looked in {schema_dir}); install the kubernetes-validate release pinned in pyproject.toml"
+        )
+    return schema_dir
+
+
+@lru_cache(maxsize=1)
+def _kubernetes_registry() -> Registry[Any]:
+    """The shared definitions every per-kind schema refers to, parsed once (1.8 MB)."""
+    definitions = json.loads(_kubernetes_schema_dir().joinpath("_definitions.json").read_text())
+    uri: str = definitions["$id"]
+    registry: Registry[Any] = Registry().with_resource(uri, Resource.from_contents(definitions))
+    return registry
+
+
+@cache
+def _kubernetes_validator(kind: str, api_version: str) -> Any:
+    """A strict validator for one kind, or None when the pinned version has no such kind.
+
+    The bundled files are named ``<kind>-<group prefix>-<version>.json``, e.g.
+    ``deployment-apps-v1.json``, ``service-v1.json``, ``ingress-networking-v1.json``.
+    """
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema_file = _kubernetes_schema_dir().joinpath(f"{kind.lower()}-{group_version}.json")
+    if not schema_file.is_file():
+        return None
+    schema = json.loads(schema_file.read_text())
+    return jsonschema.Draft202012Validator(schema, registry=_kubernetes_registry())
+
+
+def _jsonschema_problems(validator: Any, obj: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(path, message) for every schema error, unknown fields reported at their own path."""
+    errors = sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
+    for error in errors:
+        where = list(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            known = error.schema.get("properties", {})
+            for key in error.instance:
+                if key not in known:
+                    yield _path([*where, key]), f"unknown field {key!r}{_did_you_mean(key, known)}"
+        elif error.validator == "required":
+            yield _path(where), _short(error.message)
+        else:
+            yield _path(where), _short(error.message)
+
+
+def _istio_schema_findings(obj: Mapping[str, Any]) -> list[Finding]:
+    api_version, kind = obj["apiVersion"], obj["kind"]
+    model = _istio_model(api_version, kind)
+    if model is None:
+        return [
+            Finding("ABT005", "error", _label(obj), "apiVersion",
+                    f"no Istio schema for {kind} {api_version}; known versions: "
+                    f"{', '.join(sorted(_ISTIO_MODULES))}")
+        ]
+    problems = _pydantic_problems(model, obj)
+    # A misspelled required field shows up twice: unknown here, missing there. The missing
+    # sibling is the best suggestion; otherwise any field name of this Istio version.
+    missing: dict[str, list[str]] = {}
+    for path, error_type, field_name, _ in problems:
+        if error_type == "missing":
+            missing.setdefault(_parent(path, field_name), []).append(field_name)
+    vocabulary = _istio_field_names(api_version)
+    findings = []
+    for path, error_type, field_name, message in problems:
+        if error_type == "extra_forbidden":
+            hint = _did_you_mean(field_name, missing.get(_parent(path, field_name), []))
+            message = (f"unknown field {field_name!r} in the Istio {api_version} {kind} schema"
+                       f"{hint or _did_you_mean(field_name, vocabulary)}")
+        findings.append(Finding("IST0106", "error", _label(obj), path, message))
+    return findings
+
+
+def _parent(path: str, name: str) -> str:
+    return path[: len(path) - len(name)] if path.endswith(name) else path
+
+
+# The options that make cloudcoil's generated models as strict as the Istio CRDs' schemas.
+_STRICT_ISTIO = {"strict": True, "extra": "forbid", "by_alias": True, "by_name": False}
+
+
+@cache
+def _istio_model(api_version: str, kind: str) -> type[pydantic.BaseModel] | None:
+    module_name = _ISTIO_MODULES.get(api_version)
+    if module_name is None:
+        return None
+    _check_istio_models_are_strict()
+    model = getattr(importlib.import_module(module_name), kind, None)
+    if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
+        return None
+    if "spec" not in model.model_fields:  # a nested message type, not a resource kind
+        return None
+    return model
+
+
+@lru_cache(maxsize=1)
+def _check_istio_models_are_strict() -> None:
+    """Fail loudly if the models accept a misspelled field (an upgrade changed defaults)."""
+    from cloudcoil.models.istio.networking import v1
+
+    probe = {
+        "apiVersion": f"{ISTIO_NETWORKING_GROUP}/v1", "kind": "VirtualService",
+        "metadata": {"name": "probe"},
+        "spec": {"hosts": ["*"], "http": [{"mtach": [], "route": [{"destination": {"host": "x"}}]}]},
+    }
+    try:
+        v1.VirtualService.model_validate(probe, **_STRICT_ISTIO)  # type: ignore[arg-type]
+    except pydantic.ValidationError:
+        return
+    raise HarnessError(
+        "cloudcoil.models.istio accepted a VirtualService with a misspelled 'mtach:' field; "
+        "the Istio schema check would miss typos (needs pydantic >= 2.12 for extra='forbid')"
+    )
+
+
+@cache
+def _istio_field_names(api_version: str) -> frozenset[str]:
+    """Every field name of the Istio models of one version: the vocabulary for suggestions."""
+    module = importlib.import_module(_ISTIO_MODULES[api_version])
+    names: set[str] = set()
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, pydantic.BaseModel):
+            names.update(f.alias or n for n, f in value.model_fields.items())
+    return frozenset(names)
+
+
+@dataclass
+class _Problem:
+    segments: list[tuple[str, str | int]]  # ("key", name) | ("index", i) | ("tag", union member)
+    error_type: str
+    message: str
+
+
+def _pydantic_problems(
+    model: type[pydantic.BaseModel], obj: Mapping[str, Any]
+) -> list[tuple[str, str, str, str]]:
+    """(path, error type, field name, message) of each schema error, deduplicated.
+
+    Pydantic reports a failed union once per member (``uri`` -> Uri, UriModel, ...). The
+    location is walked against the data to tell member names from field names, and only
+    the member that fits best (fewest errors) is kept: ``uri: {prefx: /}`` gives one
+    "unknown field 'prefx'", not four.
+    """
+    try:
+        model.model_validate(obj, **_STRICT_ISTIO)  # type: ignore[arg-type]
+    except pydantic.ValidationError as exc:
+        problems = [_locate(obj, err) for err in exc.errors()]
+    else:
+        return []
+    out: list[tuple[str, str, str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for problem in _best_union_members(problems, 0):
+        parts = [value for kind, value in problem.segments if kind != "tag"]
+        path = _path(parts)
+        if (path, problem.error_type) in seen:
+            continue
+        seen.add((path, problem.error_type))
+        name = str(parts[-1]) if parts else ""
+        out.append((path, problem.error_type, name, problem.message))
+    return out
+
+
+def _locate(data: Any, err: Mapping[str, Any]) -> _Problem:
+    loc = list(err["loc"])
+    segments: list[tuple[str, str | int]] = []
+    current = data
+    for position, element in enumerate(loc):
+        last = position == len(loc) - 1
+        if isinstance(element, int) and isinstance(current, list) and 0 <= element < len(current):
+            segments.append(("index", element))
+            current = current[element]
+        elif isinstance(element, str) and isinstance(current, Mapping) and element in current:
+            segments.append(("key", element))
+            current = current[element]
+        elif last and isinstance(element, str):
+            segments.append(("key", element))  # a required field that is missing
+        else:
+            segments.append(("tag", str(element)))
+    error_type = str(err["type"])
+    if error_type == "missing":
+        message = "required field missing"
+    else:
+        shown = repr(err.get("input"))
+        message = _short(f"{err['msg']} (got {shown})")
+    return _Problem(segments, error_type, message)
+
+
+def _best_union_members(problems: list[_Problem], start: int) -> list[_Problem]:
+    """Keep, at each union in the location, only the errors of the best-fitting member."""
+    plain: list[_Problem] = []
+    by_union: dict[tuple[Any, ...], dict[str, list[_Problem]]] = {}
+    tag_at: dict[tuple[Any, ...], int] = {}
+    for problem in problems:
+        tag = next((i for i in range(start, len(problem.segments))
+                    if problem.segments[i][0] == "tag"), None)
+        if tag is None:
+            plain.append(problem)
+            continue
+        key = tuple(problem.segments[:tag])
+        tag_at[key] = tag
+        by_union.setdefault(key, {}).setdefault(str(problem.segments[tag][1]), []).append(problem)
+    result = plain
+    for key, members in by_union.items():
+        best = min(members.values(), key=len)  # dicts keep pydantic's order: ties go to the first
+        result.extend(_best_union_members(best, tag_at[key] + 1))
+    return result
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+@dataclass
+class _Index:
+    """The objects by what the checks look up: Services, hosts, Gateways, subsets, workloads."""
+
+    objects: list[Mapping[str, Any]]
+    services: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+    entry_hosts: set[str] = field(default_factory=set)
+    gateways: set[tuple[str, str]] = field(default_factory=set)
+    subsets: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    pod_labels: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, objects: list[Mapping[str, Any]]) -> _Index:
+        index = cls(objects)
+        for obj in objects:
+            kind, ns, spec = obj["kind"], _namespace(obj), _mapping(obj.get("spec"))
+            name = obj["metadata"]["name"]
+            if kind == "Service" and obj["apiVersion"] == "v1":
+                index.services[(ns, name)] = obj
+            elif kind == "ServiceEntry":
+                index.entry_hosts.update(h for h in _list(spec.get("hosts")) if isinstance(h, str))
+            elif kind == "Gateway" and obj["apiVersion"].startswith(ISTIO_NETWORKING_GROUP):
+                index.gateways.add((ns, name))
+            elif kind == "DestinationRule":
+                target = _service_of_host(str(spec.get("host", "")), ns)
+                if target:
+                    names = {str(_mapping(s).get("name")) for s in _list(spec.get("subsets"))}
+                    index.subsets.setdefault(target, set()).update(names)
+            elif kind in _WORKLOAD_KINDS:
+                template = _mapping(spec.get("template"))
+                index.pod_labels.append((ns, _mapping(_mapping(template.get("metadata")).get("labels"))))
+            elif kind == "Pod":
+                index.pod_labels.append((ns, _mapping(obj["metadata"].get("labels"))))
+        return index
+
+    def selects_pods(self, ns: str, selector: Mapping[str, Any]) -> bool:
+        return any(
+            pod_ns == ns and all(labels.get(k) == v for k, v in selector.items())
+            for pod_ns, labels in self.pod_labels
+        )
+
+
+def _service_of_host(host: str, namespace: str) -> tuple[str, str] | None:
+    """(namespace, name) of the Service a host names as Istio resolves it, else None.
+
+    Istio turns a name without a dot into ``name.<namespace>.svc.<domain>`` and takes every
+    other host as written, so only short names and full FQDNs name a Kubernetes Service.
+    """
+    if not host or host.startswith("*"):
+        return None
+    if "." not in host:
+        return (namespace, host)
+    suffix = f".svc.{CLUSTER_DOMAIN}"
+    if host.endswith(suffix):
+        parts = host[: -len(suffix)].split(".")
+        if len(parts) == 2:
+            return (parts[1], parts[0])
+    return None
+
+
+def _duplicate_findings(objects: list[Mapping[str, Any]]) -> list[Finding]:
+    seen: set[tuple[str, str, str]] = set()
+    findings = []
+    for obj in objects:
+        key = (obj["kind"], _namespace(obj), obj["metadata"]["name"])
+        if key in seen:
+            findings.append(Finding("ABT004", "error", _label(obj), "metadata.name",
+                                    "defined twice: applying both keeps only the last one"))
+        seen.add(key)
+    return findings
+
+
+def _virtual_services(index: _Index) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    for obj in index.objects:
+        if obj["kind"] == "VirtualService" and obj["apiVersion"].startswith(ISTIO_NETWORKING_GROUP):
+            yield obj, _mapping(obj.get("spec"))
+
+
+def _route_lists(spec: Mapping[str, Any]) -> Iterator[tuple[list[str | int], list[Any]]]:
+    """(path of the rule, its destinations) for every http, tcp and tls rule."""
+    for protocol in ("http", "tcp", "tls"):
+        for i, rule in enumerate(_list(spec.get(protocol))):
+            yield [protocol, i], _list(_mapping(rule).get("route"))
+
+
+def _check_weights(index: _Index) -> Iterator[Finding]:
+    for vs, spec in _virtual_services(index):
+        for rule_path, route in _route_lists(spec):
+            given: list[int] = []
+            for j, dest in enumerate(route):
+                raw = _mapping(dest).get("weight")
+                where = _path(["spec", *rule_path, "route", j, "weight"])
+                if raw is None:
+                    if len(route) > 1:
+                        yield Finding("ABT002", "error", _label(vs), where,
+                                      f"weight missing in a route with {len(route)} destinations "
+                                      "(Istio reads it as 0); give every destination a weight")
+                elif isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+                    yield Finding("ABT002", "error", _label(vs), where,
+                                  f"weight {raw!r} is not a non-negative integer")
+                else:
+                    given.append(raw)
+            if given and sum(given) != 100:
+                terms = " + ".join(str(w) for w in given)
+                yield Finding("ABT001", "error", _label(vs), _path(["spec", *rule_path, "route"]),
+                              f"weights {terms} = {sum(given)}, must sum to 100")
+
+
+def _check_destinations(index: _Index) -> Iterator[Finding]:
+    for vs, spec in _virtual_services(index):
+        ns = _namespace(vs)
+        targets: list[tuple[list[str | int], Mapping[str, Any]]] = []
+        for rule_path, route in _route_lists(spec):
+            targets += [([*rule_path, "route", j, "destination"], _mapping(_mapping(d).get("destination")))
+                        for j, d in enumerate(route)]
+        for i, rule in enumerate(_list(spec.get("http"))):
+            mirror = _mapping(_mapping(rule).get("mirror"))
+            if mirror:
+                targets.append((["http", i, "mirror"], mirror))
+        for where, dest in targets:
+            yield from _check_destination(index, vs, ns, ["spec", *where], dest)
+
+
+def _check_destination(
+    index: _Index, vs: Mapping[str, Any], ns: str, where: list[str | int], dest: Mapping[str, Any]
+) -> Iterator[Finding]:
+    host = dest.get("host")
+    if not isinstance(host, str):
+        return  # the schema check reports a missing or mistyped host
+    if host in index.entry_hosts:
+        return  # a ServiceEntry host: its ports are not modelled here
+    target = _service_of_host(host, ns)
+    service = index.services.get(target) if target else None
+    if service is None:
+        yield Finding("IST0101", "error", _label(vs), _path([*where, "host"]),
+                      _host_not_found(index, host, ns))
+        return
+    ports = [p.get("port") for p in map(_mapping, _list(_mapping(service.get("spec")).get("ports")))]
+    number = _mapping(dest.get("port")).get("number")
+    svc = f"Service {target[0]}/{target[1]}" if target else host
+    if number is None and len(ports) > 1:
+        yield Finding("IST0112", "error", _label(vs), _path([*where, "port"]),
+                      f"{svc} exposes ports {ports}: name the port to use")
+    elif number is not None and number not in ports:
+        yield Finding("IST0101", "error", _label(vs), _path([*where, "port", "number"]),
+                      f"referenced host:port not found: {host}:{number} ({svc} exposes {ports})")
+    subset = dest.get("subset")
+    if isinstance(subset, str) and target and subset not in index.subsets.get(target, set()):
+        known = sorted(index.subsets.get(target, set()))
+        defined = f"subsets defined: {known}" if known else "no DestinationRule defines subsets for it"
+        yield Finding("IST0101", "error", _label(vs), _path([*where, "subset"]),
+                      f"referenced host+subset not found: {host}+{subset} ({defined})")
+
+
+def _host_not_found(index: _Index, host: str, ns: str) -> str:
+    parts = host.split(".")
+    if len(parts) in (2, 3) and (parts[1], parts[0]) in index.services:
+        fqdn = f"{parts[0]}.{parts[1]}.svc.{CLUSTER_DOMAIN}"
+        return (f"referenced host not found: {host!r}; Istio expands only names without a dot, "
+                f"so this is no Service: write {fqdn!r}")
+    names = [f"{n}.{s}.svc.{CLUSTER_DOMAIN}" for s, n in index.services]
+    return f"referenced host not found: {host!r} (no such Service in {ns}){_did_you_mean(host, names)}"
+
+
+def _check_gateways(index: _Index) -> Iterator[Finding]:
+    for vs, spec in _virtual_services(index):
+        ns = _namespace(vs)
+        refs: list[tuple[list[str | int], Any]] = [
+            (["spec", "gateways", i], g) for i, g in enumerate(_list(spec.get("gateways")))
+        ]
+        for i, rule in enumerate(_list(spec.get("http"))):
+            for j, match in enumerate(_list(_mapping(rule).get("match"))):
+                refs += [(["spec", "http", i, "match", j, "gateways", k], g)
+                         for k, g in enumerate(_list(_mapping(match).get("gateways")))]
+        for where, ref in refs:
+            if not isinstance(ref, str) or ref == "mesh":
+                continue
+            gw_ns, _, gw_name = ref.rpartition("/")
+            if (gw_ns or ns, gw_name) not in index.gateways:
+                names = [n for _, n in index.gateways]
+                yield Finding("IST0101", "error", _label(vs), _path(where),
+                              f"referenced gateway not found: {ref!r} (in namespace {gw_ns or ns})"
+                              f"{_did_you_mean(gw_name, names)}")
+
+
+_STRING_MATCH_FIELDS = ("uri", "scheme", "method", "authority")
+
+
+def _check_matches(index: _Index) -> Iterator[Finding]:
+    """Header names lower-case (ABT003) and every regex valid RE2 (IST0122)."""
+    for vs, spec in _virtual_services(index):
+        for i, rule in enumerate(_list(spec.get("http"))):
+            for j, match in enumerate(_list(_mapping(rule).get("match"))):
+                match = _mapping(match)
+                base: list[str | int] = ["spec", "http", i, "match", j]
+                string_matches = [([*base, f], match.get(f)) for f in _STRING_MATCH_FIELDS]
+                for group in ("headers", "withoutHeaders", "queryParams"):
+                    for name, value in _mapping(match.get(group)).items():
+                        string_matches.append(([*base, group, name], value))
+                        if group != "queryParams" and name != name.lower():
+                            yield Finding("ABT003", "error", _label(vs), _path([*base, group, name]),
+                                          f"header name {name!r} must be lower-case "
+                                          f"(Istio's API requires it): write {name.lower()!r}")
+                for where, value in string_matches:
+                    pattern = _mapping(value).get("regex")
+                    if isinstance(pattern, str):
+                        problem = _re2_problem(pattern)
+                        if problem:
+                            yield Finding("IST0122", "error", _label(vs), _path([*where, "regex"]),
+                                          f"regular expression {pattern!r} is not valid RE2: {problem}")
+
+
+@lru_cache(maxsize=256)
+def _re2_problem(pattern: str) -> str:
+    try:
+        re2.compile(pattern)
+    except re2.error as exc:
+        return str(exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc)
+    return ""
+
+
+_EVERYTHING_URI: tuple[Mapping[str, str], ...] = ({"prefix": "/"}, {"regex": ".*"}, {"regex": "/.*"})
+
+
+def _is_catch_all(match: Any) -> bool:
+    """True when one match entry admits every request: no conditions, or only ``uri: {prefix: /}``."""
+    entry = _mapping(match)
+    if set(entry) - {"name", "uri", "ignoreUriCase"}:
+        return False
+    return "uri" not in entry or entry["uri"] in _EVERYTHING_URI
+
+
+def _check_unreachable(index: _Index) -> Iterator[Finding]:
+    for vs, spec in _virtual_services(index):
+        catch_all: str | None = None
+        seen: list[Any] = []
+        for i, rule in enumerate(_list(spec.get("http"))):
+            rule = _mapping(rule)
+            name = f"http[{i}]" + (f" ({rule['name']})" if isinstance(rule.get("name"), str) else "")
+            matches = _list(rule.get("match"))
+            where = _path(["spec", "http", i])
+            if catch_all is not None:
+                yield Finding("IST0130", "error", _label(vs), where,
+                              f"route {name} is unreachable: route {catch_all} before it matches every "
+                              "request; move it before that route")
+            elif matches and all(m in seen for m in matches):
+                yield Finding("IST0130", "error", _label(vs), where,
+                              f"route {name} is unreachable: every one of its matches is repeated "
+                              "from an earlier route")
+            if catch_all is None and (not matches or any(_is_catch_all(m) for m in matches)):
+                catch_all = name
+            seen.extend(matches)
+
+
+def _check_selectors(index: _Index) -> Iterator[Finding]:
+    for obj in index.objects:
+        spec, ns = _mapping(obj.get("spec")), _namespace(obj)
+        if obj["kind"] == "Service" and obj["apiVersion"] == "v1":
+            selector = _mapping(spec.get("selector"))
+            if selector and not index.selects_pods(ns, selector):
+                yield Finding("IST0127", "warning", _label(obj), "spec.selector",
+                              f"no workload in {ns} has pods labelled {_labels(selector)}: the Service "
+                              "has no endpoints and requests routed to it get 503")
+        elif obj["kind"] == "DestinationRule":
+            target = _service_of_host(str(spec.get("host", "")), ns)
+            service = index.services.get(target) if target else None
+            if service is None or target is None:
+                continue
+            selector = _mapping(_mapping(service.get("spec")).get("selector"))
+            for i, subset in enumerate(_list(spec.get("subsets"))):
+                labels = {**selector, **_mapping(_mapping(subset).get("labels"))}
+                if labels and not index.selects_pods(target[0], labels):
+                    yield Finding("IST0127", "warning", _label(obj), _path(["spec", "subsets", i, "labels"]),
+                                  f"no workload in {target[0]} has pods labelled {_labels(labels)}: "
+                                  "requests to this subset get 503")
+
+
+def _labels(labels: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in labels.items())
+
+
+def _check_workloads(index: _Index) -> Iterator[Finding]:
+    for obj in index.objects:
+        if obj["kind"] not in _WORKLOAD_KINDS:
+            continue
+        pod = _mapping(_mapping(_mapping(obj.get("spec")).get("template")).get("spec"))
+        for group in ("initContainers", "containers"):
+            for i, container in enumerate(_list(pod.get(group))):
+                container = _mapping(container)
+                base: list[str | int] = ["spec", "template", "spec", group, i]
+                policy, image = container.get("imagePullPolicy"), str(container.get("image", ""))
+                if policy == "Always":
+                    yield Finding("ABT010", "warning", _label(obj), _path([*base, "imagePullPolicy"]),
+                                  "imagePullPolicy Always: images side-loaded into kind are pulled from a "
+                                  "registry and fail; use IfNotPresent")
+                elif policy is None and _defaults_to_always(image):
+                    yield Finding("ABT010", "warning", _label(obj), _path([*base, "image"]),
+                                  f"image {image!r} has no tag or ':latest' and no imagePullPolicy, so "
+                                  "Kubernetes pulls Always; pin a tag or set IfNotPresent")
+                if group == "containers" and "readinessProbe" not in container:
+                    yield Finding("ABT011", "warning", _label(obj), _path([*base, "readinessProbe"]),
+                                  f"container {container.get('name')!r} has no readinessProbe: it gets "
+                                  "traffic before it serves")
+
+
+def _defaults_to_always(image: str) -> bool:
+    if "@" in image:
+        return False
+    last = image.rsplit("/", 1)[-1]
+    return ":" not in last or last.endswith(":latest")
+
+
+_SEMANTIC_CHECKS = (
+    _check_weights,
+    _check_destinations,
+    _check_gateways,
+    _check_matches,
+    _check_unreachable,
+    _check_selectors,
+    _check_workloads,
+)

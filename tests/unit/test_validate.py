@@ -1,0 +1,568 @@
+"""Offline validation: each check catches the broken manifest made for it, names the object
+and the field, and the real manifests of every stage pass without errors.
+
+The known-good input is stage Blue_50 as rendered (tests/unit/data/validate/blue_50.yaml);
+every test breaks it in exactly one way.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from harness.errors import ConfigError
+from harness.validate import (
+    KUBERNETES_VERSION,
+    Finding,
+    InvalidObjects,
+    ensure_valid,
+    format_findings,
+    has_errors,
+    summarize,
+    validate_objects,
+)
+
+DATA = Path(__file__).parent / "data" / "validate"
+VS = "VirtualService abtesting/mlmodel-virtualservice"
+BLUE_FQDN = "model-svc-blue.abtesting.svc.cluster.local"
+GREEN_FQDN = "model-svc-green.abtesting.svc.cluster.local"
+
+Objects = list[dict[str, Any]]
+
+
+@cache
+def _load(name: str) -> tuple[dict[str, Any], ...]:
+    with open(DATA / name, encoding="utf-8") as f:
+        return tuple(d for d in yaml.safe_load_all(f) if d)
+
+
+def reference() -> Objects:
+    """A fresh, mutable copy of the rendered Blue_50 stage."""
+    return copy.deepcopy(list(_load("blue_50.yaml")))
+
+
+def get(objects: Objects, kind: str, name: str) -> dict[str, Any]:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"test data should hold exactly one {kind} {name}"
+    return matches[0]
+
+
+def virtual_service(objects: Objects) -> dict[str, Any]:
+    return get(objects, "VirtualService", "mlmodel-virtualservice")
+
+
+def http(objects: Objects) -> list[dict[str, Any]]:
+    routes: list[dict[str, Any]] = virtual_service(objects)["spec"]["http"]
+    return routes
+
+
+def with_code(findings: list[Finding], code: str) -> list[Finding]:
+    return [f for f in findings if f.code == code]
+
+
+def the_one(findings: list[Finding], code: str) -> Finding:
+    """The single finding with ``code``; fails with every finding listed otherwise."""
+    hits = with_code(findings, code)
+    assert len(hits) == 1, f"expected exactly one {code}, got:\n{format_findings(findings) or '(none)'}"
+    return hits[0]
+
+
+def broken(mutate: Callable[[Objects], object]) -> list[Finding]:
+    objects = reference()
+    mutate(objects)
+    return validate_objects(objects)
+
+
+# --------------------------------------------------------------------------- the good case
+
+
+def test_reference_stage_has_no_findings_at_all() -> None:
+    findings = validate_objects(reference())
+    assert findings == [], f"the rendered Blue_50 stage should be clean:\n{format_findings(findings)}"
+    assert summarize(findings) == "valid"
+
+
+def test_a_stage_without_blue_only_warns_that_its_service_has_no_pods() -> None:
+    objects = [o for o in reference() if o["metadata"]["name"] != "model-blue"]
+    findings = validate_objects(objects)
+    assert not has_errors(findings), format_findings(findings)
+    warning = the_one(findings, "IST0127")
+    assert (warning.severity, warning.obj, warning.path) == (
+        "warning", "Service abtesting/model-svc-blue", "spec.selector")
+    assert "model_version=blue" in warning.message and "503" in warning.message
+
+
+_STAGES = ("baseline", "Blue_0", "Blue_50", "Blue_100", "Blue_Green", "Green_100")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("harness.render") is None,
+                    reason="harness/render.py has not landed yet")
+@pytest.mark.parametrize("stage", _STAGES)
+def test_every_rendered_stage_has_no_errors(stage: str) -> None:
+    from harness.plan import load_plan
+    from harness.render import render_stage
+
+    plan = load_plan()
+    assert [s.name for s in plan.stages] == list(_STAGES), "the plan's stages changed: update _STAGES"
+    objects = render_stage(plan, stage)
+    findings = validate_objects(objects)
+    assert not has_errors(findings), f"stage {stage}:\n{format_findings(findings)}"
+    # The only tolerated warning: a Service whose version does not run in this stage.
+    assert {f.code for f in findings} <= {"IST0127"}, f"stage {stage}:\n{format_findings(findings)}"
+
+
+# --------------------------------------------------------------------------- the issue's four cases
+
+
+def test_weights_60_50_are_an_error_naming_the_route() -> None:
+    def mutate(objects: Objects) -> None:
+        route = http(objects)[2]["route"]
+        route[0]["weight"], route[1]["weight"] = 60, 50
+
+    finding = the_one(broken(mutate), "ABT001")
+    assert (finding.severity, finding.obj, finding.path) == ("error", VS, "spec.http[2].route")
+    assert "60 + 50 = 110" in finding.message
+
+
+def test_misspelled_match_in_a_virtual_service_is_an_error_at_its_path() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[1]["mtach"] = http(objects)[1].pop("match")
+
+    findings = broken(mutate)
+    schema = the_one(findings, "IST0106")
+    assert (schema.severity, schema.obj, schema.path) == ("error", VS, "spec.http[1].mtach")
+    assert "unknown field 'mtach'" in schema.message and "did you mean 'match'" in schema.message
+    assert has_errors(findings)
+
+
+def test_destination_to_a_service_that_does_not_exist() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[2]["route"][1]["destination"]["host"] = "model-svc-purple.abtesting.svc.cluster.local"
+
+    finding = the_one(broken(mutate), "IST0101")
+    assert (finding.severity, finding.obj, finding.path) == (
+        "error", VS, "spec.http[2].route[1].destination.host")
+    assert "model-svc-purple" in finding.message
+
+
+def test_header_route_after_the_weighted_route_is_unreachable() -> None:
+    def mutate(objects: Objects) -> None:
+        routes = http(objects)
+        routes.append(routes.pop(1))  # green-header now follows the weighted catch-all
+
+    finding = the_one(broken(mutate), "IST0130")
+    assert (finding.severity, finding.obj, finding.path) == ("error", VS, "spec.http[2]")
+    assert "green-header" in finding.message and "weighted" in finding.message
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@pytest.mark.parametrize("bad", [-10, 12.5, True])
+def test_weight_that_is_not_a_non_negative_int(bad: object) -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[2]["route"][0]["weight"] = bad
+
+    finding = the_one(broken(mutate), "ABT002")
+    assert (finding.obj, finding.path) == (VS, "spec.http[2].route[0].weight")
+    assert repr(bad) in finding.message
+
+
+def test_weight_as_a_string_is_rejected_by_the_strict_istio_schema() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[2]["route"][0]["weight"] = "50"
+
+    findings = broken(mutate)
+    assert any(f.code == "IST0106" and f.path == "spec.http[2].route[0].weight" for f in findings), \
+        format_findings(findings)
+
+
+def test_missing_weight_with_two_destinations() -> None:
+    def mutate(objects: Objects) -> None:
+        del http(objects)[2]["route"][1]["weight"]
+
+    findings = broken(mutate)
+    missing = the_one(findings, "ABT002")
+    assert missing.path == "spec.http[2].route[1].weight" and "missing" in missing.message
+    assert the_one(findings, "ABT001").message.startswith("weights 50 = 50")
+
+
+def test_single_destination_may_omit_weight_but_not_give_a_partial_one() -> None:
+    assert "weight" not in http(reference())[0]["route"][0], "data: the header route has no weight"
+
+    def mutate(objects: Objects) -> None:
+        http(objects)[0]["route"][0]["weight"] = 40
+
+    finding = the_one(broken(mutate), "ABT001")
+    assert finding.path == "spec.http[0].route" and "= 40" in finding.message
+
+
+# --------------------------------------------------------------------------- destinations
+
+
+def test_short_host_resolves_in_the_virtual_service_namespace() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[2]["route"][1]["destination"]["host"] = "model-svc-blue"
+
+    assert broken(mutate) == []
+
+
+def test_name_dot_namespace_host_is_reported_with_the_fqdn_to_use() -> None:
+    # Istio expands only names without a dot; "svc.ns" is looked up as written.
+    def mutate(objects: Objects) -> None:
+        http(objects)[2]["route"][1]["destination"]["host"] = "model-svc-blue.abtesting"
+
+    finding = the_one(broken(mutate), "IST0101")
+    assert finding.path == "spec.http[2].route[1].destination.host"
+    assert BLUE_FQDN in finding.message
+
+
+def test_short_host_does_not_find_a_service_in_another_namespace() -> None:
+    def mutate(objects: Objects) -> None:
+        virtual_service(objects)["metadata"]["namespace"] = "elsewhere"
+        http(objects)[2]["route"][1]["destination"]["host"] = "model-svc-blue"
+
+    findings = broken(mutate)
+    host = [f for f in with_code(findings, "IST0101") if f.path.endswith("route[1].destination.host")]
+    assert len(host) == 1 and host[0].obj == "VirtualService elsewhere/mlmodel-virtualservice", \
+        format_findings(findings)
+
+
+def test_destination_port_the_service_does_not_expose() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[0]["route"][0]["destination"]["port"]["number"] = 8080
+
+    finding = the_one(broken(mutate), "IST0101")
+    assert finding.path == "spec.http[0].route[0].destination.port.number"
+    assert f"{BLUE_FQDN}:8080" in finding.message and "5001" in finding.message
+
+
+def test_destination_without_port_to_a_service_with_two_ports() -> None:
+    def mutate(objects: Objects) -> None:
+        service = get(objects, "Service", "model-svc-blue")
+        service["spec"]["ports"].append({"name": "http-metrics", "port": 9090, "targetPort": 9090})
+        del http(objects)[0]["route"][0]["destination"]["port"]
+
+    finding = the_one(broken(mutate), "IST0112")
+    assert (finding.obj, finding.path) == (VS, "spec.http[0].route[0].destination.port")
+    assert "5001" in finding.message and "9090" in finding.message
+
+
+def test_mirror_to_a_missing_service() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[2]["mirror"] = {"host": "shadow", "port": {"number": 5001}}
+
+    finding = the_one(broken(mutate), "IST0101")
+    assert finding.path == "spec.http[2].mirror.host"
+
+
+def subset_variant() -> Objects:
+    """Both versions behind one Service, told apart by DestinationRule subsets."""
+    objects = [o for o in reference() if o["metadata"]["name"] != "model-svc-green"]
+    service = get(objects, "Service", "model-svc-blue")
+    service["metadata"]["name"] = "model-svc"
+    del service["spec"]["selector"]["model_version"]
+    objects.append({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "model", "namespace": "abtesting"},
+        "spec": {"host": "model-svc", "subsets": [
+            {"name": "green", "labels": {"model_version": "green"}},
+            {"name": "blue", "labels": {"model_version": "blue"}},
+        ]},
+    })
+    for rule in http(objects):
+        for dest in rule["route"]:
+            version = "blue" if "blue" in dest["destination"]["host"] else "green"
+            dest["destination"] = {"host": "model-svc.abtesting.svc.cluster.local", "subset": version,
+                                   "port": {"number": 5001}}
+    return objects
+
+
+def test_subset_variant_is_clean() -> None:
+    findings = validate_objects(subset_variant())
+    assert findings == [], format_findings(findings)
+
+
+def test_subset_missing_from_the_destination_rule() -> None:
+    objects = subset_variant()
+    http(objects)[2]["route"][1]["destination"]["subset"] = "purple"
+    finding = the_one(validate_objects(objects), "IST0101")
+    assert finding.path == "spec.http[2].route[1].destination.subset"
+    assert "purple" in finding.message and "['blue', 'green']" in finding.message
+
+
+def test_subset_without_any_destination_rule() -> None:
+    objects = [o for o in subset_variant() if o["kind"] != "DestinationRule"]
+    findings = with_code(validate_objects(objects), "IST0101")
+    assert {f.path for f in findings} == {
+        "spec.http[0].route[0].destination.subset", "spec.http[1].route[0].destination.subset",
+        "spec.http[2].route[0].destination.subset", "spec.http[2].route[1].destination.subset",
+    }
+    assert all("no DestinationRule" in f.message for f in findings)
+
+
+def test_subset_whose_labels_select_no_pods_is_a_warning() -> None:
+    objects = [o for o in subset_variant() if o["metadata"]["name"] != "model-blue"]
+    findings = validate_objects(objects)
+    warning = the_one(findings, "IST0127")
+    assert (warning.severity, warning.obj, warning.path) == (
+        "warning", "DestinationRule abtesting/model", "spec.subsets[1].labels")
+
+
+def test_misspelled_field_in_a_destination_rule() -> None:
+    objects = subset_variant()
+    get(objects, "DestinationRule", "model")["spec"]["subets"] = []
+    finding = the_one(validate_objects(objects), "IST0106")
+    assert (finding.obj, finding.path) == ("DestinationRule abtesting/model", "spec.subets")
+
+
+# --------------------------------------------------------------------------- gateways
+
+
+def test_referenced_gateway_that_does_not_exist() -> None:
+    def mutate(objects: Objects) -> None:
+        virtual_service(objects)["spec"]["gateways"] = ["mesh", "mlmodel-gatewy"]
+
+    finding = the_one(broken(mutate), "IST0101")
+    assert (finding.obj, finding.path) == (VS, "spec.gateways[1]")
+    assert "did you mean 'mlmodel-gateway'" in finding.message
+
+
+def test_gateway_referenced_with_its_namespace_is_found() -> None:
+    def mutate(objects: Objects) -> None:
+        virtual_service(objects)["spec"]["gateways"] = ["abtesting/mlmodel-gateway"]
+
+    assert broken(mutate) == []
+
+
+def test_gateway_in_another_namespace_is_not_found() -> None:
+    def mutate(objects: Objects) -> None:
+        virtual_service(objects)["spec"]["gateways"] = ["istio-system/mlmodel-gateway"]
+
+    assert the_one(broken(mutate), "IST0101").path == "spec.gateways[0]"
+
+
+def test_misspelled_field_in_a_gateway() -> None:
+    def mutate(objects: Objects) -> None:
+        gateway = get(objects, "Gateway", "mlmodel-gateway")
+        gateway["spec"]["servers"][0]["hostz"] = gateway["spec"]["servers"][0].pop("hosts")
+
+    findings = with_code(broken(mutate), "IST0106")
+    assert [(f.obj, f.path) for f in findings] == [
+        ("Gateway abtesting/mlmodel-gateway", "spec.servers[0].hosts"),
+        ("Gateway abtesting/mlmodel-gateway", "spec.servers[0].hostz"),
+    ], format_findings(findings)
+    assert findings[0].message == "required field missing"
+    assert "did you mean 'hosts'" in findings[1].message
+
+
+# --------------------------------------------------------------------------- matches
+
+
+def test_upper_case_header_name() -> None:
+    def mutate(objects: Objects) -> None:
+        headers = http(objects)[0]["match"][0]["headers"]
+        headers["X-Api-Version"] = headers.pop("x-api-version")
+
+    finding = the_one(broken(mutate), "ABT003")
+    assert (finding.obj, finding.path) == (VS, "spec.http[0].match[0].headers.X-Api-Version")
+    assert "'x-api-version'" in finding.message
+
+
+def test_regex_that_re2_rejects() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[0]["match"][0]["headers"]["x-api-version"] = {"regex": "(blue"}
+
+    finding = the_one(broken(mutate), "IST0122")
+    assert finding.path == "spec.http[0].match[0].headers.x-api-version.regex"
+
+
+def test_route_after_a_prefix_slash_match_is_unreachable() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[0]["match"] = [{"uri": {"prefix": "/"}}]
+
+    findings = with_code(broken(mutate), "IST0130")
+    assert [f.path for f in findings] == ["spec.http[1]", "spec.http[2]"], format_findings(findings)
+    assert "blue-header" in findings[0].message
+
+
+def test_route_whose_matches_repeat_an_earlier_route_is_unreachable() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[1]["match"] = copy.deepcopy(http(objects)[0]["match"])
+
+    finding = the_one(broken(mutate), "IST0130")
+    assert finding.path == "spec.http[1]" and "repeated" in finding.message
+
+
+def test_header_route_with_a_narrower_uri_is_still_reachable() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[1]["match"].append({"uri": {"prefix": "/score/v2"}})
+
+    assert broken(mutate) == []
+
+
+def test_union_errors_are_reported_once_for_the_best_fitting_member() -> None:
+    def mutate(objects: Objects) -> None:
+        http(objects)[0]["match"][0]["uri"] = {"prefx": "/score"}
+
+    findings = broken(mutate)
+    schema = with_code(findings, "IST0106")
+    assert [(f.path, "did you mean 'prefix'" in f.message) for f in schema] == [
+        ("spec.http[0].match[0].uri.prefx", True)], format_findings(findings)
+
+
+@pytest.mark.parametrize("api_version", ["networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"])
+def test_older_istio_versions_are_strict_too(api_version: str) -> None:
+    def mutate(objects: Objects) -> None:
+        for obj in objects:
+            if obj["apiVersion"].startswith("networking.istio.io/"):
+                obj["apiVersion"] = api_version
+        http(objects)[0]["mtach"] = http(objects)[0].pop("match")
+
+    finding = the_one(broken(mutate), "IST0106")
+    assert finding.path == "spec.http[0].mtach" and api_version in finding.message
+
+
+def test_snake_case_field_names_are_not_accepted() -> None:
+    # The models also know fields by their Python names; Kubernetes only by the camelCase ones.
+    def mutate(objects: Objects) -> None:
+        virtual_service(objects)["spec"]["export_to"] = ["."]
+
+    assert the_one(broken(mutate), "IST0106").path == "spec.export_to"
+
+
+# --------------------------------------------------------------------------- workloads and services
+
+
+def _container(objects: Objects, name: str = "model-blue") -> dict[str, Any]:
+    container: dict[str, Any] = get(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_image_pull_policy_always_is_a_warning() -> None:
+    findings = broken(lambda o: _container(o).update(imagePullPolicy="Always"))
+    finding = the_one(findings, "ABT010")
+    assert (finding.severity, finding.obj, finding.path) == (
+        "warning", "Deployment abtesting/model-blue", "spec.template.spec.containers[0].imagePullPolicy")
+    assert not has_errors(findings)
+
+
+def test_latest_tag_without_pull_policy_implies_always() -> None:
+    def mutate(objects: Objects) -> None:
+        container = _container(objects)
+        del container["imagePullPolicy"]
+        container["image"] = "abtest/scorer-b:latest"
+
+    finding = the_one(broken(mutate), "ABT010")
+    assert finding.path == "spec.template.spec.containers[0].image"
+
+
+def test_pinned_tag_without_pull_policy_is_fine() -> None:
+    assert broken(lambda o: _container(o).pop("imagePullPolicy")) == []
+
+
+def test_missing_readiness_probe_is_a_warning() -> None:
+    finding = the_one(broken(lambda o: _container(o, "model-green").pop("readinessProbe")), "ABT011")
+    assert (finding.severity, finding.obj, finding.path) == (
+        "warning", "Deployment abtesting/model-green", "spec.template.spec.containers[0].readinessProbe")
+
+
+def test_service_selector_typo_selects_no_pods() -> None:
+    def mutate(objects: Objects) -> None:
+        get(objects, "Service", "model-svc-green")["spec"]["selector"]["model_version"] = "gren"
+
+    finding = the_one(broken(mutate), "IST0127")
+    assert finding.obj == "Service abtesting/model-svc-green" and "model_version=gren" in finding.message
+
+
+# --------------------------------------------------------------------------- Kubernetes schemas
+
+
+def test_unknown_field_in_a_deployment_is_an_error_at_its_path() -> None:
+    findings = broken(lambda o: _container(o).update(imagePullPolcy="IfNotPresent"))
+    finding = the_one(findings, "IST0106")
+    assert (finding.obj, finding.path) == (
+        "Deployment abtesting/model-blue", "spec.template.spec.containers[0].imagePullPolcy")
+    assert "did you mean 'imagePullPolicy'" in finding.message
+
+
+def test_wrong_type_in_a_service() -> None:
+    def mutate(objects: Objects) -> None:
+        get(objects, "Service", "model-svc-blue")["spec"]["ports"][0]["port"] = "5001"
+
+    finding = the_one(broken(mutate), "IST0106")
+    assert (finding.obj, finding.path) == ("Service abtesting/model-svc-blue", "spec.ports[0].port")
+
+
+def test_kubernetes_findings_agree_with_kubernetes_validate() -> None:
+    # Same bundled schemas, same verdicts: the good object passes both, the broken one fails both.
+    objects = reference()
+    deployment = get(objects, "Deployment", "model-blue")
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    deployment["spec"]["replicaz"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    assert the_one(validate_objects(objects), "IST0106").path == "spec.replicaz"
+
+
+def test_kind_without_a_schema() -> None:
+    def mutate(objects: Objects) -> None:
+        get(objects, "Deployment", "model-blue")["apiVersion"] = "apps/v2"
+
+    finding = the_one(broken(mutate), "ABT005")
+    assert (finding.obj, finding.path) == ("Deployment abtesting/model-blue", "apiVersion")
+
+
+def test_unknown_istio_version() -> None:
+    def mutate(objects: Objects) -> None:
+        virtual_service(objects)["apiVersion"] = "networking.istio.io/v2"
+
+    assert the_one(broken(mutate), "ABT005").obj == VS
+
+
+def test_not_an_object() -> None:
+    objects: list[Any] = [*reference(), {"kind": "Service", "metadata": {"name": "x"}}, "text"]
+    findings = with_code(validate_objects(objects), "ABT006")
+    assert [(f.obj, f.message) for f in findings] == [
+        ("object #7", "missing apiVersion"), ("object #8", "not a mapping but str")]
+
+
+def test_duplicate_object() -> None:
+    findings = broken(lambda o: o.append(copy.deepcopy(get(o, "Service", "model-svc-blue"))))
+    assert the_one(findings, "ABT004").obj == "Service abtesting/model-svc-blue"
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_finding_reads_as_one_line() -> None:
+    finding = Finding("ABT001", "error", VS, "spec.http[2].route", "weights 60 + 50 = 110, must sum to 100")
+    assert str(finding) == (
+        "error ABT001 VirtualService abtesting/mlmodel-virtualservice: spec.http[2].route: "
+        "weights 60 + 50 = 110, must sum to 100")
+
+
+def test_summaries_and_the_gate() -> None:
+    warn = Finding("ABT011", "warning", "Deployment a/b", "x", "m")
+    err = Finding("ABT001", "error", "VirtualService a/b", "y", "n")
+    assert (summarize([warn]), summarize([warn, err, err])) == (
+        "valid (1 warning)", "invalid: 2 errors, 1 warning")
+    assert (has_errors([warn]), has_errors([warn, err])) == (False, True)
+    assert format_findings([warn, err]).splitlines()[0].startswith("error"), "errors come first"
+
+    assert ensure_valid(reference(), what="stage Blue_50") == []
+    objects = reference()
+    http(objects)[2]["route"][0]["weight"] = 60
+    with pytest.raises(InvalidObjects) as caught:
+        ensure_valid(objects, what="stage Blue_50")
+    assert isinstance(caught.value, ConfigError)
+    assert caught.value.field == "spec.http[2].route" and "stage Blue_50" in str(caught.value)
+    assert [f.code for f in caught.value.findings] == ["ABT001"]
