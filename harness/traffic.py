@@ -55,6 +55,7 @@ from typing import Any, Literal, Protocol, TextIO
 from urllib.parse import urlsplit
 
 from harness.errors import HarnessError
+from harness.routing import Request
 
 VERSION_HEADER = "x-model-version"
 """Response header that names the version that answered (the Deployment's MODEL_VERSION)."""
@@ -790,16 +791,6 @@ def _merge(run: _Run, tallies: Sequence[_Tally], labels: Sequence[str], elapsed:
 # --- the CLI's `abtest load` ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _LoadClass:
-    """The one request class of `load_command` (routing.Request's shape)."""
-
-    label: str
-    path: str
-    method: str = "GET"
-    headers: tuple[tuple[str, str], ...] = ()
-
-
 def load_command(
     url: str,
     n: int,
@@ -828,9 +819,12 @@ def load_command(
     path = target.base_path or "/"
     if query:
         path = f"{path}?{query}"
-    headers = ((CLASS_HEADER, version),) if version else ()
-    request = _LoadClass(label=f"{CLASS_HEADER}: {version}" if version else "weighted", path=path,
-                         headers=headers)
+    request = Request(
+        label=f"header-{version}" if version else "weighted",
+        path=path,
+        headers={CLASS_HEADER: version} if version else {},
+        authority=target.netloc,  # as curl would send it: the URL's host and port
+    )
     base = f"http://{target.netloc}"
 
     def show(observation: Observation) -> None:
