@@ -77,8 +77,9 @@ NO_LISTENER = "error:connection"
 
 #: The Kubernetes cluster domain Istio appends to short names.
 CLUSTER_DOMAIN = "svc.cluster.local"
-#: The labels of the ingress gateway workload that serves the Gateways (Istio's default install).
-DEFAULT_GATEWAY_LABELS: Mapping[str, str] = {"istio": "ingressgateway"}
+#: The labels of the ingress gateway pods that serve the Gateways (Istio's default install,
+#: the same the local Envoy translation assumes).
+DEFAULT_GATEWAY_LABELS: Mapping[str, str] = {"istio": "ingressgateway", "app": "istio-ingressgateway"}
 #: The reserved gateway name that means "the sidecars", not an ingress gateway.
 MESH_GATEWAY = "mesh"
 #: Where a pod's version comes from: the container env first, the pod label as a fallback.

@@ -696,6 +696,13 @@ CASES: tuple[Case, ...] = (
         {NO_LISTENER: 1.0},
     ),
     Case(
+        "gateway-selector-subset-of-pod-labels",
+        f"{GW}#Gateway-selector: one or more labels; the gateway pods carry istio and app labels",
+        changed(put(lambda o: find(o, "Gateway")["spec"], "selector", {"app": "istio-ingressgateway"})),
+        PLAIN,
+        {"green": 0.5, "blue": 0.5},
+    ),
+    Case(
         "most-specific-host-wins",
         f"{VS}#VirtualService-hosts and {ENVOY_ROUTE}#config-route-v3-virtualhost: "
         "an exact domain beats a wildcard",
@@ -1126,10 +1133,17 @@ def test_expected_describe_and_destinations() -> None:
     assert isinstance(hash(got), int)
 
 
-def test_expected_is_printable_for_404() -> None:
+def test_expected_is_printable_without_listener_or_route() -> None:
     got = expected_distribution(reference(), Request("x", authority="h"), gateway_labels={"istio": "other"})
     assert got.shares == {NO_LISTENER: 1.0}
     assert "port 80" in got.describe()
+    objects = reference()
+    vs_spec(objects)["hosts"] = ["api.example.com"]
+    got = expected_distribution(objects, Request("web", authority="web.example.com"))
+    assert got.describe().startswith("web: GET /score -> status:404 100% via no VirtualService for host"), (
+        got.describe()
+    )
+    assert any("abtesting/mlmodel-gateway" in note for note in got.notes), got.notes
 
 
 def test_versions_behind_and_backends() -> None:
