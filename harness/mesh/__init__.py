@@ -1,0 +1,37 @@
+"""Mesh backends behind one protocol: the local Envoy on loopback, and kind + Istio.
+
+:class:`~harness.mesh.base.Mesh` is what the fixtures and ``abtest run`` drive;
+:class:`~harness.mesh.local.LocalMesh` is the embedded default. The convergence check
+(:func:`~harness.mesh.base.route_table_from_config_dump` against
+:func:`~harness.mesh.base.expected_route_table`) is shared by every backend.
+"""
+
+from __future__ import annotations
+
+from harness.mesh.base import (
+    Mesh,
+    RouteTable,
+    cluster_name,
+    diff_route_tables,
+    expected_route_table,
+    route_table_from_config_dump,
+)
+
+__all__ = [
+    "LocalMesh",
+    "Mesh",
+    "RouteTable",
+    "cluster_name",
+    "diff_route_tables",
+    "expected_route_table",
+    "route_table_from_config_dump",
+]
+
+
+def __getattr__(name: str) -> object:
+    # LocalMesh pulls in requests and the process machinery; import it only when asked.
+    if name == "LocalMesh":
+        from harness.mesh.local import LocalMesh
+
+        return LocalMesh
+    raise AttributeError(f"module 'harness.mesh' has no attribute {name!r}")

@@ -1,0 +1,714 @@
+"""Rendered Kubernetes/Istio objects -> Envoy v3 resources, with Istio's ingress-gateway semantics.
+
+Pure functions over plain dicts; no files, no processes. :func:`translate` gives the listener,
+route configuration, clusters and endpoint assignments that :mod:`harness.mesh.local` writes
+for its Envoy; :func:`build_route_configuration` alone is what the convergence check compares
+against (also on a real Istio gateway, through :mod:`harness.mesh.base`).
+
+What follows Istio's gateway translation (``pilot/pkg/networking/core/route``):
+
+- a Gateway applies when its selector picks the ingress gateway (``istio: ingressgateway``);
+  one route configuration ``http.<port>`` for its HTTP server port, one virtual host per host
+  a bound VirtualService shares with the server (``*`` matches any, ``*.x`` a suffix);
+  no VirtualService bound: Istio's ``blackhole`` host answering 404 to everything;
+- HTTP routes in order, one Envoy route per ``match`` entry, nothing after a catch-all;
+  ``uri`` exact/prefix/regex become ``path``/``prefix``/``safe_regex`` (RE2, whole path),
+  headers become ``string_match`` matchers (names lower-cased; regex ``*`` or an empty match
+  means "present", as in Istio), ``ignoreUriCase`` sets ``case_sensitive: false``;
+- one destination is a ``cluster``; several are ``weighted_clusters`` with weight-0 ones
+  dropped (one remaining is written as a plain ``cluster``: the same routing);
+- clusters are named ``outbound|<port>|<subset>|<fqdn>``, one per Service port and one per
+  DestinationRule subset and port; a short destination host is completed with the
+  VirtualService's namespace; a destination without endpoints has a cluster without
+  endpoints (Envoy answers 503); nothing matched is Envoy's 404.
+
+Fields outside that subset raise :class:`~harness.errors.UnsupportedField` naming the field,
+so a rule the translation would ignore can never make a verdict lie.
+
+>>> from harness.mesh.base import cluster_name
+>>> cluster_name("model-svc-blue.abtesting.svc.cluster.local", 5001)
+'outbound|5001||model-svc-blue.abtesting.svc.cluster.local'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import ConfigError, UnsupportedField
+from harness.mesh.base import cluster_name
+
+__all__ = [
+    "CLUSTER_TYPE",
+    "ENDPOINT_TYPE",
+    "GATEWAY_LABELS",
+    "LISTENER_TYPE",
+    "ROUTE_TYPE",
+    "EndpointKey",
+    "Upstream",
+    "XdsResources",
+    "bootstrap",
+    "build_cluster",
+    "build_listener",
+    "build_load_assignment",
+    "build_route_configuration",
+    "discovery_response",
+    "gateway_port",
+    "resolve_host",
+    "route_config_name",
+    "translate",
+    "upstreams",
+]
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+_HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+_ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+_PREVIOUS_HOSTS_TYPE = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+
+#: The labels of Istio's ingress gateway pods; a Gateway whose selector is a subset applies.
+GATEWAY_LABELS: Mapping[str, str] = {"istio": "ingressgateway", "app": "istio-ingressgateway"}
+CLUSTER_DOMAIN = "svc.cluster.local"
+DEFAULT_GATEWAY_PORT = 80
+
+#: (service FQDN, service port, subset or None): how live endpoints are keyed.
+EndpointKey = tuple[str, int, str | None]
+
+# What each object may carry. Keys outside these sets are UnsupportedField; the Deployment
+# and Service runtime fields that cannot change routing are accepted without a look.
+_GATEWAY_SPEC = {"selector", "servers"}
+_SERVER = {"port", "hosts", "name"}
+_SERVER_PORT = {"number", "name", "protocol"}
+_VS_SPEC = {"hosts", "gateways", "http", "exportTo"}
+_HTTP_ROUTE = {"name", "match", "route"}
+_MATCH = {"name", "uri", "headers", "ignoreUriCase"}
+_DESTINATION_WEIGHT = {"destination", "weight"}
+_DESTINATION = {"host", "port", "subset"}
+_DR_SPEC = {"host", "subsets", "trafficPolicy", "exportTo"}
+_SUBSET = {"name", "labels"}
+_STRING_MATCH = {"exact", "prefix", "regex"}
+_LB_POLICIES = {
+    "ROUND_ROBIN": "ROUND_ROBIN",
+    "LEAST_REQUEST": "LEAST_REQUEST",
+    "RANDOM": "RANDOM",
+    "LEAST_CONN": "LEAST_REQUEST",
+    "UNSPECIFIED": "ROUND_ROBIN",
+}
+
+# Istio's default retry policy on every route; retries stay inside the chosen cluster, so the
+# split is unchanged, but a request racing a stopped workload is retried on a live one.
+_RETRY_POLICY: dict[str, Any] = {
+    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "num_retries": 2,
+    "retriable_status_codes": [503],
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": _PREVIOUS_HOSTS_TYPE},
+        }
+    ],
+    "host_selection_retry_max_attempts": "5",
+}
+
+
+def _meta(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+
+def _label(obj: Mapping[str, Any]) -> str:
+    namespace, name = _meta(obj)
+    return f"{obj.get('kind', 'object')} {namespace}/{name}"
+
+
+def _reject_unknown(obj: Mapping[str, Any], value: Any, allowed: set[str], path: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(_label(obj), path, f"must be a mapping, got {type(value).__name__}")
+    for key in sorted(value):
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise UnsupportedField(
+                _label(obj),
+                where,
+                f"not supported by the local Envoy translation (supported: {', '.join(sorted(allowed))})",
+            )
+
+
+def _of_kind(objects: Sequence[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
+    return [o for o in objects if isinstance(o, Mapping) and o.get("kind") == kind]
+
+
+def resolve_host(host: str, namespace: str) -> str:
+    """Istio's short-name rule: a host without dots is a Service in `namespace`; others are kept.
+
+    >>> resolve_host("model-svc-blue", "abtesting")
+    'model-svc-blue.abtesting.svc.cluster.local'
+    >>> resolve_host("model-svc-blue.abtesting.svc.cluster.local", "other")
+    'model-svc-blue.abtesting.svc.cluster.local'
+    """
+    host = host.strip().lower()
+    return host if "." in host or host == "*" else f"{host}.{namespace}.{CLUSTER_DOMAIN}"
+
+
+# --------------------------------------------------------------------------- Services and subsets
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One cluster: a Service port, optionally narrowed to a DestinationRule subset.
+
+    ``selector`` is the Service selector merged with the subset's labels; ``target_port`` is the
+    Service port's targetPort (a number or a container port name).
+    """
+
+    fqdn: str
+    port: int
+    subset: str | None
+    selector: Mapping[str, str]
+    target_port: int | str
+    lb_policy: str = "ROUND_ROBIN"
+    service: str = ""
+
+    @property
+    def key(self) -> EndpointKey:
+        return (self.fqdn, self.port, self.subset)
+
+    @property
+    def name(self) -> str:
+        return cluster_name(self.fqdn, self.port, self.subset)
+
+
+@dataclass(frozen=True)
+class _ServicePort:
+    fqdn: str
+    port: int
+    target_port: int | str
+    selector: Mapping[str, str]
+    service: str
+
+
+def _service_ports(objects: Sequence[Mapping[str, Any]]) -> list[_ServicePort]:
+    out = []
+    for svc in _of_kind(objects, "Service"):
+        namespace, name = _meta(svc)
+        spec = svc.get("spec") or {}
+        selector = spec.get("selector") or {}
+        if not isinstance(selector, Mapping):
+            raise ConfigError(_label(svc), "spec.selector", "must be a mapping of labels")
+        for i, port in enumerate(spec.get("ports") or []):
+            if str(port.get("protocol", "TCP")).upper() != "TCP":
+                continue  # Istio builds no HTTP cluster for UDP/SCTP ports
+            number = port.get("port")
+            if not isinstance(number, int) or isinstance(number, bool) or not 0 < number < 65536:
+                raise ConfigError(
+                    _label(svc), f"spec.ports[{i}].port", f"must be a port number, got {number!r}"
+                )
+            target = port.get("targetPort", number)
+            out.append(
+                _ServicePort(
+                    f"{name}.{namespace}.{CLUSTER_DOMAIN}",
+                    number,
+                    target,
+                    {str(k): str(v) for k, v in selector.items()},
+                    f"{namespace}/{name}",
+                )
+            )
+    return out
+
+
+def _lb_policy(obj: Mapping[str, Any], policy: Any, path: str) -> str:
+    if policy is None:
+        return "ROUND_ROBIN"
+    _reject_unknown(obj, policy, {"loadBalancer"}, path)
+    balancer = policy.get("loadBalancer")
+    if balancer is None:
+        return "ROUND_ROBIN"
+    # consistentHash would make the pick sticky (DESIGN: requests must be independent trials).
+    _reject_unknown(obj, balancer, {"simple"}, f"{path}.loadBalancer")
+    simple = str(balancer.get("simple", "UNSPECIFIED")).upper()
+    if simple not in _LB_POLICIES:
+        raise UnsupportedField(_label(obj), f"{path}.loadBalancer.simple", f"{simple!r} is not supported")
+    return _LB_POLICIES[simple]
+
+
+def upstreams(objects: Sequence[Mapping[str, Any]]) -> list[Upstream]:
+    """Every cluster the objects define: each Service port, and each DestinationRule subset of it."""
+    ports = _service_ports(objects)
+    out = [Upstream(p.fqdn, p.port, None, p.selector, p.target_port, service=p.service) for p in ports]
+    seen = {u.key for u in out}
+    for dr in _of_kind(objects, "DestinationRule"):
+        namespace, _ = _meta(dr)
+        spec = dr.get("spec") or {}
+        _reject_unknown(dr, spec, _DR_SPEC, "spec")
+        host = resolve_host(str(spec.get("host", "")), namespace)
+        default_lb = _lb_policy(dr, spec.get("trafficPolicy"), "spec.trafficPolicy")
+        matching = [p for p in ports if p.fqdn == host]
+        if default_lb != "ROUND_ROBIN":
+            out = [
+                Upstream(u.fqdn, u.port, u.subset, u.selector, u.target_port, default_lb, u.service)
+                if u.fqdn == host and u.subset is None
+                else u
+                for u in out
+            ]
+        for i, subset in enumerate(spec.get("subsets") or []):
+            _reject_unknown(dr, subset, _SUBSET, f"spec.subsets[{i}]")
+            name = subset.get("name")
+            if not isinstance(name, str) or not name:
+                raise ConfigError(_label(dr), f"spec.subsets[{i}].name", "must be a non-empty string")
+            labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
+            for p in matching:
+                upstream = Upstream(
+                    p.fqdn, p.port, name, {**p.selector, **labels}, p.target_port, default_lb, p.service
+                )
+                if upstream.key in seen:
+                    raise ConfigError(
+                        _label(dr), f"spec.subsets[{i}].name", f"subset {name!r} is defined twice"
+                    )
+                seen.add(upstream.key)
+                out.append(upstream)
+    return sorted(out, key=lambda u: u.name)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@dataclass(frozen=True)
+class _Server:
+    gateway: tuple[str, str]  # (namespace, name)
+    port: int
+    hosts: tuple[str, ...]
+
+
+def _served_gateways(objects: Sequence[Mapping[str, Any]]) -> list[_Server]:
+    servers: list[_Server] = []
+    for gw in _of_kind(objects, "Gateway"):
+        spec = gw.get("spec") or {}
+        _reject_unknown(gw, spec, _GATEWAY_SPEC, "spec")
+        selector = spec.get("selector") or {}
+        if any(GATEWAY_LABELS.get(str(k)) != str(v) for k, v in selector.items()):
+            continue  # meant for another gateway workload
+        for i, server in enumerate(spec.get("servers") or []):
+            _reject_unknown(gw, server, _SERVER, f"spec.servers[{i}]")
+            port = server.get("port") or {}
+            _reject_unknown(gw, port, _SERVER_PORT, f"spec.servers[{i}].port")
+            protocol = str(port.get("protocol", "")).upper()
+            if protocol not in {"HTTP", "HTTP2"}:
+                raise UnsupportedField(
+                    _label(gw),
+                    f"spec.servers[{i}].port.protocol",
+                    f"{protocol or 'missing'}: only HTTP servers are translated",
+                )
+            number = port.get("number")
+            if not isinstance(number, int) or isinstance(number, bool):
+                raise ConfigError(
+                    _label(gw), f"spec.servers[{i}].port.number", f"must be a port number, got {number!r}"
+                )
+            hosts = server.get("hosts") or []
+            if not hosts:
+                raise ConfigError(_label(gw), f"spec.servers[{i}].hosts", "must name at least one host")
+            servers.append(_Server(_meta(gw), number, tuple(str(h) for h in hosts)))
+    ports = sorted({s.port for s in servers})
+    if len(ports) > 1:
+        raise UnsupportedField(
+            "Gateway",
+            "spec.servers[].port.number",
+            f"the local gateway serves one HTTP port; the Gateways use {ports}",
+        )
+    return servers
+
+
+def gateway_port(objects: Sequence[Mapping[str, Any]]) -> int:
+    """The HTTP port the Gateways serve (80 when there is none)."""
+    servers = _served_gateways(objects)
+    return servers[0].port if servers else DEFAULT_GATEWAY_PORT
+
+
+def route_config_name(port: int) -> str:
+    """Istio's name for a gateway port's route configuration."""
+    return f"http.{port}"
+
+
+def _host_covers(pattern: str, host: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host == pattern or host.endswith(pattern[1:])
+    return pattern == host
+
+
+def _shared_host(vs_host: str, gw_host: str) -> str | None:
+    """The virtual host a VirtualService host and a Gateway server host have in common."""
+    vs_host, gw_host = vs_host.lower(), gw_host.lower()
+    if _host_covers(gw_host, vs_host):
+        return vs_host
+    if _host_covers(vs_host, gw_host):
+        return gw_host
+    return None
+
+
+def _binds(vs: Mapping[str, Any], server: _Server) -> bool:
+    namespace, _ = _meta(vs)
+    for ref in (vs.get("spec") or {}).get("gateways") or []:
+        ref = str(ref)
+        if ref == "mesh":
+            continue
+        ns, _, name = ref.rpartition("/")
+        if (ns or namespace, name) == server.gateway:
+            return True
+    return False
+
+
+def _string_match(vs: Mapping[str, Any], value: Any, path: str) -> tuple[str, str]:
+    if value is None or value == {}:
+        return ("present", "")
+    _reject_unknown(vs, value, _STRING_MATCH, path)
+    kinds = [k for k in ("exact", "prefix", "regex") if k in value]
+    if len(kinds) != 1:
+        raise ConfigError(_label(vs), path, "needs exactly one of exact, prefix, regex")
+    kind = kinds[0]
+    text = value[kind]
+    if not isinstance(text, str):
+        raise ConfigError(_label(vs), f"{path}.{kind}", f"must be a string, got {type(text).__name__}")
+    if kind == "regex":
+        if text == "*":  # Istio reads the glob "*" as "header present"
+            return ("present", "")
+        _check_re2(vs, text, f"{path}.regex")
+    return (kind, text)
+
+
+def _check_re2(vs: Mapping[str, Any], pattern: str, path: str) -> None:
+    import re2  # google-re2: the engine Envoy's safe_regex uses
+
+    try:
+        re2.compile(pattern)
+    except re2.error as exc:
+        raise ConfigError(_label(vs), path, f"not a valid RE2 regex: {exc}") from exc
+
+
+def _route_match(vs: Mapping[str, Any], match: Mapping[str, Any] | None, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"prefix": "/"}
+    if match is None:
+        return out
+    _reject_unknown(vs, match, _MATCH, path)
+    uri = match.get("uri")
+    if uri is not None:
+        kind, text = _string_match(vs, uri, f"{path}.uri")
+        if kind == "present":
+            pass  # an empty uri match matches every path
+        elif kind == "exact":
+            out = {"path": text}
+        elif kind == "prefix":
+            out = {"prefix": text}
+        else:
+            out = {"safe_regex": {"regex": text}}
+    out["case_sensitive"] = not bool(match.get("ignoreUriCase", False))
+    headers = []
+    raw_headers = match.get("headers") or {}
+    if not isinstance(raw_headers, Mapping):
+        raise ConfigError(_label(vs), f"{path}.headers", "must be a mapping of header name to match")
+    for name in sorted(raw_headers, key=lambda n: str(n).lower()):
+        kind, text = _string_match(vs, raw_headers[name], f"{path}.headers.{name}")
+        header: dict[str, Any] = {"name": str(name).lower()}
+        if kind == "present":
+            header["present_match"] = True
+        elif kind == "regex":
+            header["string_match"] = {"safe_regex": {"regex": text}}
+        else:
+            header["string_match"] = {kind: text}
+        headers.append(header)
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _is_catch_all(match: Mapping[str, Any]) -> bool:
+    return match.get("prefix") == "/" and not match.get("headers")
+
+
+def _route_action(
+    vs: Mapping[str, Any],
+    route: Sequence[Any],
+    path: str,
+    services: Mapping[str, list[_ServicePort]],
+    port: int,
+) -> dict[str, Any]:
+    namespace, _ = _meta(vs)
+    if not route:
+        raise UnsupportedField(
+            _label(vs),
+            path,
+            "an HTTP route without destinations (redirect, directResponse, delegate) is not translated",
+        )
+    picks: list[tuple[str, int]] = []
+    for j, entry in enumerate(route):
+        where = f"{path}[{j}]"
+        _reject_unknown(vs, entry, _DESTINATION_WEIGHT, where)
+        destination = entry.get("destination") or {}
+        _reject_unknown(vs, destination, _DESTINATION, f"{where}.destination")
+        host = destination.get("host")
+        if not isinstance(host, str) or not host:
+            raise ConfigError(_label(vs), f"{where}.destination.host", "missing")
+        fqdn = resolve_host(host, namespace)
+        number = (destination.get("port") or {}).get("number")
+        if number is None:
+            # Istio: the Service's only port, else the gateway's listener port.
+            known = services.get(fqdn, [])
+            number = known[0].port if len(known) == 1 else port
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise ConfigError(
+                _label(vs), f"{where}.destination.port.number", f"must be a port number, got {number!r}"
+            )
+        subset = destination.get("subset") or None
+        weight = entry.get("weight", 0 if len(route) > 1 else 100)
+        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+            raise ConfigError(_label(vs), f"{where}.weight", f"must be a whole number >= 0, got {weight!r}")
+        picks.append((cluster_name(fqdn, number, subset), weight))
+    action: dict[str, Any] = {"timeout": "0s", "retry_policy": _RETRY_POLICY}
+    if len(picks) == 1:
+        action["cluster"] = picks[0][0]
+        return action
+    kept = [(name, weight) for name, weight in picks if weight > 0]  # Istio drops weight 0
+    if not kept:
+        raise ConfigError(_label(vs), path, "every destination has weight 0: nothing can be routed")
+    if len(kept) == 1:
+        action["cluster"] = kept[0][0]
+    else:
+        action["weighted_clusters"] = {"clusters": [{"name": n, "weight": w} for n, w in kept]}
+    return action
+
+
+def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The RouteConfiguration ``http.<port>`` of the ingress gateway for these objects."""
+    servers = _served_gateways(objects)
+    port = servers[0].port if servers else DEFAULT_GATEWAY_PORT
+    services: dict[str, list[_ServicePort]] = {}
+    for sp in _service_ports(objects):
+        services.setdefault(sp.fqdn, []).append(sp)
+    # domain -> routes, in the order the VirtualServices are given (Istio: creation order).
+    vhosts: dict[str, list[dict[str, Any]]] = {}
+    for vs in _of_kind(objects, "VirtualService"):
+        spec = vs.get("spec") or {}
+        _reject_unknown(vs, spec, _VS_SPEC, "spec")
+        export = spec.get("exportTo")
+        if export is not None and "*" not in export:
+            raise UnsupportedField(
+                _label(vs), "spec.exportTo", "only exportTo ['*'] (the default) is translated"
+            )
+        domains: list[str] = []
+        for server in servers:
+            if not _binds(vs, server):
+                continue
+            for gw_host in server.hosts:
+                host_ns, _, gw_pattern = gw_host.rpartition("/")
+                if (
+                    host_ns not in {"", "*"}
+                    and (server.gateway[0] if host_ns == "." else host_ns) != _meta(vs)[0]
+                ):
+                    continue
+                for vs_host in spec.get("hosts") or []:
+                    shared = _shared_host(str(vs_host), gw_pattern)
+                    if shared is not None and shared not in domains:
+                        domains.append(shared)
+        if not domains:
+            continue
+        routes = _routes_of(vs, spec, services, port)
+        for domain in domains:
+            vhosts.setdefault(domain, []).extend(routes)
+    virtual_hosts = [
+        {"name": f"{domain}:{port}", "domains": [domain], "routes": routes}
+        for domain, routes in vhosts.items()
+    ]
+    if not virtual_hosts:
+        # What Istio sends a gateway port without VirtualServices: 404 for every request.
+        virtual_hosts = [
+            {
+                "name": f"blackhole:{port}",
+                "domains": ["*"],
+                "routes": [
+                    {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 404}}
+                ],
+            }
+        ]
+    return {
+        "@type": ROUTE_TYPE,
+        "name": route_config_name(port),
+        "virtual_hosts": virtual_hosts,
+        # The local listener is not on port 80, so a Host header carries another port.
+        "ignore_port_in_host_matching": True,
+        "validate_clusters": False,
+    }
+
+
+def _routes_of(
+    vs: Mapping[str, Any], spec: Mapping[str, Any], services: Mapping[str, list[_ServicePort]], port: int
+) -> list[dict[str, Any]]:
+    routes: list[dict[str, Any]] = []
+    for i, http in enumerate(spec.get("http") or []):
+        path = f"spec.http[{i}]"
+        _reject_unknown(vs, http, _HTTP_ROUTE, path)
+        name = str(http.get("name") or "")
+        action = _route_action(vs, http.get("route") or [], f"{path}.route", services, port)
+        matches = http.get("match") or [None]
+        catch_all = False
+        for k, match in enumerate(matches):
+            envoy_match = _route_match(vs, match, f"{path}.match[{k}]")
+            match_name = (match or {}).get("name")
+            entry: dict[str, Any] = {
+                "name": f"{name}.{match_name}" if match_name else name,
+                "match": envoy_match,
+                "route": action,
+            }
+            routes.append(entry)
+            if _is_catch_all(envoy_match):
+                catch_all = True
+                break  # later entries could never match; Istio omits them
+        if catch_all:
+            break
+    return routes
+
+
+# --------------------------------------------------------------------------- listener, clusters
+
+
+def _config_source(path: str) -> dict[str, Any]:
+    return {"path_config_source": {"path": path}, "resource_api_version": "V3"}
+
+
+def build_listener(
+    *, rds_path: str, route_name: str, port: int, address: str = "127.0.0.1", access_log: str | None = None
+) -> dict[str, Any]:
+    """The gateway listener: an HTTP connection manager whose routes come from `rds_path` (RDS)."""
+    hcm: dict[str, Any] = {
+        "@type": _HCM_TYPE,
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",
+        "rds": {"route_config_name": route_name, "config_source": _config_source(rds_path)},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}}],
+    }
+    if access_log:
+        hcm["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": _FILE_LOG_TYPE,
+                    "path": access_log,
+                    "log_format": {
+                        "text_format_source": {
+                            "inline_string": (
+                                "[%START_TIME%] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
+                                "%RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %DURATION%ms "
+                                "x-api-version=%REQ(X-API-VERSION)%\n"
+                            )
+                        }
+                    },
+                },
+            }
+        ]
+    return {
+        "@type": LISTENER_TYPE,
+        "name": f"gateway_{port}",
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def build_load_assignment(name: str, endpoints: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """A ClusterLoadAssignment; no endpoints means Envoy answers 503 (no healthy upstream)."""
+    lb_endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+        for host, port in sorted(endpoints)
+    ]
+    return {"@type": ENDPOINT_TYPE, "cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]}
+
+
+def build_cluster(
+    upstream: Upstream, *, eds_path: str | None = None, endpoints: Sequence[tuple[str, int]] = ()
+) -> dict[str, Any]:
+    """An EDS cluster reading `eds_path`, or (without it) a STATIC one holding `endpoints`."""
+    cluster: dict[str, Any] = {
+        "@type": CLUSTER_TYPE,
+        "name": upstream.name,
+        "connect_timeout": "1s",
+        "lb_policy": upstream.lb_policy,
+    }
+    if eds_path is None:
+        cluster["type"] = "STATIC"
+        cluster["load_assignment"] = build_load_assignment(upstream.name, endpoints)
+    else:
+        cluster["type"] = "EDS"
+        cluster["eds_cluster_config"] = {
+            "service_name": upstream.name,
+            "eds_config": _config_source(eds_path),
+        }
+    return cluster
+
+
+@dataclass(frozen=True)
+class XdsResources:
+    """Everything the gateway Envoy needs for one set of objects."""
+
+    listener: dict[str, Any]
+    route_configuration: dict[str, Any]
+    clusters: tuple[dict[str, Any], ...]
+    load_assignments: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    upstreams: tuple[Upstream, ...] = ()
+
+
+def translate(
+    objects: Sequence[Mapping[str, Any]],
+    endpoints: Mapping[EndpointKey, Sequence[tuple[str, int]]],
+    *,
+    listener_port: int,
+    rds_path: str,
+    eds_paths: Mapping[str, str] | None = None,
+    listener_address: str = "127.0.0.1",
+    access_log: str | None = None,
+) -> XdsResources:
+    """The listener, routes, clusters and endpoint assignments for `objects` and live `endpoints`.
+
+    `eds_paths` maps a cluster name to the file its endpoints are read from (EDS); clusters
+    without an entry are STATIC with their endpoints inline.
+    """
+    route_configuration = build_route_configuration(objects)
+    ups = upstreams(objects)
+    eds = eds_paths or {}
+    clusters = tuple(
+        build_cluster(u, eds_path=eds.get(u.name), endpoints=endpoints.get(u.key, ())) for u in ups
+    )
+    assignments = {u.name: build_load_assignment(u.name, endpoints.get(u.key, ())) for u in ups}
+    listener = build_listener(
+        rds_path=rds_path,
+        route_name=route_configuration["name"],
+        port=listener_port,
+        address=listener_address,
+        access_log=access_log,
+    )
+    return XdsResources(listener, route_configuration, clusters, assignments, tuple(ups))
+
+
+def discovery_response(resources: Sequence[Mapping[str, Any]], version: str) -> dict[str, Any]:
+    """A DiscoveryResponse, the form of a file-based xDS resource file."""
+    return {"version_info": version, "resources": [dict(r) for r in resources]}
+
+
+def bootstrap(
+    *, admin_port: int, lds_path: str, cds_path: str, node_id: str, admin_address: str = "127.0.0.1"
+) -> dict[str, Any]:
+    """An Envoy bootstrap: admin on loopback, listeners and clusters from files (watched for moves)."""
+    return {
+        "node": {"id": node_id, "cluster": "abtest-gateway"},
+        "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
+        "dynamic_resources": {"lds_config": _config_source(lds_path), "cds_config": _config_source(cds_path)},
+    }

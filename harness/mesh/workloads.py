@@ -1,0 +1,379 @@
+"""Workload runners: how a Deployment replica becomes something listening on loopback.
+
+A runner starts one replica from a :class:`WorkloadSpec`, waits for its ``/healthz``, stops it
+and returns its log. :class:`ProcessRunner` (the default of the local mesh) runs the mock
+scorer as a local process, with the answer the plan bakes into the image; Docker's runner
+(``harness.mesh.containers.DockerRunner``) runs the real image and follows the same protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import IO, Any, Protocol, runtime_checkable
+
+import requests
+
+from harness.errors import ConfigError, HarnessError, UnsupportedField
+from harness.wait import wait_until
+
+__all__ = [
+    "ProcessRunner",
+    "RunningWorkload",
+    "WorkloadRunner",
+    "WorkloadSpec",
+    "free_port",
+    "image_repository",
+    "specs_from_objects",
+    "start_process",
+    "stop_process",
+]
+
+log = logging.getLogger(__name__)
+
+#: Where the image of a Deployment is named, for error messages.
+IMAGE_FIELD = "spec.template.spec.containers[0].image"
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """One replica of a Deployment, as a runner needs it."""
+
+    namespace: str
+    deployment: str
+    replica: int
+    image: str
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    container_port: int = 5001
+    port_name: str | None = None
+    health_path: str = "/healthz"
+
+    @property
+    def name(self) -> str:
+        """``namespace/deployment-replica``: how logs and messages name the replica."""
+        return f"{self.namespace}/{self.deployment}-{self.replica}"
+
+    def __hash__(self) -> int:  # Mappings are not hashable; the identity of a replica is enough
+        return hash((self.namespace, self.deployment, self.replica, self.image, self.container_port))
+
+
+@dataclass(eq=False)
+class RunningWorkload:
+    """A started replica and the loopback address Envoy reaches it at."""
+
+    spec: WorkloadSpec
+    endpoint: tuple[str, int]
+    handle: object = None  # the runner's own (a Popen, a container id)
+    log_path: Path | None = None
+
+
+@runtime_checkable
+class WorkloadRunner(Protocol):
+    """Starts, checks and stops replicas; implemented by ProcessRunner and DockerRunner."""
+
+    def start(self, spec: WorkloadSpec) -> RunningWorkload: ...
+
+    def wait_ready(self, workload: RunningWorkload, timeout: float) -> None: ...
+
+    def stop(self, workload: RunningWorkload) -> None: ...
+
+    def logs(self, workload: RunningWorkload) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def image_repository(ref: str) -> str:
+    """The repository of an image reference (tag and digest dropped).
+
+    >>> image_repository("abtest/scorer-a:dev"), image_repository("localhost:5000/x/y@sha256:ab")
+    ('abtest/scorer-a', 'localhost:5000/x/y')
+    """
+    name = ref.split("@", 1)[0]
+    head, sep, tail = name.rpartition(":")
+    return head if sep and "/" not in tail else name
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- long-running processes
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # If the harness is killed outright (SIGKILL, OOM), its children get SIGTERM instead of
+    # leaking on a machine others share. Linux only; harmless where prctl is missing.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_process(
+    argv: list[str], *, env: Mapping[str, str], log_path: Path, what: str, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a long-running process with its output to `log_path`; logged before it runs.
+
+    The child gets its own session, so a Ctrl-C in the terminal reaches the harness, which
+    then stops its children in order; and it dies with the harness if the harness is killed.
+    ``harness.proc.run`` runs commands to completion, so long-running ones start here.
+    """
+    log.info("start %s: %s", what, " ".join(argv))
+    out: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        # A PR_SET_PDEATHSIG child dies when the *thread* that forked it ends, so only the
+        # main thread asks for it.
+        preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
+        return subprocess.Popen(  # noqa: S603 - argv list from the harness itself, no shell
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=preexec,  # noqa: PLW1509
+        )
+    finally:
+        out.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], what: str, timeout: float = STOP_TIMEOUT_S) -> int | None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL; returns the exit code. Safe on a dead process."""
+    if process.poll() is not None:
+        return process.returncode
+    log.info("stop %s (pid %d)", what, process.pid)
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s (pid %d) ignored SIGTERM for %.0fs; killing it", what, process.pid, timeout)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        return process.wait(timeout=timeout)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log file ('' if it does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- the process runner
+
+
+class ProcessRunner:
+    """Runs each replica as ``python -m harness.scorer`` on a free loopback port.
+
+    `plan_images` maps an image repository (``abtest/scorer-a``) to the answer that image
+    gives; an image outside it has no local command and is a ConfigError naming the
+    Deployment and the field.
+    """
+
+    def __init__(
+        self,
+        plan_images: Mapping[str, str],
+        *,
+        log_dir: Path | None = None,
+        python: str = sys.executable,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.plan_images = dict(plan_images)
+        self._own_dir = log_dir is None
+        self.log_dir = Path(tempfile.mkdtemp(prefix="abtest-workloads-")) if log_dir is None else log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.python = python
+        self.extra_env = dict(extra_env or {})
+        self._session = requests.Session()
+        self._running: dict[int, RunningWorkload] = {}
+        self._lock = threading.Lock()
+        self._serial = 0
+
+    @classmethod
+    def from_plan(cls, plan: object = None, **kwargs: object) -> ProcessRunner:
+        """A runner for the images of a rollout plan (default: ``manifests/stages.yaml``)."""
+        from harness.plan import RolloutPlan, load_plan
+
+        chosen = plan if isinstance(plan, RolloutPlan) else load_plan()
+        images = {spec.repository: spec.answer for spec in chosen.images.values()}
+        return cls(images, **kwargs)  # type: ignore[arg-type]
+
+    def answer_for(self, spec: WorkloadSpec) -> str:
+        """The answer of the spec's image, or a ConfigError naming Deployment and field."""
+        repository = image_repository(spec.image)
+        if repository not in self.plan_images:
+            known = ", ".join(sorted(self.plan_images)) or "none"
+            raise ConfigError(
+                f"Deployment {spec.namespace}/{spec.deployment}",
+                IMAGE_FIELD,
+                f"image {spec.image!r} cannot be run as a local process: its repository is not one of "
+                f"the plan's images ({known}); use --workloads=docker to run real images",
+            )
+        return self.plan_images[repository]
+
+    def start(self, spec: WorkloadSpec) -> RunningWorkload:
+        answer = self.answer_for(spec)
+        port = free_port()
+        with self._lock:
+            self._serial += 1
+            serial = self._serial
+        log_path = self.log_dir / f"{spec.namespace}_{spec.deployment}-{spec.replica}.{serial}.log"
+        env = {
+            **os.environ,
+            **self.extra_env,
+            **spec.env,
+            "PORT": str(port),
+            "SCORER_HOST": "127.0.0.1",
+            "SCORER_ANSWER": answer,
+            "PYTHONUNBUFFERED": "1",
+        }
+        argv = [self.python, "-m", "harness.scorer"]
+        # The scorer must import from this checkout even when the caller's cwd is elsewhere.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        process = start_process(
+            argv, env=env, log_path=log_path, what=f"workload {spec.name} on 127.0.0.1:{port}"
+        )
+        workload = RunningWorkload(spec, ("127.0.0.1", port), process, log_path)
+        with self._lock:
+            self._running[id(workload)] = workload
+        return workload
+
+    def wait_ready(self, workload: RunningWorkload, timeout: float) -> None:
+        process = workload.handle
+        assert isinstance(process, subprocess.Popen)
+        host, port = workload.endpoint
+        url = f"http://{host}:{port}{workload.spec.health_path}"
+
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise HarnessError(
+                    f"workload {workload.spec.name} exited with {process.returncode} before it was ready; "
+                    f"log {workload.log_path}:\n{tail(workload.log_path) if workload.log_path else ''}"
+                )
+            return self._session.get(url, timeout=1.0).status_code == 200
+
+        wait_until(
+            healthy,
+            what=f"{workload.spec.name} to answer 200 on {url}",
+            timeout=timeout,
+            interval=0.02,
+            max_interval=0.1,
+            transient=(requests.ConnectionError, requests.Timeout),
+        )
+
+    def stop(self, workload: RunningWorkload) -> None:
+        process = workload.handle
+        if isinstance(process, subprocess.Popen):
+            stop_process(process, f"workload {workload.spec.name}")
+        with self._lock:
+            self._running.pop(id(workload), None)
+
+    def logs(self, workload: RunningWorkload) -> str:
+        if workload.log_path is None:
+            return ""
+        try:
+            return workload.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        """Stop every replica this runner started and still runs."""
+        with self._lock:
+            running = list(self._running.values())
+        for workload in running:
+            self.stop(workload)
+        self._session.close()
+
+
+# --------------------------------------------------------------------------- Deployments -> specs
+
+
+def specs_from_objects(objects: Sequence[Mapping[str, Any]]) -> list[WorkloadSpec]:
+    """One WorkloadSpec per replica of every Deployment in `objects`.
+
+    Reads what decides routing and answers: replicas, pod labels, the single container's
+    image, env, first port and readiness path. Runtime fields (resources, securityContext,
+    imagePullPolicy, probe timings) do not change where a request goes and are not read;
+    an ``env`` entry with ``valueFrom`` or a second container is an UnsupportedField.
+    """
+    specs: list[WorkloadSpec] = []
+    for obj in objects:
+        if not isinstance(obj, Mapping) or obj.get("kind") != "Deployment":
+            continue
+        meta = obj.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        label = f"Deployment {namespace}/{name}"
+        spec = obj.get("spec") or {}
+        replicas = spec.get("replicas", 1)
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise ConfigError(label, "spec.replicas", f"must be a whole number >= 0, got {replicas!r}")
+        template = spec.get("template") or {}
+        labels = {str(k): str(v) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items()}
+        containers = (template.get("spec") or {}).get("containers") or []
+        if len(containers) != 1:
+            raise UnsupportedField(
+                label,
+                "spec.template.spec.containers",
+                f"the local mesh runs exactly one container per pod, found {len(containers)}",
+            )
+        container = containers[0]
+        image = container.get("image")
+        if not isinstance(image, str) or not image:
+            raise ConfigError(label, IMAGE_FIELD, "missing")
+        env: dict[str, str] = {}
+        for i, item in enumerate(container.get("env") or []):
+            if "valueFrom" in item:
+                raise UnsupportedField(
+                    label,
+                    f"spec.template.spec.containers[0].env[{i}].valueFrom",
+                    "only literal values are supported locally",
+                )
+            env[str(item.get("name"))] = str(item.get("value", ""))
+        ports = container.get("ports") or []
+        port = ports[0] if ports else {}
+        container_port = port.get("containerPort", 0)
+        if not isinstance(container_port, int) or isinstance(container_port, bool):
+            raise ConfigError(
+                label,
+                "spec.template.spec.containers[0].ports[0].containerPort",
+                f"must be a port number, got {container_port!r}",
+            )
+        probe = (container.get("readinessProbe") or {}).get("httpGet") or {}
+        health = str(probe.get("path") or "/healthz")
+        for replica in range(replicas):
+            specs.append(
+                WorkloadSpec(
+                    namespace=namespace,
+                    deployment=name,
+                    replica=replica,
+                    image=image,
+                    env=MappingProxyType(dict(env)),
+                    labels=MappingProxyType(dict(labels)),
+                    container_port=container_port,
+                    port_name=port.get("name"),
+                    health_path=health,
+                )
+            )
+    return specs
