@@ -742,8 +742,12 @@ def _service_for(objects: Sequence[Mapping[str, Any]], fqdn: str) -> Mapping[str
 def _subset_labels(
     objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
 ) -> tuple[Mapping[str, str] | None, str]:
-    """Labels of the destination's subset, or None (with why) if no visible rule defines it."""
-    candidates: list[tuple[tuple[int, int], Mapping[str, Any], Mapping[str, Any]]] = []
+    """Labels of the destination's subset, or None (with why) if no visible rule defines it.
+
+    Istio applies one rule per host: the one whose host matches most specifically (rules for
+    the same host are merged). A subset defined only in a less specific rule is not found.
+    """
+    rules: list[tuple[tuple[int, int], Mapping[str, Any]]] = []
     for dr in objects:
         if dr.get("kind") != "DestinationRule":
             continue
@@ -753,24 +757,29 @@ def _subset_labels(
         ):
             continue
         host = resolve_service_host(str(spec.get("host", "")), _namespace(dr))
-        if not host_matches(host, destination.host):
-            continue
-        for subset in spec.get("subsets") or []:
-            if subset.get("name") == destination.subset:
-                candidates.append((_specificity(host), dr, subset))
-    if not candidates:
-        return None, f"no DestinationRule defines subset {destination.subset!r} for {destination.host}"
-    best = max(c[0] for c in candidates)
-    winners = [c for c in candidates if c[0] == best]
-    if len(winners) > 1:
-        rules = ", ".join(_label(c[1]) for c in winners)
+        if host_matches(host, destination.host):
+            rules.append((_specificity(host), dr))
+    if not rules:
+        return None, f"no DestinationRule for {destination.host}, so no subset {destination.subset!r}"
+    best = max(r[0] for r in rules)
+    found = [
+        (dr, subset)
+        for specificity, dr in rules
+        if specificity == best
+        for subset in _spec(dr).get("subsets") or []
+        if subset.get("name") == destination.subset
+    ]
+    if not found:
+        names = ", ".join(_label(dr) for specificity, dr in rules if specificity == best)
+        return None, f"{names} defines no subset {destination.subset!r}"
+    if len(found) > 1:
         raise ConfigError(
-            rules,
+            ", ".join(_label(dr) for dr, _ in found),
             "spec.subsets",
             f"subset {destination.subset!r} of {destination.host} is defined "
             "more than once; Istio's merge order would decide",
         )
-    return dict(winners[0][2].get("labels") or {}), ""
+    return dict(found[0][1].get("labels") or {}), ""
 
 
 def _deployment_version(obj: Mapping[str, Any]) -> str:

@@ -776,6 +776,48 @@ CASES: tuple[Case, ...] = (
         {NO_ENDPOINTS: 1.0},
     ),
     Case(
+        "subset-only-in-less-specific-rule",
+        f"{DR}#DestinationRule-host: the rule for the most specific host applies, not a wildcard one",
+        changed(
+            both(
+                one_service_with_subsets,
+                add(
+                    {
+                        "apiVersion": "networking.istio.io/v1",
+                        "kind": "DestinationRule",
+                        "metadata": {"name": "wide", "namespace": NS},
+                        "spec": {
+                            "host": f"*.{NS}.{FQDN}",
+                            "subsets": [{"name": "v-red", "labels": {"model_version": "blue"}}],
+                        },
+                    }
+                ),
+                put(weighted, "route", [{"destination": {"host": "model-svc", "subset": "v-red"}}]),
+            )
+        ),
+        PLAIN,
+        {NO_ENDPOINTS: 1.0},
+    ),
+    Case(
+        "subset-defined-twice",
+        f"{DR}#DestinationRule-host: rules for one host merge in creation order, which manifests do not fix",
+        changed(
+            both(
+                one_service_with_subsets,
+                add(
+                    {
+                        "apiVersion": "networking.istio.io/v1",
+                        "kind": "DestinationRule",
+                        "metadata": {"name": "again", "namespace": NS},
+                        "spec": {"host": "model-svc", "subsets": [{"name": "v-blue", "labels": {"x": "y"}}]},
+                    }
+                ),
+            )
+        ),
+        PLAIN,
+        raises=(ConfigError, "spec.subsets"),
+    ),
+    Case(
         "subset-adds-to-selector",
         f"{DR}#Subset-labels: the subset filters the Service's endpoints further",
         changed(
