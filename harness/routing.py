@@ -30,6 +30,11 @@ Anything in the routing path that this module does not implement raises
 :class:`~harness.errors.UnsupportedField` naming the object and the field, never silently
 ignored: a verdict computed against a half-understood manifest would lie.
 
+Deliberate limits, all outside what the harness sends or the reference charts use: paths
+are matched as sent (the gateway's RFC 3986 normalization of ``/a/../score`` is not
+modelled), a header appears at most once per request, and a Deployment with replicas > 0
+counts as ready (readiness is the mesh's convergence check, not the manifests').
+
 >>> from harness.routing import STANDARD_CLASSES, expected_distribution
 >>> # expected_distribution(render_stage(load_plan(), "Blue_50"), STANDARD_CLASSES[0]).shares
 >>> # {'green': 0.5, 'blue': 0.5}
