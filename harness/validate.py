@@ -34,6 +34,9 @@ IST0101   error    ReferencedResourceNotFound: a destination host that is no Ser
                    too, with the FQDN to use.
 IST0112   error    VirtualServiceDestinationPortSelectorRequired: no port on a destination
                    whose Service exposes several.
+IST0118   warning  PortNameIsNotUnderNamingConvention: a Service port whose name is not
+                   ``<protocol>[-<suffix>]`` and that has no appProtocol (istioctl: info). The
+                   reference charts' unnamed port is such a case.
 IST0122   error    InvalidRegexp: a ``regex`` match that RE2 (Envoy's engine) rejects.
                    istioctl says warning; Envoy refuses the whole route table, so error here.
 IST0127   warning  NoMatchingWorkloadsFound: a Service selector (or a DestinationRule
@@ -43,6 +46,8 @@ IST0130   error    VirtualServiceUnreachableRule: an HTTP route after a catch-al
                    match, or a match that admits every request), or whose matches all repeat
                    earlier ones. istioctl says warning; here the route is usually a header
                    route that silently stops pinning requests, so error.
+IST0132   warning  VirtualServiceHostNotFoundInGateway: a VirtualService host that no server
+                   of its Gateways admits: the ingress answers 404 for it.
 ABT001    error    The weights of one route do not sum to 100.
 ABT002    error    A weight that is not a non-negative integer, or a weight left out in a
                    route with more than one destination (Istio reads it as 0).
@@ -55,6 +60,8 @@ ABT006    error    Not a Kubernetes object: not a mapping, or no apiVersion, kin
 ABT010    warning  A container pulls ``Always`` (explicitly, or implied by no policy and a
                    ``:latest`` or missing tag): images side-loaded into kind are not found.
 ABT011    warning  A container without a readinessProbe: traffic reaches it before it serves.
+ABT012    error    A Service targetPort names a port that no container of the selected pods
+                   declares: the Service gets no endpoint port.
 ========  =======  ==========================================================================
 
 >>> findings = validate_objects([{"apiVersion": "v1", "kind": "Namespace",
@@ -505,8 +512,9 @@ class _Index:
     services: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     entry_hosts: set[str] = field(default_factory=set)
     gateways: set[tuple[str, str]] = field(default_factory=set)
+    gateway_objects: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     subsets: dict[tuple[str, str], set[str]] = field(default_factory=dict)
-    pod_labels: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
+    pods: list[_Pods] = field(default_factory=list)
 
     @classmethod
     def build(cls, objects: list[Mapping[str, Any]]) -> _Index:
@@ -520,6 +528,7 @@ class _Index:
                 index.entry_hosts.update(h for h in _list(spec.get("hosts")) if isinstance(h, str))
             elif kind == "Gateway" and obj["apiVersion"].startswith(ISTIO_NETWORKING_GROUP):
                 index.gateways.add((ns, name))
+                index.gateway_objects[(ns, name)] = obj
             elif kind == "DestinationRule":
                 target = _service_of_host(str(spec.get("host", "")), ns)
                 if target:
@@ -527,16 +536,37 @@ class _Index:
                     index.subsets.setdefault(target, set()).update(names)
             elif kind in _WORKLOAD_KINDS:
                 template = _mapping(spec.get("template"))
-                index.pod_labels.append((ns, _mapping(_mapping(template.get("metadata")).get("labels"))))
+                labels = _mapping(_mapping(template.get("metadata")).get("labels"))
+                index.pods.append(_Pods(ns, labels, _port_names(_mapping(template.get("spec")))))
             elif kind == "Pod":
-                index.pod_labels.append((ns, _mapping(obj["metadata"].get("labels"))))
+                index.pods.append(_Pods(ns, _mapping(obj["metadata"].get("labels")), _port_names(spec)))
         return index
 
+    def selected(self, ns: str, selector: Mapping[str, Any]) -> list[_Pods]:
+        """The workloads in ``ns`` whose pods carry every label of ``selector``."""
+        return [p for p in self.pods
+                if p.namespace == ns and all(p.labels.get(k) == v for k, v in selector.items())]
+
     def selects_pods(self, ns: str, selector: Mapping[str, Any]) -> bool:
-        return any(
-            pod_ns == ns and all(labels.get(k) == v for k, v in selector.items())
-            for pod_ns, labels in self.pod_labels
-        )
+        return bool(self.selected(ns, selector))
+
+
+@dataclass(frozen=True)
+class _Pods:
+    """The pods of one workload: where they run, their labels, their named container ports."""
+
+    namespace: str
+    labels: Mapping[str, Any]
+    port_names: frozenset[str]
+
+
+def _port_names(pod_spec: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(
+        str(port["name"])
+        for container in _list(pod_spec.get("containers"))
+        for port in map(_mapping, _list(_mapping(container).get("ports")))
+        if "name" in port
+    )
 
 
 def _service_of_host(host: str, namespace: str) -> tuple[str, str] | None:
@@ -682,6 +712,40 @@ def _check_gateways(index: _Index) -> Iterator[Finding]:
                               f"{_did_you_mean(gw_name, names)}")
 
 
+def _check_gateway_hosts(index: _Index) -> Iterator[Finding]:
+    """A VirtualService host that no server of its Gateways admits is never served (IST0132)."""
+    for vs, spec in _virtual_services(index):
+        ns = _namespace(vs)
+        admitted: list[str] = []
+        names: list[str] = []
+        for ref in _list(spec.get("gateways")):
+            if not isinstance(ref, str) or ref == "mesh":
+                continue
+            gw_ns, _, gw_name = ref.rpartition("/")
+            gateway = index.gateway_objects.get((gw_ns or ns, gw_name))
+            if gateway is None:
+                continue  # reported as IST0101
+            names.append(ref)
+            for server in map(_mapping, _list(_mapping(gateway.get("spec")).get("servers"))):
+                admitted += [h.rpartition("/")[2] for h in _list(server.get("hosts")) if isinstance(h, str)]
+        if not names:
+            continue
+        for i, host in enumerate(_list(spec.get("hosts"))):
+            if isinstance(host, str) and not any(_hosts_overlap(host, a) for a in admitted):
+                yield Finding("IST0132", "warning", _label(vs), _path(["spec", "hosts", i]),
+                              f"host {host!r} is admitted by no server of gateway(s) {', '.join(names)} "
+                              f"(they admit {admitted}): requests for it get 404")
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Whether two host patterns (``*``, ``*.example.com``, exact) can match the same name."""
+    if a == "*" or b == "*" or a == b:
+        return True
+    if a.startswith("*.") and b.endswith(a[1:]):
+        return True
+    return b.startswith("*.") and a.endswith(b[1:])
+
+
 _STRING_MATCH_FIELDS = ("uri", "scheme", "method", "authority")
 
 
@@ -774,6 +838,36 @@ def _check_selectors(index: _Index) -> Iterator[Finding]:
                                   "requests to this subset get 503")
 
 
+# Istio picks a port's protocol from its name, "<protocol>[-<suffix>]", or from appProtocol.
+_ISTIO_PROTOCOLS = ("http", "http2", "https", "grpc", "grpc-web", "tcp", "tls", "mongo", "mysql",
+                    "redis", "udp")
+
+
+def _check_service_ports(index: _Index) -> Iterator[Finding]:
+    """Port names Istio can read a protocol from (IST0118), named targetPorts that exist (ABT012)."""
+    for obj in index.objects:
+        if obj["kind"] != "Service" or obj["apiVersion"] != "v1":
+            continue
+        spec, ns = _mapping(obj.get("spec")), _namespace(obj)
+        selector = _mapping(spec.get("selector"))
+        pods = index.selected(ns, selector) if selector else []
+        for i, port in enumerate(map(_mapping, _list(spec.get("ports")))):
+            name = port.get("name")
+            named = isinstance(name, str) and any(
+                name == p or name.startswith(p + "-") for p in _ISTIO_PROTOCOLS)
+            if not named and "appProtocol" not in port:
+                yield Finding("IST0118", "warning", _label(obj), _path(["spec", "ports", i, "name"]),
+                              f"port {port.get('port')} name {name!r} does not follow Istio's "
+                              "<protocol>[-<suffix>] convention (e.g. 'http') and has no appProtocol: "
+                              "Istio has to guess the protocol")
+            target = port.get("targetPort")
+            if isinstance(target, str) and pods and not any(target in p.port_names for p in pods):
+                known = sorted(set().union(*(p.port_names for p in pods)))
+                yield Finding("ABT012", "error", _label(obj), _path(["spec", "ports", i, "targetPort"]),
+                              f"targetPort {target!r} names no container port of the selected pods "
+                              f"(they name {known}): the Service has no endpoint port")
+
+
 def _labels(labels: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in labels.items())
 
@@ -813,8 +907,10 @@ _SEMANTIC_CHECKS = (
     _check_weights,
     _check_destinations,
     _check_gateways,
+    _check_gateway_hosts,
     _check_matches,
     _check_unreachable,
     _check_selectors,
+    _check_service_ports,
     _check_workloads,
 )

@@ -8,7 +8,6 @@ every test breaks it in exactly one way.
 from __future__ import annotations
 
 import copy
-import importlib.util
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -103,8 +102,6 @@ def test_a_stage_without_blue_only_warns_that_its_service_has_no_pods() -> None:
 _STAGES = ("baseline", "Blue_0", "Blue_50", "Blue_100", "Blue_Green", "Green_100")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("harness.render") is None,
-                    reason="harness/render.py has not landed yet")
 @pytest.mark.parametrize("stage", _STAGES)
 def test_every_rendered_stage_has_no_errors(stage: str) -> None:
     from harness.plan import load_plan
@@ -481,6 +478,46 @@ def test_service_selector_typo_selects_no_pods() -> None:
 
     finding = the_one(broken(mutate), "IST0127")
     assert finding.obj == "Service abtesting/model-svc-green" and "model_version=gren" in finding.message
+
+
+def test_unnamed_service_port_is_a_warning() -> None:
+    # One of the reference charts' faults: Istio cannot read the protocol from the port.
+    def mutate(objects: Objects) -> None:
+        port = get(objects, "Service", "model-svc-green")["spec"]["ports"][0]
+        del port["name"]
+        port["targetPort"] = 5001
+
+    finding = the_one(broken(mutate), "IST0118")
+    assert (finding.severity, finding.obj, finding.path) == (
+        "warning", "Service abtesting/model-svc-green", "spec.ports[0].name")
+
+
+@pytest.mark.parametrize("port", [{"name": "http-model"}, {"name": "web", "appProtocol": "http"}])
+def test_port_named_by_istio_convention_or_app_protocol_is_fine(port: dict[str, str]) -> None:
+    def mutate(objects: Objects) -> None:
+        service_port = get(objects, "Service", "model-svc-green")["spec"]["ports"][0]
+        service_port.update(port, targetPort=5001)
+
+    assert broken(mutate) == []
+
+
+def test_target_port_name_that_no_container_declares() -> None:
+    def mutate(objects: Objects) -> None:
+        get(objects, "Service", "model-svc-blue")["spec"]["ports"][0]["targetPort"] = "htp"
+
+    finding = the_one(broken(mutate), "ABT012")
+    assert (finding.severity, finding.obj, finding.path) == (
+        "error", "Service abtesting/model-svc-blue", "spec.ports[0].targetPort")
+    assert "['http']" in finding.message
+
+
+def test_virtual_service_host_that_the_gateway_does_not_admit() -> None:
+    def mutate(objects: Objects) -> None:
+        get(objects, "Gateway", "mlmodel-gateway")["spec"]["servers"][0]["hosts"] = ["*.example.com"]
+        virtual_service(objects)["spec"]["hosts"] = ["scoring.example.com", "scoring.example.org"]
+
+    finding = the_one(broken(mutate), "IST0132")
+    assert (finding.severity, finding.obj, finding.path) == ("warning", VS, "spec.hosts[1]")
 
 
 # --------------------------------------------------------------------------- Kubernetes schemas
