@@ -83,11 +83,13 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
 import pydantic
 import re2
+import yaml
 from referencing import Registry, Resource
 
 from harness.errors import ConfigError, HarnessError
@@ -167,6 +169,28 @@ def validate_objects(objects: Sequence[Mapping[str, Any]]) -> list[Finding]:
     for check in _SEMANTIC_CHECKS:
         findings.extend(check(index))
     return findings
+
+
+def load_manifests(path: Path) -> list[Any]:
+    """The documents of a YAML manifest file, for validating files rather than stages.
+
+    Empty documents are dropped and ``kind: List`` documents are flattened into their
+    items, as ``kubectl apply -f`` treats them. A YAML syntax error is a ConfigError naming
+    the file and line.
+    """
+    try:
+        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "YAML"
+        raise ConfigError(str(path), where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    objects: list[Any] = []
+    for doc in documents:
+        if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            objects.extend(doc["items"])
+        elif doc is not None:
+            objects.append(doc)
+    return objects
 
 
 def has_errors(findings: Iterable[Finding]) -> bool:

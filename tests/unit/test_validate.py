@@ -25,6 +25,7 @@ from harness.validate import (
     ensure_valid,
     format_findings,
     has_errors,
+    load_manifests,
     summarize,
     validate_objects,
 )
@@ -158,6 +159,32 @@ def test_header_route_after_the_weighted_route_is_unreachable() -> None:
     finding = the_one(broken(mutate), "IST0130")
     assert (finding.severity, finding.obj, finding.path) == ("error", VS, "spec.http[2]")
     assert "green-header" in finding.message and "weighted" in finding.message
+
+
+@pytest.mark.parametrize(("name", "code", "path"), [
+    ("weights-60-50.yaml", "ABT001", "spec.http[2].route"),
+    ("misspelled-match.yaml", "IST0106", "spec.http[0].mtach"),
+    ("missing-service.yaml", "IST0101", "spec.http[2].route[1].destination.host"),
+    ("header-after-weighted.yaml", "IST0130", "spec.http[2]"),
+])
+def test_the_four_broken_manifest_files_fail_at_the_field(name: str, code: str, path: str) -> None:
+    # The same four cases as files, for `abtest validate` on a manifest file.
+    findings = validate_objects(load_manifests(DATA / name))
+    assert has_errors(findings)
+    assert any((f.code, f.obj, f.path) == (code, VS, path) for f in findings), \
+        f"{name}: no {code} at {path}:\n{format_findings(findings)}"
+
+
+def test_load_manifests_flattens_lists_and_names_yaml_errors(tmp_path: Path) -> None:
+    listing = tmp_path / "list.yaml"
+    as_list = {"apiVersion": "v1", "kind": "List", "items": list(_load("blue_50.yaml"))}
+    listing.write_text(yaml.safe_dump(as_list) + "---\n")
+    assert load_manifests(listing) == reference()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: Service\nmetadata: {name: [x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_manifests(bad)
+    assert caught.value.obj == str(bad) and caught.value.field.startswith("line ")
 
 
 # --------------------------------------------------------------------------- weights
