@@ -357,8 +357,10 @@ def _jsonschema_problems(validator: Any, obj: Mapping[str, Any]) -> Iterator[tup
             for key in error.instance:
                 if key not in known:
                     yield _path([*where, key]), f"unknown field {key!r}{_did_you_mean(key, known)}"
-        elif error.validator == "required":
-            yield _path(where), _short(error.message)
+        elif error.validator == "required" and isinstance(error.instance, Mapping):
+            for key in error.validator_value:
+                if key not in error.instance:
+                    yield _path([*where, key]), "required field missing"
         else:
             yield _path(where), _short(error.message)
 

@@ -566,6 +566,12 @@ def test_wrong_type_in_a_service() -> None:
     assert (finding.obj, finding.path) == ("Service abtesting/model-svc-blue", "spec.ports[0].port")
 
 
+def test_missing_required_field_is_reported_at_its_own_path() -> None:
+    finding = the_one(broken(lambda o: _container(o).pop("name")), "IST0106")
+    assert (finding.path, finding.message) == (
+        "spec.template.spec.containers[0].name", "required field missing")
+
+
 def test_kubernetes_findings_agree_with_kubernetes_validate() -> None:
     # Same bundled schemas, same verdicts: the good object passes both, the broken one fails both.
     objects = reference()
