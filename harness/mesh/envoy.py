@@ -38,6 +38,7 @@ from typing import Any
 
 from harness.errors import ConfigError, UnsupportedField
 from harness.mesh.base import cluster_name
+from harness.routing import host_matches, resolve_gateway_name, resolve_service_host
 
 __all__ = [
     "CLUSTER_TYPE",
@@ -88,8 +89,23 @@ _GATEWAY_SPEC = {"selector", "servers"}
 _SERVER = {"port", "hosts", "name"}
 _SERVER_PORT = {"number", "name", "protocol"}
 _VS_SPEC = {"hosts", "gateways", "http", "exportTo"}
-_HTTP_ROUTE = {"name", "match", "route"}
-_MATCH = {"name", "uri", "headers", "ignoreUriCase"}
+_HTTP_ROUTE = {"name", "match", "route", "timeout", "retries"}
+_MATCH = {
+    "name",
+    "uri",
+    "headers",
+    "withoutHeaders",
+    "method",
+    "ignoreUriCase",
+    "port",
+    "gateways",
+    "statPrefix",
+}
+_RETRIES = {"attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities"}
+# Header names that Istio ignores or that would match something else than a plain header.
+_HEADER_NAMES_REFUSED = {"uri", "scheme", "method", "authority", "host"}
+_PROTOCOLS = {"HTTP", "HTTP2", "GRPC"}
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _DESTINATION_WEIGHT = {"destination", "weight"}
 _DESTINATION = {"host", "port", "subset"}
 _DR_SPEC = {"host", "subsets", "trafficPolicy", "exportTo"}
@@ -156,8 +172,7 @@ def resolve_host(host: str, namespace: str) -> str:
     >>> resolve_host("model-svc-blue.abtesting.svc.cluster.local", "other")
     'model-svc-blue.abtesting.svc.cluster.local'
     """
-    host = host.strip().lower()
-    return host if "." in host or host == "*" else f"{host}.{namespace}.{CLUSTER_DOMAIN}"
+    return resolve_service_host(host.strip(), namespace)
 
 
 # --------------------------------------------------------------------------- Services and subsets
@@ -302,7 +317,7 @@ def _served_gateways(objects: Sequence[Mapping[str, Any]]) -> list[_Server]:
             port = server.get("port") or {}
             _reject_unknown(gw, port, _SERVER_PORT, f"spec.servers[{i}].port")
             protocol = str(port.get("protocol", "")).upper()
-            if protocol not in {"HTTP", "HTTP2"}:
+            if protocol not in _PROTOCOLS:
                 raise UnsupportedField(
                     _label(gw),
                     f"spec.servers[{i}].port.protocol",
@@ -338,34 +353,67 @@ def route_config_name(port: int) -> str:
     return f"http.{port}"
 
 
-def _host_covers(pattern: str, host: str) -> bool:
-    if pattern == "*":
-        return True
-    if pattern.startswith("*."):
-        return host == pattern or host.endswith(pattern[1:])
-    return pattern == host
-
-
 def _shared_host(vs_host: str, gw_host: str) -> str | None:
-    """The virtual host a VirtualService host and a Gateway server host have in common."""
+    """The virtual host a VirtualService host and a Gateway server host have in common (the narrower)."""
     vs_host, gw_host = vs_host.lower(), gw_host.lower()
-    if _host_covers(gw_host, vs_host):
+    if vs_host == gw_host or host_matches(gw_host, vs_host):
         return vs_host
-    if _host_covers(vs_host, gw_host):
+    if host_matches(vs_host, gw_host):
         return gw_host
     return None
 
 
+def _gateway_ref(server: _Server) -> str:
+    return f"{server.gateway[0]}/{server.gateway[1]}"
+
+
 def _binds(vs: Mapping[str, Any], server: _Server) -> bool:
     namespace, _ = _meta(vs)
-    for ref in (vs.get("spec") or {}).get("gateways") or []:
-        ref = str(ref)
-        if ref == "mesh":
-            continue
-        ns, _, name = ref.rpartition("/")
-        if (ns or namespace, name) == server.gateway:
-            return True
-    return False
+    refs = (vs.get("spec") or {}).get("gateways") or []
+    return _gateway_ref(server) in {resolve_gateway_name(str(r), namespace) for r in refs if str(r) != "mesh"}
+
+
+def _exported_to(export_to: Any, owner: str, consumer: str) -> bool:
+    if not export_to:
+        return True
+    names = {owner if str(n) == "." else str(n) for n in export_to}
+    return "*" in names or consumer in names
+
+
+def _duration(vs: Mapping[str, Any], value: Any, path: str) -> str:
+    """An Istio duration ("5s", "250ms", "1m") as protobuf JSON ("0.250s")."""
+    text = str(value).strip()
+    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
+        number = text[: -len(unit)]
+        if text.endswith(unit) and number.replace(".", "", 1).isdigit():
+            return f"{float(number) * _DURATION_UNITS[unit]:.9g}s"
+    raise ConfigError(_label(vs), path, f"{value!r} is not a duration like 5s or 250ms")
+
+
+def _retry_policy(vs: Mapping[str, Any], retries: Any, path: str) -> dict[str, Any] | None:
+    """Istio's HTTPRetry as an Envoy retry policy (attempts 0: none)."""
+    if retries is None:
+        return _RETRY_POLICY
+    _reject_unknown(vs, retries, _RETRIES, path)
+    attempts = retries.get("attempts", 0)
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+        raise ConfigError(_label(vs), f"{path}.attempts", f"must be a whole number >= 0, got {attempts!r}")
+    if attempts == 0:
+        return None
+    policy = dict(_RETRY_POLICY, num_retries=attempts)
+    if retries.get("retryOn"):
+        tokens = [t.strip() for t in str(retries["retryOn"]).split(",") if t.strip()]
+        codes = [int(t) for t in tokens if t.isdigit()]
+        names = [t for t in tokens if not t.isdigit()]
+        if codes and "retriable-status-codes" not in names:
+            names.append("retriable-status-codes")
+        policy["retry_on"] = ",".join(names)
+        policy["retriable_status_codes"] = codes
+        if not codes:
+            del policy["retriable_status_codes"]
+    if retries.get("perTryTimeout") is not None:
+        policy["per_try_timeout"] = _duration(vs, retries["perTryTimeout"], f"{path}.perTryTimeout")
+    return policy
 
 
 def _string_match(vs: Mapping[str, Any], value: Any, path: str) -> tuple[str, str]:
@@ -395,11 +443,32 @@ def _check_re2(vs: Mapping[str, Any], pattern: str, path: str) -> None:
         raise ConfigError(_label(vs), path, f"not a valid RE2 regex: {exc}") from exc
 
 
-def _route_match(vs: Mapping[str, Any], match: Mapping[str, Any] | None, path: str) -> dict[str, Any]:
+def _header_matcher(vs: Mapping[str, Any], name: str, value: Any, path: str) -> dict[str, Any]:
+    kind, text = _string_match(vs, value, path)
+    header: dict[str, Any] = {"name": name}
+    if kind == "present":
+        header["present_match"] = True
+    elif kind == "regex":
+        header["string_match"] = {"safe_regex": {"regex": text}}
+    else:
+        header["string_match"] = {kind: text}
+    return header
+
+
+def _route_match(
+    vs: Mapping[str, Any], match: Mapping[str, Any] | None, path: str, server: _Server
+) -> dict[str, Any] | None:
+    """The Envoy RouteMatch of one match entry; None when the entry excludes this gateway port."""
     out: dict[str, Any] = {"prefix": "/"}
     if match is None:
         return out
     _reject_unknown(vs, match, _MATCH, path)
+    if match.get("port") and match["port"] != server.port:
+        return None  # Istio drops a match entry meant for another port
+    if match.get("gateways"):
+        wanted = {resolve_gateway_name(str(g), _meta(vs)[0]) for g in match["gateways"]}
+        if _gateway_ref(server) not in wanted:
+            return None
     uri = match.get("uri")
     if uri is not None:
         kind, text = _string_match(vs, uri, f"{path}.uri")
@@ -413,25 +482,33 @@ def _route_match(vs: Mapping[str, Any], match: Mapping[str, Any] | None, path: s
             out = {"safe_regex": {"regex": text}}
     out["case_sensitive"] = not bool(match.get("ignoreUriCase", False))
     headers = []
-    raw_headers = match.get("headers") or {}
-    if not isinstance(raw_headers, Mapping):
-        raise ConfigError(_label(vs), f"{path}.headers", "must be a mapping of header name to match")
-    for name in sorted(raw_headers, key=lambda n: str(n).lower()):
-        kind, text = _string_match(vs, raw_headers[name], f"{path}.headers.{name}")
-        header: dict[str, Any] = {"name": str(name).lower()}
-        if kind == "present":
-            header["present_match"] = True
-        elif kind == "regex":
-            header["string_match"] = {"safe_regex": {"regex": text}}
-        else:
-            header["string_match"] = {kind: text}
-        headers.append(header)
+    for field_name, invert in (("headers", False), ("withoutHeaders", True)):
+        raw_headers = match.get(field_name) or {}
+        if not isinstance(raw_headers, Mapping):
+            raise ConfigError(_label(vs), f"{path}.{field_name}", "must be a mapping of header name to match")
+        for name in sorted(raw_headers, key=lambda n: str(n).lower()):
+            where = f"{path}.{field_name}.{name}"
+            lowered = str(name).lower()
+            if lowered in _HEADER_NAMES_REFUSED or lowered.startswith((":", "@")):
+                raise UnsupportedField(
+                    _label(vs), where, "pseudo-headers, Host and JWT claims are not translated"
+                )
+            header = _header_matcher(vs, lowered, raw_headers[name], where)
+            if invert:
+                header["invert_match"] = True
+                if "present_match" not in header:
+                    header["treat_missing_header_as_empty"] = True  # as Istio does for withoutHeaders
+            headers.append(header)
+    headers.sort(key=lambda h: str(h["name"]))
+    if match.get("method") is not None:
+        headers.append(_header_matcher(vs, ":method", match["method"], f"{path}.method"))
     if headers:
         out["headers"] = headers
     return out
 
 
 def _is_catch_all(match: Mapping[str, Any]) -> bool:
+    # Istio's IsCatchAllRoute: prefix "/" and no header condition.
     return match.get("prefix") == "/" and not match.get("headers")
 
 
@@ -441,6 +518,8 @@ def _route_action(
     path: str,
     services: Mapping[str, list[_ServicePort]],
     port: int,
+    timeout: Any = None,
+    retries: Any = None,
 ) -> dict[str, Any]:
     namespace, _ = _meta(vs)
     if not route:
@@ -474,6 +553,13 @@ def _route_action(
             raise ConfigError(_label(vs), f"{where}.weight", f"must be a whole number >= 0, got {weight!r}")
         picks.append((cluster_name(fqdn, number, subset), weight))
     action: dict[str, Any] = {"timeout": "0s", "retry_policy": _RETRY_POLICY}
+    if timeout is not None:
+        action["timeout"] = _duration(vs, timeout, f"{path.rsplit('.', 1)[0]}.timeout")
+    retry = _retry_policy(vs, retries, f"{path.rsplit('.', 1)[0]}.retries")
+    if retry is None:
+        del action["retry_policy"]
+    else:
+        action["retry_policy"] = retry
     if len(picks) == 1:
         action["cluster"] = picks[0][0]
         return action
@@ -499,15 +585,14 @@ def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str,
     for vs in _of_kind(objects, "VirtualService"):
         spec = vs.get("spec") or {}
         _reject_unknown(vs, spec, _VS_SPEC, "spec")
-        export = spec.get("exportTo")
-        if export is not None and "*" not in export:
-            raise UnsupportedField(
-                _label(vs), "spec.exportTo", "only exportTo ['*'] (the default) is translated"
-            )
         domains: list[str] = []
+        bound: _Server | None = None
         for server in servers:
-            if not _binds(vs, server):
+            if not _binds(vs, server) or not _exported_to(
+                spec.get("exportTo"), _meta(vs)[0], server.gateway[0]
+            ):
                 continue
+            bound = server
             for gw_host in server.hosts:
                 host_ns, _, gw_pattern = gw_host.rpartition("/")
                 if (
@@ -519,9 +604,9 @@ def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str,
                     shared = _shared_host(str(vs_host), gw_pattern)
                     if shared is not None and shared not in domains:
                         domains.append(shared)
-        if not domains:
+        if not domains or bound is None:
             continue
-        routes = _routes_of(vs, spec, services, port)
+        routes = _routes_of(vs, spec, services, bound)
         for domain in domains:
             vhosts.setdefault(domain, []).extend(routes)
     virtual_hosts = [
@@ -550,18 +635,31 @@ def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str,
 
 
 def _routes_of(
-    vs: Mapping[str, Any], spec: Mapping[str, Any], services: Mapping[str, list[_ServicePort]], port: int
+    vs: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    services: Mapping[str, list[_ServicePort]],
+    server: _Server,
 ) -> list[dict[str, Any]]:
     routes: list[dict[str, Any]] = []
     for i, http in enumerate(spec.get("http") or []):
         path = f"spec.http[{i}]"
         _reject_unknown(vs, http, _HTTP_ROUTE, path)
         name = str(http.get("name") or "")
-        action = _route_action(vs, http.get("route") or [], f"{path}.route", services, port)
+        action = _route_action(
+            vs,
+            http.get("route") or [],
+            f"{path}.route",
+            services,
+            server.port,
+            http.get("timeout"),
+            http.get("retries"),
+        )
         matches = http.get("match") or [None]
         catch_all = False
         for k, match in enumerate(matches):
-            envoy_match = _route_match(vs, match, f"{path}.match[{k}]")
+            envoy_match = _route_match(vs, match, f"{path}.match[{k}]", server)
+            if envoy_match is None:
+                continue
             match_name = (match or {}).get("name")
             entry: dict[str, Any] = {
                 "name": f"{name}.{match_name}" if match_name else name,

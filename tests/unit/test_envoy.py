@@ -1,0 +1,645 @@
+"""The Envoy translation and the route-table normalizer: pure functions, no processes, no network."""
+
+from __future__ import annotations
+
+import copy
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from harness.errors import ConfigError, UnsupportedField
+from harness.mesh import envoy
+from harness.mesh.base import (
+    HeaderMatch,
+    PathMatch,
+    RouteTable,
+    cluster_name,
+    diff_route_tables,
+    expected_route_table,
+    route_table_from_config_dump,
+    route_table_from_route_configs,
+)
+from harness.mesh.local import endpoints_for
+from harness.mesh.workloads import RunningWorkload, specs_from_objects
+
+NS = "abtesting"
+GREEN = f"model-svc-green.{NS}.svc.cluster.local"
+BLUE = f"model-svc-blue.{NS}.svc.cluster.local"
+GREEN_CLUSTER = f"outbound|5001||{GREEN}"
+BLUE_CLUSTER = f"outbound|5001||{BLUE}"
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def gateway(**spec: Any) -> dict[str, Any]:
+    body = {
+        "selector": {"istio": "ingressgateway"},
+        "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "mlmodel-gateway", "namespace": NS},
+        "spec": body,
+    }
+
+
+def service(version: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"model-svc-{version}", "namespace": NS},
+        "spec": {
+            "ports": [{"name": "http", "port": 5001, "targetPort": "http"}],
+            "selector": {"app": "model", "model_version": version},
+        },
+    }
+
+
+def deployment(version: str, image: str = "abtest/scorer-a:dev", replicas: int = 1) -> dict[str, Any]:
+    labels = {"app": "model", "model_version": version}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"model-{version}", "namespace": NS, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "model",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "ports": [{"name": "http", "containerPort": 5001}],
+                            "env": [{"name": "MODEL_VERSION", "value": version}],
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+                            "resources": {"limits": {"memory": "128Mi"}},
+                        }
+                    ]
+                },
+            },
+        },
+    }
+
+
+def header_route(version: str) -> dict[str, Any]:
+    host = GREEN if version == "green" else BLUE
+    return {
+        "name": f"{version}-header",
+        "match": [{"uri": {"prefix": "/score"}, "headers": {"x-api-version": {"exact": version}}}],
+        "route": [{"destination": {"host": host, "port": {"number": 5001}}}],
+    }
+
+
+def virtual_service(http: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"hosts": ["*"], "gateways": ["mlmodel-gateway"], "http": http}
+    body.update(spec)
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "mlmodel-virtualservice", "namespace": NS},
+        "spec": body,
+    }
+
+
+def weighted(green: int, blue: int) -> dict[str, Any]:
+    return {
+        "name": "weighted",
+        "route": [
+            {"destination": {"host": GREEN, "port": {"number": 5001}}, "weight": green},
+            {"destination": {"host": BLUE, "port": {"number": 5001}}, "weight": blue},
+        ],
+    }
+
+
+def stage(green: int, blue: int, *, blue_runs: bool = True) -> list[dict[str, Any]]:
+    """The reference charts' objects for one stage, as the renderer emits them."""
+    objects = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+        service("blue"),
+        service("green"),
+        deployment("green"),
+        gateway(),
+        virtual_service([header_route("blue"), header_route("green"), weighted(green, blue)]),
+    ]
+    if blue_runs:
+        objects.insert(3, deployment("blue", "abtest/scorer-b:dev"))
+    return objects
+
+
+def routes_of(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    config = envoy.build_route_configuration(objects)
+    assert len(config["virtual_hosts"]) == 1, config
+    routes: list[dict[str, Any]] = config["virtual_hosts"][0]["routes"]
+    return routes
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def test_reference_stage_translates_like_istio_gateway() -> None:
+    config = envoy.build_route_configuration(stage(50, 50))
+    assert config["name"] == "http.80", "Istio names a gateway port's routes http.<port>"
+    (vhost,) = config["virtual_hosts"]
+    assert vhost["name"] == "*:80" and vhost["domains"] == ["*"]
+    names = [r["name"] for r in vhost["routes"]]
+    assert names == ["blue-header", "green-header", "weighted"], "routes must keep the VirtualService order"
+    blue = vhost["routes"][0]
+    assert blue["match"]["prefix"] == "/score"
+    assert blue["match"]["headers"] == [{"name": "x-api-version", "string_match": {"exact": "blue"}}]
+    assert blue["route"]["cluster"] == BLUE_CLUSTER
+    split = vhost["routes"][2]
+    assert split["match"] == {"prefix": "/"}, "a route without match catches everything"
+    assert split["route"]["weighted_clusters"] == {
+        "clusters": [{"name": GREEN_CLUSTER, "weight": 50}, {"name": BLUE_CLUSTER, "weight": 50}]
+    }
+    assert "total_weight" not in split["route"]["weighted_clusters"], "total_weight is deprecated in v3"
+
+
+@pytest.mark.parametrize(("green", "blue", "cluster"), [(100, 0, GREEN_CLUSTER), (0, 100, BLUE_CLUSTER)])
+def test_weight_zero_destination_is_dropped_and_one_left_is_a_plain_cluster(
+    green: int, blue: int, cluster: str
+) -> None:
+    action = routes_of(stage(green, blue))[2]["route"]
+    assert action.get("cluster") == cluster, action
+    assert "weighted_clusters" not in action
+
+
+def test_three_way_split_drops_only_the_zero_weight() -> None:
+    third = f"outbound|5001||model-svc-red.{NS}.svc.cluster.local"
+    route = weighted(30, 70)
+    route["route"].append({"destination": {"host": "model-svc-red", "port": {"number": 5001}}, "weight": 0})
+    route["route"][0]["weight"] = 30
+    objects = [gateway(), virtual_service([route])]
+    clusters = routes_of(objects)[0]["route"]["weighted_clusters"]["clusters"]
+    assert [c["name"] for c in clusters] == [GREEN_CLUSTER, BLUE_CLUSTER]
+    assert third not in str(clusters)
+
+
+def test_each_match_entry_is_one_route_and_a_catch_all_ends_the_list() -> None:
+    http = [
+        {
+            "name": "either",
+            "match": [
+                {"name": "exact", "uri": {"exact": "/score"}},
+                {"uri": {"regex": "/v[0-9]+/score"}, "ignoreUriCase": True},
+                {"uri": {"prefix": "/"}},
+                {"uri": {"prefix": "/never"}},
+            ],
+            "route": [{"destination": {"host": GREEN}}],
+        },
+        weighted(50, 50),
+    ]
+    routes = routes_of([gateway(), service("green"), virtual_service(http)])
+    assert [r["name"] for r in routes] == ["either.exact", "either", "either"], routes
+    assert routes[0]["match"]["path"] == "/score"
+    assert routes[1]["match"]["safe_regex"] == {"regex": "/v[0-9]+/score"}
+    assert routes[1]["match"]["case_sensitive"] is False
+    assert routes[2]["match"]["prefix"] == "/"
+    assert routes[0]["route"]["cluster"] == GREEN_CLUSTER, "a Service's only port is the default port"
+
+
+def test_header_matchers_lower_case_names_and_istio_presence_forms() -> None:
+    http = [
+        {
+            "name": "h",
+            "match": [
+                {
+                    "headers": {
+                        "X-Api-Version": {"prefix": "bl"},
+                        "x-canary": {"regex": "yes|true"},
+                        "x-any": {"regex": "*"},
+                        "x-empty": {},
+                    },
+                    "withoutHeaders": {"x-debug": {"exact": "1"}},
+                    "method": {"exact": "POST"},
+                }
+            ],
+            "route": [{"destination": {"host": GREEN, "port": {"number": 5001}}}],
+        }
+    ]
+    headers = routes_of([gateway(), virtual_service(http)])[0]["match"]["headers"]
+    by_name = {h["name"]: h for h in headers}
+    assert by_name["x-api-version"]["string_match"] == {"prefix": "bl"}
+    assert by_name["x-canary"]["string_match"] == {"safe_regex": {"regex": "yes|true"}}
+    assert by_name["x-any"] == {"name": "x-any", "present_match": True}, "Istio reads regex '*' as presence"
+    assert by_name["x-empty"] == {"name": "x-empty", "present_match": True}
+    assert by_name["x-debug"]["invert_match"] is True
+    assert by_name["x-debug"]["treat_missing_header_as_empty"] is True
+    assert by_name[":method"]["string_match"] == {"exact": "POST"}
+
+
+def test_invalid_regex_is_a_config_error_naming_the_field() -> None:
+    http = [
+        {
+            "match": [{"uri": {"regex": "(unclosed"}}],
+            "route": [{"destination": {"host": GREEN}}],
+        }
+    ]
+    with pytest.raises(ConfigError) as caught:
+        envoy.build_route_configuration([gateway(), virtual_service(http)])
+    assert caught.value.field == "spec.http[0].match[0].uri.regex", str(caught.value)
+    assert "RE2" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("objects", "field"),
+    [
+        (
+            [gateway(), virtual_service([{"redirect": {"uri": "/x"}, "route": []}])],
+            "spec.http[0].redirect",
+        ),
+        (
+            [gateway(), virtual_service([dict(weighted(50, 50), fault={"abort": {"httpStatus": 500}})])],
+            "spec.http[0].fault",
+        ),
+        ([gateway(), virtual_service([weighted(50, 50)], tcp=[{}])], "spec.tcp"),
+        (
+            [
+                gateway(),
+                virtual_service([{"match": [{"queryParams": {"a": {"exact": "1"}}}], **weighted(1, 99)}]),
+            ],
+            "spec.http[0].match[0].queryParams",
+        ),
+        (
+            [
+                gateway(
+                    servers=[{"port": {"number": 443, "protocol": "HTTPS", "name": "https"}, "hosts": ["*"]}]
+                ),
+                virtual_service([weighted(50, 50)]),
+            ],
+            "spec.servers[0].port.protocol",
+        ),
+        (
+            [
+                gateway(),
+                {
+                    "kind": "DestinationRule",
+                    "metadata": {"name": "dr", "namespace": NS},
+                    "spec": {
+                        "host": GREEN,
+                        "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}},
+                    },
+                },
+                service("green"),
+            ],
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+        ),
+    ],
+)
+def test_untranslatable_fields_are_named(objects: list[dict[str, Any]], field: str) -> None:
+    with pytest.raises(UnsupportedField) as caught:
+        envoy.build_route_configuration(objects)
+        envoy.upstreams(objects)
+    assert caught.value.field == field, str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "objects",
+    [
+        [gateway()],
+        [gateway(), virtual_service([weighted(50, 50)], gateways=["other-gateway"])],
+        [gateway(selector={"istio": "egressgateway"}), virtual_service([weighted(50, 50)])],
+        [gateway(), virtual_service([weighted(50, 50)], gateways=["mesh"])],
+    ],
+    ids=["no-virtualservice", "bound-elsewhere", "other-gateway-workload", "mesh-only"],
+)
+def test_nothing_bound_is_istios_blackhole_404(objects: list[dict[str, Any]]) -> None:
+    (vhost,) = envoy.build_route_configuration(objects)["virtual_hosts"]
+    assert vhost["domains"] == ["*"]
+    assert vhost["routes"] == [
+        {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 404}}
+    ]
+
+
+def test_virtual_host_is_the_narrower_of_gateway_and_virtualservice_hosts() -> None:
+    objects = [
+        gateway(
+            servers=[{"port": {"number": 80, "protocol": "HTTP", "name": "http"}, "hosts": ["*.example.com"]}]
+        ),
+        virtual_service([weighted(50, 50)], hosts=["api.example.com", "other.org", "*"]),
+    ]
+    domains = [v["domains"] for v in envoy.build_route_configuration(objects)["virtual_hosts"]]
+    assert domains == [["api.example.com"], ["*.example.com"]], domains
+
+
+def test_destination_rule_subsets_become_clusters_with_merged_selectors() -> None:
+    objects = [
+        {
+            "kind": "Service",
+            "metadata": {"name": "model", "namespace": NS},
+            "spec": {"ports": [{"port": 5001, "targetPort": "http"}], "selector": {"app": "model"}},
+        },
+        {
+            "kind": "DestinationRule",
+            "metadata": {"name": "model", "namespace": NS},
+            "spec": {
+                "host": "model",
+                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
+                "subsets": [
+                    {"name": "green", "labels": {"model_version": "green"}},
+                    {"name": "blue", "labels": {"model_version": "blue"}},
+                ],
+            },
+        },
+    ]
+    ups = {u.name: u for u in envoy.upstreams(objects)}
+    fqdn = f"model.{NS}.svc.cluster.local"
+    assert set(ups) == {f"outbound|5001||{fqdn}", f"outbound|5001|green|{fqdn}", f"outbound|5001|blue|{fqdn}"}
+    assert dict(ups[f"outbound|5001|blue|{fqdn}"].selector) == {"app": "model", "model_version": "blue"}
+    assert ups[f"outbound|5001|blue|{fqdn}"].lb_policy == "RANDOM"
+
+
+def test_translate_gives_eds_clusters_endpoints_and_a_loopback_listener() -> None:
+    objects = stage(50, 50)
+    eps: dict[envoy.EndpointKey, list[tuple[str, int]]] = {
+        (GREEN, 5001, None): [("127.0.0.1", 40001)],
+        (BLUE, 5001, None): [],
+    }
+    resources = envoy.translate(
+        objects, eps, listener_port=18080, rds_path="/x/rds.json", eds_paths={GREEN_CLUSTER: "/x/g.json"}
+    )
+    address = resources.listener["address"]["socket_address"]
+    assert address == {"address": "127.0.0.1", "port_value": 18080}
+    hcm = resources.listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["rds"]["route_config_name"] == "http.80"
+    assert hcm["rds"]["config_source"]["path_config_source"]["path"] == "/x/rds.json"
+    clusters = {c["name"]: c for c in resources.clusters}
+    assert clusters[GREEN_CLUSTER]["type"] == "EDS"
+    assert clusters[BLUE_CLUSTER]["type"] == "STATIC"
+    assert clusters[BLUE_CLUSTER]["load_assignment"]["endpoints"] == [{"lb_endpoints": []}], (
+        "no endpoint: 503"
+    )
+    lb = resources.load_assignments[GREEN_CLUSTER]["endpoints"][0]["lb_endpoints"]
+    assert lb[0]["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 40001}
+
+
+def test_bootstrap_binds_admin_on_loopback_and_reads_files() -> None:
+    boot = envoy.bootstrap(admin_port=0, lds_path="/x/lds.json", cds_path="/x/cds.json", node_id="n")
+    assert boot["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    assert boot["dynamic_resources"]["lds_config"]["path_config_source"]["path"] == "/x/lds.json"
+    assert envoy.discovery_response([{"a": 1}], "7") == {"version_info": "7", "resources": [{"a": 1}]}
+
+
+# --------------------------------------------------------------------------- workloads and endpoints
+
+
+def test_specs_follow_deployments_replicas_and_env() -> None:
+    objects = stage(50, 50)
+    objects[3] = deployment("blue", "abtest/scorer-b:dev", replicas=2)
+    specs = specs_from_objects(objects)
+    assert sorted((s.deployment, s.replica) for s in specs) == [
+        ("model-blue", 0),
+        ("model-blue", 1),
+        ("model-green", 0),
+    ]
+    blue = next(s for s in specs if s.deployment == "model-blue")
+    assert blue.image == "abtest/scorer-b:dev" and dict(blue.env) == {"MODEL_VERSION": "blue"}
+    assert blue.port_name == "http" and blue.health_path == "/healthz"
+
+
+def test_env_value_from_is_unsupported_locally() -> None:
+    dep = deployment("green")
+    dep["spec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    )
+    with pytest.raises(UnsupportedField) as caught:
+        specs_from_objects([dep])
+    assert caught.value.field == "spec.template.spec.containers[0].env[1].valueFrom"
+
+
+def test_endpoints_follow_selectors_namespaces_and_named_ports() -> None:
+    objects = stage(50, 50)
+    specs = {s.deployment: s for s in specs_from_objects(objects)}
+    running = [
+        RunningWorkload(specs["model-green"], ("127.0.0.1", 41000)),
+        RunningWorkload(specs["model-blue"], ("127.0.0.1", 42000)),
+    ]
+    eps = endpoints_for(envoy.upstreams(objects), running)
+    assert eps == {(GREEN, 5001, None): [("127.0.0.1", 41000)], (BLUE, 5001, None): [("127.0.0.1", 42000)]}
+    renamed = copy.deepcopy(objects)
+    renamed[1]["spec"]["ports"][0]["targetPort"] = "grpc"  # model-svc-blue names a port nobody declares
+    assert endpoints_for(envoy.upstreams(renamed), running)[(BLUE, 5001, None)] == []
+
+
+# --------------------------------------------------------------------------- the normalizer
+
+_ISTIO_RETRY = {
+    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "num_retries": 2,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                "PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": "5",
+    "retriable_status_codes": [503],
+}
+
+
+def _istio_route(name: str, match: dict[str, Any], action: dict[str, Any], operation: str) -> dict[str, Any]:
+    """A route as Istio's ingress gateway carries it: with all the extras the normalizer must ignore."""
+    return {
+        "match": match,
+        "route": {**action, "timeout": "0s", "retry_policy": _ISTIO_RETRY, "max_grpc_timeout": "0s"},
+        "metadata": {
+            "filter_metadata": {
+                "istio": {
+                    "config": f"/apis/networking.istio.io/v1/namespaces/{NS}/virtual-service/"
+                    "mlmodel-virtualservice"
+                }
+            }
+        },
+        "decorator": {"operation": operation},
+        "name": name,
+    }
+
+
+def istio_gateway_dump(green: int, blue: int, *, legacy: bool = False) -> dict[str, Any]:
+    """A config_dump of Istio's ingress gateway for the reference charts (written from Istio's
+    route translation: http.8080 for the gateway port 80, virtual host *:80, string_match header
+    matchers, case_sensitive set, weight-0 destinations dropped but a weighted_clusters kept)."""
+
+    def header(version: str) -> dict[str, Any]:
+        if legacy:  # Istio before string_match: deprecated exact_match
+            return {"name": "x-api-version", "exact_match": version}
+        return {"name": "x-api-version", "string_match": {"exact": version}}
+
+    split = [(GREEN_CLUSTER, green), (BLUE_CLUSTER, blue)]
+    weighted_clusters: dict[str, Any] = {"clusters": [{"name": n, "weight": w} for n, w in split if w > 0]}
+    if legacy:
+        weighted_clusters["total_weight"] = 100
+    routes = [
+        _istio_route(
+            "blue-header",
+            {"prefix": "/score", "case_sensitive": True, "headers": [header("blue")]},
+            {"cluster": BLUE_CLUSTER},
+            f"{BLUE}:5001/score*",
+        ),
+        _istio_route(
+            "green-header",
+            {"prefix": "/score", "case_sensitive": True, "headers": [header("green")]},
+            {"cluster": GREEN_CLUSTER},
+            f"{GREEN}:5001/score*",
+        ),
+        _istio_route(
+            "weighted",
+            {"prefix": "/", "case_sensitive": True},
+            {"weighted_clusters": weighted_clusters},
+            "mlmodel-virtualservice:80/*",
+        ),
+    ]
+    return {
+        "configs": [
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                "bootstrap": {"node": {"id": "x"}},
+            },
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": []},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": []},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ScopedRoutesConfigDump"},
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+                "dynamic_route_configs": [
+                    {
+                        "version_info": "2026-11-26T10:00:00Z/12",
+                        "route_config": {
+                            "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+                            "name": "http.8080",
+                            "virtual_hosts": [
+                                {
+                                    "name": "*:80",
+                                    "domains": ["*"],
+                                    "routes": routes,
+                                    "include_request_attempt_count": True,
+                                }
+                            ],
+                            "validate_clusters": False,
+                            "max_direct_response_body_size_bytes": 1048576,
+                            "ignore_port_in_host_matching": True,
+                        },
+                        "last_updated": "2026-11-26T10:00:01.123Z",
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"},
+        ]
+    }
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["string_match", "deprecated-forms"])
+@pytest.mark.parametrize(("green", "blue"), [(100, 0), (50, 50), (0, 100)])
+def test_istio_gateway_config_dump_equals_the_expected_table(green: int, blue: int, legacy: bool) -> None:
+    live = route_table_from_config_dump(istio_gateway_dump(green, blue, legacy=legacy))
+    expected = expected_route_table(stage(green, blue))
+    assert diff_route_tables(expected, live) == ""
+    assert live == expected
+
+
+def test_a_wrong_split_shows_in_the_diff() -> None:
+    live = route_table_from_config_dump(istio_gateway_dump(70, 30))
+    diff = diff_route_tables(expected_route_table(stage(50, 50)), live)
+    assert "70%" in diff and "50%" in diff, diff
+    assert diff.startswith("--- expected"), diff
+
+
+def test_no_routes_yet_never_equals_an_expectation() -> None:
+    live = route_table_from_config_dump({"configs": []})
+    assert live == RouteTable(())
+    assert "(no route configuration)" in diff_route_tables(expected_route_table(stage(50, 50)), live)
+
+
+def test_resource_filtered_dump_and_explicit_names() -> None:
+    config = envoy.build_route_configuration(stage(50, 50))
+    other = {"name": "http.9090", "virtual_hosts": []}
+    dump = {
+        "configs": [
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump.DynamicRouteConfig",
+                "route_config": c,
+            }
+            for c in (other, config)
+        ]
+    }
+    assert route_table_from_config_dump(dump) == expected_route_table(stage(50, 50)), "http.80 preferred"
+    assert route_table_from_config_dump(dump, "http.9090") == RouteTable(())
+
+
+def test_equivalent_spellings_normalize_equal() -> None:
+    def table(route: dict[str, Any], domains: list[str]) -> RouteTable:
+        return route_table_from_route_configs([{"virtual_hosts": [{"domains": domains, "routes": [route]}]}])
+
+    one = table({"match": {"prefix": "/"}, "route": {"cluster": "c"}}, ["*"])
+    assert one == table(
+        {
+            "match": {"prefix": "/"},
+            "route": {"weighted_clusters": {"clusters": [{"name": "c", "weight": 7}]}},
+        },
+        ["*"],
+    )
+    half = table(
+        {
+            "match": {"prefix": "/"},
+            "route": {
+                "weighted_clusters": {
+                    "clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": {"value": 1}}]
+                }
+            },
+        },
+        ["x.org", "x.org:*", "x.org:80"],
+    )
+    route = half.virtual_hosts[0].routes[0]
+    assert half.virtual_hosts[0].domains == ("x.org",)
+    assert route.action.clusters == (("a", Fraction(50)), ("b", Fraction(50)))
+    assert route.path == PathMatch("prefix", "/")
+    regex = (
+        table(
+            {
+                "match": {
+                    "safe_regex": {"google_re2": {}, "regex": "/a.*"},
+                    "headers": [{"name": "X-A", "safe_regex_match": {"regex": "b+"}}],
+                },
+                "route": {"cluster": "c"},
+            },
+            ["*"],
+        )
+        .virtual_hosts[0]
+        .routes[0]
+    )
+    assert regex.path == PathMatch("regex", "/a.*")
+    assert regex.headers == (HeaderMatch("x-a", "regex", "b+"),)
+
+
+def test_routing_relevant_fields_it_does_not_model_make_tables_differ() -> None:
+    base = {"match": {"prefix": "/"}, "route": {"cluster": "c"}}
+    with_query = {"match": {"prefix": "/", "query_parameters": [{"name": "a"}]}, "route": {"cluster": "c"}}
+    sticky = {
+        "match": {"prefix": "/"},
+        "route": {"cluster": "c", "hash_policy": [{"header": {"header_name": "u"}}]},
+    }
+
+    def table(route: dict[str, Any]) -> RouteTable:
+        return route_table_from_route_configs([{"virtual_hosts": [{"domains": ["*"], "routes": [route]}]}])
+
+    assert table(base) != table(with_query)
+    assert table(base) != table(sticky)
+    assert "query_parameters" in table(with_query).describe()
+
+
+def test_cluster_names_follow_istio() -> None:
+    assert cluster_name(GREEN, 5001) == GREEN_CLUSTER
+    assert cluster_name(GREEN, 5001, "v1") == f"outbound|5001|v1|{GREEN}"
+    assert envoy.resolve_host("model-svc-green", NS) == GREEN
+    assert envoy.resolve_host("model-svc-green.abtesting", "x") == "model-svc-green.abtesting", (
+        "Istio keeps dotted names"
+    )
