@@ -19,20 +19,31 @@ Each outcome is fed live to the class's sequential test (`harness.stats.Sequenti
 the run stops as soon as every class has decided; a decided class gets no more requests. Every
 run is also bounded by `max_requests` and `deadline_s`, and only loopback targets are accepted.
 
-Transport, decided by measurement (``python -m bench.bench_traffic``, 2 cores, loopback,
-8 workers, figures in requests/s; ``hey`` is the Go load generator at the same -n and -c):
+Transport, decided by measurement (``python -m bench.bench_traffic``: 2 shared cores, loopback,
+8 workers, the server in its own process; requests/s, median of 3; ``hey`` is the Go load
+generator run with the same -n and -c against the same server):
 
-- ``transport="socket"`` (default): one plain TCP socket per worker thread speaking HTTP/1.1
-  keep-alive with a small response parser (Content-Length, chunked, close-delimited, 1xx,
-  HEAD/204/304). It costs about 30 us of Python per request.
+=================================  =======  ===============  =================  =========
+server                             hey      socket (ratio)   requests (ratio)   goal 0.5
+=================================  =======  ===============  =================  =========
+minimal asyncio server             17,900   15,500 (0.81)    1,960 (0.12)       socket
+``harness.scorer`` + TCP_NODELAY   11,800   13,100 (1.06)    1,710 (0.13)       socket
+``harness.scorer`` as shipped         174      180 (1.01)      170 (0.95)       both
+=================================  =======  ===============  =================  =========
+
+- ``transport="socket"`` (the default): one plain TCP socket per worker thread speaking
+  HTTP/1.1 keep-alive with a small response parser (Content-Length, chunked,
+  close-delimited, 1xx, HEAD/204/304). A profile puts its Python cost at about 12 us per
+  request; a single worker makes about 40,000 requests/s against the asyncio server.
 - ``transport="requests"``: one `requests.Session` per worker thread, as first planned. It
-  costs about 500 us of Python per request, so the generator, not the gateway, becomes the
-  bottleneck: it reaches 0.05-0.2x of ``hey``, against 0.5-2x for the socket transport.
-  Kept for comparison and for targets that need what `requests` adds (proxies, TLS).
+  costs about 450 us of Python per request, so the generator, not the gateway, becomes the
+  bottleneck (0.12x of ``hey``). Kept for comparison and for targets that need what
+  `requests` adds.
+- A prototype with `http.client.HTTPConnection` per thread sat in between (8,500 requests/s
+  where ``hey`` made 28,000: 0.3x); its header parsing via the email package is most of it.
 
-A prototype with `http.client.HTTPConnection` per thread sat in between (about 9,000 req/s
-where ``hey`` made 28,000 against a fast server: 0.3x): its header parsing via the email
-package is most of its cost.
+The scorer as shipped answers in about 45 ms whatever the client: it writes headers and body
+separately and Nagle holds the body until the client's delayed ACK.
 
 The shared state is lock-free on the hot path: tickets come from an `itertools.count` (one
 atomic `next` under the GIL), counts are per worker and merged at the end, and a lock is taken
