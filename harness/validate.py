@@ -347,11 +347,22 @@ def _kubernetes_validator(kind: str, api_version: str) -> Any:
     return jsonschema.Draft202012Validator(schema, registry=_kubernetes_registry())
 
 
-def _jsonschema_problems(validator: Any, obj: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+@lru_cache(maxsize=1)
+def _object_meta_validator() -> Any:
+    """Kubernetes' strict ObjectMeta schema, for the metadata of Istio objects."""
+    registry = _kubernetes_registry()
+    definitions_uri = next(iter(registry))  # the registry holds only the shared definitions
+    schema = {"$ref": f"{definitions_uri}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def _jsonschema_problems(
+    validator: Any, obj: Mapping[str, Any], prefix: Sequence[str | int] = ()
+) -> Iterator[tuple[str, str]]:
     """(path, message) for every schema error, unknown fields reported at their own path."""
     errors = sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
     for error in errors:
-        where = list(error.absolute_path)
+        where = [*prefix, *error.absolute_path]
         if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
             known = error.schema.get("properties", {})
             for key in error.instance:
@@ -374,7 +385,16 @@ def _istio_schema_findings(obj: Mapping[str, Any]) -> list[Finding]:
                     f"no Istio schema for {kind} {api_version}; known versions: "
                     f"{', '.join(sorted(_ISTIO_MODULES))}")
         ]
-    problems = _pydantic_problems(model, obj)
+    # metadata is Kubernetes' ObjectMeta: checked against the Kubernetes schema, where
+    # timestamps are strings as in YAML (the strict models want datetime objects). status is
+    # written by the server and not checked.
+    findings = [
+        Finding("IST0106", "error", _label(obj), path, message)
+        for path, message in _jsonschema_problems(_object_meta_validator(), obj["metadata"], ["metadata"])
+    ]
+    body = {k: v for k, v in obj.items() if k != "status"}
+    body["metadata"] = {k: obj["metadata"][k] for k in ("name", "namespace") if k in obj["metadata"]}
+    problems = _pydantic_problems(model, body)
     # A misspelled required field shows up twice: unknown here, missing there. The missing
     # sibling is the best suggestion; otherwise any field name of this Istio version.
     missing: dict[str, list[str]] = {}
@@ -382,7 +402,6 @@ def _istio_schema_findings(obj: Mapping[str, Any]) -> list[Finding]:
         if error_type == "missing":
             missing.setdefault(_parent(path, field_name), []).append(field_name)
     vocabulary = _istio_field_names(api_version)
-    findings = []
     for path, error_type, field_name, message in problems:
         if error_type == "extra_forbidden":
             hint = _did_you_mean(field_name, missing.get(_parent(path, field_name), []))

@@ -443,6 +443,31 @@ def test_union_errors_are_reported_once_for_the_best_fitting_member() -> None:
         ("spec.http[0].match[0].uri.prefx", True)], format_findings(findings)
 
 
+def test_istio_objects_as_the_server_returns_them_pass() -> None:
+    # `kubectl get -o yaml` adds timestamps, managedFields and status; all are valid.
+    stamp = "2026-01-02T03:04:05Z"
+
+    def mutate(objects: Objects) -> None:
+        vs = virtual_service(objects)
+        vs["metadata"].update(
+            creationTimestamp=stamp, generation=2, resourceVersion="123", uid="0-1-2",
+            managedFields=[{"manager": "kubectl", "operation": "Apply", "apiVersion": vs["apiVersion"],
+                            "time": stamp, "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}])
+        vs["status"] = {"observedGeneration": 2, "conditions": [{"type": "Reconciled", "status": "True",
+                                                                 "lastTransitionTime": stamp}]}
+
+    assert broken(mutate) == []
+
+
+def test_misspelled_metadata_field_of_an_istio_object() -> None:
+    def mutate(objects: Objects) -> None:
+        virtual_service(objects)["metadata"]["label"] = {"a": "b"}
+
+    finding = the_one(broken(mutate), "IST0106")
+    assert (finding.obj, finding.path) == (VS, "metadata.label")
+    assert "did you mean 'labels'" in finding.message
+
+
 @pytest.mark.parametrize("api_version", ["networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"])
 def test_older_istio_versions_are_strict_too(api_version: str) -> None:
     def mutate(objects: Objects) -> None:
