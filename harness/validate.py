@@ -18,6 +18,8 @@ Three layers, run in this order on every object:
    are run with ``extra="forbid"``, ``strict=True`` (no "5" for an int) and aliases only
    (``exportTo``, never ``export_to``). A one-time probe checks that a misspelled
    ``mtach:`` really is rejected, so a dependency upgrade cannot quietly turn the check off.
+   Their ``metadata`` is Kubernetes' ObjectMeta and is checked against that schema (the
+   strict models would reject timestamps given as strings); ``status`` is not checked.
 3. Semantic checks across objects, in the spirit of ``istioctl analyze``. Where the
    meaning matches an istioctl message, its code is reused; the others are ``ABT0xx``.
 
