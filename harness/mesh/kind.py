@@ -169,11 +169,14 @@ class KubeAPI:
         path: str,
         *,
         query: Sequence[tuple[str, str]] = (),
-        body: str | None = None,
+        body: str | Mapping[str, Any] | None = None,
         content_type: str | None = None,
         accept: str = "application/json",
     ) -> tuple[int, bytes]:
-        """Send one request; return (status, body) for 2xx and 404, raise KubeAPIError otherwise."""
+        """Send one request; return (status, body) for 2xx and 404, raise KubeAPIError otherwise.
+
+        A str `body` is sent as it is (the YAML of an apply); a mapping is sent as JSON.
+        """
         headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
@@ -247,8 +250,8 @@ class KubeAPI:
         Foreground propagation keeps the object until its dependents (a Deployment's
         ReplicaSets and Pods) are gone, so "deleted" means no pod of it still serves.
         """
-        body = json.dumps({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation})
-        status, _ = self.request("DELETE", path, body=body, content_type="application/json")
+        options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        status, _ = self.request("DELETE", path, body=options, content_type="application/json")
         return status != 404
 
 
@@ -460,6 +463,7 @@ class KindIstioMesh:
         timeouts: KindTimeouts = KindTimeouts(),
         progress: Callable[[str], None] | None = _stderr_progress,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._plan = plan
         self.cluster_name = cluster_name
@@ -478,6 +482,7 @@ class KindIstioMesh:
         self.timeouts = timeouts
         self._progress = progress
         self._clock = clock
+        self._sleep = sleep
         self.node_port, self.host_port = _kind_config_ports(self.kind_config)
         #: Our own kubeconfig: kind writes it, kubectl and istioctl read it; ~/.kube/config is left alone.
         self.kubeconfig = self.cache_dir / "kind" / f"{cluster_name}.kubeconfig"
@@ -608,6 +613,7 @@ class KindIstioMesh:
             describe=lambda _: self._last_seen.get("nodes", "no node listed yet"),
             progress=self._say,
             clock=self._clock,
+            sleep=self._sleep,
         )
 
     def _up_istio(self) -> None:
@@ -729,6 +735,7 @@ class KindIstioMesh:
                 describe=lambda _: diff["last"],
                 progress=self._say,
                 clock=self._clock,
+                sleep=self._sleep,
             )
         except WaitTimeout as exc:
             where = self._dump_failure("converge")
@@ -904,6 +911,7 @@ class KindIstioMesh:
             describe=lambda _: seen["last"],
             progress=self._say,
             clock=self._clock,
+            sleep=self._sleep,
         )
         self._say(f"rollout: Deployment {namespace}/{name} available after {self._clock() - started:.1f}s")
         return result
@@ -939,6 +947,7 @@ class KindIstioMesh:
                     if api.delete(path):
                         self._say(f"prune: deleting {kind} {namespace}/{name} (not in this stage)")
                         deleted.append(path)
+
         def gone(path: str) -> bool:
             return api.get(path) is None
 
@@ -952,6 +961,7 @@ class KindIstioMesh:
                 transient=(TransientKubeAPIError,),
                 progress=self._say,
                 clock=self._clock,
+                sleep=self._sleep,
             )
 
     def _with_image_refs(self, obj: Mapping[str, Any]) -> dict[str, Any]:

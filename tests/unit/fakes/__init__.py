@@ -1,0 +1,36 @@
+"""Stand-ins at the kind backend's process and API boundaries, for the contract tests.
+
+``install_fake_tools`` writes fake ``kind``, ``istioctl`` and ``kubectl`` executables (stdlib Python) that
+record their argv to ``$FAKE_TOOLS_DIR/calls.jsonl`` and answer as the real tools do, from
+the shared state in ``$FAKE_TOOLS_DIR/state.json``; ``stub_kube_api`` is a Kubernetes API
+on loopback that the real kubernetes client talks HTTP to; ``docker`` is a fake docker SDK
+client.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+FAKE_TOOLS = ("kind", "istioctl", "kubectl")
+_SCRIPT = Path(__file__).resolve().parent / "fake_tool.py"
+
+
+def install_fake_tools(bin_dir: Path) -> Path:
+    """Write executable fake ``kind``, ``istioctl`` and ``kubectl`` into `bin_dir` and return it.
+
+    Each runs fake_tool.py under this interpreter with ``-S`` (no site import): about 15 ms a
+    call, where ``#!/usr/bin/env python3`` through a pyenv shim costs 250 ms.
+    """
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in FAKE_TOOLS:
+        tool = bin_dir / name
+        tool.write_text(
+            f"#!{sys.executable} -S\n"
+            "import sys\n"
+            f"sys.path.insert(0, {str(_SCRIPT.parent)!r})\n"
+            "from fake_tool import main\n"
+            f"sys.exit(main({name!r}, sys.argv[1:]))\n"
+        )
+        tool.chmod(0o755)
+    return bin_dir

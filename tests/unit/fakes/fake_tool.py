@@ -1,0 +1,242 @@
+"""The fake kind / istioctl / kubectl: one script, dispatched on the name it was called by.
+
+Standard library only (it runs under whatever python3 is on PATH). Every call is appended
+to ``$FAKE_TOOLS_DIR/calls.jsonl`` as {"tool", "argv", "kubeconfig_env"}; behaviour comes
+from ``$FAKE_TOOLS_DIR/state.json``:
+
+    clusters         kind cluster names that exist (create/delete change it)
+    api_server       URL of the stub Kubernetes API written into kubeconfigs
+    istioctl_version what `istioctl version --remote=false -o json` reports
+    config_dump      path of a JSON file `kubectl exec ... pilot-agent request GET config_dump` prints
+    fail             {"<tool> <args prefix>": {"rc": N, "stderr": "..."}}: make a call fail
+    loaded           images side-loaded per cluster (kind load docker-image adds)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+STATE_DIR = Path(os.environ["FAKE_TOOLS_DIR"])
+STATE = STATE_DIR / "state.json"
+CALLS = STATE_DIR / "calls.jsonl"
+
+
+def load() -> dict:
+    return json.loads(STATE.read_text()) if STATE.exists() else {}
+
+
+def save(state: dict) -> None:
+    tmp = STATE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, STATE)
+
+
+def flag(argv: list[str], name: str, default: str | None = None) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def die(message: str, rc: int = 1) -> int:
+    sys.stderr.write(message + "\n")
+    return rc
+
+
+def kubeconfig_for(name: str, server: str) -> str:
+    # JSON is YAML: the kubernetes client reads it, and this script needs no yaml module.
+    ctx = f"kind-{name}"
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": ctx, "cluster": {"server": server}}],
+            "users": [{"name": ctx, "user": {"token": "fake-token"}}],
+            "contexts": [{"name": ctx, "context": {"cluster": ctx, "user": ctx}}],
+            "current-context": ctx,
+        }
+    )
+
+
+def kind(argv: list[str], state: dict) -> int:
+    clusters: list[str] = state.setdefault("clusters", [])
+    name = flag(argv, "--name", "kind") or "kind"
+    if argv[:2] == ["get", "clusters"]:
+        if not clusters:
+            return die("No kind clusters found.", 0)
+        print("\n".join(clusters))
+        return 0
+    if argv[:2] == ["create", "cluster"]:
+        config = flag(argv, "--config")
+        if config and not Path(config).is_file():
+            return die(
+                "ERROR: failed to create cluster: error reading file: "
+                f"open {config}: no such file or directory"
+            )
+        if name in clusters:
+            return die(
+                f'ERROR: failed to create cluster: node(s) already exist for a cluster with the name "{name}"'
+            )
+        clusters.append(name)
+        save(state)
+        kubeconfig = flag(argv, "--kubeconfig")
+        if kubeconfig:
+            Path(kubeconfig).write_text(kubeconfig_for(name, state["api_server"]))
+        sys.stderr.write(f'Creating cluster "{name}" ...\nSet kubectl context to "kind-{name}"\n')
+        return 0
+    if argv[:2] == ["export", "kubeconfig"]:
+        if name not in clusters:
+            return die(f'ERROR: could not locate any control plane nodes for cluster named "{name}"')
+        kubeconfig = flag(argv, "--kubeconfig")
+        if kubeconfig:
+            Path(kubeconfig).write_text(kubeconfig_for(name, state["api_server"]))
+        sys.stderr.write(f'Set kubectl context to "kind-{name}"\n')
+        return 0
+    if argv[:2] == ["load", "docker-image"]:
+        if name not in clusters:
+            return die(f'ERROR: no nodes found for cluster "{name}"')
+        state.setdefault("loaded", {}).setdefault(name, []).append(argv[2])
+        save(state)
+        print(
+            f'Image: "{argv[2]}" with ID "sha256:0123" not yet present '
+            f'on node "{name}-control-plane", loading...'
+        )
+        return 0
+    if argv[:2] == ["export", "logs"]:
+        if name not in clusters:
+            return die(f'ERROR: unknown cluster "{name}"')
+        target = Path(argv[2])
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "kind-version.txt").write_text("kind v0.33.0 (fake)\n")
+        print(f'Exporting logs for cluster "{name}" to:\n{target}')
+        return 0
+    if argv[:2] == ["delete", "cluster"]:
+        if name in clusters:
+            clusters.remove(name)
+            save(state)
+        sys.stderr.write(f'Deleting cluster "{name}" ...\n')
+        return 0
+    return die(f"fake kind: unknown command {argv}", 2)
+
+
+def api_call(server: str, method: str, path: str, body: dict | None = None) -> None:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(server + path, data=data, method=method)
+    request.add_header("Authorization", "Bearer fake-token")
+    request.add_header("Content-Type", "application/apply-patch+yaml")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+def istio_objects(version: str) -> list[tuple[str, dict]]:
+    def deployment(name: str, labels: dict, image: str) -> dict:
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "istio-system", "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {"name": "discovery" if name == "istiod" else "istio-proxy", "image": image}
+                        ]
+                    },
+                },
+            },
+        }
+
+    gateway_labels = {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+    base = "/apis/apps/v1/namespaces/istio-system/deployments"
+    return [
+        (
+            f"{base}/istiod",
+            deployment("istiod", {"app": "istiod", "istio": "pilot"}, f"docker.io/istio/pilot:{version}"),
+        ),
+        (
+            f"{base}/istio-ingressgateway",
+            deployment("istio-ingressgateway", gateway_labels, f"docker.io/istio/proxyv2:{version}"),
+        ),
+        (
+            "/api/v1/namespaces/istio-system/services/istio-ingressgateway",
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "istio-ingressgateway", "namespace": "istio-system"},
+                "spec": {
+                    "type": "NodePort",
+                    "selector": gateway_labels,
+                    "ports": [
+                        {"name": "status-port", "port": 15021, "targetPort": 15021, "nodePort": 31021},
+                        {"name": "http2", "port": 80, "targetPort": 8080, "nodePort": 30080},
+                    ],
+                },
+            },
+        ),
+    ]
+
+
+def istioctl(argv: list[str], state: dict) -> int:
+    version = state.get("istioctl_version", "1.30.4")
+    if argv[:1] == ["version"]:
+        print(
+            json.dumps(
+                {"clientVersion": {"version": version, "revision": "fake", "golang_version": "go1.25"}}
+            )
+        )
+        return 0
+    if argv[:1] == ["install"]:
+        kubeconfig = os.environ.get("KUBECONFIG")
+        if not kubeconfig or not Path(kubeconfig).is_file():
+            return die("Error: failed to construct Kubernetes client: no configuration has been provided")
+        operator = flag(argv, "-f")
+        if not operator or "IstioOperator" not in Path(operator).read_text():
+            return die(f"Error: could not read IstioOperator from {operator}")
+        server = json.loads(Path(kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
+        for path, obj in istio_objects(version):
+            api_call(server, "PATCH", path + "?fieldManager=istio-operator&force=true", obj)
+        print(
+            "✔ Istio core installed\n✔ Istiod installed\n"
+            "✔ Ingress gateways installed\n✔ Installation complete"
+        )
+        return 0
+    return die(f"fake istioctl: unknown command {argv}", 2)
+
+
+def kubectl(argv: list[str], state: dict) -> int:
+    kubeconfig = flag(argv, "--kubeconfig")
+    if not kubeconfig or not Path(kubeconfig).is_file():
+        return die("error: no --kubeconfig given to the fake kubectl (the harness must always pass its own)")
+    if "exec" in argv and argv[-4:] == ["pilot-agent", "request", "GET", "config_dump"]:
+        source = state.get("config_dump")
+        if not source:
+            return die('error: unable to upgrade connection: container not found ("istio-proxy")')
+        print(Path(source).read_text())
+        return 0
+    return die(f"fake kubectl: unknown command {argv}", 2)
+
+
+def main(tool: str, argv: list[str]) -> int:
+    with CALLS.open("a") as calls:
+        calls.write(
+            json.dumps({"tool": tool, "argv": argv, "kubeconfig_env": os.environ.get("KUBECONFIG")}) + "\n"
+        )
+    state = load()
+    line = " ".join([tool, *argv])
+    for prefix, failure in (state.get("fail") or {}).items():
+        if line.startswith(prefix):
+            sys.stderr.write(failure.get("stderr", "ERROR: injected failure") + "\n")
+            return int(failure.get("rc", 1))
+    return {"kind": kind, "istioctl": istioctl, "kubectl": kubectl}[tool](argv, state)
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[0]).name, sys.argv[1:]))

@@ -1,0 +1,566 @@
+"""Contract tests of the kind backend at its process and API boundaries.
+
+Fake ``kind``, ``istioctl`` and ``kubectl`` executables (tests/unit/fakes) come first on
+PATH and record every argv; the kubernetes client talks real HTTP to a stub API server on
+127.0.0.1; the images are "built" by harness.images against a fake docker client. No Docker,
+no cluster, no network beyond loopback, no sleeping (the waits get a fake clock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.errors import ConfigError, WaitTimeout
+from harness.images import BaseImageMissing
+from harness.mesh.envoy import build_route_configuration
+from harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts
+from harness.plan import RolloutPlan, load_plan
+from harness.render import render_stage
+from tests.unit.fakes import install_fake_tools
+from tests.unit.fakes.docker import FakeDockerClient
+from tests.unit.fakes.stub_kube_api import StubKubeAPI
+
+NAME = "abtest-test"
+BASE_IMAGE = "abtest/base-python:bookworm"
+OPERATOR = Path(__file__).resolve().parents[2] / "manifests" / "istio" / "operator.yaml"
+KIND_CONFIG = Path(__file__).resolve().parents[2] / "manifests" / "kind" / "cluster.yaml"
+
+
+class FakeClock:
+    """monotonic() and sleep() for the waits: sleeping advances time instead of passing it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Rig:
+    """Everything one test needs: the stub API, the fake tools' state and the mesh factory."""
+
+    tmp: Path
+    api: StubKubeAPI
+    plan: RolloutPlan
+    docker: FakeDockerClient
+    progress: list[str]
+
+    @property
+    def state_file(self) -> Path:
+        return self.tmp / "tools" / "state.json"
+
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads(self.state_file.read_text()))
+
+    def set_state(self, **changes: Any) -> None:
+        state = self.state()
+        state.update(changes)
+        self.state_file.write_text(json.dumps(state))
+
+    def calls(self) -> list[tuple[str, ...]]:
+        path = self.tmp / "tools" / "calls.jsonl"
+        if not path.exists():
+            return []
+        return [tuple([c["tool"], *c["argv"]]) for c in map(json.loads, path.read_text().splitlines())]
+
+    def call_env(self) -> list[dict[str, Any]]:
+        path = self.tmp / "tools" / "calls.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.tmp / "cache" / "kind" / f"{NAME}.kubeconfig"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.tmp / "artifacts"
+
+    def mesh(self, **overrides: Any) -> KindIstioMesh:
+        clock = FakeClock()
+        settings: dict[str, Any] = {
+            "plan": self.plan,
+            "cluster_name": NAME,
+            "artifacts_dir": self.artifacts,
+            "cache_dir": self.tmp / "cache",
+            "base_image": BASE_IMAGE,
+            "docker_client": self.docker,
+            # PATH lookup (the fakes are first), not the venv-first proc.tool: the venv has a real kubectl.
+            "resolve_tool": lambda name: str(shutil.which(name)),
+            "timeouts": KindTimeouts(nodes_ready=5, istio_ready=5, rollout=5, prune=5, command=30),
+            "progress": self.progress.append,
+            "clock": clock,
+            "sleep": clock.sleep,
+        }
+        settings.update(overrides)
+        return KindIstioMesh(**settings)
+
+    def write_config_dump(self, objects: list[dict[str, Any]]) -> None:
+        """What the gateway's admin endpoint would return once it serves `objects`."""
+        routes = dict(build_route_configuration(objects))
+        routes["name"] = "http.8080"  # Istio's gateway listens on the Service's targetPort
+        dump = {
+            "configs": [
+                {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": {}},
+                {
+                    "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+                    "dynamic_route_configs": [
+                        {"version_info": "2026-11-26T10:00:00Z/7", "route_config": routes}
+                    ],
+                },
+            ]
+        }
+        target = self.tmp / "config_dump.json"
+        target.write_text(json.dumps(dump))
+        self.set_state(config_dump=str(target))
+
+
+@pytest.fixture(scope="module")
+def plan() -> RolloutPlan:
+    return load_plan()
+
+
+@pytest.fixture(scope="module")
+def stages(plan: RolloutPlan) -> dict[str, list[dict[str, Any]]]:
+    return {stage.name: render_stage(plan, stage) for stage in plan.stages}
+
+
+@pytest.fixture
+def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan: RolloutPlan) -> Iterator[Rig]:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    fakes = install_fake_tools(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{fakes}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_TOOLS_DIR", str(tools))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    with StubKubeAPI() as api:
+        (tools / "state.json").write_text(json.dumps({"clusters": [], "api_server": api.url}))
+        yield Rig(tmp_path, api, plan, FakeDockerClient([BASE_IMAGE]), [])
+
+
+def built_refs(rig: Rig) -> list[str]:
+    return sorted(b["tag"] for b in rig.docker.api.builds)
+
+
+def assert_nothing_left(rig: Rig) -> None:
+    assert rig.state()["clusters"] == [], f"a kind cluster was left behind: {rig.state()['clusters']}"
+    assert not rig.kubeconfig.exists(), f"the kubeconfig {rig.kubeconfig} was left behind"
+    assert not (rig.tmp / "home" / ".kube").exists(), "~/.kube was touched"
+
+
+# ----------------------------------------------------------------------------- happy paths
+
+
+def test_fresh_run_runs_exactly_the_documented_commands(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = stages["Blue_50"]
+    rig.write_config_dump(objects)
+    with rig.mesh() as mesh:
+        assert mesh.gateway_url == "http://127.0.0.1:30080"
+        mesh.apply(objects)
+        mesh.converge(objects, timeout=5)
+    kc = str(rig.kubeconfig)
+    refs = built_refs(rig)
+    assert len(refs) == 2 and all(
+        ref.startswith("abtest/scorer-") and not ref.endswith(":latest") for ref in refs
+    )
+    assert rig.calls() == [
+        ("kind", "get", "clusters"),
+        (
+            "kind",
+            "create",
+            "cluster",
+            "--name",
+            NAME,
+            "--wait",
+            "120s",
+            "--config",
+            str(KIND_CONFIG),
+            "--kubeconfig",
+            kc,
+        ),
+        ("kind", "get", "clusters"),
+        ("istioctl", "version", "--remote=false", "-o", "json"),
+        ("istioctl", "install", "-y", "-f", str(OPERATOR)),
+        ("kind", "load", "docker-image", refs[0], "--name", NAME),
+        ("kind", "load", "docker-image", refs[1], "--name", NAME),
+        (
+            "kubectl",
+            "--kubeconfig",
+            kc,
+            "-n",
+            "istio-system",
+            "exec",
+            _gateway_pod(rig),
+            "-c",
+            "istio-proxy",
+            "--",
+            "pilot-agent",
+            "request",
+            "GET",
+            "config_dump",
+        ),
+        ("kind", "delete", "cluster", "--name", NAME, "--kubeconfig", kc),
+    ], "the fresh-run command sequence changed"
+    envs = {c["tool"]: c["kubeconfig_env"] for c in rig.call_env()}
+    assert envs["istioctl"] == kc, "istioctl must get the harness's kubeconfig through KUBECONFIG"
+    assert envs["kind"] is None and envs["kubectl"] is None, "kind and kubectl get --kubeconfig, not the env"
+    assert_nothing_left(rig)
+
+
+def _gateway_pod(rig: Rig) -> str:
+    pods = [
+        p
+        for p in rig.api.names("/api/v1/namespaces/istio-system/pods")
+        if p.startswith("istio-ingressgateway")
+    ]
+    assert len(pods) == 1, pods
+    return pods[0]
+
+
+def test_apply_is_server_side_with_our_field_manager_and_survives_star_hosts(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = stages["Blue_50"]
+    with rig.mesh(keep_cluster=True) as mesh:
+        mesh.apply(objects)
+        refs = dict(mesh.image_refs)
+    ours = [r for r in rig.api.requests("PATCH") if r.query.get("fieldManager") == ["abtest-harness"]]
+    assert len(ours) == len(objects), f"one apply per object, got {[r.path for r in ours]}"
+    assert all(
+        r.content_type == "application/apply-patch+yaml" and r.query.get("force") == ["true"] for r in ours
+    )
+    assert all(r.authorization == "Bearer fake-token" for r in ours), (
+        "the kubeconfig's credentials were not sent"
+    )
+    assert ours[0].path == "/api/v1/namespaces/abtesting", (
+        "the Namespace must be applied before what lives in it"
+    )
+    vs = yaml.safe_load(
+        next(r.body for r in ours if r.path.endswith("/virtualservices/mlmodel-virtualservice"))
+    )
+    assert vs["spec"]["hosts"] == ["*"], (
+        "the '*' host must reach the API intact (pytest-kubernetes' echo breaks it)"
+    )
+    deployments = {
+        r.path.rsplit("/", 1)[-1]: yaml.safe_load(r.body) for r in ours if "/deployments/" in r.path
+    }
+    images = {
+        name: d["spec"]["template"]["spec"]["containers"][0]["image"] for name, d in deployments.items()
+    }
+    assert images == {"model-green": refs["A"], "model-blue": refs["B"]}, (
+        "Deployments must run the side-loaded refs"
+    )
+    assert all(
+        d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+        for d in deployments.values()
+    ), "side-loaded images need imagePullPolicy IfNotPresent"
+    assert rig.state()["clusters"] == [NAME], "keep_cluster must keep the cluster"
+
+
+def test_reused_cluster_exports_its_kubeconfig_and_skips_a_matching_istio(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    # A first run with keep_cluster leaves a cluster with Istio behind ...
+    with rig.mesh(keep_cluster=True):
+        pass
+    first = len(rig.calls())
+    # ... which the next run reuses: no create, no istioctl install, and it deletes it at the end.
+    with rig.mesh() as mesh:
+        assert mesh.created_cluster is False
+    kc = str(rig.kubeconfig)
+    refs = built_refs(rig)
+    assert rig.calls()[first:] == [
+        ("kind", "get", "clusters"),
+        ("kind", "export", "kubeconfig", "--name", NAME, "--kubeconfig", kc),
+        ("kind", "load", "docker-image", refs[0], "--name", NAME),
+        ("kind", "load", "docker-image", refs[1], "--name", NAME),
+        ("kind", "delete", "cluster", "--name", NAME, "--kubeconfig", kc),
+    ]
+    assert any("reusing existing" in line for line in rig.progress), rig.progress
+    assert_nothing_left(rig)
+
+
+def test_reused_cluster_with_another_istio_version_is_reinstalled(rig: Rig) -> None:
+    with rig.mesh(keep_cluster=True):
+        pass
+    rig.set_state(istioctl_version="1.29.0")
+    with rig.mesh(keep_cluster=True, istio_version="1.29.0"):
+        pass
+    installs = [c for c in rig.calls() if c[:2] == ("istioctl", "install")]
+    assert len(installs) == 2, "an Istio of another version must be reinstalled, not reused"
+
+
+def test_keep_cluster_leaves_cluster_and_kubeconfig_and_says_how_to_delete(rig: Rig) -> None:
+    with rig.mesh(keep_cluster=True):
+        pass
+    assert not any(c[:3] == ("kind", "delete", "cluster") for c in rig.calls())
+    assert rig.state()["clusters"] == [NAME]
+    assert rig.kubeconfig.is_file()
+    assert any(f"kind delete cluster --name {NAME}" in line for line in rig.progress), rig.progress
+    assert not (rig.tmp / "home" / ".kube").exists()
+
+
+def test_down_is_idempotent_and_does_nothing_before_up(rig: Rig) -> None:
+    mesh = rig.mesh()
+    mesh.down()
+    assert rig.calls() == [], "down() before up() must run nothing"
+    mesh.up()
+    mesh.down()
+    mesh.down()
+    deletes = [c for c in rig.calls() if c[:3] == ("kind", "delete", "cluster")]
+    assert len(deletes) == 1, f"down() twice must delete once, got {deletes}"
+    assert_nothing_left(rig)
+
+
+def test_progress_lines_carry_elapsed_time_for_each_long_step(rig: Rig) -> None:
+    with rig.mesh():
+        pass
+    for step in ("cluster", "istio", "images"):
+        assert any(line.startswith("[kind +") and f"{step}: done in" in line for line in rig.progress), (
+            step,
+            rig.progress,
+        )
+
+
+# ----------------------------------------------------------------------------- prune
+
+
+def test_green_100_prunes_blue_with_foreground_deletion_after_the_new_stage_is_ready(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
+    with rig.mesh() as mesh:
+        mesh.apply(stages["Blue_Green"])
+        assert rig.api.names(deployments) == ["model-blue", "model-green"]
+        before = len(rig.api.requests())
+        mesh.apply(stages["Green_100"])
+        after = rig.api.requests()[before:]
+        assert rig.api.names(deployments) == ["model-green"], "model-blue must be pruned at Green_100"
+        assert rig.api.names("/api/v1/namespaces/abtesting/services") == [
+            "model-svc-blue",
+            "model-svc-green",
+        ], "both Services exist at every stage; prune must keep them"
+        pods = rig.api.names("/api/v1/namespaces/abtesting/pods")
+        assert pods and not any(p.startswith("model-blue") for p in pods), f"blue pods left: {pods}"
+    deletes = [r for r in after if r.method == "DELETE"]
+    assert [r.path for r in deletes] == [f"{deployments}/model-blue"], "only model-blue may be deleted"
+    assert json.loads(deletes[0].body)["propagationPolicy"] == "Foreground"
+    last_apply = max(i for i, r in enumerate(after) if r.method == "PATCH")
+    status_reads = [
+        i for i, r in enumerate(after) if r.method == "GET" and r.path == f"{deployments}/model-green"
+    ]
+    assert status_reads and max(status_reads) < after.index(deletes[0]), "make-before-break: wait, then prune"
+    assert last_apply < after.index(deletes[0])
+    lists = [r for r in after if r.method == "GET" and r.query.get("labelSelector")]
+    assert lists and all(
+        r.query["labelSelector"] == ["app.kubernetes.io/managed-by=abtest-harness"] for r in lists
+    )
+
+
+def test_prune_leaves_objects_without_our_label_alone(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    with rig.mesh() as mesh:
+        mesh.apply(stages["Blue_Green"])
+        foreign = "/apis/apps/v1/namespaces/abtesting/deployments/someone-else"
+        rig.api.state.objects[foreign] = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "someone-else", "namespace": "abtesting", "labels": {"app": "x"}},
+        }
+        mesh.apply(stages["Green_100"])
+        assert foreign in rig.api.state.objects, "an object without managed-by=abtest-harness was pruned"
+
+
+def test_apply_refuses_objects_without_the_managed_by_label(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = [json.loads(json.dumps(o)) for o in stages["Blue_50"]]
+    del objects[-1]["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+    with pytest.raises(KindStepError) as caught, rig.mesh() as mesh:
+        mesh.apply(objects)
+    assert caught.value.step == "apply"
+    assert isinstance(caught.value.cause, ConfigError)
+    assert "app.kubernetes.io/managed-by" in str(caught.value)
+    assert rig.api.requests("PATCH")[-1].query.get("fieldManager") != ["abtest-harness"], (
+        "nothing may be applied"
+    )
+    assert_nothing_left(rig)
+
+
+# ----------------------------------------------------------------------------- failures, step by step
+
+
+def _fail(rig: Rig, prefix: str, stderr: str) -> None:
+    rig.set_state(fail={prefix: {"rc": 1, "stderr": stderr}})
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["delete", "keep"])
+def test_failed_cluster_create_names_the_step_and_leaves_nothing(rig: Rig, keep: bool) -> None:
+    _fail(
+        rig, "kind create cluster", "ERROR: failed to create cluster: could not find a log line that matches"
+    )
+    with pytest.raises(KindStepError) as caught:
+        rig.mesh(keep_cluster=keep).up()
+    err = caught.value
+    assert err.step == "cluster" and "step 'cluster' failed" in str(err)
+    assert "could not find a log line" in str(err), "the tool's stderr must reach the message"
+    assert err.artifacts == rig.artifacts / "failure-cluster" and err.artifacts.is_dir()
+    assert "kind export logs" in (err.artifacts / "dump-errors.txt").read_text()
+    deletes = [c for c in rig.calls() if c[:3] == ("kind", "delete", "cluster")]
+    assert len(deletes) == (0 if keep else 1), "a failed create is cleaned up unless the cluster is kept"
+    assert rig.state()["clusters"] == []
+
+
+def test_failed_istio_install_dumps_diagnostics_and_deletes_the_cluster(rig: Rig) -> None:
+    _fail(rig, "istioctl install", "Error: failed to install manifests: context deadline exceeded")
+    with pytest.raises(KindStepError) as caught:
+        rig.mesh().up()
+    err = caught.value
+    assert err.step == "istio" and "context deadline exceeded" in str(err)
+    where = rig.artifacts / "failure-istio"
+    assert (where / "kind-logs" / "kind-version.txt").is_file(), "kind export logs must run before the delete"
+    assert "stub event in istio-system" in (where / "events-istio-system.txt").read_text()
+    calls = rig.calls()
+    export = calls.index(("kind", "export", "logs", str(where / "kind-logs"), "--name", NAME))
+    delete = calls.index(("kind", "delete", "cluster", "--name", NAME, "--kubeconfig", str(rig.kubeconfig)))
+    assert export < delete
+    assert not any(c[:3] == ("kind", "load", "docker-image") for c in calls), (
+        "no step may run after a failure"
+    )
+    assert_nothing_left(rig)
+
+
+def test_istiod_that_never_becomes_available_times_out_with_what_was_seen(rig: Rig) -> None:
+    rig.api.state.never_ready.add("istiod")
+    with pytest.raises(KindStepError) as caught:
+        rig.mesh().up()
+    err = caught.value
+    assert err.step == "istio" and isinstance(err.cause, WaitTimeout)
+    assert "Deployment istio-system/istiod" in str(err) and "available 0" in str(err), str(err)
+    assert_nothing_left(rig)
+
+
+def test_missing_base_image_fails_the_images_step(rig: Rig) -> None:
+    rig.docker.images.store.clear()
+    with pytest.raises(KindStepError) as caught:
+        rig.mesh().up()
+    assert caught.value.step == "images" and isinstance(caught.value.cause, BaseImageMissing)
+    assert "make base-image" in str(caught.value)
+    assert (rig.artifacts / "failure-images" / "pods").is_dir(), "pod logs must be dumped"
+    assert_nothing_left(rig)
+
+
+def test_failed_side_load_fails_the_images_step(rig: Rig) -> None:
+    _fail(rig, "kind load docker-image", 'ERROR: image: "abtest/scorer-a" not present locally')
+    with pytest.raises(KindStepError) as caught:
+        rig.mesh().up()
+    assert caught.value.step == "images" and "not present locally" in str(caught.value)
+    assert_nothing_left(rig)
+
+
+def test_rejected_apply_names_the_step_and_the_object(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    rig.api.state.reject_apply["mlmodel-virtualservice"] = (
+        422,
+        'VirtualService.networking.istio.io "x" is invalid',
+    )
+    with pytest.raises(KindStepError) as caught, rig.mesh() as mesh:
+        mesh.apply(stages["Blue_50"])
+    err = caught.value
+    assert (
+        err.step == "apply"
+        and "HTTP 422" in str(err)
+        and "virtualservices/mlmodel-virtualservice" in str(err)
+    )
+    assert (rig.artifacts / "failure-apply" / "objects.yaml").is_file()
+    assert_nothing_left(rig)
+
+
+def test_rollout_that_never_completes_fails_apply_with_status_fields(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    rig.api.state.never_ready.add("model-blue")
+    with pytest.raises(KindStepError) as caught, rig.mesh() as mesh:
+        mesh.apply(stages["Blue_0"])
+    assert caught.value.step == "apply" and isinstance(caught.value.cause, WaitTimeout)
+    assert "Deployment abtesting/model-blue" in str(caught.value) and "available 0" in str(caught.value)
+    assert_nothing_left(rig)
+
+
+def test_converge_times_out_with_the_route_diff_and_dumps_the_gateway(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    rig.write_config_dump(stages["Blue_0"])  # the gateway still serves the previous stage
+    with pytest.raises(WaitTimeout) as caught, rig.mesh() as mesh:
+        mesh.apply(stages["Blue_50"])
+        mesh.converge(stages["Blue_50"], timeout=3)
+    text = str(caught.value)
+    assert "routes" in text and "expected (manifests)" in text and "live (gateway config_dump)" in text, text
+    assert any("failure-converge" in note for note in caught.value.__notes__)
+    dumped = json.loads((rig.artifacts / "failure-converge" / "gateway-config_dump.json").read_text())
+    assert dumped["configs"][1]["dynamic_route_configs"][0]["route_config"]["name"] == "http.8080"
+    assert list(
+        (rig.artifacts / "failure-converge" / "pods" / "istio-system").glob("istio-ingressgateway-*.log")
+    )
+    assert_nothing_left(rig)
+
+
+def test_converge_retries_while_the_gateway_cannot_be_exec_d(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = stages["Blue_50"]
+    with rig.mesh() as mesh:
+        mesh.apply(objects)
+        rig.set_state(config_dump=None)  # exec fails: kubectl exits 1 (container not found)
+        with pytest.raises(WaitTimeout) as caught:
+            mesh.converge(objects, timeout=2)
+        assert "container not found" in str(caught.value), "the last transient error must be reported"
+        rig.write_config_dump(objects)
+        mesh.converge(objects, timeout=2)
+
+
+def test_ctrl_c_during_a_step_still_deletes_the_cluster(rig: Rig) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> dict[str, str]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rig.mesh(build_images=interrupted).up()
+    assert_nothing_left(rig)
+
+
+def test_kind_config_and_istio_operator_agree_on_the_gateway_port() -> None:
+    kind = yaml.safe_load(KIND_CONFIG.read_text())
+    operator = yaml.safe_load(OPERATOR.read_text())
+    (node,) = kind["nodes"]
+    (mapping,) = node["extraPortMappings"]
+    assert mapping["listenAddress"] == "127.0.0.1", "the gateway must only be reachable from this machine"
+    assert "@sha256:" in node["image"] and node["image"].startswith("kindest/node:v1."), (
+        "pin the node image by digest"
+    )
+    assert "name" not in kind, "the cluster name comes from --name (reuse by name)"
+    assert operator["spec"]["profile"] == "minimal"
+    (gateway,) = operator["spec"]["components"]["ingressGateways"]
+    assert gateway["label"]["istio"] == "ingressgateway", (
+        "Gateway mlmodel-gateway selects istio: ingressgateway"
+    )
+    service = gateway["k8s"]["service"]
+    http = next(p for p in service["ports"] if p["port"] == 80)
+    assert service["type"] == "NodePort" and http["nodePort"] == mapping["containerPort"]
