@@ -92,7 +92,8 @@ class DockerRunner:
         self._client = client if client is not None else docker_client()
         self.stop_timeout = stop_timeout
         self._containers: dict[int, tuple[RunningWorkload, Container]] = {}
-        self._final_logs: dict[int, str] = {}
+        # Logs of stopped replicas, keyed like _containers; the workload is kept so its id stays unique.
+        self._final_logs: dict[int, tuple[RunningWorkload, str]] = {}
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
@@ -189,7 +190,7 @@ class DockerRunner:
             return
         except docker.errors.APIError as exc:
             _log.warning("stopping %s: %s; removing it by force", container.name, exc)
-        self._final_logs[id(workload)] = self._read_logs(container)
+        self._final_logs[id(workload)] = (workload, self._read_logs(container))
         self._remove(container)
 
     def logs(self, workload: RunningWorkload) -> str:
@@ -198,7 +199,8 @@ class DockerRunner:
             entry = self._containers.get(id(workload))
         if entry is not None:
             return self._read_logs(entry[1])
-        return self._final_logs.get(id(workload), "")
+        stopped = self._final_logs.get(id(workload))
+        return stopped[1] if stopped is not None else ""
 
     def close(self) -> None:
         """Remove every container of this run id (also ones this object lost track of); idempotent."""
