@@ -34,8 +34,17 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.validate import has_errors, validate_objects
+    from harness.validate import format_findings, has_errors, load_manifests, summarize, validate_objects
 
+    if args.file:
+        failed = False
+        for path in args.file:
+            findings = validate_objects(load_manifests(path))
+            failed = failed or has_errors(findings)
+            out.write(f"{path}: {summarize(findings)}\n")
+            if findings:
+                out.write("".join(f"    {line}\n" for line in format_findings(findings).splitlines()))
+        return 1 if failed else 0
     plan = load_plan(args.plan)
     stages = [plan.stage(args.stage)] if args.stage else list(plan.stages)
     failed = False
@@ -82,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = validate.add_mutually_exclusive_group()
     which.add_argument("--stage", help="one stage (default: all)")
     which.add_argument("--all", action="store_true", help="every stage of the plan (the default)")
+    which.add_argument("--file", type=Path, action="append", metavar="PATH",
+                       help="validate the objects in a YAML file instead of rendering stages (repeatable)")
     validate.set_defaults(func=cmd_validate)
 
     run = sub.add_parser("run", help="drive every stage on a mesh and judge the routing statistically")
