@@ -598,6 +598,7 @@ class _Run:
         self.on_response = on_response
         self.tickets = itertools.count()
         self.lock = threading.Lock()
+        self._stop_lock = threading.Lock()  # apart from `lock`: feed() stops while holding it
         self.stopped_by = ""
         self.failure: BaseException | None = None
         open_labels = [
@@ -608,8 +609,10 @@ class _Run:
             self.stopped_by = "decided"
 
     def stop(self, reason: str) -> None:
-        if not self.stopped_by:
-            self.stopped_by = reason
+        """Stop every worker; the first reason given is the one reported."""
+        with self._stop_lock:
+            if not self.stopped_by:
+                self.stopped_by = reason
 
     def feed(self, observation: Observation) -> None:
         """Give one answer to its test and the callback, one answer at a time."""

@@ -30,6 +30,19 @@ TRANSPORTS = ("socket", "requests")
 ANSWERS = {"green": "New Model A", "blue": "New Model B"}
 
 
+# Broken answers, each written raw and followed by a close.
+_BROKEN = {
+    "/garbage": b"SPDY/9 what\r\n\r\n",
+    "/bad-status": b"HTTP/1.1 OK fine\r\n\r\n",
+    "/bad-length": b"HTTP/1.1 200 OK\r\ncontent-length: lots\r\n\r\n",
+    "/huge-length": b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999\r\n\r\n",
+    "/bad-chunk": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    "/truncated-head": b"HTTP/1.1 200 OK\r\nx-model-ver",
+    "/truncated-body": b"HTTP/1.1 200 OK\r\nx-model-version: green\r\ncontent-length: 50\r\n\r\nshort",
+    "/truncated-chunk": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\nabc",
+}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -107,6 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/stall":
             server.release.wait(10.0)
             self._send(200, b'"late"', "green")
+        elif path == "/stall-briefly":
+            server.release.wait(0.25)  # answers after the client gave up, on the same connection
+            self._send(200, b'"late"', "green")
         elif path == "/chunked":
             self.send_response(200)
             self.send_header("x-model-version", "blue")
@@ -126,8 +142,16 @@ class _Handler(BaseHTTPRequestHandler):
             # a closed socket, as with a server whose keep-alive idle timeout just expired.
             self._send(200, b'"New Model A"', "green")
             self.close_connection = True
-        elif path == "/garbage":
-            self.wfile.write(b"SPDY/9 what\r\n\r\n")
+        elif path == "/connection-close":
+            self.send_response(200)
+            self.send_header("x-model-version", "blue")
+            self.send_header("content-length", "13")
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(b'"New Model B"')
+            self.close_connection = True
+        elif path in _BROKEN:
+            self.wfile.write(_BROKEN[path])
             self.close_connection = True
         else:
             self._send(404, b"no route", None)
@@ -213,6 +237,16 @@ def test_stalled_answers_are_timeouts(server: _Server, transport: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_late_answer_is_never_taken_for_the_next_one(server: _Server, transport: str) -> None:
+    classes = [_cls("slow", "/stall-briefly"), _cls("fast", "/score")]
+    result = run_load(server.url, classes, max_requests=6, deadline_s=10, concurrency=1, timeout_s=0.1,
+                      transport=transport)  # type: ignore[arg-type]
+    assert result.counts["slow"] == {"error:timeout": 3}, result.counts
+    assert "late" not in str(result.answers), f"a timed-out connection was reused: {result.answers}"
+    assert sum(result.counts["fast"].values()) == 3
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_refused_connections_are_connection_errors(closed_port: int, transport: str) -> None:
     result = run_load(f"http://127.0.0.1:{closed_port}", [_cls("weighted", "/score")], max_requests=5,
                       deadline_s=10, concurrency=2, transport=transport)  # type: ignore[arg-type]
@@ -221,9 +255,26 @@ def test_refused_connections_are_connection_errors(closed_port: int, transport: 
     assert result.error_details and all("error:connection" in d for d in result.error_details)
 
 
-def test_garbage_is_an_other_error(server: _Server) -> None:
-    result = run_load(server.url, [_cls("bad", "/garbage")], max_requests=3, deadline_s=10, concurrency=1)
-    assert result.counts == {"bad": {"error:other": 3}}, result
+@pytest.mark.parametrize(
+    ("path", "outcome"),
+    [
+        ("/garbage", "error:other"),
+        ("/bad-status", "error:other"),
+        ("/bad-length", "error:other"),
+        ("/huge-length", "error:other"),
+        ("/bad-chunk", "error:other"),
+        ("/truncated-head", "error:connection"),
+        ("/truncated-body", "error:connection"),
+        ("/truncated-chunk", "error:connection"),
+    ],
+)
+def test_broken_answers_are_errors_not_versions(server: _Server, path: str, outcome: str) -> None:
+    result = run_load(server.url, [_cls("bad", path), _cls("good", "/score")], max_requests=6, deadline_s=10,
+                      concurrency=1)
+    assert result.counts["bad"] == {outcome: 3}, (path, result.counts, result.error_details)
+    assert sum(result.counts["good"].values()) == 3 and not any(
+        k.startswith("error:") for k in result.counts["good"]
+    ), f"{path}: a broken answer must not spoil the next request on a new connection"
 
 
 @pytest.mark.parametrize(
@@ -235,6 +286,7 @@ def test_garbage_is_an_other_error(server: _Server) -> None:
         ("/close-delimited", "green", "New Model A"),
         ("/continue", "green", "New Model A"),
         ("/drop-idle", "green", "New Model A"),
+        ("/connection-close", "blue", "New Model B"),
     ],
 )
 def test_http_framings_and_bodies(server: _Server, path: str, version: str, answer: str) -> None:
