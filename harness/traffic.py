@@ -846,7 +846,8 @@ def load_command(
             print(f"{json.dumps(observation.body)}  ({observation.version})", file=out, flush=True)
         else:
             why = observation.detail or (observation.body or "")[:200]
-            print(f"[{observation.outcome}] {why}", file=out, flush=True)
+            source = f" from {observation.version}" if observation.version else ""
+            print(f"[{observation.outcome}{source}] {why}", file=out, flush=True)
 
     try:
         result = run_load(base, [request], max_requests=n, deadline_s=deadline_s,
