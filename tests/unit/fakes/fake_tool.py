@@ -10,6 +10,7 @@ from ``$FAKE_TOOLS_DIR/state.json``:
     config_dump      path of a JSON file `kubectl exec ... pilot-agent request GET config_dump` prints
     fail             {"<tool> <args prefix>": {"rc": N, "stderr": "..."}}: make a call fail
     loaded           images side-loaded per cluster (kind load docker-image adds)
+    kind_version     what `kind version` reports (default v0.33.0)
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def kubeconfig_for(name: str, server: str) -> str:
 def kind(argv: list[str], state: dict) -> int:
     clusters: list[str] = state.setdefault("clusters", [])
     name = flag(argv, "--name", "kind") or "kind"
+    if argv[:1] == ["version"]:
+        print(f"kind {state.get('kind_version', 'v0.33.0')} go1.25.1 linux/amd64")
+        return 0
     if argv[:2] == ["get", "clusters"]:
         if not clusters:
             return die("No kind clusters found.", 0)
