@@ -27,8 +27,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import requests
-
 from harness import proc
 from harness.errors import CommandError, HarnessError
 
@@ -176,6 +174,9 @@ def download_istioctl(
 
 
 def _fetch(url: str, timeout: float) -> bytes:
+    # Imported here so that `python -m harness.prereqs` runs before the venv exists.
+    import requests
+
     try:
         response = requests.get(url, timeout=timeout)
     except requests.RequestException as exc:

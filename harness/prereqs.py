@@ -61,15 +61,37 @@ class Check:
 Connect = Callable[[tuple[str, int], float], Any]
 
 
+DOCKER_FIX = (
+    "install Docker and start it (`sudo systemctl start docker`), or set DOCKER_HOST; "
+    "your user needs access to the socket"
+)
+
+
+def _base_image(base_image: str | None) -> str:
+    try:
+        from harness.images import resolve_base_image
+    except ImportError:  # before `make venv`: the same rule as harness.images, without the Docker SDK
+        return base_image or os.environ.get("ABTEST_BASE_IMAGE") or "abtest/base-python:bookworm"
+    return resolve_base_image(base_image)
+
+
 def check_docker(
-    client_factory: Callable[[], Any] | None = None, base_image: str | None = None
+    client_factory: Callable[[], Any] | None = None,
+    base_image: str | None = None,
+    *,
+    which: Callable[[str], str | None] = shutil.which,
 ) -> list[Check]:
-    """The Docker daemon answers, and the scorer images' base image is present locally."""
-    import docker
+    """The Docker daemon answers, and the scorer images' base image is present locally.
 
-    from harness.images import resolve_base_image
-
+    Uses the Docker SDK when it is installed, else the ``docker`` CLI, so the check also
+    works before ``make venv`` has installed anything.
+    """
+    base = _base_image(base_image)
     where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        import docker
+    except ImportError:
+        return _check_docker_cli(base, where, which("docker"))
     factory = client_factory or (lambda: docker.from_env(timeout=int(DEADLINE_S)))
     try:
         client = factory()
@@ -77,31 +99,43 @@ def check_docker(
         version = client.version().get("Version", "?")
     except Exception as exc:  # noqa: BLE001 - any failure here means "no usable daemon", reported as such
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return [
-            Check(
-                "Docker daemon",
-                False,
-                f"not reachable at {where} ({first})",
-                "install Docker and start it (`sudo systemctl start docker`), or set DOCKER_HOST; "
-                "your user needs access to the socket",
-            )
-        ]
+        return [Check("Docker daemon", False, f"not reachable at {where} ({first})", DOCKER_FIX)]
     checks = [Check("Docker daemon", True, f"reachable at {where} (server {version})")]
-    base = resolve_base_image(base_image)
     try:
         client.images.get(base)
         checks.append(Check("base image", True, f"{base} present"))
     except docker.errors.ImageNotFound:
-        checks.append(
-            Check(
-                "base image",
-                False,
-                f"{base} is not present locally",
-                "build it with `make base-image` (once)",
-            )
-        )
+        checks.append(Check("base image", False, f"{base} is not present locally", BASE_IMAGE_FIX))
     except docker.errors.DockerException as exc:
         checks.append(Check("base image", False, f"cannot inspect {base}: {exc}", "check the Docker daemon"))
+    return checks
+
+
+BASE_IMAGE_FIX = "build it with `make base-image` (once)"
+
+
+def _check_docker_cli(base: str, where: str, docker_cli: str | None) -> list[Check]:
+    if not docker_cli:
+        return [Check("Docker daemon", False, "no `docker` command on PATH (and no Docker SDK)", DOCKER_FIX)]
+    try:
+        version = proc.run(
+            [docker_cli, "version", "--format", "{{.Server.Version}}"], timeout=DEADLINE_S
+        ).stdout
+    except (CommandError, HarnessError, OSError) as exc:
+        tail = (getattr(exc, "stderr", "") or str(exc)).strip().splitlines()
+        return [
+            Check(
+                "Docker daemon", False, f"not reachable at {where} ({tail[-1] if tail else exc})", DOCKER_FIX
+            )
+        ]
+    checks = [Check("Docker daemon", True, f"reachable at {where} (server {version.strip()})")]
+    inspected = proc.run(
+        [docker_cli, "image", "inspect", "--format", "{{.Id}}", base], timeout=DEADLINE_S, check=False
+    )
+    if inspected.returncode == 0:
+        checks.append(Check("base image", True, f"{base} present"))
+    else:
+        checks.append(Check("base image", False, f"{base} is not present locally", BASE_IMAGE_FIX))
     return checks
 
 

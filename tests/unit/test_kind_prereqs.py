@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from harness import prereqs
+from harness import prereqs, proc
 from harness.errors import ToolNotFound
 from harness.prereqs import Check, kind_checks, report
 from tests.unit.fakes import install_fake_tools
@@ -84,6 +83,7 @@ def test_a_bare_machine_lists_everything_missing_with_how_to_get_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached istioctl
+
     def missing_tool(name: str) -> str:
         raise ToolNotFound(f"{name!r} not found")
 
@@ -157,12 +157,67 @@ def test_a_network_check_that_hangs_is_cut_off(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_usage_errors_exit_2() -> None:
-    done = subprocess.run(
+    done = proc.run(
         [sys.executable, "-m", "harness.prereqs", "minikube"],
-        capture_output=True,
-        text=True,
         timeout=30,
         cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ},
+        check=False,
     )
     assert done.returncode == 2 and "usage: python -m harness.prereqs kind" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ({"docker_server": "29.0.1", "docker_images": ["abtest/base-python:bookworm"]}, [True, True]),
+        ({"docker_server": "29.0.1", "docker_images": []}, [True, False]),
+        ({}, [False]),
+    ],
+    ids=["up", "no-base-image", "daemon-down"],
+)
+def test_without_the_docker_sdk_the_docker_cli_is_asked(
+    fake_kind: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    state: dict[str, Any],
+    expected: list[bool],
+) -> None:
+    monkeypatch.setitem(
+        sys.modules, "docker", None
+    )  # `import docker` raises ImportError, as before `make venv`
+    (tmp_path / "state" / "state.json").write_text(json.dumps(state))
+    checks = prereqs.check_docker(
+        base_image="abtest/base-python:bookworm", which=lambda name: str(fake_kind / name)
+    )
+    assert [c.ok for c in checks] == expected, [c.line() for c in checks]
+    if not expected[0]:
+        assert "Is the docker daemon running?" in checks[0].detail
+
+
+def test_the_check_runs_with_the_standard_library_alone(fake_kind: Path) -> None:
+    """`make e2e` runs it before the venv exists: no third-party import may be needed."""
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys, json\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        "from harness import prereqs\n"
+        "def refuse(address, timeout): raise OSError('offline')\n"
+        "checks = prereqs.kind_checks(\n"
+        "    which=lambda n: None, resolve=lambda n: n, connect=refuse, environ={})\n"
+        "print(json.dumps({c.name: c.ok for c in checks}))\n"
+        "third = ('docker', 'requests', 'yaml', 'kubernetes')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in third))\n"
+    )
+    # The fake docker CLI (daemon down) is first on PATH: the real one must not be asked.
+    path = f"{fake_kind}{os.pathsep}{os.environ['PATH']}"
+    done = proc.run([sys.executable, "-S", "-c", code], timeout=30, env={"PATH": path}, check=False)
+    assert done.returncode == 0, done.stderr
+    found, modules = done.stdout.splitlines()
+    assert json.loads(found) == {
+        "Docker daemon": False,
+        "kind": False,
+        "kubectl": True,
+        "network (Docker Hub)": False,
+        "network (GitHub)": False,
+    }
+    assert modules == "[]", f"third-party modules imported: {modules}"

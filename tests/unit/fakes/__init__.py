@@ -12,12 +12,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-FAKE_TOOLS = ("kind", "istioctl", "kubectl")
+FAKE_TOOLS = ("kind", "istioctl", "kubectl", "docker")
 _SCRIPT = Path(__file__).resolve().parent / "fake_tool.py"
 
 
 def install_fake_tools(bin_dir: Path) -> Path:
-    """Write executable fake ``kind``, ``istioctl`` and ``kubectl`` into `bin_dir` and return it.
+    """Write executable fake ``kind``, ``istioctl``, ``kubectl`` and ``docker`` into `bin_dir`; return it.
 
     Each runs fake_tool.py under this interpreter with ``-S`` (no site import): about 15 ms a
     call, where ``#!/usr/bin/env python3`` through a pyenv shim costs 250 ms.

@@ -1,4 +1,4 @@
-"""The fake kind / istioctl / kubectl: one script, dispatched on the name it was called by.
+"""The fake kind / istioctl / kubectl / docker: one script, dispatched on the name it was called by.
 
 Standard library only (it runs under whatever python3 is on PATH). Every call is appended
 to ``$FAKE_TOOLS_DIR/calls.jsonl`` as {"tool", "argv", "kubeconfig_env"}; behaviour comes
@@ -11,6 +11,8 @@ from ``$FAKE_TOOLS_DIR/state.json``:
     fail             {"<tool> <args prefix>": {"rc": N, "stderr": "..."}}: make a call fail
     loaded           images side-loaded per cluster (kind load docker-image adds)
     kind_version     what `kind version` reports (default v0.33.0)
+    docker_server    what `docker version --format {{.Server.Version}}` prints (unset: daemon down)
+    docker_images    images `docker image inspect` finds
 """
 
 from __future__ import annotations
@@ -228,6 +230,25 @@ def kubectl(argv: list[str], state: dict) -> int:
     return die(f"fake kubectl: unknown command {argv}", 2)
 
 
+def docker(argv: list[str], state: dict) -> int:
+    if argv[:1] == ["version"]:
+        server = state.get("docker_server")
+        if not server:
+            return die(
+                "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+                "Is the docker daemon running?"
+            )
+        print(server)
+        return 0
+    if argv[:2] == ["image", "inspect"]:
+        name = argv[-1]
+        if name not in state.get("docker_images", []):
+            return die(f"Error: No such image: {name}")
+        print("sha256:" + "ab" * 32)
+        return 0
+    return die(f"fake docker: unknown command {argv}", 2)
+
+
 def main(tool: str, argv: list[str]) -> int:
     with CALLS.open("a") as calls:
         calls.write(
@@ -239,7 +260,7 @@ def main(tool: str, argv: list[str]) -> int:
         if line.startswith(prefix):
             sys.stderr.write(failure.get("stderr", "ERROR: injected failure") + "\n")
             return int(failure.get("rc", 1))
-    return {"kind": kind, "istioctl": istioctl, "kubectl": kubectl}[tool](argv, state)
+    return {"kind": kind, "istioctl": istioctl, "kubectl": kubectl, "docker": docker}[tool](argv, state)
 
 
 if __name__ == "__main__":
