@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.errors import ConfigError, WaitTimeout
+from harness.errors import ConfigError, ToolNotFound, WaitTimeout
 from harness.images import BaseImageMissing
 from harness.mesh.envoy import build_route_configuration
 from harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts
@@ -428,6 +428,18 @@ def test_failed_cluster_create_names_the_step_and_leaves_nothing(rig: Rig, keep:
     assert rig.state()["clusters"] == []
 
 
+def test_missing_kind_fails_the_cluster_step_with_how_to_install_it(rig: Rig) -> None:
+    def without_kind(name: str) -> str:
+        if name == "kind":
+            raise ToolNotFound("'kind' not found in /venv/bin or on PATH: see https://kind.sigs.k8s.io/")
+        return str(shutil.which(name))
+
+    with pytest.raises(KindStepError) as caught:
+        rig.mesh(resolve_tool=without_kind).up()
+    assert caught.value.step == "cluster" and "kind.sigs.k8s.io" in str(caught.value)
+    assert rig.calls() == [], "nothing may run without kind"
+
+
 def test_failed_istio_install_dumps_diagnostics_and_deletes_the_cluster(rig: Rig) -> None:
     _fail(rig, "istioctl install", "Error: failed to install manifests: context deadline exceeded")
     with pytest.raises(KindStepError) as caught:
@@ -564,3 +576,103 @@ def test_kind_config_and_istio_operator_agree_on_the_gateway_port() -> None:
     service = gateway["k8s"]["service"]
     http = next(p for p in service["ports"] if p["port"] == 80)
     assert service["type"] == "NodePort" and http["nodePort"] == mapping["containerPort"]
+
+
+# ----------------------------------------------------------------------------- Istio's own shape
+
+_FQDN = "model-svc-{}.abtesting.svc.cluster.local"
+_VS = "mlmodel-virtualservice"
+_ISTIO_ROUTE_EXTRAS: dict[str, Any] = {
+    "timeout": "0s",
+    "retry_policy": {
+        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        "num_retries": 2,
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
+        "host_selection_retry_max_attempts": "5",
+        "retriable_status_codes": [503],
+    },
+    "max_grpc_timeout": "0s",
+}
+
+
+def _istio_route(name: str, match: dict[str, Any], weights: dict[str, int]) -> dict[str, Any]:
+    """A route as istiod writes it for a gateway: weight-0 clusters left out, one cluster unwrapped."""
+    picked = [(f"outbound|5001||{_FQDN.format(v)}", w) for v, w in weights.items() if w > 0]
+    if len(picked) == 1:
+        action: dict[str, Any] = {"cluster": picked[0][0]}
+    else:
+        action = {"weighted_clusters": {"clusters": [{"name": c, "weight": w} for c, w in picked]}}
+    return {
+        "match": match,
+        "route": {**action, **_ISTIO_ROUTE_EXTRAS},
+        "metadata": {
+            "filter_metadata": {
+                "istio": {
+                    "config": f"/apis/networking.istio.io/v1/namespaces/abtesting/virtual-service/{_VS}"
+                }
+            }
+        },
+        "decorator": {"operation": "mlmodel-virtualservice:80/*"},
+        "name": name,
+    }
+
+
+def istio_gateway_dump(weights: dict[str, int]) -> dict[str, Any]:
+    """A config_dump shaped like an Istio ingress gateway's for the reference VirtualService."""
+
+    def header(version: str) -> dict[str, Any]:
+        return {
+            "prefix": "/score",
+            "headers": [{"name": "x-api-version", "string_match": {"exact": version}}],
+        }
+
+    routes = [
+        _istio_route("blue-header", header("blue"), {"blue": 100}),
+        _istio_route("green-header", header("green"), {"green": 100}),
+        _istio_route("weighted", {"prefix": "/"}, weights),
+    ]
+    route_config = {
+        "name": "http.8080",
+        "virtual_hosts": [
+            {"name": "*:80", "domains": ["*"], "routes": routes, "include_request_attempt_count": True}
+        ],
+        "validate_clusters": False,
+        "max_direct_response_body_size_bytes": 1048576,
+        "ignore_port_in_host_matching": True,
+    }
+    return {
+        "configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": {}},
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+                "static_route_configs": [{"route_config": {"name": "prometheus_stats", "virtual_hosts": []}}],
+                "dynamic_route_configs": [
+                    {"version_info": "2026-11-26T10:00:00Z/12", "route_config": route_config}
+                ],
+            },
+        ]
+    }
+
+
+@pytest.mark.parametrize("stage", ["Blue_0", "Blue_50", "Blue_100", "Green_100"])
+def test_converge_accepts_the_route_table_istio_writes_for_the_stage(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]], plan: RolloutPlan, stage: str
+) -> None:
+    target = rig.tmp / "istio_dump.json"
+    target.write_text(json.dumps(istio_gateway_dump(dict(plan.stage(stage).weights))))
+    rig.set_state(config_dump=str(target))
+    with rig.mesh() as mesh:
+        mesh.apply(stages[stage])
+        mesh.converge(stages[stage], timeout=2)
+
+
+def test_converge_rejects_an_istio_route_table_with_other_weights(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    target = rig.tmp / "istio_dump.json"
+    target.write_text(json.dumps(istio_gateway_dump({"green": 60, "blue": 40})))
+    rig.set_state(config_dump=str(target))
+    with pytest.raises(WaitTimeout) as caught, rig.mesh() as mesh:
+        mesh.apply(stages["Blue_50"])
+        mesh.converge(stages["Blue_50"], timeout=2)
+    assert "60" in str(caught.value) and "50" in str(caught.value), str(caught.value)
