@@ -463,6 +463,10 @@ def _route_match(
     if match is None:
         return out
     _reject_unknown(vs, match, _MATCH, path)
+    if not match:
+        raise ConfigError(
+            _label(vs), path, "empty match entry (Istio rejects it); omit `match` to match everything"
+        )
     if match.get("port") and match["port"] != server.port:
         return None  # Istio drops a match entry meant for another port
     if match.get("gateways"):
