@@ -26,7 +26,7 @@ from harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts
 from harness.plan import RolloutPlan, load_plan
 from harness.render import render_stage
 from tests.unit.fakes import install_fake_tools
-from tests.unit.fakes.docker import FakeDockerClient
+from tests.unit.fakes.docker_client import FakeDockerClient
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
 
 NAME = "abtest-test"

@@ -16,7 +16,7 @@ from harness import prereqs, proc
 from harness.errors import ToolNotFound
 from harness.prereqs import Check, kind_checks, report
 from tests.unit.fakes import install_fake_tools
-from tests.unit.fakes.docker import FakeDockerClient
+from tests.unit.fakes.docker_client import FakeDockerClient
 
 
 class VersionedDocker(FakeDockerClient):

@@ -3,7 +3,7 @@
 ``install_fake_tools`` writes fake ``kind``, ``istioctl`` and ``kubectl`` executables (stdlib Python) that
 record their argv to ``$FAKE_TOOLS_DIR/calls.jsonl`` and answer as the real tools do, from
 the shared state in ``$FAKE_TOOLS_DIR/state.json``; ``stub_kube_api`` is a Kubernetes API
-on loopback that the real kubernetes client talks HTTP to; ``docker`` is a fake docker SDK
+on loopback that the real kubernetes client talks HTTP to; ``docker_client`` is a fake docker SDK
 client.
 """
 
