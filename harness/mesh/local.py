@@ -31,6 +31,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -266,6 +267,8 @@ class LocalMesh:
         self._listener: dict[str, Any] | None = None
         self._stopped_logs: list[tuple[str, str]] = []
         self._up = False
+        #: Wall-clock time of the last route/cluster file write (for propagation benchmarks).
+        self.last_xds_write: float | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -601,6 +604,7 @@ class LocalMesh:
         # Envoy compares clusters one by one: unchanged ones are left alone.
         _write_atomic(paths["cds"], envoy.discovery_response(list(resources.clusters), version))
         _write_atomic(paths["rds"], envoy.discovery_response([resources.route_configuration], version))
+        self.last_xds_write = time.time()  # wall clock, comparable with Envoy's last_updated
         if resources.listener != self._listener:
             _write_atomic(paths["lds"], envoy.discovery_response([resources.listener], version))
             self._listener = resources.listener
