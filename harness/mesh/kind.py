@@ -347,9 +347,12 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
     def _exec(
         self, arguments: list[str], additional_env: dict[str, str] | None = None, timeout: float | None = None
     ) -> Any:
+        # Without an explicit timeout, the cluster timeout (pytest-kubernetes' own rule): its
+        # create() calls _on_create() -> _exec() without one, and a first `kind create cluster`
+        # pulls the node image, which takes minutes, not the seconds a query takes.
         return proc.run(
             [self._kind, *arguments],
-            timeout=timeout or self._command_timeout,
+            timeout=timeout or self._cluster_options.cluster_timeout or self._command_timeout,
             env=additional_env or None,
         )
 
@@ -375,7 +378,8 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
     def export_kubeconfig(self) -> None:
         """Write this cluster's kubeconfig to our own file (reuse: kind made the first one)."""
         self._exec(
-            ["export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)]
+            ["export", "kubeconfig", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)],
+            timeout=self._command_timeout,
         )
 
     def load_image(self, image: str, timeout: float | None = None) -> None:
@@ -383,10 +387,16 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
 
     def export_logs(self, directory: Path) -> None:
         """``kind export logs``: node journals, container logs, kubelet and containerd state."""
-        self._exec(["export", "logs", str(directory), "--name", self.cluster_name])
+        # Node journals and container logs: more than a query, less than a cluster creation.
+        self._exec(
+            ["export", "logs", str(directory), "--name", self.cluster_name], timeout=4 * self._command_timeout
+        )
 
     def _on_delete(self) -> None:
-        self._exec(["delete", "cluster", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)])
+        self._exec(
+            ["delete", "cluster", "--name", self.cluster_name, "--kubeconfig", str(self.kubeconfig)],
+            timeout=4 * self._command_timeout,
+        )
 
     def delete(self) -> None:
         """Delete the cluster (kind treats a missing one as done) and our kubeconfig file."""

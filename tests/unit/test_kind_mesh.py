@@ -316,6 +316,30 @@ def test_keep_cluster_leaves_cluster_and_kubeconfig_and_says_how_to_delete(rig: 
     assert not (rig.tmp / "home" / ".kube").exists()
 
 
+def test_every_command_gets_a_deadline_sized_for_it(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.mesh import kind as kind_module
+
+    seen: list[tuple[str, float]] = []
+    real_run = kind_module.proc.run
+
+    def spy(argv: Any, *, timeout: float, **kwargs: Any) -> Any:
+        seen.append((f"{Path(argv[0]).name} {argv[1]} {argv[2]}", timeout))
+        return real_run(argv, timeout=timeout, **kwargs)
+
+    monkeypatch.setattr(kind_module.proc, "run", spy)
+    timeouts = KindTimeouts(create_cluster=901, istio_install=902, load_image=903, command=31, nodes_ready=5)
+    with rig.mesh(timeouts=timeouts):
+        pass
+    deadlines = dict(seen)
+    assert deadlines["kind create cluster"] == 901, (
+        "a first create pulls the node image: minutes, not seconds"
+    )
+    assert deadlines["istioctl install -y"] == 902
+    assert deadlines["kind load docker-image"] == 903
+    assert deadlines["kind get clusters"] == 31
+    assert all(timeout > 0 for _, timeout in seen)
+
+
 def test_down_is_idempotent_and_does_nothing_before_up(rig: Rig) -> None:
     mesh = rig.mesh()
     mesh.down()
