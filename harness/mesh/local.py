@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -537,11 +538,13 @@ class LocalMesh:
                 self._write_xds(objects)
                 self._await(objects, timeout=self.ready_timeout, what="envoy to load the new configuration")
             except BaseException:
-                # Routing may still point at the old replicas: keep them, drop only the new ones.
+                # Keep the old replicas and point Envoy back at them before the new ones stop.
                 self._workloads = previous
+                with contextlib.suppress(Exception):
+                    self._write_xds(self._objects)
                 self._stop_workloads(started)
                 raise
-            self._objects = [dict(o) for o in objects]
+            self._objects = copy.deepcopy(list(objects))
             self._stop_workloads(removed)
 
     def _check_kinds(self, objects: Sequence[Mapping[str, Any]]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from harness.errors import ConfigError, UnsupportedField, WaitTimeout
+from harness.errors import ConfigError, HarnessError, UnsupportedField, WaitTimeout
 from harness.mesh.base import Mesh, route_table_from_config_dump
 from harness.mesh.local import LocalMesh
 from harness.mesh.workloads import ProcessRunner
@@ -378,3 +378,19 @@ def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path) -> None:
     with contextlib.suppress(WaitTimeout):  # the assertion below says which are left
         wait_until(lambda: not any(_alive(p) for p in pids), what="the child's processes to end", timeout=5)
     assert not [p for p in pids if _alive(p)], "SIGTERM must stop envoy and every workload"
+
+
+def test_a_replica_that_never_gets_ready_leaves_the_old_one_serving(mesh: LocalMesh) -> None:
+    mesh.apply(BLUE_50)
+    mesh.converge(BLUE_50, timeout=10)
+    broken = copy.deepcopy(BLUE_GREEN)
+    green = next(o for o in broken if o["kind"] == "Deployment" and o["metadata"]["name"] == "model-green")
+    green["spec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "SCORER_ERROR_RATE", "value": "7"}
+    )
+    with pytest.raises(HarnessError, match="model-green-0 exited"):
+        mesh.apply(broken)  # the scorer refuses an error rate above 1 and exits
+    mesh.converge(BLUE_50, timeout=10)  # still the old state, served by the old replicas
+    assert _sample(mesh.gateway_url, 5, {"x-api-version": "green"}) == Counter({"green": 5})
+    r = requests.get(mesh.gateway_url + "/score", headers={"x-api-version": "green"}, timeout=5)
+    assert r.json() == "New Model A", "the old green replica (image A) must still answer"
