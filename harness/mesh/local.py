@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -62,6 +62,9 @@ from harness.mesh.workloads import (
     tail,
 )
 from harness.wait import wait_until
+
+if TYPE_CHECKING:
+    from harness.plan import RolloutPlan
 
 __all__ = ["LocalMesh", "MeshState", "endpoints_for"]
 
@@ -162,16 +165,18 @@ def _down_all() -> None:
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     previous = _previous_sigterm
-    if callable(previous):
-        # Someone else handles SIGTERM (a test runner, the CLI): stop our processes, then defer.
-        _down_all()
-        previous(signum, frame)
-        return
     if previous == signal.SIG_IGN:
+        return  # the program chose to ignore SIGTERM; so do we
+    # Stop our processes first, whatever happens next. The mesh lock is reentrant, so this
+    # works even when the signal lands inside apply() on the main thread.
+    _down_all()
+    if callable(previous):
+        previous(signum, frame)  # a test runner's or the CLI's own handler decides the rest
         return
-    # The default action would end the process without cleanup; exit through the normal path
-    # instead, so `with` blocks unwind and atexit stops what is left.
-    raise SystemExit(128 + signum)
+    # Then die of the signal, as without us: an exception raised here could be caught by the
+    # code it interrupts (pytest reports a SystemExit in a test as a failure and goes on).
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _install_handlers() -> None:
@@ -226,7 +231,8 @@ def _spec_key(spec: WorkloadSpec) -> tuple[Any, ...]:
 class LocalMesh:
     """The embedded mesh: one Envoy gateway and the workloads, all on 127.0.0.1.
 
-    `runner` starts the replicas (default: a :class:`ProcessRunner` for the plan's images);
+    `runner` starts the replicas (default: a :class:`ProcessRunner` for the images of `plan`,
+    itself ``manifests/stages.yaml`` by default; a runner passed in is not closed by down());
     `gateway_port` 0 picks a free port; `workdir` keeps the xDS files and logs (default: a
     temporary directory removed by :meth:`down`).
     """
@@ -237,6 +243,7 @@ class LocalMesh:
         self,
         *,
         runner: WorkloadRunner | None = None,
+        plan: RolloutPlan | None = None,
         gateway_port: int = 0,
         workdir: Path | None = None,
         startup_timeout: float = 30.0,
@@ -247,6 +254,7 @@ class LocalMesh:
         self._runner_given = runner
         self._runner: WorkloadRunner | None = runner
         self._owns_runner = runner is None
+        self._plan = plan
         self._requested_port = gateway_port
         self._workdir_given = workdir
         self.startup_timeout = startup_timeout
@@ -338,7 +346,7 @@ class LocalMesh:
             paths = self._paths()
             paths["eds"].mkdir(parents=True, exist_ok=True)
             if self._runner is None:
-                self._runner = ProcessRunner.from_plan(log_dir=self.workdir / "workloads")
+                self._runner = ProcessRunner.from_plan(self._plan, log_dir=self.workdir / "workloads")
             self._up = True  # from here on, down() has something to stop
             try:
                 self._start_envoy(paths)

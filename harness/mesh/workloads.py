@@ -22,12 +22,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import requests
 
 from harness.errors import ConfigError, HarnessError, UnsupportedField
 from harness.wait import wait_until
+
+if TYPE_CHECKING:
+    from harness.plan import RolloutPlan
 
 __all__ = [
     "ProcessRunner",
@@ -207,17 +210,16 @@ class ProcessRunner:
         self.extra_env = dict(extra_env or {})
         self._session = requests.Session()
         self._running: dict[int, RunningWorkload] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stop() may run from a signal handler
         self._serial = 0
 
     @classmethod
-    def from_plan(cls, plan: object = None, **kwargs: object) -> ProcessRunner:
+    def from_plan(cls, plan: RolloutPlan | None = None, *, log_dir: Path | None = None) -> ProcessRunner:
         """A runner for the images of a rollout plan (default: ``manifests/stages.yaml``)."""
-        from harness.plan import RolloutPlan, load_plan
+        from harness.plan import load_plan
 
-        chosen = plan if isinstance(plan, RolloutPlan) else load_plan()
-        images = {spec.repository: spec.answer for spec in chosen.images.values()}
-        return cls(images, **kwargs)  # type: ignore[arg-type]
+        chosen = plan if plan is not None else load_plan()
+        return cls({spec.repository: spec.answer for spec in chosen.images.values()}, log_dir=log_dir)
 
     def answer_for(self, spec: WorkloadSpec) -> str:
         """The answer of the spec's image, or a ConfigError naming Deployment and field."""

@@ -342,11 +342,20 @@ def test_down_is_idempotent_and_the_mesh_can_come_back(tmp_path: Path) -> None:
     runner.close()
 
 
-def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("previous", ["default", "custom"])
+def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path, previous: str) -> None:
+    """SIGTERM stops envoy and the workloads, then does what the program's own handling says.
+
+    With a custom handler that keeps the program alive, only the mesh's handler can have
+    stopped the processes (their die-with-parent safety net never fires), and the custom
+    handler must still be called.
+    """
     script = textwrap.dedent(f"""
-        import json, sys, time
+        import json, signal, sys, time
         sys.path.insert(0, {str(ROOT)!r})
         sys.path.insert(0, {str(Path(__file__).parent)!r})
+        if {previous == "custom"!r}:
+            signal.signal(signal.SIGTERM, lambda n, f: print("custom handler", flush=True))
         from harness.mesh.local import LocalMesh
         from harness.mesh.workloads import ProcessRunner
         from test_local_mesh import GREEN_100, IMAGES
@@ -355,7 +364,8 @@ def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path) -> None:
         mesh.apply(GREEN_100)
         pids = [w.handle.pid for w in mesh.workloads] + [mesh.envoy_pid]
         print(json.dumps(pids), flush=True)
-        time.sleep(60)
+        for _ in range(600):
+            time.sleep(0.1)
     """)
     child = subprocess.Popen(  # noqa: S603 - this interpreter and a script written above
         [sys.executable, "-c", script],
@@ -370,14 +380,22 @@ def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path) -> None:
         pids = json.loads(line)
         assert all(_alive(p) for p in pids)
         child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=20) == 128 + signal.SIGTERM
+        if previous == "default":
+            assert child.wait(timeout=20) == -signal.SIGTERM, (
+                "the child must die of SIGTERM after cleaning up"
+            )
+        else:
+            assert child.stdout.readline().strip() == "custom handler", "the previous handler must be chained"
+            assert child.poll() is None, "the custom handler keeps the program running"
+        with contextlib.suppress(WaitTimeout):  # the assertion below says which are left
+            wait_until(
+                lambda: not any(_alive(p) for p in pids), what="the child's processes to end", timeout=5
+            )
+        assert not [p for p in pids if _alive(p)], "SIGTERM must stop envoy and every workload"
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    with contextlib.suppress(WaitTimeout):  # the assertion below says which are left
-        wait_until(lambda: not any(_alive(p) for p in pids), what="the child's processes to end", timeout=5)
-    assert not [p for p in pids if _alive(p)], "SIGTERM must stop envoy and every workload"
 
 
 def test_a_replica_that_never_gets_ready_leaves_the_old_one_serving(mesh: LocalMesh) -> None:
