@@ -405,6 +405,42 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
             self.kubeconfig.unlink(missing_ok=True)
 
 
+def endpoints_from_config_dump(config_dump: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """Healthy endpoint addresses per cluster in an admin ``config_dump?include_eds``.
+
+    Istio sends only ready endpoints by default; an explicit UNHEALTHY/DRAINING/TIMEOUT status
+    is left out as Envoy would not pick it.
+    """
+    found: dict[str, set[str]] = {}
+    for section in config_dump.get("configs", []) or []:
+        if not str(section.get("@type", "")).endswith("EndpointsConfigDump"):
+            continue
+        entries = [*section.get("static_endpoint_configs", []), *section.get("dynamic_endpoint_configs", [])]
+        for entry in entries:
+            config = entry.get("endpoint_config") or {}
+            name = str(config.get("cluster_name", ""))
+            addresses = found.setdefault(name, set())
+            for locality in config.get("endpoints", []) or []:
+                for lb in locality.get("lb_endpoints", []) or []:
+                    if lb.get("health_status", "HEALTHY") not in ("HEALTHY", "UNKNOWN"):
+                        continue
+                    socket = ((lb.get("endpoint") or {}).get("address") or {}).get("socket_address") or {}
+                    if socket.get("address"):
+                        addresses.add(str(socket["address"]))
+    return {name: frozenset(addresses) for name, addresses in found.items()}
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    """Ready condition True, not being deleted, and an IP: what makes it an endpoint."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    status = pod.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []) or []
+    )
+    return ready and bool(status.get("podIP"))
+
+
 # ----------------------------------------------------------------------------- the mesh
 
 
@@ -712,13 +748,19 @@ class KindIstioMesh:
             raise KindStepError("apply", exc, where) from exc
 
     def converge(self, objects: list[dict[str, Any]], timeout: float = 30.0) -> None:
-        """Wait until the gateway's live route table (its Envoy config_dump) equals the manifests'.
+        """Wait until the gateway routes as the manifests say, to the pods that are ready now.
+
+        Two checks on one ``config_dump?include_eds`` of the gateway's Envoy: its route table
+        equals the one expected from `objects` (the comparison the local mesh makes), and for
+        every cluster a route can pick, the healthy endpoints Envoy holds are exactly the pod
+        IPs of the Ready pods behind it. The second catches the window after a rollout in
+        which the routes are new but istiod has not yet pushed the new pods, where a request
+        would get a 503 that says nothing about the routing under test.
 
         The admin port listens on localhost inside the gateway pod, so neither the API
-        server's pod proxy nor a Service reaches it; ``kubectl exec ... pilot-agent request GET
-        config_dump`` runs Istio's own client inside the pod (what ``istioctl proxy-config``
-        did before it moved to port-forward; the python client's exec and port-forward need a
-        websocket upgrade, which kubectl already handles).
+        server's pod proxy nor a Service reaches it; ``kubectl exec ... pilot-agent request GET``
+        runs Istio's own admin client inside the pod (the python client's exec and
+        port-forward need a websocket upgrade, which kubectl already does).
         """
         self._require_up()
         from harness.mesh.base import diff_route_tables, expected_route_table, route_table_from_config_dump
@@ -727,11 +769,16 @@ class KindIstioMesh:
         diff = {"last": "no config_dump read yet"}
 
         def probe() -> object | None:
-            live = route_table_from_config_dump(self.gateway_config_dump())
-            if live == expected:
-                return live
-            diff["last"] = diff_route_tables(expected, live)
-            return None
+            dump = self.gateway_config_dump(include_eds=True)
+            live = route_table_from_config_dump(dump)
+            if live != expected:
+                diff["last"] = diff_route_tables(expected, live)
+                return None
+            lagging = self._endpoint_mismatches(objects, expected.clusters, endpoints_from_config_dump(dump))
+            if lagging:
+                diff["last"] = "routes match, endpoints do not yet: " + "; ".join(lagging)
+                return None
+            return live
 
         started = self._clock()
         try:
@@ -752,12 +799,43 @@ class KindIstioMesh:
             if where:
                 exc.add_note(f"step 'converge' failed; diagnostics in {where}")
             raise
-        self._say(f"converge: gateway routes match the manifests after {self._clock() - started:.1f}s")
+        self._say(f"converge: gateway routes and endpoints match after {self._clock() - started:.1f}s")
 
-    def gateway_config_dump(self) -> dict[str, Any]:
-        """The ingress gateway Envoy's admin ``/config_dump``, read inside its pod."""
+    def _endpoint_mismatches(
+        self,
+        objects: Sequence[Mapping[str, Any]],
+        clusters: Iterable[str],
+        live: Mapping[str, frozenset[str]],
+    ) -> list[str]:
+        """Clusters whose gateway endpoints differ from the Ready pods behind them, one line each."""
+        from harness.mesh.envoy import upstreams
+
+        by_name = {u.name: u for u in upstreams(objects)}
+        api = self._require_api()
+        out: list[str] = []
+        for cluster in sorted(clusters):
+            upstream = by_name.get(cluster)
+            if upstream is None or not upstream.selector:
+                continue  # not a Service of these objects, or one without a selector: nothing to compare
+            namespace = upstream.fqdn.split(".")[1]
+            selector = ",".join(f"{k}={v}" for k, v in sorted(upstream.selector.items()))
+            want = frozenset(
+                str(pod["status"]["podIP"])
+                for pod in api.list(f"/api/v1/namespaces/{namespace}/pods", selector)
+                if _pod_ready(pod)
+            )
+            have = live.get(cluster, frozenset())
+            if have != want:
+                out.append(
+                    f"{cluster}: gateway has {sorted(have) or 'none'}, ready pods {sorted(want) or 'none'}"
+                )
+        return out
+
+    def gateway_config_dump(self, *, include_eds: bool = False) -> dict[str, Any]:
+        """The ingress gateway Envoy's admin ``/config_dump`` (with endpoints: ``?include_eds``)."""
         pod = self._gateway_pod()
         kubectl = self._resolve_tool("kubectl")
+        path = "config_dump?include_eds" if include_eds else "config_dump"
         done = proc.run(
             [
                 kubectl,
@@ -773,7 +851,7 @@ class KindIstioMesh:
                 "pilot-agent",
                 "request",
                 "GET",
-                "config_dump",
+                path,
             ],
             timeout=self.timeouts.command,
         )

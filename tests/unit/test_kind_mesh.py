@@ -21,8 +21,8 @@ import yaml
 
 from harness.errors import ConfigError, ToolNotFound, WaitTimeout
 from harness.images import BaseImageMissing
-from harness.mesh.envoy import build_route_configuration
-from harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts
+from harness.mesh.envoy import build_route_configuration, upstreams
+from harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts, endpoints_from_config_dump
 from harness.plan import RolloutPlan, load_plan
 from harness.render import render_stage
 from tests.unit.fakes import install_fake_tools
@@ -108,24 +108,59 @@ class Rig:
         settings.update(overrides)
         return KindIstioMesh(**settings)
 
-    def write_config_dump(self, objects: list[dict[str, Any]]) -> None:
-        """What the gateway's admin endpoint would return once it serves `objects`."""
-        routes = dict(build_route_configuration(objects))
-        routes["name"] = "http.8080"  # Istio's gateway listens on the Service's targetPort
-        dump = {
-            "configs": [
-                {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": {}},
-                {
-                    "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
-                    "dynamic_route_configs": [
-                        {"version_info": "2026-11-26T10:00:00Z/7", "route_config": routes}
-                    ],
-                },
-            ]
-        }
+    def write_config_dump(
+        self, objects: list[dict[str, Any]], *, dump: dict[str, Any] | None = None, drop_ip: str | None = None
+    ) -> None:
+        """What the gateway's admin endpoint returns once it serves `objects` (or `dump`).
+
+        The endpoints section lists the stub's Ready pods now, as istiod would push them;
+        `drop_ip` leaves one out, as when the push has not arrived yet.
+        """
+        if dump is None:
+            routes = dict(build_route_configuration(objects))
+            routes["name"] = "http.8080"  # Istio's gateway listens on the Service's targetPort
+            dump = {
+                "configs": [
+                    {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": {}},
+                    {
+                        "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+                        "dynamic_route_configs": [
+                            {"version_info": "2026-11-26T10:00:00Z/7", "route_config": routes}
+                        ],
+                    },
+                ]
+            }
+        dump["configs"].append(self.endpoints_section(objects, drop_ip))
         target = self.tmp / "config_dump.json"
         target.write_text(json.dumps(dump))
         self.set_state(config_dump=str(target))
+
+    def endpoints_section(self, objects: list[dict[str, Any]], drop_ip: str | None) -> dict[str, Any]:
+        configs = []
+        for upstream in upstreams(objects):
+            ips = self.api.ready_pod_ips(upstream.fqdn.split(".")[1], dict(upstream.selector))
+            lb_endpoints = [
+                {
+                    "endpoint": {"address": {"socket_address": {"address": ip, "port_value": 5001}}},
+                    "health_status": "HEALTHY",
+                    "load_balancing_weight": 1,
+                }
+                for ip in ips
+                if ip != drop_ip
+            ]
+            configs.append(
+                {
+                    "endpoint_config": {
+                        "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                        "cluster_name": upstream.name,
+                        "endpoints": [{"locality": {}, "lb_endpoints": lb_endpoints}],
+                    }
+                }
+            )
+        return {
+            "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+            "dynamic_endpoint_configs": configs,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +204,10 @@ def test_fresh_run_runs_exactly_the_documented_commands(
     rig: Rig, stages: dict[str, list[dict[str, Any]]]
 ) -> None:
     objects = stages["Blue_50"]
-    rig.write_config_dump(objects)
     with rig.mesh() as mesh:
         assert mesh.gateway_url == "http://127.0.0.1:30080"
         mesh.apply(objects)
+        rig.write_config_dump(objects)
         mesh.converge(objects, timeout=5)
     kc = str(rig.kubeconfig)
     refs = built_refs(rig)
@@ -213,7 +248,7 @@ def test_fresh_run_runs_exactly_the_documented_commands(
             "pilot-agent",
             "request",
             "GET",
-            "config_dump",
+            "config_dump?include_eds",
         ),
         ("kind", "delete", "cluster", "--name", NAME, "--kubeconfig", kc),
     ], "the fresh-run command sequence changed"
@@ -682,21 +717,92 @@ def istio_gateway_dump(weights: dict[str, int]) -> dict[str, Any]:
 def test_converge_accepts_the_route_table_istio_writes_for_the_stage(
     rig: Rig, stages: dict[str, list[dict[str, Any]]], plan: RolloutPlan, stage: str
 ) -> None:
-    target = rig.tmp / "istio_dump.json"
-    target.write_text(json.dumps(istio_gateway_dump(dict(plan.stage(stage).weights))))
-    rig.set_state(config_dump=str(target))
     with rig.mesh() as mesh:
         mesh.apply(stages[stage])
+        rig.write_config_dump(stages[stage], dump=istio_gateway_dump(dict(plan.stage(stage).weights)))
         mesh.converge(stages[stage], timeout=2)
 
 
 def test_converge_rejects_an_istio_route_table_with_other_weights(
     rig: Rig, stages: dict[str, list[dict[str, Any]]]
 ) -> None:
-    target = rig.tmp / "istio_dump.json"
-    target.write_text(json.dumps(istio_gateway_dump({"green": 60, "blue": 40})))
-    rig.set_state(config_dump=str(target))
     with pytest.raises(WaitTimeout) as caught, rig.mesh() as mesh:
         mesh.apply(stages["Blue_50"])
+        rig.write_config_dump(stages["Blue_50"], dump=istio_gateway_dump({"green": 60, "blue": 40}))
         mesh.converge(stages["Blue_50"], timeout=2)
     assert "60" in str(caught.value) and "50" in str(caught.value), str(caught.value)
+
+
+def test_converge_waits_until_the_gateway_has_the_new_pods(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = stages["Blue_Green"]
+    with rig.mesh() as mesh:
+        mesh.apply(stages["Blue_100"])
+        mesh.apply(objects)  # green rolls to image B: a new pod, a new IP
+        (green_ip,) = rig.api.ready_pod_ips("abtesting", {"app": "model", "model_version": "green"})
+        rig.write_config_dump(objects, drop_ip=green_ip)  # routes pushed, the new endpoint not yet
+        with pytest.raises(WaitTimeout) as caught:
+            mesh.converge(objects, timeout=2)
+        message = str(caught.value)
+        assert "routes match, endpoints do not yet" in message and green_ip in message, message
+        assert "outbound|5001||model-svc-green.abtesting.svc.cluster.local: gateway has none" in message
+        rig.write_config_dump(objects)
+        mesh.converge(objects, timeout=2)
+
+
+def test_a_pruned_version_must_leave_the_gateway_endpoints_too(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    with rig.mesh() as mesh:
+        mesh.apply(stages["Blue_Green"])
+        stale = rig.endpoints_section(stages["Blue_Green"], None)  # blue's pod still listed
+        mesh.apply(stages["Green_100"])
+        rig.write_config_dump(stages["Green_100"])
+        dump = json.loads(Path(rig.state()["config_dump"]).read_text())
+        dump["configs"] = [c for c in dump["configs"] if "Endpoints" not in c["@type"]] + [stale]
+        Path(rig.state()["config_dump"]).write_text(json.dumps(dump))
+        # The header route to blue would still answer 200, not the 503 the manifests promise.
+        with pytest.raises(
+            WaitTimeout, match=r"model-svc-blue\.abtesting\.svc\.cluster\.local: gateway has \['192"
+        ):
+            mesh.converge(stages["Green_100"], timeout=2)
+
+
+def test_endpoints_from_config_dump_skips_unhealthy_endpoints() -> None:
+    dump = {
+        "configs": [
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+                "dynamic_endpoint_configs": [
+                    {
+                        "endpoint_config": {
+                            "cluster_name": "outbound|5001||a.ns.svc.cluster.local",
+                            "endpoints": [
+                                {
+                                    "lb_endpoints": [
+                                        {
+                                            "endpoint": {
+                                                "address": {"socket_address": {"address": "192.0.2.1"}}
+                                            }
+                                        },
+                                        {
+                                            "endpoint": {
+                                                "address": {"socket_address": {"address": "192.0.2.2"}}
+                                            },
+                                            "health_status": "UNHEALTHY",
+                                        },
+                                    ]
+                                }
+                            ],
+                        }
+                    },
+                    {"endpoint_config": {"cluster_name": "outbound|5001||b.ns.svc.cluster.local"}},
+                ],
+            }
+        ]
+    }
+    assert endpoints_from_config_dump(dump) == {
+        "outbound|5001||a.ns.svc.cluster.local": frozenset({"192.0.2.1"}),
+        "outbound|5001||b.ns.svc.cluster.local": frozenset(),
+    }

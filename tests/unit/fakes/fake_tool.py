@@ -221,7 +221,11 @@ def kubectl(argv: list[str], state: dict) -> int:
     kubeconfig = flag(argv, "--kubeconfig")
     if not kubeconfig or not Path(kubeconfig).is_file():
         return die("error: no --kubeconfig given to the fake kubectl (the harness must always pass its own)")
-    if "exec" in argv and argv[-4:] == ["pilot-agent", "request", "GET", "config_dump"]:
+    if (
+        "exec" in argv
+        and argv[-4:-1] == ["pilot-agent", "request", "GET"]
+        and argv[-1].startswith("config_dump")
+    ):
         source = state.get("config_dump")
         if not source:
             return die('error: unable to upgrade connection: container not found ("istio-proxy")')

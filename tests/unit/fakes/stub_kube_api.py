@@ -9,8 +9,10 @@ one Running pod, unless its name is in ``never_ready``. Every request is recorde
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,6 +42,7 @@ class StubState:
     never_ready: set[str] = field(default_factory=set)
     reject_apply: dict[str, tuple[int, str]] = field(default_factory=dict)  # object name -> (status, message)
     nodes_ready: bool = True
+    pod_ips: Iterator[int] = field(default_factory=lambda: itertools.count(10))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -227,7 +230,12 @@ class _Handler(BaseHTTPRequestHandler):
                 "ownerReferences": [{"kind": "ReplicaSet", "name": f"{name}-7d4f9c"}],
             },
             "spec": template.get("spec", {}),
-            "status": {"phase": "Running"},
+            # TEST-NET-1 addresses (RFC 5737): documentation only, never routed anywhere.
+            "status": {
+                "phase": "Running",
+                "podIP": f"192.0.2.{next(state.pod_ips)}",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
         }
         pods = f"/api/v1/namespaces/{namespace}/pods/"
         for key in [
@@ -311,6 +319,17 @@ class StubKubeAPI:
     def requests(self, method: str | None = None) -> list[Request]:
         with self.state.lock:
             return [r for r in self.state.requests if method is None or r.method == method]
+
+    def ready_pod_ips(self, namespace: str, labels: dict[str, str]) -> list[str]:
+        """IPs of the stored Ready pods whose labels include `labels`."""
+        prefix = f"/api/v1/namespaces/{namespace}/pods/"
+        with self.state.lock:
+            pods = [o for k, o in self.state.objects.items() if k.startswith(prefix)]
+        return sorted(
+            p["status"]["podIP"]
+            for p in pods
+            if labels.items() <= (p["metadata"].get("labels") or {}).items() and p["status"].get("podIP")
+        )
 
     def names(self, collection: str) -> list[str]:
         """Names of the stored objects under a collection path."""
