@@ -41,9 +41,13 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-e2e: $(STAMP)
-	$(PY) -m harness.prereqs kind
-	$(PY) -m pytest tests/e2e --mesh=kind --artifacts-dir $(ARTIFACTS) $(PYTEST_ARGS)
+# The prerequisite check runs before the venv install: on an offline machine it names what is
+# missing within seconds instead of failing inside pip.
+e2e:
+	@if [ -x $(PY) ]; then $(PY) -m harness.prereqs kind; else $(PYTHON) -m harness.prereqs kind; fi
+	@$(MAKE) --no-print-directory venv
+	$(PY) -m pytest tests/e2e --mesh=kind --artifacts-dir $(ARTIFACTS) \
+	  $(if $(KEEP_CLUSTER),--keep-cluster) $(if $(CLUSTER),--cluster-name $(CLUSTER)) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@set -e; for f in bench/bench_*.py; do \
