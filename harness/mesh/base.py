@@ -423,6 +423,7 @@ def _route_entry(raw: Mapping[str, Any]) -> RouteEntry:
 
 
 _PORT_SUFFIX = re.compile(r":(\d+|\*)$")
+_CATCH_ALL_404 = RouteEntry(PathMatch("prefix", "/"), (), RouteAction(status=404))
 
 
 def _domains(raw: Iterable[Any]) -> tuple[str, ...]:
@@ -442,8 +443,12 @@ def route_table_from_route_configs(route_configs: Iterable[Mapping[str, Any]]) -
     hosts: list[VirtualHost] = []
     for config in route_configs:
         for vhost in config.get("virtual_hosts", []) or []:
-            routes = tuple(_route_entry(r) for r in vhost.get("routes", []) or [])
-            hosts.append(VirtualHost(_domains(vhost.get("domains", [])), routes))
+            routes = [_route_entry(r) for r in vhost.get("routes", []) or []]
+            # A trailing "everything else: 404" route is what no route does anyway; older Istio
+            # wrote one for a port without VirtualServices, newer Istio an empty host.
+            while routes and routes[-1] == _CATCH_ALL_404:
+                routes.pop()
+            hosts.append(VirtualHost(_domains(vhost.get("domains", [])), tuple(routes)))
     return RouteTable(tuple(sorted(hosts, key=lambda v: v.domains)))
 
 

@@ -613,21 +613,21 @@ def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str,
         routes = _routes_of(vs, spec, services, bound)
         for domain in domains:
             vhosts.setdefault(domain, []).extend(routes)
+    # Istio (CombineVHostRoutes) moves catch-all routes behind the others when several
+    # VirtualServices share a host; with one VirtualService the catch-all is already last.
     virtual_hosts = [
-        {"name": f"{domain}:{port}", "domains": [domain], "routes": routes}
+        {
+            "name": f"{domain}:{port}",
+            "domains": [domain],
+            "routes": [r for r in routes if not _is_catch_all(r["match"])]
+            + [r for r in routes if _is_catch_all(r["match"])],
+        }
         for domain, routes in vhosts.items()
     ]
     if not virtual_hosts:
-        # What Istio sends a gateway port without VirtualServices: 404 for every request.
-        virtual_hosts = [
-            {
-                "name": f"blackhole:{port}",
-                "domains": ["*"],
-                "routes": [
-                    {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 404}}
-                ],
-            }
-        ]
+        # What Istio sends a gateway port without VirtualServices: a host without routes, so
+        # Envoy answers 404 to everything (older releases wrote a direct 404 route instead).
+        virtual_hosts = [{"name": f"blackhole:{port}", "domains": ["*"], "routes": []}]
     return {
         "@type": ROUTE_TYPE,
         "name": route_config_name(port),

@@ -313,9 +313,22 @@ def test_untranslatable_fields_are_named(objects: list[dict[str, Any]], field: s
 def test_nothing_bound_is_istios_blackhole_404(objects: list[dict[str, Any]]) -> None:
     (vhost,) = envoy.build_route_configuration(objects)["virtual_hosts"]
     assert vhost["domains"] == ["*"]
-    assert vhost["routes"] == [
-        {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 404}}
-    ]
+    assert vhost["routes"] == [], "a host without routes: Envoy answers 404 to everything"
+    older_istio = {
+        "name": "http.80",
+        "virtual_hosts": [
+            {
+                "name": "blackhole:80",
+                "domains": ["*"],
+                "routes": [
+                    {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 404}}
+                ],
+            }
+        ],
+    }
+    assert expected_route_table(objects) == route_table_from_route_configs([older_istio]), (
+        "older Istio's explicit 404 route and an empty host are the same routing"
+    )
 
 
 def test_virtual_host_is_the_narrower_of_gateway_and_virtualservice_hosts() -> None:
@@ -643,3 +656,11 @@ def test_cluster_names_follow_istio() -> None:
     assert envoy.resolve_host("model-svc-green.abtesting", "x") == "model-svc-green.abtesting", (
         "Istio keeps dotted names"
     )
+
+
+def test_catch_all_routes_go_last_when_virtualservices_share_a_host() -> None:
+    first = virtual_service([{"name": "all-green", "route": [{"destination": {"host": GREEN}}]}])
+    second = virtual_service([header_route("blue")])
+    second["metadata"]["name"] = "second"
+    routes = routes_of([gateway(), first, second])
+    assert [r["name"] for r in routes] == ["blue-header", "all-green"], "Istio moves the catch-all behind"
