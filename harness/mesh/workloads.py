@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,11 @@ log = logging.getLogger(__name__)
 #: Where the image of a Deployment is named, for error messages.
 IMAGE_FIELD = "spec.template.spec.containers[0].image"
 STOP_TIMEOUT_S = 5.0
+_BIND_ATTEMPTS = 3
+
+
+class _PortTaken(Exception):
+    """A replica exited because its port was taken between choosing and binding it."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,14 @@ class ProcessRunner:
 
     def start(self, spec: WorkloadSpec) -> RunningWorkload:
         answer = self.answer_for(spec)
+        workload = RunningWorkload(spec, ("127.0.0.1", 0))
+        self._launch(workload, answer)
+        with self._lock:
+            self._running[id(workload)] = workload
+        return workload
+
+    def _launch(self, workload: RunningWorkload, answer: str) -> None:
+        spec = workload.spec
         port = free_port()
         with self._lock:
             self._serial += 1
@@ -254,15 +268,32 @@ class ProcessRunner:
         # The scorer must import from this checkout even when the caller's cwd is elsewhere.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        process = start_process(
+        workload.handle = start_process(
             argv, env=env, log_path=log_path, what=f"workload {spec.name} on 127.0.0.1:{port}"
         )
-        workload = RunningWorkload(spec, ("127.0.0.1", port), process, log_path)
-        with self._lock:
-            self._running[id(workload)] = workload
-        return workload
+        workload.endpoint = ("127.0.0.1", port)
+        workload.log_path = log_path
 
     def wait_ready(self, workload: RunningWorkload, timeout: float) -> None:
+        """Wait for 200 on the health path; a replica that lost its port to another process
+        between choosing and binding it is started again on another port (up to 3 times)."""
+        deadline = time.monotonic() + timeout
+        for attempt in range(_BIND_ATTEMPTS):
+            try:
+                self._wait_healthy(workload, max(deadline - time.monotonic(), 0.1))
+                return
+            except _PortTaken:
+                if attempt == _BIND_ATTEMPTS - 1:
+                    raise HarnessError(
+                        f"workload {workload.spec.name} could not bind a loopback port "
+                        f"in {_BIND_ATTEMPTS} tries"
+                    ) from None
+                log.info(
+                    "workload %s lost its port to another process; starting it again", workload.spec.name
+                )
+                self._launch(workload, self.answer_for(workload.spec))
+
+    def _wait_healthy(self, workload: RunningWorkload, timeout: float) -> None:
         process = workload.handle
         assert isinstance(process, subprocess.Popen)
         host, port = workload.endpoint
@@ -270,9 +301,12 @@ class ProcessRunner:
 
         def healthy() -> bool:
             if process.poll() is not None:
+                text = tail(workload.log_path) if workload.log_path else ""
+                if "Address already in use" in text:
+                    raise _PortTaken()
                 raise HarnessError(
                     f"workload {workload.spec.name} exited with {process.returncode} before it was ready; "
-                    f"log {workload.log_path}:\n{tail(workload.log_path) if workload.log_path else ''}"
+                    f"log {workload.log_path}:\n{text}"
                 )
             return self._session.get(url, timeout=1.0).status_code == 200
 

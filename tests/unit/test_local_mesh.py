@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,7 @@ import requests
 from harness.errors import ConfigError, HarnessError, UnsupportedField, WaitTimeout
 from harness.mesh.base import Mesh, route_table_from_config_dump
 from harness.mesh.local import LocalMesh
-from harness.mesh.workloads import ProcessRunner
+from harness.mesh.workloads import ProcessRunner, specs_from_objects
 from harness.wait import wait_until
 
 NS = "abtesting"
@@ -412,3 +413,28 @@ def test_a_replica_that_never_gets_ready_leaves_the_old_one_serving(mesh: LocalM
     assert _sample(mesh.gateway_url, 5, {"x-api-version": "green"}) == Counter({"green": 5})
     r = requests.get(mesh.gateway_url + "/score", headers={"x-api-version": "green"}, timeout=5)
     assert r.json() == "New Model A", "the old green replica (image A) must still answer"
+
+
+def test_a_replica_whose_port_was_taken_is_started_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.mesh.workloads as workloads
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        real = workloads.free_port
+        monkeypatch.setattr(workloads, "free_port", lambda host="127.0.0.1": next(ports, None) or real(host))
+        runner = ProcessRunner(IMAGES, log_dir=tmp_path)
+        try:
+            spec = specs_from_objects(GREEN_100)[0]
+            workload = runner.start(spec)
+            assert workload.endpoint == ("127.0.0.1", taken)
+            runner.wait_ready(workload, timeout=20)
+            assert workload.endpoint[1] != taken, "the replica must have moved to a free port"
+            r = requests.get(f"http://127.0.0.1:{workload.endpoint[1]}/score", timeout=5)
+            assert r.json() == "New Model B"
+        finally:
+            runner.close()
