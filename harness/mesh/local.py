@@ -274,6 +274,7 @@ class LocalMesh:
         self._objects: list[dict[str, Any]] = []
         self._version = 0
         self._listener: dict[str, Any] | None = None
+        self._clusters: dict[str, dict[str, Any]] = {}
         self._stopped_logs: list[tuple[str, str]] = []
         self._up = False
         #: Wall-clock time of the last route/cluster file write (for propagation benchmarks).
@@ -517,10 +518,12 @@ class LocalMesh:
 
     # ------------------------------------------------------------------ apply / converge
 
-    def expected_state(self, objects: Sequence[Mapping[str, Any]]) -> MeshState:
-        """What Envoy must serve for `objects` with the replicas running now."""
+    def expected_state(
+        self, objects: Sequence[Mapping[str, Any]], also: Sequence[RunningWorkload] = ()
+    ) -> MeshState:
+        """What Envoy must serve for `objects` with the replicas running now (and `also` these)."""
         ups = envoy.upstreams(objects)
-        eps = endpoints_for(ups, list(self._workloads.values()))
+        eps = endpoints_for(ups, [*self._workloads.values(), *also])
         routes = route_table_from_route_configs([envoy.build_route_configuration(objects)])
         return MeshState(routes, {u.name: tuple(eps[u.key]) for u in ups})
 
@@ -529,8 +532,11 @@ class LocalMesh:
 
         1. check every object translates (nothing starts if one does not);
         2. start the replicas that are new or changed and wait for their ``/healthz``;
-        3. write endpoints, clusters and routes; wait until Envoy serves them;
-        4. stop the replicas nothing routes to any more.
+        3. make: add their endpoints (the old replicas' stay), add clusters, switch the routes;
+           wait until Envoy serves that;
+        4. break: drop the old replicas' endpoints and unused clusters; wait until Envoy serves
+           that, then stop the old replicas. A request class served before and after the
+           change is served at every moment in between.
         """
         with self._lock:
             self._require_up()
@@ -543,6 +549,15 @@ class LocalMesh:
             previous = dict(self._workloads)
             self._workloads = {**keep, **{_spec_key(w.spec): w for w in started}}
             try:
+                dropped = set(self._clusters) - {u.name for u in envoy.upstreams(objects)}
+                if removed or dropped:
+                    self._write_xds(objects, also=removed, keep_clusters=True)
+                    self._await(
+                        objects,
+                        also=removed,
+                        timeout=self.ready_timeout,
+                        what="envoy to route to the new replicas (old ones still listed)",
+                    )
                 self._write_xds(objects)
                 self._await(objects, timeout=self.ready_timeout, what="envoy to load the new configuration")
             except BaseException:
@@ -593,14 +608,25 @@ class LocalMesh:
             runner.stop(workload)
         del self._stopped_logs[:-20]  # enough to explain a failure, bounded for long runs
 
-    def _write_xds(self, objects: Sequence[Mapping[str, Any]]) -> None:
+    def _write_xds(
+        self,
+        objects: Sequence[Mapping[str, Any]],
+        *,
+        also: Sequence[RunningWorkload] = (),
+        keep_clusters: bool = False,
+    ) -> None:
+        """Write endpoints, clusters, routes (and the listener if it changed), in that order.
+
+        `also`: replicas whose endpoints stay listed (make-before-break); `keep_clusters`: keep
+        clusters the objects no longer define, so routes not yet switched still find them.
+        """
         paths = self._paths()
         ups = envoy.upstreams(objects)
         eds_paths = {u.name: str(self._eds_path(u.name)) for u in ups}
         assert self._gateway_port is not None
         resources = envoy.translate(
             objects,
-            endpoints_for(ups, list(self._workloads.values())),
+            endpoints_for(ups, [*self._workloads.values(), *also]),
             listener_port=self._gateway_port,
             rds_path=str(paths["rds"]),
             eds_paths=eds_paths,
@@ -612,16 +638,27 @@ class LocalMesh:
         # before routes send traffic to them.
         for name, assignment in resources.load_assignments.items():
             _write_atomic(self._eds_path(name), envoy.discovery_response([assignment], version))
+        clusters = {c["name"]: c for c in resources.clusters}
+        if keep_clusters:
+            clusters = {**self._clusters, **clusters}
         # Envoy compares clusters one by one: unchanged ones are left alone.
-        _write_atomic(paths["cds"], envoy.discovery_response(list(resources.clusters), version))
+        _write_atomic(paths["cds"], envoy.discovery_response(list(clusters.values()), version))
+        self._clusters = clusters
         _write_atomic(paths["rds"], envoy.discovery_response([resources.route_configuration], version))
         self.last_xds_write = time.time()  # wall clock, comparable with Envoy's last_updated
         if resources.listener != self._listener:
             _write_atomic(paths["lds"], envoy.discovery_response([resources.listener], version))
             self._listener = resources.listener
 
-    def _await(self, objects: Sequence[Mapping[str, Any]], *, timeout: float, what: str) -> MeshState:
-        expected = self.expected_state(objects)
+    def _await(
+        self,
+        objects: Sequence[Mapping[str, Any]],
+        *,
+        timeout: float,
+        what: str,
+        also: Sequence[RunningWorkload] = (),
+    ) -> MeshState:
+        expected = self.expected_state(objects, also)
         seen: dict[str, str] = {"diff": "nothing read yet"}
 
         def matches() -> MeshState | None:

@@ -438,3 +438,81 @@ def test_a_replica_whose_port_was_taken_is_started_on_another(
             assert r.json() == "New Model B"
         finally:
             runner.close()
+
+
+def _served(state: dict[str, Any], headers: dict[str, str]) -> bool:
+    """Whether the xDS files in `state` (file name -> content) serve GET /score with `headers`:
+    the first matching route's clusters (weight > 0) all exist and have endpoints."""
+    (config,) = state["rds.json"]["resources"]
+    (vhost,) = config["virtual_hosts"]
+    for route in vhost["routes"]:
+        match = route["match"]
+        if not "/score".startswith(match.get("prefix", "\0")):
+            continue
+        wanted = {h["name"]: h["string_match"]["exact"] for h in match.get("headers", [])}
+        if any(headers.get(name) != value for name, value in wanted.items()):
+            continue
+        action = route["route"]
+        picks = [
+            c["name"] for c in action.get("weighted_clusters", {}).get("clusters", []) if c["weight"] > 0
+        ]
+        clusters = {c["name"] for c in state["cds.json"]["resources"]}
+        for name in picks or [action["cluster"]]:
+            eds = state.get(name.replace("|", "_") + ".json")
+            if name not in clusters or eds is None:
+                return False
+            if not any(group.get("lb_endpoints") for group in eds["resources"][0]["endpoints"]):
+                return False
+        return True
+    return False
+
+
+def test_every_intermediate_state_serves_what_is_served_before_and_after(
+    mesh: LocalMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Make-before-break, checked on every file Envoy can see between two stages: a request
+    class served before and after a change is never sent to a cluster without endpoints."""
+    import harness.mesh.local as local_module
+
+    writes: list[tuple[str, Any]] = []
+    real_write = local_module._write_atomic
+
+    def recording(path: Path, data: Any) -> None:
+        writes.append((path.name, copy.deepcopy(data)))
+        real_write(path, data)
+
+    monkeypatch.setattr(local_module, "_write_atomic", recording)
+    classes = {
+        "weighted": {},
+        "header-blue": {"x-api-version": "blue"},
+        "header-green": {"x-api-version": "green"},
+    }
+    state: dict[str, Any] = {}
+    mesh.apply(BLUE_50)
+    for name, data in writes:
+        state[name] = data
+    walk = [
+        ("Blue_Green", BLUE_GREEN),
+        ("Green_100", GREEN_100),
+        ("Blue_50", BLUE_50),
+        ("Green_100", GREEN_100),
+    ]
+    checked = 0
+    for stage_name, objects in walk:
+        mark = len(writes)
+        before = {label: _served(state, h) for label, h in classes.items()}
+        mesh.apply(objects)
+        snapshots = []
+        for name, data in writes[mark:]:
+            state[name] = data
+            snapshots.append(dict(state))
+        after = {label: _served(state, h) for label, h in classes.items()}
+        for label, headers in classes.items():
+            if before[label] and after[label]:
+                for i, snapshot in enumerate(snapshots):
+                    checked += 1
+                    assert _served(snapshot, headers), (
+                        f"-> {stage_name}: {label} unserved after write {i + 1} of {len(snapshots)} "
+                        f"({writes[mark + i][0]})"
+                    )
+    assert checked > 20, "the walk must include changes under which classes stay served"
