@@ -1,0 +1,789 @@
+"""Sequential tests that turn a stream of classified responses into a Verdict.
+
+One `SequentialTest` judges one request class (no header, ``x-api-version: blue``, ...)
+against the share of each outcome the routing oracle expects. It takes one outcome at a
+time (`observe`, O(1): every boundary is computed once, when the test is built, and cached)
+and answers CONTINUE, PASS or FAIL. The error rates hold however often the load generator
+looks, because every rule is either a test-martingale crossing (Ville's inequality) or a
+fixed-sample rule applied once, at a cap.
+
+Rules (defaults alpha = beta = 1e-6, delta = 0.10; `StatsConfig`):
+
+Split, 0 < p0 < 1 (the share of one tracked outcome; responses pooled in arrival order)
+    FAIL when the mixture likelihood ratio against p0
+
+        M_n = (1 - w)/2 * [L(p0 - d) + L(p0 + d)] / L(p0)  +  w * integral L(q) dq / L(p0)
+
+    reaches 1 / alpha_seq. M_n is a nonnegative martingale under p0 with M_0 = 1, so
+    P(it ever reaches 1/alpha_seq) <= alpha_seq (Ville). Most weight (1 - w = 0.9) sits on
+    the two shares the test must catch, which makes it almost as fast there as a one-sided
+    SPRT; the uniform-prior part (w = 0.1) makes it consistent against any share and quick
+    against gross misroutes (a swapped 10/90 split fails within about 60 requests).
+    PASS when both "share = p0 - d" and "share = p0 + d" are rejected by Wald's SPRT:
+    L(p0) / L(p0 -+ d) >= 1 / beta_seq. Each SPRT is run at the *whole* beta_seq, not
+    beta_seq / 2: a miss at share p0 - d needs the SPRT of "p0 - d" to reject its own true
+    hypothesis, which has probability <= beta_seq by Ville whatever the other SPRT does; the
+    two hypotheses are never true together, so nothing is spent twice. Shares beyond p0 - d
+    are rejected even less often (the likelihood ratio is monotone in the count).
+    Cap: at n = N_cap (the smallest n where the exact fixed-sample test with errors
+    (alpha_cap, beta_cap) exists, `fixed_sample_test`) an undecided test passes iff the count
+    lies in that test's acceptance region. This bounds the worst case: a two-sided SPRT
+    alone has a fat tail near p0 +- d/2.
+    Allocation: alpha = alpha_seq + alpha_cap, beta = beta_seq + beta_cap with
+    alpha_cap = cap_share * alpha (default 10%): union bound, so the whole procedure keeps
+    P(FAIL | p0) <= alpha and P(PASS | p0 +- d) <= beta. A small cap share keeps the
+    sequential thresholds (and so the mean sample size) almost where they would be without
+    a cap (ln(1/0.9e-6) vs ln(1e6)), at the price of a cap about 1.2x the fixed-sample N.
+    `operating_characteristic` computes the exact error rates of the whole procedure by
+    dynamic programming over these boundaries; the tests check them.
+    If a pass and a fail boundary are crossed at the same n, PASS wins: both guarantees hold
+    either way (the pass event stays inside the SPRT rejection event, the fail event inside
+    the mixture crossing), and the user declared d the tolerance.
+
+More than two outcomes with 0 < p < 1
+    k such outcomes: each one against the rest, each with alpha / k (union bound over the
+    k false-failure events) and the full beta (a misroute moves at least one share by d,
+    and PASS needs that outcome's test to pass: probability <= beta). FAIL as soon as one
+    fails, PASS when all have passed. Exactly two such outcomes need one test (the other
+    share is its complement): the one with the smaller share is tracked.
+
+Shares 0 and 1 (zero-leak)
+    A deterministic route: any response from an outcome whose expected share is 0 (or that
+    is not expected at all) fails at once. PASS after N = ceil(ln(beta) / ln(1 - leak))
+    expected responses: if a share >= leak went elsewhere, seeing none in N requests has
+    probability (1 - leak)^N <= beta. leak defaults to delta (132 requests at beta = 1e-6),
+    so "a misroute of d" means the same for splits and deterministic routes. The same
+    zero-share rule applies inside splits (a version that should get nothing).
+
+Errors ("status:NNN" / "error:KIND" outcomes that are not keys of `expected`)
+    Counted apart, never as a version, over all n responses of the class. With
+    max_error_rate = 0 (the default: a converged mesh in front of healthy mocks answers
+    every request) the first error fails. With e0 = max_error_rate > 0 the user wants
+    "fail when the error rate is credibly above e0": FAIL when a mixture over error rates
+    e in (e0, 1] (uniform prior) of L(e) / L(e0) reaches 1 / alpha_err. Each L(e)/L(e0) with
+    e > e0 is a supermartingale under every error rate <= e0, so this is valid under
+    continuous monitoring for the whole composite hypothesis. alpha_err = alpha / 2 and the
+    split gets the other half (a split with no false failures, zero-leak, leaves the error
+    rule the whole alpha). There is no pass requirement on errors: PASS comes from the split
+    (or zero-leak) rule while the error rule has not failed.
+
+Responses observed after the decision (requests that were in flight) are counted in
+`late` and change nothing: the decision is final.
+
+Reference sizes at the defaults (DESIGN.md), reproduced by `fixed_sample_test` and
+`wald_wolfowitz_bound` and checked in tests: fixed-sample N = 2291 at p0 = 0.5 (accept
+1029..1262), 1119 at p0 = 0.9; information bound about 677 and 377.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+from scipy import special
+from scipy.stats import binom
+
+from harness.errors import ConfigError
+
+__all__ = [
+    "Decision",
+    "ErrorBound",
+    "FixedSampleTest",
+    "OperatingPoint",
+    "SequentialTest",
+    "SplitBoundaries",
+    "StatsConfig",
+    "Verdict",
+    "clopper_pearson",
+    "error_bound",
+    "fixed_sample_test",
+    "is_error_outcome",
+    "operating_characteristic",
+    "split_boundaries",
+    "wald_wolfowitz_bound",
+    "zero_leak_n",
+]
+
+# Shares within this of 0 or 1 are treated as exactly 0 or 1 (weights are integers / 100).
+_SHARE_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Error rates and tolerances of every verdict.
+
+    alpha: probability of failing a correct rollout (false failure), per request class.
+    beta: probability of passing a share that is off by delta or more (missed misroute).
+    delta: the smallest share error (absolute) that must be caught, 0.10 = 10 points.
+    max_error_rate: error responses tolerated as a share of all responses (0: none).
+    leak: the smallest leak a deterministic route must catch; None means delta.
+    cap_share: share of alpha and of beta given to the fixed-sample rule at the cap.
+    composite_weight: weight of the uniform-prior part of the fail mixture.
+    """
+
+    alpha: float = 1e-6
+    beta: float = 1e-6
+    delta: float = 0.10
+    max_error_rate: float = 0.0
+    leak: float | None = None
+    cap_share: float = 0.1
+    composite_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta", "delta", "cap_share", "composite_weight"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError("StatsConfig", name, f"must be strictly between 0 and 1, got {value!r}")
+        if not 0.0 <= self.max_error_rate < 1.0:
+            raise ConfigError("StatsConfig", "max_error_rate",
+                              f"must be in [0, 1), got {self.max_error_rate!r}")
+        if self.leak is not None and not 0.0 < self.leak < 1.0:
+            raise ConfigError("StatsConfig", "leak", f"must be strictly between 0 and 1, got {self.leak!r}")
+
+    @property
+    def leak_share(self) -> float:
+        """The leak a deterministic route must catch: `leak`, or delta when unset."""
+        return self.delta if self.leak is None else self.leak
+
+
+class Decision(Enum):
+    """What a sequential test says after each observation."""
+
+    CONTINUE = "continue"
+    PASS = "pass"
+    FAIL = "fail"
+
+
+def is_error_outcome(outcome: str, expected: Mapping[str, float] | None = None) -> bool:
+    """True for "status:NNN" / "error:KIND" outcomes that the expected distribution does not list."""
+    if expected is not None and outcome in expected:
+        return False
+    return outcome.startswith(("status:", "error:"))
+
+
+# --------------------------------------------------------------------------- reference rules
+
+
+def _loglik(successes: np.ndarray, n: int, p: float) -> np.ndarray:
+    """log L(p) of `successes` in n Bernoulli trials, without the binomial coefficient; -inf if impossible."""
+    s = successes.astype(float)
+    if p <= 0.0:
+        return np.where(successes == 0, 0.0, -np.inf)
+    if p >= 1.0:
+        return np.where(successes == n, 0.0, -np.inf)
+    return s * math.log(p) + (n - s) * math.log1p(-p)
+
+
+@dataclass(frozen=True)
+class FixedSampleTest:
+    """The exact fixed-sample binomial test: pass iff accept_lo <= count <= accept_hi after n trials.
+
+    false_fail = P(count outside | p0) <= alpha; miss = max over p0 +- delta of P(count inside) <= beta.
+    """
+
+    p0: float
+    n: int
+    accept_lo: int
+    accept_hi: int
+    false_fail: float
+    miss: float
+
+
+def _fixed_sample_region(
+    n: int, p0: float, alpha: float, beta: float, delta: float
+) -> tuple[int, int, float, float] | None:
+    """The region with the smallest miss among those with false failure <= alpha, if that miss is <= beta.
+
+    For every lower end lo with P(X < lo | p0) <= alpha, the upper end is the smallest hi with
+    P(X > hi | p0) <= alpha - P(X < lo | p0): every way of splitting alpha between the tails.
+    """
+    k = np.arange(n + 1)
+    below = np.concatenate(([0.0], binom.cdf(k[:-1], n, p0)))  # below[lo] = P(X < lo)
+    above = binom.sf(k, n, p0)  # above[hi] = P(X > hi), decreasing in hi
+    los = np.nonzero(below <= alpha)[0]
+    if los.size == 0:
+        return None
+    budget = alpha - below[los]
+    # smallest hi with above[hi] <= budget: above is decreasing, so search on its negation
+    his = np.searchsorted(-above, -budget, side="left")
+    keep = (his <= n) & (his >= los)
+    los, his = los[keep], his[keep]
+    if los.size == 0:
+        return None
+    miss = np.zeros(los.size)
+    for p in (p0 - delta, p0 + delta):
+        if p <= 0.0:
+            inside = (los == 0).astype(float)
+        elif p >= 1.0:
+            inside = (his == n).astype(float)
+        else:
+            cdf = binom.cdf(k, n, p)
+            inside = cdf[his] - np.where(los > 0, cdf[np.maximum(los - 1, 0)], 0.0)
+        miss = np.maximum(miss, inside)
+    best = int(np.argmin(miss))
+    if miss[best] > beta:
+        return None
+    lo, hi = int(los[best]), int(his[best])
+    return lo, hi, float(below[lo] + above[hi]), float(miss[best])
+
+
+def _fixed_sample_possible(n: int, p0: float, alpha: float, beta: float, delta: float) -> bool:
+    """A cheap necessary condition for `_fixed_sample_region` at n (scalar binomial calls only).
+
+    Any feasible region has lo <= L (the largest lo with P(X < lo | p0) <= alpha) and
+    hi >= H (the smallest hi with P(X > hi | p0) <= alpha), so its miss at p is at least
+    P(L <= X <= H | p): if that already exceeds beta at p0 - d or p0 + d, nothing works.
+    """
+    lo_max = int(binom.ppf(alpha, n, p0))
+    while lo_max > 0 and binom.cdf(lo_max - 1, n, p0) > alpha:
+        lo_max -= 1
+    while binom.cdf(lo_max, n, p0) <= alpha:
+        lo_max += 1
+    hi_min = int(binom.isf(alpha, n, p0))
+    while hi_min < n and binom.sf(hi_min, n, p0) > alpha:
+        hi_min += 1
+    while hi_min > 0 and binom.sf(hi_min - 1, n, p0) <= alpha:
+        hi_min -= 1
+    if hi_min < lo_max:
+        return True
+    for p in (p0 - delta, p0 + delta):
+        if 0.0 < p < 1.0:
+            inside = binom.cdf(hi_min, n, p) - (binom.cdf(lo_max - 1, n, p) if lo_max > 0 else 0.0)
+            if inside > beta:
+                return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def fixed_sample_test(p0: float, alpha: float, beta: float, delta: float) -> FixedSampleTest:
+    """The smallest n at which an exact two-sided binomial test has errors (alpha, beta) at p0 +- delta.
+
+    "Has errors (alpha, beta)": some region [lo, hi] with P(outside | p0) <= alpha (alpha split
+    between the tails in whichever way works best) and P(inside | p) <= beta at p = p0 - delta
+    and p0 + delta (an alternative at 0 or 1 is decided by whether the region holds 0 or n).
+    Among feasible regions the one with the smallest miss is returned. The scan starts at
+    the information bound (`wald_wolfowitz_bound` with these errors), below which no test
+    exists, and skips sizes that fail a cheap necessary condition, so n is the true minimum.
+
+    >>> t = fixed_sample_test(0.5, 1e-6, 1e-6, 0.1)
+    >>> (t.n, t.accept_lo, t.accept_hi)
+    (2291, 1029, 1262)
+    """
+    if not 0.0 < p0 < 1.0:
+        raise ConfigError("fixed_sample_test", "p0", f"must be strictly between 0 and 1, got {p0!r}")
+    n = max(1, math.floor(_information_bound(p0, alpha, beta, delta)))
+    while True:
+        if _fixed_sample_possible(n, p0, alpha, beta, delta):
+            region = _fixed_sample_region(n, p0, alpha, beta, delta)
+            if region is not None:
+                lo, hi, false_fail, miss = region
+                return FixedSampleTest(p0, n, lo, hi, false_fail, miss)
+        n += 1
+
+
+def _kl(p: float, q: float) -> float:
+    """Kullback-Leibler divergence KL(Bern(p) || Bern(q)), +inf when q puts no mass where p does."""
+    total = 0.0
+    for a, b in ((p, q), (1.0 - p, 1.0 - q)):
+        if a > 0.0:
+            if b <= 0.0:
+                return math.inf
+            total += a * math.log(a / b)
+    return total
+
+
+def _information_bound(p0: float, alpha: float, beta: float, delta: float) -> float:
+    """Wald-Wolfowitz with both error terms: no test (fixed or sequential) needs fewer trials on average."""
+    # E_p0[log LR] over the decision: KL(Bern(1-alpha) || Bern(beta)) per the data-processing inequality.
+    info = (1 - alpha) * math.log((1 - alpha) / beta) + alpha * math.log(alpha / (1 - beta))
+    kls = [_kl(p0, p) for p in (p0 - delta, p0 + delta) if 0.0 <= p <= 1.0]
+    return max(info / kl for kl in kls if kl > 0.0)
+
+
+def wald_wolfowitz_bound(p0: float, beta: float, delta: float) -> float:
+    """ln(1/beta) / KL(p0 || p0 +- delta), the larger side: the expected size no test can beat at p0.
+
+    To pass at p0 a test must reject "share = p0 + d" and "share = p0 - d", each at error
+    beta; rejecting one needs on average ln(1/beta) / KL(p0 || p0 +- d) observations
+    (Wald-Wolfowitz). An alternative at 0 or 1 costs nothing (one counterexample rejects it).
+    676.8 at p0 = 0.5 and 376.5 at 0.9, delta = 0.1, beta = 1e-6.
+    """
+    kls = [_kl(p0, p) for p in (p0 - delta, p0 + delta) if 0.0 <= p <= 1.0]
+    return max((math.log(1 / beta) / kl for kl in kls if 0.0 < kl < math.inf), default=0.0)
+
+
+def zero_leak_n(beta: float, leak: float) -> int:
+    """Requests without a wrong answer needed to bound a leak: ceil(ln(beta) / ln(1 - leak)).
+
+    >>> zero_leak_n(1e-6, 0.10), zero_leak_n(1e-6, 0.01)
+    (132, 1375)
+    """
+    return math.ceil(math.log(beta) / math.log1p(-leak) - 1e-12)
+
+
+def clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided interval for a binomial share k/n at confidence `level`."""
+    if n <= 0:
+        return (0.0, 1.0)
+    tail = (1.0 - level) / 2.0
+    lo = 0.0 if k <= 0 else float(special.betaincinv(k, n - k + 1, tail))
+    hi = 1.0 if k >= n else float(special.betaincinv(k + 1, n - k, 1.0 - tail))
+    return (lo, hi)
+
+
+# --------------------------------------------------------------------------- split boundaries
+
+
+@dataclass(frozen=True)
+class SplitBoundaries:
+    """Precomputed decision boundaries of one tracked share (index: n, the responses so far).
+
+    After n responses with count s of the tracked outcome: PASS if pass_lo[n] <= s <= pass_hi[n];
+    else FAIL if s <= fail_lo[n] or s >= fail_hi[n]; at n == cap an undecided test passes iff
+    cap_lo <= s <= cap_hi and fails otherwise.
+    """
+
+    p0: float
+    delta: float
+    alpha: float
+    beta: float
+    alpha_seq: float
+    beta_seq: float
+    cap: int
+    cap_lo: int
+    cap_hi: int
+    fail_lo: tuple[int, ...]
+    fail_hi: tuple[int, ...]
+    pass_lo: tuple[int, ...]
+    pass_hi: tuple[int, ...]
+    overlaps: int  # sizes n at which some count crosses both boundaries (PASS wins there)
+
+    def decide(self, n: int, s: int) -> Decision:
+        """The decision after n responses of which s are the tracked outcome."""
+        if self.pass_lo[n] <= s <= self.pass_hi[n]:
+            return Decision.PASS
+        if s <= self.fail_lo[n] or s >= self.fail_hi[n]:
+            return Decision.FAIL
+        if n >= self.cap:
+            return Decision.PASS if self.cap_lo <= s <= self.cap_hi else Decision.FAIL
+        return Decision.CONTINUE
+
+    def describe(self, n: int, name: str) -> str:
+        """The boundary in force at n, in words, for the Verdict."""
+        n = min(max(n, 0), self.cap)
+        parts = []
+        if self.pass_lo[n] <= self.pass_hi[n]:
+            parts.append(f"pass if {self.pass_lo[n]} <= {name} <= {self.pass_hi[n]}")
+        else:
+            parts.append("no pass yet")
+        fail = []
+        if self.fail_lo[n] >= 0:
+            fail.append(f"{name} <= {self.fail_lo[n]}")
+        if self.fail_hi[n] <= n:
+            fail.append(f"{name} >= {self.fail_hi[n]}")
+        parts.append("fail if " + " or ".join(fail) if fail else "no fail yet")
+        return (
+            f"n={n}: " + ", ".join(parts)
+            + f"; cap n={self.cap} accepts {self.cap_lo}..{self.cap_hi}"
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def split_boundaries(
+    p0: float, alpha: float, beta: float, delta: float, cap_share: float = 0.1, composite_weight: float = 0.1
+) -> SplitBoundaries:
+    """Boundaries of the split test for a tracked share p0 (see the module docstring for the rules)."""
+    if not 0.0 < p0 < 1.0:
+        raise ConfigError("split_boundaries", "p0", f"must be strictly between 0 and 1, got {p0!r}")
+    alpha_seq, beta_seq = alpha * (1 - cap_share), beta * (1 - cap_share)
+    cap_test = fixed_sample_test(p0, alpha * cap_share, beta * cap_share, delta)
+    cap = cap_test.n
+    pass_level = math.log(1 / beta_seq)
+    fail_level = math.log(1 / alpha_seq)
+    w_points = math.log((1 - composite_weight) / 2)
+    w_uniform = math.log(composite_weight)
+    lower, upper = max(p0 - delta, 0.0), min(p0 + delta, 1.0)
+    fail_lo, fail_hi, pass_lo, pass_hi = [-1], [1], [1], [0]  # n = 0: nothing decided
+    overlaps = 0
+    for n in range(1, cap + 1):
+        s = np.arange(n + 1)
+        ll0 = _loglik(s, n, p0)
+        ll_lower, ll_upper = _loglik(s, n, lower), _loglik(s, n, upper)
+        passing = (ll0 - ll_lower >= pass_level) & (ll0 - ll_upper >= pass_level)
+        with np.errstate(divide="ignore"):
+            points = w_points + np.logaddexp(ll_lower, ll_upper) - ll0
+        # integral of q^s (1-q)^(n-s) over a uniform prior = B(s+1, n-s+1)
+        uniform = w_uniform + special.betaln(s + 1, n - s + 1) - ll0
+        failing = np.logaddexp(points, uniform) >= fail_level
+        overlaps += int(np.any(passing & failing))
+        idx = np.nonzero(passing)[0]
+        pass_lo.append(int(idx[0]) if idx.size else 1)
+        pass_hi.append(int(idx[-1]) if idx.size else 0)
+        keep = np.nonzero(~failing)[0]
+        if keep.size == 0:  # every count fails: encode as "s <= n"
+            fail_lo.append(n)
+            fail_hi.append(0)
+        else:
+            # log M_n is convex in s (a sum of log-convex terms), so the non-failing counts are an interval
+            if keep[-1] - keep[0] + 1 != keep.size:
+                raise AssertionError(f"fail region of p0={p0} at n={n} is not two-sided")
+            fail_lo.append(int(keep[0]) - 1)
+            fail_hi.append(int(keep[-1]) + 1)
+    return SplitBoundaries(
+        p0, delta, alpha, beta, alpha_seq, beta_seq, cap, cap_test.accept_lo, cap_test.accept_hi,
+        tuple(fail_lo), tuple(fail_hi), tuple(pass_lo), tuple(pass_hi), overlaps,
+    )
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Exact behaviour of a split test at one true share: P(FAIL), P(PASS), and when it stops.
+
+    `stop[n]` is the probability of deciding at exactly n responses (sums to 1: the cap decides).
+    """
+
+    p: float
+    fail: float
+    passed: float
+    stop: np.ndarray = field(repr=False)
+
+    @property
+    def mean_n(self) -> float:
+        """Expected responses to a decision."""
+        return float(np.dot(np.arange(self.stop.size), self.stop))
+
+    def quantile_n(self, q: float) -> int:
+        """The smallest n by which the test has decided with probability >= q."""
+        return int(np.searchsorted(np.cumsum(self.stop), q - 1e-12))
+
+
+def operating_characteristic(bounds: SplitBoundaries, p: float) -> OperatingPoint:
+    """Exact P(FAIL), P(PASS) and stopping-time distribution at true share p, by dynamic programming.
+
+    Carries the probability of every (n, count) state still undecided forward one response at
+    a time, removing the mass that crosses a boundary: O(cap^2), no simulation error.
+    """
+    state = np.ones(1)
+    fail = passed = 0.0
+    stop = np.zeros(bounds.cap + 1)
+    for n in range(1, bounds.cap + 1):
+        nxt = np.zeros(n + 1)
+        nxt[:-1] += state * (1.0 - p)
+        nxt[1:] += state * p
+        s = np.arange(n + 1)
+        pass_mask = (s >= bounds.pass_lo[n]) & (s <= bounds.pass_hi[n])
+        fail_mask = ~pass_mask & ((s <= bounds.fail_lo[n]) | (s >= bounds.fail_hi[n]))
+        if n == bounds.cap:
+            undecided = ~(pass_mask | fail_mask)
+            pass_mask |= undecided & (s >= bounds.cap_lo) & (s <= bounds.cap_hi)
+            fail_mask = ~pass_mask
+        f, q = float(nxt[fail_mask].sum()), float(nxt[pass_mask].sum())
+        fail += f
+        passed += q
+        stop[n] = f + q
+        nxt[fail_mask | pass_mask] = 0.0
+        state = nxt
+    return OperatingPoint(p, fail, passed, stop)
+
+
+# --------------------------------------------------------------------------- error bound
+
+
+class ErrorBound:
+    """FAIL once errors reach `threshold(n)` among n responses (see the module docstring).
+
+    Thresholds are computed on first use and kept; extension takes a lock because one cached
+    bound serves every test built with the same settings.
+    """
+
+    def __init__(self, max_error_rate: float, alpha: float) -> None:
+        self.max_error_rate = max_error_rate
+        self.alpha = alpha
+        self._thresholds: list[int] = [1]  # n = 0: nothing observed, nothing can fail
+        self._lock = threading.Lock()
+
+    def threshold(self, n: int) -> int:
+        """Smallest error count that fails after n responses (n + 1: none can yet)."""
+        if self.max_error_rate == 0.0:
+            return 1
+        thr = self._thresholds
+        if n < len(thr):
+            return thr[n]
+        level = math.log(1 / self.alpha)
+        with self._lock:
+            while len(thr) <= n:
+                m = len(thr)
+                e = thr[-1]  # non-decreasing in n, and grows by at most one per response
+                while e <= m and self._log_mixture(m, e) < level:
+                    e += 1
+                thr.append(e)
+        return thr[n]
+
+    def _log_mixture(self, n: int, errors: int) -> float:
+        """log of the mixture over e in (e0, 1] (uniform prior) of L(e) / L(e0)."""
+        e0 = self.max_error_rate
+        a, b = errors + 1, n - errors + 1
+        tail = float(special.betaincc(a, b, e0))  # P(Beta(a, b) > e0)
+        if tail <= 0.0:
+            return -math.inf
+        return (
+            float(special.betaln(a, b)) + math.log(tail) - math.log1p(-e0)
+            - errors * math.log(e0) - (n - errors) * math.log1p(-e0)
+        )
+
+    def describe(self) -> str:
+        """The rule in words."""
+        if self.max_error_rate == 0.0:
+            return "any error fails"
+        return (f"fail when errors credibly exceed {100 * self.max_error_rate:g}% "
+                f"(mixture test at {self.alpha:g})")
+
+
+@functools.lru_cache(maxsize=64)
+def error_bound(max_error_rate: float, alpha: float) -> ErrorBound:
+    """The (cached, lazily extended) error rule for a tolerated error share and a false-failure rate."""
+    return ErrorBound(max_error_rate, alpha)
+
+
+# --------------------------------------------------------------------------- the test
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one request class, for code (fields) and people (`message`)."""
+
+    label: str
+    passed: bool
+    decision: Decision
+    n: int  # responses counted: versions (and expected statuses) plus errors
+    counts: Mapping[str, int]  # outcome -> responses, errors excluded
+    expected: Mapping[str, float]
+    observed: Mapping[str, float]  # outcome -> share of counted non-error responses
+    intervals: Mapping[str, tuple[float, float]]  # Clopper-Pearson at 1 - alpha
+    errors: Mapping[str, int]
+    rule: str  # the rule that decided ("undecided" while CONTINUE)
+    boundary: str  # the boundary in force when it decided
+    message: str  # one line for CI logs
+    max_n: int = 0  # the most responses this class could have needed
+    late: int = 0  # responses that arrived after the decision (not counted)
+
+
+class _Component:
+    """One tracked outcome of a split, with its boundaries and running count."""
+
+    __slots__ = ("name", "bounds", "count", "decision", "decided_at")
+
+    def __init__(self, name: str, bounds: SplitBoundaries) -> None:
+        self.name = name
+        self.bounds = bounds
+        self.count = 0
+        self.decision = Decision.CONTINUE
+        self.decided_at = 0
+
+
+class SequentialTest:
+    """Judge one request class one response at a time; see the module docstring for the rules.
+
+    >>> t = SequentialTest({"blue": 1.0}, label="header-blue")
+    >>> t.observe("green")
+    <Decision.FAIL: 'fail'>
+    >>> t.verdict().rule
+    'zero-leak: a response from an outcome expected to get 0%'
+    """
+
+    def __init__(
+        self, expected: Mapping[str, float], config: StatsConfig | None = None, label: str = ""
+    ) -> None:
+        self.config = config if config is not None else StatsConfig()
+        self.label = label
+        self.expected: dict[str, float] = {str(k): float(v) for k, v in expected.items()}
+        self._validate()
+        cfg = self.config
+        positive = sorted((k for k, v in self.expected.items() if _SHARE_EPS < v < 1 - _SHARE_EPS),
+                          key=lambda k: (self.expected[k], k))
+        if len(positive) == 2:
+            positive = positive[:1]  # the other share is the complement: one test decides both
+        # Errors tolerated (e0 > 0) take half of alpha; k tracked shares split the rest (union bound).
+        split_alpha = cfg.alpha / (2 if cfg.max_error_rate > 0 else 1) / max(len(positive), 1)
+        self._components = [
+            _Component(name, split_boundaries(
+                round(self.expected[name], 12), split_alpha, cfg.beta, cfg.delta, cfg.cap_share,
+                cfg.composite_weight))
+            for name in positive
+        ]
+        self._zero = {k for k, v in self.expected.items() if v <= _SHARE_EPS}
+        self._leak_n = 0 if self._components else zero_leak_n(cfg.beta, cfg.leak_share)
+        error_alpha = cfg.alpha / 2 if self._components else cfg.alpha
+        self._errors_rule = error_bound(cfg.max_error_rate, error_alpha)
+        self._counts: dict[str, int] = {k: 0 for k in self.expected}
+        self._errors: dict[str, int] = {}
+        self._n = 0
+        self._versions = 0
+        self._error_total = 0
+        self._late = 0
+        self._decision = Decision.CONTINUE
+        self._rule = "undecided"
+        self._boundary = ""
+        version_cap = max((c.bounds.cap for c in self._components), default=self._leak_n)
+        self.max_n = version_cap + self._max_errors(version_cap)
+
+    def _validate(self) -> None:
+        obj = f"expected distribution {self.label or '(unlabelled)'}"
+        if not self.expected:
+            raise ConfigError(obj, "shares", "is empty")
+        for key, share in self.expected.items():
+            if not (0.0 <= share <= 1.0) or math.isnan(share):
+                raise ConfigError(obj, f"shares[{key}]", f"must be in [0, 1], got {share!r}")
+        total = sum(self.expected.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(obj, "shares", f"sum to {total!r}, not 1")
+
+    def _max_errors(self, version_cap: int) -> int:
+        """Most errors a class can see before its split reaches the cap without the error rule failing."""
+        if self.config.max_error_rate == 0.0:
+            return 0
+        # Worst case: the versions come first, then errors (a later error faces a higher threshold).
+        errors = 0
+        while errors + 1 < self._errors_rule.threshold(version_cap - 1 + errors + 1):
+            errors += 1
+        return errors
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def boundaries(self) -> tuple[tuple[str, SplitBoundaries], ...]:
+        """The tracked outcomes of a split and their boundaries (empty for a zero-leak test)."""
+        return tuple((c.name, c.bounds) for c in self._components)
+
+    @property
+    def zero_leak_n(self) -> int:
+        """Expected responses a zero-leak test needs to pass (0 for a split)."""
+        return self._leak_n
+
+    @property
+    def decision(self) -> Decision:
+        """CONTINUE until a rule decides; then final."""
+        return self._decision
+
+    @property
+    def n(self) -> int:
+        """Responses counted (errors included), up to the decision."""
+        return self._n
+
+    @property
+    def late(self) -> int:
+        """Responses observed after the decision (ignored)."""
+        return self._late
+
+    # ---------------------------------------------------------------- the hot path
+
+    def observe(self, outcome: str) -> Decision:
+        """Count one classified response and return the decision (O(1); final once not CONTINUE)."""
+        if self._decision is not Decision.CONTINUE:
+            self._late += 1
+            return self._decision
+        self._n += 1
+        if outcome not in self.expected and outcome.startswith(("status:", "error:")):
+            self._errors[outcome] = self._errors.get(outcome, 0) + 1
+            self._error_total += 1
+            if self._error_total >= self._errors_rule.threshold(self._n):
+                self._decide(Decision.FAIL, "error bound: " + self._errors_rule.describe(),
+                             f"{self._error_total} errors in n={self._n} reach the limit "
+                             f"{self._errors_rule.threshold(self._n)}")
+            return self._decision
+        self._counts[outcome] = self._counts.get(outcome, 0) + 1
+        self._versions += 1
+        if outcome in self._zero or outcome not in self.expected:
+            self._decide(Decision.FAIL, "zero-leak: a response from an outcome expected to get 0%",
+                         f"any response from {outcome} fails")
+            return self._decision
+        if not self._components:
+            if self._versions >= self._leak_n:
+                self._decide(Decision.PASS,
+                             f"zero-leak: none wrong in {self._leak_n} bounds a leak below "
+                             f"{100 * self.config.leak_share:g}%",
+                             f"pass at n >= {self._leak_n} = ln(beta)/ln(1-leak); "
+                             "fail at the first wrong response")
+            return self._decision
+        return self._observe_split(outcome)
+
+    def _observe_split(self, outcome: str) -> Decision:
+        nv = self._versions
+        undecided = False
+        for comp in self._components:
+            if comp.decision is not Decision.CONTINUE:
+                continue
+            if outcome == comp.name:
+                comp.count += 1
+            verdict = comp.bounds.decide(nv, comp.count)
+            if verdict is Decision.CONTINUE:
+                undecided = True
+                continue
+            comp.decision, comp.decided_at = verdict, nv
+            if verdict is Decision.FAIL:
+                self._decide(Decision.FAIL, self._split_rule(comp, nv, failed=True),
+                             comp.bounds.describe(nv, comp.name))
+                return self._decision
+        if not undecided:
+            last = max(self._components, key=lambda c: c.decided_at)
+            self._decide(Decision.PASS, self._split_rule(last, nv, failed=False), "; ".join(
+                c.bounds.describe(c.decided_at, c.name) for c in self._components))
+        return self._decision
+
+    @staticmethod
+    def _split_rule(comp: _Component, n: int, *, failed: bool) -> str:
+        b = comp.bounds
+        s = comp.count
+        sequential = b.pass_lo[n] <= s <= b.pass_hi[n] or s <= b.fail_lo[n] or s >= b.fail_hi[n]
+        if not sequential:
+            return "cap: exact fixed-sample test"
+        return "mixture fail" if failed else "SPRT pass"
+
+    def _decide(self, decision: Decision, rule: str, boundary: str) -> None:
+        self._decision, self._rule, self._boundary = decision, rule, boundary
+
+    # ---------------------------------------------------------------- reporting
+
+    def verdict(self) -> Verdict:
+        """The verdict so far (final once `decision` is not CONTINUE)."""
+        level = 1.0 - self.config.alpha
+        nv = self._versions
+        observed = {k: (c / nv if nv else 0.0) for k, c in self._counts.items()}
+        intervals = {k: clopper_pearson(c, nv, level) for k, c in self._counts.items()}
+        boundary = self._boundary or self._current_boundary()
+        return Verdict(
+            label=self.label, passed=self._decision is Decision.PASS, decision=self._decision, n=self._n,
+            counts=dict(self._counts), expected=dict(self.expected), observed=observed, intervals=intervals,
+            errors=dict(self._errors), rule=self._rule, boundary=boundary,
+            message=self._message(observed, intervals), max_n=self.max_n, late=self._late,
+        )
+
+    def _current_boundary(self) -> str:
+        if self._components:
+            return "; ".join(c.bounds.describe(self._versions, c.name) for c in self._components)
+        return f"pass at n >= {self._leak_n}; fail at the first wrong response"
+
+    def _message(self, observed: Mapping[str, float], intervals: Mapping[str, tuple[float, float]]) -> str:
+        tol = f" +-{100 * self.config.delta:g}"
+        shown = [c.name for c in self._components] or [k for k, v in self.expected.items() if v > _SHARE_EPS]
+        parts = []
+        for name in shown:
+            lo, hi = intervals.get(name, (0.0, 1.0))
+            exp = self.expected.get(name, 0.0)
+            parts.append(f"{name} {100 * observed.get(name, 0.0):.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+                         f"expected {100 * exp:.4g}%{tol if self._components else ''}")
+        wrong = {k: c for k, c in self._counts.items() if c and self.expected.get(k, 0.0) <= _SHARE_EPS}
+        text = f"{self.label or 'class'}: {self._decision.name} " + ", ".join(parts) + f", n={self._n}"
+        if wrong:
+            text += "; unexpected " + ", ".join(f"{k} x{c}" for k, c in sorted(wrong.items()))
+        if self._error_total:
+            text += f"; errors {self._error_total} (" + ", ".join(
+                f"{k} x{c}" for k, c in sorted(self._errors.items())) + ")"
+        if self._late:
+            text += f"; {self._late} late"
+        return text + f" ({self._rule})"
