@@ -64,6 +64,9 @@ def _number(env: object, name: str, default: str, kind: type[float] | type[int])
 class _Handler(BaseHTTPRequestHandler):
     server: _ScorerServer
     protocol_version = "HTTP/1.1"  # keep-alive, as a real model server behind Envoy
+    # Headers and body go out in two writes; with Nagle on, every keep-alive answer waits
+    # ~40 ms for the client's delayed ACK (44 ms -> 0.5 ms per request measured).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
         self._dispatch()
