@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -66,9 +67,53 @@ def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.runner import run_command
+    from harness import rollout
+    from harness.stats import StatsConfig
 
-    return run_command(args, out)
+    plan = load_plan(args.plan)
+    stages = [plan.stage(name) for name in args.stage] or list(plan.stages)
+    config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
+    options = rollout.MeshOptions(
+        mesh=args.mesh,
+        workloads=args.workloads,
+        artifacts_dir=args.artifacts_dir,
+        keep_cluster=args.keep_cluster,
+        cluster_name=args.cluster_name,
+        base_image=args.base_image,
+    )
+
+    def progress(line: str) -> None:
+        print(f"[abtest] {line}", file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    session = rollout.open_mesh(plan, options, progress=progress)
+    out.write(f"abtest run: {len(stages)} stages on the {args.mesh} mesh ({args.workloads} workloads), "
+              f"alpha={args.alpha:g} beta={args.beta:g} delta={args.delta:g}\n")
+    with session:
+        up_s = time.monotonic() - started
+        try:
+            result = rollout.run_rollout(
+                session.mesh, plan, config, stages=stages, image_refs=session.image_refs, out=out
+            )
+        except BaseException:
+            target = args.artifacts_dir / "run-failure"
+            session.mesh.dump(target)
+            progress(f"dumped the mesh state to {target}")
+            raise
+        if not result.passed:
+            target = args.artifacts_dir / "run"
+            session.mesh.dump(target)
+            progress(f"verdicts failed: mesh state dumped to {target}")
+    timings = ", ".join(
+        f"{s.stage.name} {s.apply_s + s.converge_s:.2f}+{s.sample_s:.2f}s" for s in result.stages
+    )
+    requests = sum(s.requests for s in result.stages)
+    out.write(
+        f"{'PASS' if result.passed else 'FAIL'}: {sum(s.passed for s in result.stages)}/{len(result.stages)} stages "
+        f"passed, {requests} requests, {time.monotonic() - started:.1f}s "
+        f"(up {up_s:.2f}s; per stage converge+sample: {timings})\n"
+    )
+    return 0 if result.passed else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,94 @@
+"""The whole rollout walked in order under continuous traffic: failed requests per transition.
+
+Make-before-break means a stage change never leaves a request without a version to answer
+it: new workloads are ready before routes move to them, and old ones stop only after routes
+moved away. On the local mesh the goal is zero failed requests in every transition.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from harness.mesh.base import Mesh
+from harness.plan import RolloutPlan
+from harness.render import render_stage
+from harness.rollout import MeshSession
+from harness.routing import STANDARD_CLASSES
+from harness.traffic import Observation, run_load
+
+pytestmark = pytest.mark.e2e
+
+#: Upper bounds for the background load: it stops on its own even if the walk hangs.
+MAX_REQUESTS = 200_000
+DEADLINE_S = 120.0
+
+
+def test_walk_all_stages_under_continuous_traffic(
+    mesh_session: MeshSession, abtest_plan: RolloutPlan, request: pytest.FixtureRequest
+) -> None:
+    mesh: Mesh = mesh_session.mesh
+    request.node.abtest_mesh = mesh
+    weighted = [c for c in STANDARD_CLASSES if c.label == "weighted"]
+    phase = ["start"]
+    failures: Counter[str] = Counter()
+    answered: Counter[str] = Counter()
+    details: list[str] = []
+    stop = threading.Event()
+
+    def record(observation: Observation) -> None:
+        if stop.is_set():
+            raise _Stop()
+        answered[phase[0]] += 1
+        if observation.outcome.startswith(("status:", "error:")):
+            failures[phase[0]] += 1
+            if len(details) < 10:
+                details.append(f"{phase[0]}: {observation.outcome} {observation.detail}".strip())
+
+    # Put the mesh in the first stage before the traffic starts.
+    first = abtest_plan.stages[0]
+    objects = render_stage(abtest_plan, first, image_refs=mesh_session.image_refs)
+    mesh.apply(objects)
+    mesh.converge(objects)
+
+    outcome: dict[str, object] = {}
+
+    def load() -> None:
+        try:
+            outcome["result"] = run_load(mesh.gateway_url, weighted, None, max_requests=MAX_REQUESTS,
+                                         deadline_s=DEADLINE_S, concurrency=2, on_response=record)
+        except _Stop:
+            outcome["stopped"] = True
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=load, name="walk-load", daemon=True)
+    worker.start()
+    try:
+        for before, after in zip(abtest_plan.stages, abtest_plan.stages[1:], strict=False):
+            phase[0] = f"{before.name} -> {after.name}"
+            objects = render_stage(abtest_plan, after, image_refs=mesh_session.image_refs)
+            mesh.apply(objects)
+            mesh.converge(objects)
+            # Keep the traffic on the new stage for a moment so late failures are attributed here.
+            settle = time.monotonic() + 0.3
+            while time.monotonic() < settle and worker.is_alive():
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join(DEADLINE_S)
+    assert "error" not in outcome, f"load generator failed: {outcome.get('error')!r}"
+    table = "\n".join(
+        f"  {name:<24} {failures[name]:>5} failed of {answered[name]:>6}" for name in answered if name != "start"
+    )
+    print(f"failed requests per transition:\n{table}")
+    transitions = [f"{b.name} -> {a.name}" for b, a in zip(abtest_plan.stages, abtest_plan.stages[1:], strict=False)]
+    assert all(answered[t] > 0 for t in transitions), f"no traffic during some transitions:\n{table}"
+    assert sum(failures.values()) == 0, f"failed requests during the walk:\n{table}\nfirst: {details}"
+
+
+class _Stop(Exception):
+    """Raised from the response callback to end the background load."""
