@@ -28,6 +28,7 @@ from scipy.stats import binom
 
 from harness.stats import (
     SequentialTest,
+    SplitBoundaries,
     StatsConfig,
     fixed_sample_test,
     operating_characteristic,
@@ -48,6 +49,14 @@ def knative_rule(p0: float, p: float) -> float:
     lo = round(200 * p0 / 2)  # blue >= half of its expected count
     hi = 200 - round(200 * (1 - p0) / 2)  # green >= half of its expected count
     return float(binom.cdf(hi, 200, p) - binom.cdf(lo - 1, 200, p))
+
+
+def _bounds_for(p0: float, config: StatsConfig) -> SplitBoundaries:
+    """The boundaries a SequentialTest for this split uses (tracking blue's share)."""
+    (tracked, bounds), = SequentialTest({"blue": p0, "green": round(1 - p0, 12)}, config).boundaries
+    if tracked != "blue":
+        raise AssertionError(f"expected blue to be tracked at p0={p0}, got {tracked}")
+    return bounds
 
 
 def _rate(p0: float, p: float, passes: float) -> float:
@@ -93,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{_rate(p0, p, istio_rule(p0, p)):>12.2e} {_rate(p0, p, knative_rule(p0, p)):>14.2e}")
     print()
     print("err: at the true share the false-failure rate, at share +- d the miss rate.")
+    print(f"Peers beyond d (DESIGN.md's figures): Istio passes a 60/40 split expected as 50/50 with "
+          f"P={istio_rule(0.5, 0.6):.3f}; Knative passes 70/30 with P={knative_rule(0.5, 0.7):.3f}; "
+          f"the sequential test: P={operating_characteristic(_bounds_for(0.5, config), 0.7).passed:.1e}.")
     print(f"Fixed-sample N at p0=0.5 accepts {fixed_sample_test(0.5, config.alpha, config.beta, d).accept_lo}"
           f"..{fixed_sample_test(0.5, config.alpha, config.beta, d).accept_hi}.")
     worst_p0, worst_all = max(ratios_at_p0), max(ratios_all)

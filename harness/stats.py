@@ -36,9 +36,12 @@ Split, 0 < p0 < 1 (the share of one tracked outcome; responses pooled in arrival
     a cap (ln(1/0.9e-6) vs ln(1e6)), at the price of a cap about 1.2x the fixed-sample N.
     `operating_characteristic` computes the exact error rates of the whole procedure by
     dynamic programming over these boundaries; the tests check them.
-    If a pass and a fail boundary are crossed at the same n, PASS wins: both guarantees hold
-    either way (the pass event stays inside the SPRT rejection event, the fail event inside
-    the mixture crossing), and the user declared d the tolerance.
+    If a pass and a fail boundary are crossed at the same n, FAIL wins. Both guarantees hold
+    either way (the fail event stays inside the mixture crossing, the pass event inside the
+    SPRT rejections). It matters where an alternative sits at 0 or 1: expecting 10% with
+    d = 0.1, one response rejects "share = 0", so 1 of 237 (0.4%) already rejects both SPRT
+    hypotheses, while the mixture calls it overwhelming evidence against 10%. A share that
+    far from the manifests deserves a failure, even inside the tolerance.
 
 More than two outcomes with 0 < p < 1
     k such outcomes: each one against the rest, each with alpha / k (union bound over the
@@ -56,16 +59,26 @@ Shares 0 and 1 (zero-leak)
     zero-share rule applies inside splits (a version that should get nothing).
 
 Errors ("status:NNN" / "error:KIND" outcomes that are not keys of `expected`)
-    Counted apart, never as a version, over all n responses of the class. With
-    max_error_rate = 0 (the default: a converged mesh in front of healthy mocks answers
-    every request) the first error fails. With e0 = max_error_rate > 0 the user wants
-    "fail when the error rate is credibly above e0": FAIL when a mixture over error rates
-    e in (e0, 1] (uniform prior) of L(e) / L(e0) reaches 1 / alpha_err. Each L(e)/L(e0) with
-    e > e0 is a supermartingale under every error rate <= e0, so this is valid under
-    continuous monitoring for the whole composite hypothesis. alpha_err = alpha / 2 and the
-    split gets the other half (a split with no false failures, zero-leak, leaves the error
-    rule the whole alpha). There is no pass requirement on errors: PASS comes from the split
-    (or zero-leak) rule while the error rule has not failed.
+    Counted apart, never as a version, over all n responses of the class; an outcome that
+    is a key of `expected` ("status:503" with share 1 at a stage without endpoints) is a
+    normal outcome. The error rule is a test of "error rate <= e0 = max_error_rate" with the
+    same tolerance d as the split: it must fail a rate <= e0 with probability <= alpha and
+    pass a rate >= e1 = e0 + d with probability <= beta, however often it is looked at.
+    - e0 = 0 (the default: a converged mesh in front of healthy mocks answers every
+      request): the first error fails (never wrongly: at rate 0 there are none), and the
+      rule is satisfied after ceil(ln(beta) / ln(1 - d)) clean responses (132), as zero-leak.
+    - e0 > 0: FAIL when a mixture over error rates e in (e0, 1] (uniform prior) of
+      L(e) / L(e0) reaches 1 / alpha_seq. Each L(e)/L(e0) with e > e0 is a supermartingale
+      under every rate <= e0, so this holds for the whole composite hypothesis. Satisfied
+      once Wald's SPRT rejects "rate = e1" (L(e0)/L(e1) >= 1/beta_seq; rates above e1 are
+      rejected even less often), or at a cap by the exact one-sided fixed-sample test with
+      (alpha_cap, beta_cap), split as for the split test. The fail rule stays watched until
+      the class decides, which bounds the errors a class can take (`max_n`).
+    PASS needs both the split (or zero-leak) rule and the error rule. alpha: with e0 > 0
+    the error rule gets alpha / 2 and the split the other half (a zero-leak test cannot fail
+    wrongly, so there the error rule gets all of alpha); beta is not split, for the same
+    reason as between the two SPRTs: a share off by d and an error rate off by d are
+    different alternatives, and each alone is passed with probability <= beta.
 
 Responses observed after the decision (requests that were in flight) are counted in
 `late` and change nothing: the decision is final.
@@ -343,9 +356,9 @@ def clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
 class SplitBoundaries:
     """Precomputed decision boundaries of one tracked share (index: n, the responses so far).
 
-    After n responses with count s of the tracked outcome: PASS if pass_lo[n] <= s <= pass_hi[n];
-    else FAIL if s <= fail_lo[n] or s >= fail_hi[n]; at n == cap an undecided test passes iff
-    cap_lo <= s <= cap_hi and fails otherwise.
+    After n responses with count s of the tracked outcome: FAIL if s <= fail_lo[n] or
+    s >= fail_hi[n]; else PASS if pass_lo[n] <= s <= pass_hi[n]; at n == cap an undecided
+    test passes iff cap_lo <= s <= cap_hi and fails otherwise.
     """
 
     p0: float
@@ -361,14 +374,14 @@ class SplitBoundaries:
     fail_hi: tuple[int, ...]
     pass_lo: tuple[int, ...]
     pass_hi: tuple[int, ...]
-    overlaps: int  # sizes n at which some count crosses both boundaries (PASS wins there)
+    overlaps: int  # sizes n at which some count crosses both boundaries (FAIL wins there)
 
     def decide(self, n: int, s: int) -> Decision:
         """The decision after n responses of which s are the tracked outcome."""
-        if self.pass_lo[n] <= s <= self.pass_hi[n]:
-            return Decision.PASS
         if s <= self.fail_lo[n] or s >= self.fail_hi[n]:
             return Decision.FAIL
+        if self.pass_lo[n] <= s <= self.pass_hi[n]:
+            return Decision.PASS
         if n >= self.cap:
             return Decision.PASS if self.cap_lo <= s <= self.cap_hi else Decision.FAIL
         return Decision.CONTINUE
@@ -376,21 +389,17 @@ class SplitBoundaries:
     def describe(self, n: int, name: str) -> str:
         """The boundary in force at n, in words, for the Verdict."""
         n = min(max(n, 0), self.cap)
-        parts = []
-        if self.pass_lo[n] <= self.pass_hi[n]:
-            parts.append(f"pass if {self.pass_lo[n]} <= {name} <= {self.pass_hi[n]}")
-        else:
-            parts.append("no pass yet")
         fail = []
         if self.fail_lo[n] >= 0:
             fail.append(f"{name} <= {self.fail_lo[n]}")
         if self.fail_hi[n] <= n:
             fail.append(f"{name} >= {self.fail_hi[n]}")
-        parts.append("fail if " + " or ".join(fail) if fail else "no fail yet")
-        return (
-            f"n={n}: " + ", ".join(parts)
-            + f"; cap n={self.cap} accepts {self.cap_lo}..{self.cap_hi}"
-        )
+        parts = ["fail if " + " or ".join(fail) if fail else "no fail yet"]
+        if self.pass_lo[n] <= self.pass_hi[n]:
+            parts.append(f"else pass if {self.pass_lo[n]} <= {name} <= {self.pass_hi[n]}")
+        else:
+            parts.append("no pass yet")
+        return f"n={n}: " + ", ".join(parts) + f"; cap n={self.cap} accepts {self.cap_lo}..{self.cap_hi}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -476,8 +485,8 @@ def operating_characteristic(bounds: SplitBoundaries, p: float) -> OperatingPoin
         nxt[:-1] += state * (1.0 - p)
         nxt[1:] += state * p
         s = np.arange(n + 1)
-        pass_mask = (s >= bounds.pass_lo[n]) & (s <= bounds.pass_hi[n])
-        fail_mask = ~pass_mask & ((s <= bounds.fail_lo[n]) | (s >= bounds.fail_hi[n]))
+        fail_mask = (s <= bounds.fail_lo[n]) | (s >= bounds.fail_hi[n])
+        pass_mask = ~fail_mask & (s >= bounds.pass_lo[n]) & (s <= bounds.pass_hi[n])
         if n == bounds.cap:
             undecided = ~(pass_mask | fail_mask)
             pass_mask |= undecided & (s >= bounds.cap_lo) & (s <= bounds.cap_hi)
@@ -494,27 +503,61 @@ def operating_characteristic(bounds: SplitBoundaries, p: float) -> OperatingPoin
 # --------------------------------------------------------------------------- error bound
 
 
-class ErrorBound:
-    """FAIL once errors reach `threshold(n)` among n responses (see the module docstring).
+def _error_cap(e0: float, e1: float, alpha: float, beta: float) -> tuple[int, int]:
+    """One-sided exact test: smallest (n, c) with P(Bin(n, e0) > c) <= alpha, P(Bin(n, e1) <= c) <= beta."""
+    info = (1 - alpha) * math.log((1 - alpha) / beta) + alpha * math.log(alpha / (1 - beta))
+    n = max(1, math.floor(info / _kl(e0, e1)))
+    while True:
+        c = int(binom.isf(alpha, n, e0))
+        while c > 0 and binom.sf(c - 1, n, e0) <= alpha:
+            c -= 1
+        while binom.sf(c, n, e0) > alpha:
+            c += 1
+        if binom.cdf(c, n, e1) <= beta:
+            return n, c
+        n += 1
 
-    Thresholds are computed on first use and kept; extension takes a lock because one cached
-    bound serves every test built with the same settings.
+
+class ErrorBound:
+    """The error-rate rule of a class: e0 = max_error_rate tolerated, e1 = e0 + delta must be caught.
+
+    FAIL once the error count reaches `fail_threshold(n)` among n responses (any error when
+    e0 = 0); the rule is satisfied (`check` says PASS, once and for good) when Wald's SPRT
+    rejects "error rate = e1", or at the cap by the exact one-sided fixed-sample test. The fail
+    thresholds keep being watched after that. See the module docstring for the guarantees.
+    Fail thresholds are computed on first use and kept; extension takes a lock because one
+    cached rule serves every test built with the same settings.
     """
 
-    def __init__(self, max_error_rate: float, alpha: float) -> None:
-        self.max_error_rate = max_error_rate
-        self.alpha = alpha
+    def __init__(
+        self, max_error_rate: float, alpha: float, beta: float, delta: float, cap_share: float
+    ) -> None:
+        e0, e1 = max_error_rate, min(max_error_rate + delta, 1.0)
+        self.max_error_rate, self.catch_rate = e0, e1
+        self.alpha, self.beta = alpha, beta
+        tolerant = e0 > 0.0
+        # With e0 = 0 nothing is spent on a cap (the rule is deterministic: pass after the
+        # zero-leak number of clean responses), so the sequential parts get everything.
+        self._alpha_seq = alpha * (1 - cap_share) if tolerant else alpha
+        beta_seq = beta * (1 - cap_share) if tolerant else beta
+        self._pass_level = math.log(1 / beta_seq)
+        if tolerant:
+            self.cap, self.cap_max_errors = _error_cap(e0, e1, alpha * cap_share, beta * cap_share)
+        else:
+            self.cap, self.cap_max_errors = zero_leak_n(beta, e1), 0
+        self._log_error = math.log(e0 / e1) if tolerant else -math.inf
+        self._log_clean = math.inf if e1 >= 1.0 else math.log((1 - e0) / (1 - e1))
         self._thresholds: list[int] = [1]  # n = 0: nothing observed, nothing can fail
         self._lock = threading.Lock()
 
-    def threshold(self, n: int) -> int:
+    def fail_threshold(self, n: int) -> int:
         """Smallest error count that fails after n responses (n + 1: none can yet)."""
         if self.max_error_rate == 0.0:
             return 1
         thr = self._thresholds
         if n < len(thr):
             return thr[n]
-        level = math.log(1 / self.alpha)
+        level = math.log(1 / self._alpha_seq)
         with self._lock:
             while len(thr) <= n:
                 m = len(thr)
@@ -523,6 +566,19 @@ class ErrorBound:
                     e += 1
                 thr.append(e)
         return thr[n]
+
+    def check(self, n: int, errors: int) -> Decision:
+        """PASS once "error rate >= e1" is rejected (SPRT, or the cap's exact test), FAIL at a failed cap."""
+        if self.max_error_rate == 0.0:
+            return Decision.PASS if errors == 0 and n >= self.cap else Decision.CONTINUE
+        clean = n - errors
+        if clean > 0 and self._log_clean == math.inf:
+            return Decision.PASS  # e1 = 1: one clean response rejects "every response fails"
+        if errors * self._log_error + clean * self._log_clean >= self._pass_level:
+            return Decision.PASS
+        if n >= self.cap:
+            return Decision.PASS if errors <= self.cap_max_errors else Decision.FAIL
+        return Decision.CONTINUE
 
     def _log_mixture(self, n: int, errors: int) -> float:
         """log of the mixture over e in (e0, 1] (uniform prior) of L(e) / L(e0)."""
@@ -540,14 +596,17 @@ class ErrorBound:
         """The rule in words."""
         if self.max_error_rate == 0.0:
             return "any error fails"
-        return (f"fail when errors credibly exceed {100 * self.max_error_rate:g}% "
-                f"(mixture test at {self.alpha:g})")
+        return (f"errors within {100 * self.max_error_rate:g}%: fail when credibly above "
+                f"(mixture test), pass when {100 * self.catch_rate:g}% is rejected (SPRT; cap n={self.cap} "
+                f"allows <= {self.cap_max_errors})")
 
 
 @functools.lru_cache(maxsize=64)
-def error_bound(max_error_rate: float, alpha: float) -> ErrorBound:
-    """The (cached, lazily extended) error rule for a tolerated error share and a false-failure rate."""
-    return ErrorBound(max_error_rate, alpha)
+def error_bound(
+    max_error_rate: float, alpha: float, beta: float = 1e-6, delta: float = 0.1, cap_share: float = 0.1
+) -> ErrorBound:
+    """The (cached) error rule for a tolerated error share and the class's error rates."""
+    return ErrorBound(max_error_rate, alpha, beta, delta, cap_share)
 
 
 # --------------------------------------------------------------------------- the test
@@ -619,7 +678,7 @@ class SequentialTest:
         self._zero = {k for k, v in self.expected.items() if v <= _SHARE_EPS}
         self._leak_n = 0 if self._components else zero_leak_n(cfg.beta, cfg.leak_share)
         error_alpha = cfg.alpha / 2 if self._components else cfg.alpha
-        self._errors_rule = error_bound(cfg.max_error_rate, error_alpha)
+        self._errors_rule = error_bound(cfg.max_error_rate, error_alpha, cfg.beta, cfg.delta, cfg.cap_share)
         self._counts: dict[str, int] = {k: 0 for k in self.expected}
         self._errors: dict[str, int] = {}
         self._n = 0
@@ -627,10 +686,13 @@ class SequentialTest:
         self._error_total = 0
         self._late = 0
         self._decision = Decision.CONTINUE
+        self._versions_ok = False  # the split / zero-leak rule has passed (final)
+        self._errors_ok = False  # the error rule has rejected "error rate >= e0 + delta" (final)
+        self._version_rule = self._error_rule_text = ""
         self._rule = "undecided"
         self._boundary = ""
         version_cap = max((c.bounds.cap for c in self._components), default=self._leak_n)
-        self.max_n = version_cap + self._max_errors(version_cap)
+        self.max_n = max(version_cap + self._max_errors(version_cap), self._errors_rule.cap)
 
     def _validate(self) -> None:
         obj = f"expected distribution {self.label or '(unlabelled)'}"
@@ -649,7 +711,7 @@ class SequentialTest:
             return 0
         # Worst case: the versions come first, then errors (a later error faces a higher threshold).
         errors = 0
-        while errors + 1 < self._errors_rule.threshold(version_cap - 1 + errors + 1):
+        while errors + 1 < self._errors_rule.fail_threshold(version_cap - 1 + errors + 1):
             errors += 1
         return errors
 
@@ -688,31 +750,51 @@ class SequentialTest:
             self._late += 1
             return self._decision
         self._n += 1
+        rules = self._errors_rule
         if outcome not in self.expected and outcome.startswith(("status:", "error:")):
             self._errors[outcome] = self._errors.get(outcome, 0) + 1
             self._error_total += 1
-            if self._error_total >= self._errors_rule.threshold(self._n):
-                self._decide(Decision.FAIL, "error bound: " + self._errors_rule.describe(),
-                             f"{self._error_total} errors in n={self._n} reach the limit "
-                             f"{self._errors_rule.threshold(self._n)}")
-            return self._decision
-        self._counts[outcome] = self._counts.get(outcome, 0) + 1
-        self._versions += 1
-        if outcome in self._zero or outcome not in self.expected:
-            self._decide(Decision.FAIL, "zero-leak: a response from an outcome expected to get 0%",
-                         f"any response from {outcome} fails")
-            return self._decision
-        if not self._components:
-            if self._versions >= self._leak_n:
-                self._decide(Decision.PASS,
-                             f"zero-leak: none wrong in {self._leak_n} bounds a leak below "
-                             f"{100 * self.config.leak_share:g}%",
-                             f"pass at n >= {self._leak_n} = ln(beta)/ln(1-leak); "
-                             "fail at the first wrong response")
-            return self._decision
-        return self._observe_split(outcome)
+            limit = rules.fail_threshold(self._n)
+            if self._error_total >= limit:
+                self._decide(Decision.FAIL, "error bound: " + rules.describe(),
+                             f"{self._error_total} errors in n={self._n} reach the limit {limit}")
+                return self._decision
+        else:
+            self._counts[outcome] = self._counts.get(outcome, 0) + 1
+            self._versions += 1
+            if outcome in self._zero or outcome not in self.expected:
+                self._decide(Decision.FAIL, "zero-leak: a response from an outcome expected to get 0%",
+                             f"any response from {outcome} fails")
+                return self._decision
+            if not self._versions_ok:
+                if self._components:
+                    if self._observe_split(outcome) is Decision.FAIL:
+                        return self._decision
+                elif self._versions >= self._leak_n:
+                    self._versions_ok = True
+                    self._version_rule = (f"zero-leak: none wrong in {self._leak_n} bounds a leak below "
+                                          f"{100 * self.config.leak_share:g}%")
+                    self._boundary = (f"pass at n >= {self._leak_n} = ln(beta)/ln(1-leak); "
+                                      "fail at the first wrong response")
+        if not self._errors_ok:
+            errors_say = rules.check(self._n, self._error_total)
+            if errors_say is Decision.FAIL:
+                self._decide(Decision.FAIL, "error bound: exact fixed-sample test at the cap",
+                             f"{self._error_total} errors in n={self._n} exceed the cap's "
+                             f"{rules.cap_max_errors}")
+                return self._decision
+            if errors_say is Decision.PASS:
+                self._errors_ok = True
+                if rules.max_error_rate > 0.0:
+                    self._error_rule_text = (f"errors below {100 * rules.catch_rate:g}% "
+                                             f"({self._error_total} in n={self._n})")
+        if self._versions_ok and self._errors_ok:
+            rule = self._version_rule + (f"; {self._error_rule_text}" if self._error_rule_text else "")
+            self._decide(Decision.PASS, rule, self._boundary)
+        return self._decision
 
     def _observe_split(self, outcome: str) -> Decision:
+        """Feed the split's tracked shares; FAIL decides the class, PASS marks the versions done."""
         nv = self._versions
         undecided = False
         for comp in self._components:
@@ -728,12 +810,14 @@ class SequentialTest:
             if verdict is Decision.FAIL:
                 self._decide(Decision.FAIL, self._split_rule(comp, nv, failed=True),
                              comp.bounds.describe(nv, comp.name))
-                return self._decision
-        if not undecided:
-            last = max(self._components, key=lambda c: c.decided_at)
-            self._decide(Decision.PASS, self._split_rule(last, nv, failed=False), "; ".join(
-                c.bounds.describe(c.decided_at, c.name) for c in self._components))
-        return self._decision
+                return Decision.FAIL
+        if undecided:
+            return Decision.CONTINUE
+        last = max(self._components, key=lambda c: c.decided_at)
+        self._versions_ok = True
+        self._version_rule = self._split_rule(last, last.decided_at, failed=False)
+        self._boundary = "; ".join(c.bounds.describe(c.decided_at, c.name) for c in self._components)
+        return Decision.PASS
 
     @staticmethod
     def _split_rule(comp: _Component, n: int, *, failed: bool) -> str:
