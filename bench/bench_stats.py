@@ -6,7 +6,8 @@ For expected blue shares 0.5, 0.9 and 0.1 and true shares p0, p0 - d and p0 + d,
 
 - the sequential test (`harness.stats.SequentialTest`, the boundaries it really uses):
   P(FAIL), P(PASS), mean and 95th percentile of the responses to a verdict, all computed
-  exactly by dynamic programming over its boundaries up to the cap (no simulation error);
+  exactly by dynamic programming over its boundaries up to the cap (no simulation error),
+  with no error responses (a PASS also waits for the error rule's 132 clean responses);
 - the exact fixed-sample test's N at the same (alpha, beta, d), and the Wald-Wolfowitz bound
   ln(1/beta) / KL(p0 || p0 +- d) that no test can beat on average at p0;
 - two peers' rules, exact binomial: Istio's traffic-shifting test (100 requests, pass when
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             if not 0.0 <= p <= 1.0:
                 continue
             share = p if tracked == "blue" else round(1 - p, 12)
-            oc = operating_characteristic(bounds, share)
+            oc = operating_characteristic(bounds, share, pass_floor=test.min_pass_n)
             ratio = oc.mean_n / fixed.n
             ratios_all.append(ratio)
             if p == p0:

@@ -471,15 +471,17 @@ class OperatingPoint:
         return int(np.searchsorted(np.cumsum(self.stop), q - 1e-12))
 
 
-def operating_characteristic(bounds: SplitBoundaries, p: float) -> OperatingPoint:
+def operating_characteristic(bounds: SplitBoundaries, p: float, pass_floor: int = 0) -> OperatingPoint:
     """Exact P(FAIL), P(PASS) and stopping-time distribution at true share p, by dynamic programming.
 
     Carries the probability of every (n, count) state still undecided forward one response at
     a time, removing the mass that crosses a boundary: O(cap^2), no simulation error.
+    `pass_floor`: a PASS before this n is reported at it (`SequentialTest.min_pass_n`: the
+    class also waits for its error rule, which needs that many clean responses).
     """
     state = np.ones(1)
     fail = passed = 0.0
-    stop = np.zeros(bounds.cap + 1)
+    stop = np.zeros(max(bounds.cap, pass_floor) + 1)
     for n in range(1, bounds.cap + 1):
         nxt = np.zeros(n + 1)
         nxt[:-1] += state * (1.0 - p)
@@ -494,7 +496,8 @@ def operating_characteristic(bounds: SplitBoundaries, p: float) -> OperatingPoin
         f, q = float(nxt[fail_mask].sum()), float(nxt[pass_mask].sum())
         fail += f
         passed += q
-        stop[n] = f + q
+        stop[n] += f
+        stop[max(n, pass_floor)] += q
         nxt[fail_mask | pass_mask] = 0.0
         state = nxt
     return OperatingPoint(p, fail, passed, stop)
@@ -549,6 +552,9 @@ class ErrorBound:
         self._log_clean = math.inf if e1 >= 1.0 else math.log((1 - e0) / (1 - e1))
         self._thresholds: list[int] = [1]  # n = 0: nothing observed, nothing can fail
         self._lock = threading.Lock()
+        # Responses the rule needs when none fails: the SPRT's clean-run length, or the cap.
+        self.clean_n = (self.cap if not tolerant or self._log_clean == math.inf
+                        else min(self.cap, math.ceil(self._pass_level / self._log_clean - 1e-12)))
 
     def fail_threshold(self, n: int) -> int:
         """Smallest error count that fails after n responses (n + 1: none can yet)."""
@@ -721,6 +727,11 @@ class SequentialTest:
     def boundaries(self) -> tuple[tuple[str, SplitBoundaries], ...]:
         """The tracked outcomes of a split and their boundaries (empty for a zero-leak test)."""
         return tuple((c.name, c.bounds) for c in self._components)
+
+    @property
+    def min_pass_n(self) -> int:
+        """Responses any PASS needs when none is an error (the error rule's clean-run length)."""
+        return self._errors_rule.clean_n
 
     @property
     def zero_leak_n(self) -> int:

@@ -105,6 +105,10 @@ def test_exact_error_rates_at_defaults(p0: float) -> None:
         if 0.0 <= p <= 1.0:
             wrong = operating_characteristic(bounds, round(p, 12))
             assert wrong.passed <= DEFAULT.beta, f"miss {wrong.passed:.3g} > beta at true {p:.2f}, p0={p0}"
+    # The class waits for the error rule's 132 clean responses: a floor on PASS, nearly free.
+    floored = operating_characteristic(bounds, share, pass_floor=132)
+    assert math.isclose(floored.passed, at_p0.passed) and floored.quantile_n(1.0) <= bounds.cap
+    assert at_p0.mean_n <= floored.mean_n <= at_p0.mean_n + 1, (at_p0.mean_n, floored.mean_n)
     # Worst case bounded: in the indifference zone the cap decides by n = cap at the latest.
     middle = operating_characteristic(bounds, share + 0.05)
     assert middle.quantile_n(1.0) <= bounds.cap and middle.stop[bounds.cap] > 0
@@ -182,11 +186,16 @@ def test_observe_follows_the_boundaries() -> None:
         for _ in range(40):
             test = SequentialTest({"blue": 0.5, "green": 0.5}, LOOSE, label="weighted")
             draws = rng.random(bounds.cap) < share
-            count = 0
+            count, split_passed = 0, False
             for n, hit in enumerate(draws, start=1):
                 count += int(hit)
                 got = test.observe(name if hit else "green")
-                want = bounds.decide(n, count)
+                # A split that passes early waits for the error rule's clean responses (min_pass_n).
+                split_passed = split_passed or bounds.decide(n, count) is Decision.PASS
+                if split_passed:
+                    want = Decision.PASS if n >= test.min_pass_n else Decision.CONTINUE
+                else:
+                    want = bounds.decide(n, count)
                 assert got is want, f"n={n} count={count}: observe said {got}, boundaries say {want}"
                 if got is not Decision.CONTINUE:
                     break
