@@ -4,9 +4,7 @@ Run: ``python -m bench.bench_traffic [-c 8] [--repeats 3] [--seconds 1.5]``.
 
 Each server runs in its own process, so it does not share a GIL with the generator:
 
-- ``scorer``: the mock scorer as shipped (``python -m harness.scorer``);
-- ``scorer+nodelay``: the same scorer with TCP_NODELAY on its answers (a patched class
-  attribute), to show what that one setting is worth;
+- ``scorer``: the mock scorer (``python -m harness.scorer``), what the workloads run;
 - ``fast``: a minimal asyncio HTTP/1.1 server (this file, ``--serve``) that answers far faster
   than the generators can ask, so the generator is the bottleneck: the hardest comparison.
 
@@ -78,11 +76,6 @@ async def _serve_fast(port: int) -> None:
 # --- servers --------------------------------------------------------------------------------
 
 
-_NODELAY_SCORER = (
-    "import sys, harness.scorer as s; s._Handler.disable_nagle_algorithm = True; sys.exit(s.main())"
-)
-
-
 @contextmanager
 def _server(kind: str, log_dir: Path) -> Iterator[str]:
     """Start one server process on a free loopback port; yield its /score URL; stop it."""
@@ -91,7 +84,6 @@ def _server(kind: str, log_dir: Path) -> Iterator[str]:
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     argv = {
         "scorer": [sys.executable, "-m", "harness.scorer"],
-        "scorer+nodelay": [sys.executable, "-c", _NODELAY_SCORER],
         "fast": [sys.executable, "-m", "bench.bench_traffic", "--serve", str(port)],
     }[kind]
     log_path = log_dir / f"{kind}.log"
@@ -178,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.5, help="target duration of one run")
-    parser.add_argument("--servers", nargs="+", default=["scorer", "scorer+nodelay", "fast"],
-                        choices=["scorer", "scorer+nodelay", "fast"])
+    parser.add_argument("--servers", nargs="+", default=["scorer", "fast"], choices=["scorer", "fast"])
     parser.add_argument("--transports", nargs="+", default=["socket", "requests"],
                         choices=["socket", "requests"])
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -191,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(f"load generator vs hey, {os.cpu_count()} CPUs, loopback; requests/s median (min-max) "
           f"of {args.repeats} runs; goal ratio >= {GOAL}")
-    header = (f"{'server':<15} {'transport':<9} {'c':>3} {'n':>6}  {'hey req/s':>22}  "
+    header = (f"{'server':<7} {'transport':<9} {'c':>3} {'n':>6}  {'hey req/s':>22}  "
               f"{'run_load req/s':>22}  {'ratio':>5}  goal")
     print(header)
     print("-" * len(header))
@@ -204,16 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                         row = measure(server, url, transport, concurrency, args.repeats, args.seconds)
                         rows.append(row)
                         met = "met" if row.ratio >= GOAL else "MISSED"
-                        print(f"{row.server:<15} {row.transport:<9} {row.concurrency:>3} {row.n:>6}  "
+                        print(f"{row.server:<7} {row.transport:<9} {row.concurrency:>3} {row.n:>6}  "
                               f"{_fmt(row.hey):>22}  {_fmt(row.ours):>22}  {row.ratio:>5.2f}  {met}",
                               flush=True)
-    latency = [r for r in rows if r.server == "scorer"]
-    if latency:
-        per_request_ms = 1000.0 * latency[0].concurrency / statistics.median(latency[0].hey)
-        if per_request_ms > 20:
-            print(f"note: the scorer as shipped takes {per_request_ms:.0f} ms per request at "
-                  f"c={latency[0].concurrency} for both clients: its header and body leave as two "
-                  "writes and Nagle holds the body for the client's delayed ACK (see scorer+nodelay).")
     default = [r for r in rows if r.transport == "socket"]
     if default:
         print(f"default transport (socket): ratio {min(r.ratio for r in default):.2f} at worst; goal "

@@ -16,7 +16,8 @@ anything else (malformed HTTP, huge body, ...)  ``error:other``
 A 4xx/5xx answer counts as ``status:NNN`` even when it carries ``x-model-version``: errors are
 counted apart and never silently as a version (the version is still on the `Observation`).
 Each outcome is fed live to the class's sequential test (`harness.stats.SequentialTest`) and
-the run stops as soon as every class has decided; a decided class gets no more requests. Every
+the run stops as soon as every class has decided; a decided class gets no more requests (the
+answers still in flight when it decided reach its test, which counts them as late). Every
 run is also bounded by `max_requests` and `deadline_s`, and only loopback targets are accepted.
 
 Transport, decided by measurement (``python -m bench.bench_traffic``: 2 shared cores, loopback,
@@ -619,14 +620,14 @@ class _Run:
         with self.lock:
             if self.tests is not None:
                 test = self.tests[observation.label]
-                # A class decided while this answer was in flight: the decision is final, so
-                # the answer is counted but not observed.
-                if _is_open(test):
-                    test.observe(observation.outcome)
-                    if not _is_open(test):
-                        self.active = tuple(p for p in self.active if p.label != observation.label)
-                        if not self.active:
-                            self.stop("decided")
+                was_open = _is_open(test)
+                # An answer that was in flight when its class decided is still given to the
+                # test: SequentialTest counts it as late and leaves the final decision alone.
+                test.observe(observation.outcome)
+                if was_open and not _is_open(test):
+                    self.active = tuple(p for p in self.active if p.label != observation.label)
+                    if not self.active:
+                        self.stop("decided")
             if self.on_response is not None:
                 self.on_response(observation)
 

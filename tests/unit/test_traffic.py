@@ -46,6 +46,7 @@ _BROKEN = {
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # 64 workers connect at once; a backlog of 5 drops SYNs for 1 s
 
     def __init__(self, share_blue: float, seed: int) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -388,7 +389,7 @@ class _Decision(enum.Enum):
 
 @dataclass
 class _DecidesAfter:
-    """A tiny sequential test: decides after `n` observations, and records any observed later."""
+    """A tiny sequential test: decides after `n` observations; later ones count as late, as in stats."""
 
     n: int
     seen: list[str] = field(default_factory=list)
@@ -398,6 +399,7 @@ class _DecidesAfter:
     def observe(self, outcome: str) -> _Decision:
         if self.decision is not _Decision.CONTINUE:
             self.late += 1
+            return self.decision
         self.seen.append(outcome)
         if len(self.seen) >= self.n:
             self.decision = _Decision.PASS
@@ -417,7 +419,7 @@ def test_stops_when_every_class_has_decided(server: _Server) -> None:
     assert sum(result.counts["fast"].values()) == 5, "a decided class must get no more requests"
     assert sum(result.counts["slow"].values()) == 40
     assert server.received == 45
-    assert fast.late == slow.late == 0, "a decided test must not be fed"
+    assert fast.late == slow.late == 0, "one worker: nothing can be in flight when a class decides"
 
 
 def test_decided_classes_get_no_more_requests_under_concurrency(server: _Server) -> None:
@@ -429,7 +431,7 @@ def test_decided_classes_get_no_more_requests_under_concurrency(server: _Server)
     fast_sent = sum(result.counts["fast"].values())
     assert 10 <= fast_sent <= 10 + concurrency - 1, \
         f"after deciding at 10, only requests already in flight may come back; got {fast_sent}"
-    assert fast.seen and len(fast.seen) == 10 and fast.late == 0
+    assert len(fast.seen) == 10 and fast.late == fast_sent - 10, "answers in flight reach the test as late"
     assert result.requests == server.received <= 310 + 2 * (concurrency - 1), "in flight: c-1 per class"
 
 
@@ -452,6 +454,27 @@ def test_with_the_real_sequential_test(server: _Server) -> None:
     assert blue.passed and green.decision is stats.Decision.FAIL, (blue.message, green.message)
     assert green.n == 1, "one request to the wrong version fails a share of 1 at once"
     assert result.counts["header-green"]["green"] <= 2, "the failed class must stop getting requests"
+
+
+def test_a_split_judged_live_by_the_real_sequential_test(server: _Server) -> None:
+    """The server splits 30% blue: a 70/30 expectation passes, a 50/50 one fails, both early."""
+    stats = pytest.importorskip("harness.stats")
+    tests = {
+        "right": stats.SequentialTest({"green": 0.7, "blue": 0.3}, label="right"),
+        "wrong": stats.SequentialTest({"green": 0.5, "blue": 0.5}, label="wrong"),
+    }
+    cap = sum(t.max_n for t in tests.values())
+    result = run_load(server.url, [_cls("right", "/score"), _cls("wrong", "/score")], tests,
+                      max_requests=cap, deadline_s=30, concurrency=4)
+    right, wrong = result.verdicts["right"], result.verdicts["wrong"]
+    assert result.stopped_by == "decided", result
+    assert right.passed, right.message
+    assert wrong.decision is stats.Decision.FAIL, wrong.message
+    assert result.requests < cap, "the sequential test must stop before the cap here"
+    for label, verdict in result.verdicts.items():
+        sent = sum(result.counts[label].values())
+        assert sent == verdict.n + verdict.late, (label, sent, verdict.n, verdict.late)
+        assert verdict.late <= 3, f"{label}: only answers in flight may arrive after the decision"
 
 
 def test_tests_must_match_the_classes(server: _Server) -> None:
