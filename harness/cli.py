@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.plan import load_plan
 from harness.render import render_stage, render_yaml
 
@@ -23,7 +23,7 @@ def _image_refs(values: Sequence[str]) -> dict[str, str]:
     for value in values:
         key, sep, ref = value.partition("=")
         if not sep or not key or not ref:
-            raise argparse.ArgumentTypeError(f"--image takes KEY=REF, got {value!r}")
+            raise ConfigError("option --image", value, "takes KEY=REF, e.g. A=abtest/scorer-a:1a2b")
         refs[key] = ref
     return refs
 
@@ -104,6 +104,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             target = args.artifacts_dir / "run"
             session.mesh.dump(target)
             progress(f"verdicts failed: mesh state dumped to {target}")
+    from harness.report import write_report
+
+    for path in write_report(result, args.artifacts_dir):
+        progress(f"wrote {path}")
     timings = ", ".join(
         f"{s.stage.name} {s.apply_s + s.converge_s:.2f}+{s.sample_s:.2f}s" for s in result.stages
     )

@@ -1,0 +1,62 @@
+"""The abtest command: exit codes and output a CI log can be read by."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+DATA = Path(__file__).parent / "data" / "validate"
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def test_render_prints_the_stage_yaml() -> None:
+    code, text = _run("render", "--stage", "Blue_Green")
+    assert code == 0
+    assert text.count("image: abtest/scorer-b:dev") == 2
+    assert "weight: 0" in text and "weight: 100" in text
+
+
+def test_render_unknown_stage_is_exit_2_with_the_known_names(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = _run("render", "--stage", "Blue_75")
+    assert code == 2
+    assert "no stage 'Blue_75' (known: baseline" in capsys.readouterr().err
+
+
+def test_validate_all_prints_one_valid_line_per_stage() -> None:
+    code, text = _run("validate", "--all")
+    assert code == 0, text
+    lines = [line for line in text.splitlines() if not line.startswith("    ")]
+    stages = ["baseline", "Blue_0", "Blue_50", "Blue_100", "Blue_Green", "Green_100"]
+    assert [line.split()[0] for line in lines] == stages
+    assert all(line.endswith("valid") and "INVALID" not in line for line in lines)
+    assert "green 50 (A) / blue 50 (B)" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "finding"),
+    [
+        ("weights-60-50.yaml", "ABT001"),
+        ("misspelled-match.yaml", "spec.http[0].mtach: unknown field"),
+        ("missing-service.yaml", "IST0101"),
+        ("header-after-weighted.yaml", "IST0130"),
+    ],
+)
+def test_validate_file_fails_with_a_readable_finding(name: str, finding: str) -> None:
+    code, text = _run("validate", "--file", str(DATA / name))
+    assert code == 1, text
+    assert finding in text
+
+
+def test_bad_image_argument_is_exit_2_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = _run("render", "--stage", "Blue_50", "--image", "nokey")
+    assert code == 2
+    assert "option --image: nokey: takes KEY=REF" in capsys.readouterr().err

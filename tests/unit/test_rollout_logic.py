@@ -1,0 +1,115 @@
+"""The rollout driver's pure parts: what the plan promises, and a manifest that disagrees with it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.plan import load_plan
+from harness.render import render_stage
+from harness.report import to_markdown, write_report
+from harness.rollout import (
+    ClassResult,
+    RolloutResult,
+    StageResult,
+    intended_answers,
+    intended_distribution,
+    manifest_mismatches,
+    pinned_version,
+    wrong_answers,
+)
+from harness.routing import STANDARD_CLASSES, Request
+from harness.stats import SequentialTest
+
+PLAN = load_plan()
+WEIGHTED, BLUE, GREEN = STANDARD_CLASSES
+
+
+@pytest.mark.parametrize(
+    ("stage", "request_", "expected"),
+    [
+        ("baseline", WEIGHTED, {"green": 1.0}),
+        ("baseline", BLUE, {"status:503": 1.0}),
+        ("Blue_0", BLUE, {"blue": 1.0}),
+        ("Blue_50", WEIGHTED, {"green": 0.5, "blue": 0.5}),
+        ("Blue_100", GREEN, {"green": 1.0}),
+        ("Blue_Green", WEIGHTED, {"blue": 1.0}),
+        ("Green_100", BLUE, {"status:503": 1.0}),
+    ],
+)
+def test_intended_distribution_follows_the_plan(stage: str, request_: Request, expected: dict[str, float]) -> None:
+    assert intended_distribution(PLAN.stage(stage), request_) == expected
+
+
+def test_pinned_version_reads_the_header_case_insensitively() -> None:
+    assert pinned_version(Request("x", headers={"X-Api-Version": "blue"})) == "blue"
+    assert pinned_version(WEIGHTED) is None
+
+
+def test_blue_green_answers_are_both_image_b() -> None:
+    assert intended_answers(PLAN, PLAN.stage("Blue_Green")) == {"green": "New Model B", "blue": "New Model B"}
+
+
+def test_rendered_stages_agree_with_the_plan() -> None:
+    for stage in PLAN.stages:
+        assert manifest_mismatches(render_stage(PLAN, stage), stage, STANDARD_CLASSES) == [], stage.name
+
+
+def _vs(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "VirtualService")
+
+
+def test_swapped_header_routes_are_reported_before_any_traffic() -> None:
+    stage = PLAN.stage("Blue_50")
+    objects = copy.deepcopy(render_stage(PLAN, stage))
+    http = _vs(objects)["spec"]["http"]
+    http[0]["route"], http[1]["route"] = http[1]["route"], http[0]["route"]
+    found = manifest_mismatches(objects, stage, STANDARD_CLASSES)
+    assert found == [
+        "Blue_50 header-blue: manifests route green 100%, the plan says blue 100%",
+        "Blue_50 header-green: manifests route blue 100%, the plan says green 100%",
+    ]
+
+
+def test_edited_weight_is_reported() -> None:
+    stage = PLAN.stage("Blue_50")
+    objects = copy.deepcopy(render_stage(PLAN, stage))
+    route = _vs(objects)["spec"]["http"][2]["route"]
+    route[0]["weight"], route[1]["weight"] = 70, 30
+    assert manifest_mismatches(objects, stage, [WEIGHTED]) == [
+        "Blue_50 weighted: manifests route blue 30%, green 70%, the plan says blue 50%, green 50%"
+    ]
+
+
+def test_wrong_answers_names_version_body_and_count() -> None:
+    given = {"green": {"New Model B": 3, "New Model A": 7}, "blue": {"New Model B": 5}}
+    assert wrong_answers({"green": "New Model A", "blue": "New Model B"}, given) == [
+        "green answered 'New Model B' x3, expected 'New Model A'"
+    ]
+
+
+def _result() -> RolloutResult:
+    test = SequentialTest({"green": 0.5, "blue": 0.5}, label="weighted")
+    for i in range(3000):
+        if test.decision.value != "continue":
+            break
+        test.observe("green" if i % 2 else "blue")
+    stage = StageResult(PLAN.stage("Blue_50"), [ClassResult("Blue_50", WEIGHTED, test.verdict())])
+    stage.answers = {"green": {"New Model A": 10}}
+    return RolloutResult([stage])
+
+
+def test_report_writes_json_and_markdown(tmp_path: Path) -> None:
+    result = _result()
+    paths = write_report(result, tmp_path)
+    data = json.loads(paths[0].read_text())
+    verdict = data["stages"][0]["classes"][0]["verdict"]
+    assert data["passed"] is True
+    assert verdict["passed"] is True and verdict["decision"] == "pass"
+    assert data["stages"][0]["weights"] == {"green": 50, "blue": 50}
+    markdown = to_markdown(result)
+    assert "| Blue_50 | weighted | PASS | green 50%, blue 50% |" in markdown
