@@ -245,31 +245,22 @@ def _fixed_sample_region(
     return lo, hi, float(below[lo] + above[hi]), float(miss[best])
 
 
-def _fixed_sample_possible(n: int, p0: float, alpha: float, beta: float, delta: float) -> bool:
-    """A cheap necessary condition for `_fixed_sample_region` at n (scalar binomial calls only).
+def _fixed_sample_candidates(ns: np.ndarray, p0: float, alpha: float, beta: float, delta: float) -> np.ndarray:
+    """The sizes among `ns` that pass a cheap necessary condition for `_fixed_sample_region` (vectorized).
 
     Any feasible region has lo <= L (the largest lo with P(X < lo | p0) <= alpha) and
     hi >= H (the smallest hi with P(X > hi | p0) <= alpha), so its miss at p is at least
-    P(L <= X <= H | p): if that already exceeds beta at p0 - d or p0 + d, nothing works.
+    P(L <= X <= H | p). L and H come from the binomial quantile functions; taking L + 1 and
+    H - 1 keeps the condition necessary even if a quantile is off by one in floating point.
     """
-    lo_max = int(binom.ppf(alpha, n, p0))
-    while lo_max > 0 and binom.cdf(lo_max - 1, n, p0) > alpha:
-        lo_max -= 1
-    while binom.cdf(lo_max, n, p0) <= alpha:
-        lo_max += 1
-    hi_min = int(binom.isf(alpha, n, p0))
-    while hi_min < n and binom.sf(hi_min, n, p0) > alpha:
-        hi_min += 1
-    while hi_min > 0 and binom.sf(hi_min - 1, n, p0) <= alpha:
-        hi_min -= 1
-    if hi_min < lo_max:
-        return True
+    lo = binom.ppf(alpha, ns, p0) + 1  # >= L
+    hi = binom.isf(alpha, ns, p0) - 1  # <= H
+    ok = np.ones(ns.size, dtype=bool)
     for p in (p0 - delta, p0 + delta):
         if 0.0 < p < 1.0:
-            inside = binom.cdf(hi_min, n, p) - (binom.cdf(lo_max - 1, n, p) if lo_max > 0 else 0.0)
-            if inside > beta:
-                return False
-    return True
+            inside = np.where(hi >= lo, binom.cdf(hi, ns, p) - binom.cdf(lo - 1, ns, p), 0.0)
+            ok &= inside <= beta
+    return ns[ok]
 
 
 @functools.lru_cache(maxsize=256)
@@ -289,14 +280,14 @@ def fixed_sample_test(p0: float, alpha: float, beta: float, delta: float) -> Fix
     """
     if not 0.0 < p0 < 1.0:
         raise ConfigError("fixed_sample_test", "p0", f"must be strictly between 0 and 1, got {p0!r}")
-    n = max(1, math.floor(_information_bound(p0, alpha, beta, delta)))
+    start = max(1, math.floor(_information_bound(p0, alpha, beta, delta)))
     while True:
-        if _fixed_sample_possible(n, p0, alpha, beta, delta):
-            region = _fixed_sample_region(n, p0, alpha, beta, delta)
+        for n in _fixed_sample_candidates(np.arange(start, start + 512), p0, alpha, beta, delta):
+            region = _fixed_sample_region(int(n), p0, alpha, beta, delta)
             if region is not None:
                 lo, hi, false_fail, miss = region
-                return FixedSampleTest(p0, n, lo, hi, false_fail, miss)
-        n += 1
+                return FixedSampleTest(p0, int(n), lo, hi, false_fail, miss)
+        start += 512
 
 
 def _kl(p: float, q: float) -> float:
