@@ -18,13 +18,14 @@ Split, 0 < p0 < 1 (the share of one tracked outcome; responses pooled in arrival
     P(it ever reaches 1/alpha_seq) <= alpha_seq (Ville). Most weight (1 - w = 0.9) sits on
     the two shares the test must catch, which makes it almost as fast there as a one-sided
     SPRT; the uniform-prior part (w = 0.1) makes it consistent against any share and quick
-    against gross misroutes (a swapped 10/90 split fails within about 60 requests).
+    against gross misroutes (exact means: a swapped 90/10 split fails after 10 requests,
+    a 50/50 split sent all one way after 29, a 90/50 mix-up after 50).
     PASS when both "share = p0 - d" and "share = p0 + d" are rejected by Wald's SPRT:
     L(p0) / L(p0 -+ d) >= 1 / beta_seq. Each SPRT is run at the *whole* beta_seq, not
     beta_seq / 2: a miss at share p0 - d needs the SPRT of "p0 - d" to reject its own true
     hypothesis, which has probability <= beta_seq by Ville whatever the other SPRT does; the
     two hypotheses are never true together, so nothing is spent twice. Shares beyond p0 - d
-    are rejected even less often (the likelihood ratio is monotone in the count).
+    are rejected even less often (there L(p0)/L(p0 - d) is a supermartingale).
     Cap: at n = N_cap (the smallest n where the exact fixed-sample test with errors
     (alpha_cap, beta_cap) exists, `fixed_sample_test`) an undecided test passes iff the count
     lies in that test's acceptance region. This bounds the worst case: a two-sided SPRT
@@ -759,7 +760,8 @@ class SequentialTest:
             limit = rules.fail_threshold(self._n)
             if self._error_total >= limit:
                 self._decide(Decision.FAIL, "error bound: " + rules.describe(),
-                             f"{self._error_total} errors in n={self._n} reach the limit {limit}")
+                             f"{self._error_total} error{'s' if self._error_total != 1 else ''} "
+                             f"in n={self._n} reach the limit {limit}")
                 return self._decision
         else:
             self._counts[outcome] = self._counts.get(outcome, 0) + 1
@@ -868,8 +870,10 @@ class SequentialTest:
         if wrong:
             text += "; unexpected " + ", ".join(f"{k} x{c}" for k, c in sorted(wrong.items()))
         if self._error_total:
-            text += f"; errors {self._error_total} (" + ", ".join(
-                f"{k} x{c}" for k, c in sorted(self._errors.items())) + ")"
+            lo, hi = clopper_pearson(self._error_total, self._n, 1.0 - self.config.alpha)
+            text += (f"; errors {self._error_total} = {100 * self._error_total / self._n:.1f}% "
+                     f"[{100 * lo:.1f}, {100 * hi:.1f}] (" + ", ".join(
+                         f"{k} x{c}" for k, c in sorted(self._errors.items())) + ")")
         if self._late:
             text += f"; {self._late} late"
         return text + f" ({self._rule})"

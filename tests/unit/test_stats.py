@@ -262,6 +262,7 @@ def test_default_error_bound_fails_on_the_first_error_and_keeps_it_apart() -> No
     assert verdict.counts == {"blue": 1, "green": 1} and verdict.errors == {"error:timeout": 1}
     assert verdict.observed["blue"] == 0.5, "errors must not dilute the observed shares"
     assert verdict.rule.startswith("error bound") and "error:timeout x1" in verdict.message, verdict.message
+    assert "errors 1 = 33.3% [" in verdict.message and verdict.boundary.startswith("1 error in n=3"), verdict
     assert is_error_outcome("status:500") and not is_error_outcome("status:503", {"status:503": 1.0})
 
 
