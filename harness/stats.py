@@ -37,6 +37,10 @@ Split, 0 < p0 < 1 (the share of one tracked outcome; responses pooled in arrival
     a cap (ln(1/0.9e-6) vs ln(1e6)), at the price of a cap about 1.2x the fixed-sample N.
     `operating_characteristic` computes the exact error rates of the whole procedure by
     dynamic programming over these boundaries; the tests check them.
+    An alternative beyond 0 or 1 is clipped to 0 or 1: a version expected at 5% that gets
+    nothing is a misroute (a weight that was never applied) whatever d is, so PASS needs the
+    tracked version seen at least once, and the cap is at least ln(alpha_cap) / ln(1 - p0)
+    (1604 requests at p0 = 0.01): expected shares far below d cost requests.
     If a pass and a fail boundary are crossed at the same n, FAIL wins. Both guarantees hold
     either way (the fail event stays inside the mixture crossing, the pass event inside the
     SPRT rejections). It matters where an alternative sits at 0 or 1: expecting 10% with
