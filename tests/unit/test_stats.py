@@ -220,6 +220,16 @@ def test_cap_decides_a_stream_that_never_crosses() -> None:
     assert verdict.passed == (bounds.cap_lo <= count <= bounds.cap_hi)
 
 
+def test_a_small_share_that_gets_nothing_fails() -> None:
+    # 5% expected, d = 10 points: share 0 is clipped in as the lower alternative, so a weight
+    # that was never applied fails instead of passing inside the tolerance.
+    test = SequentialTest({"blue": 0.05, "green": 0.95}, DEFAULT, label="weighted")
+    while test.observe("green") is Decision.CONTINUE:
+        pass
+    assert test.decision is Decision.FAIL and test.verdict().rule == "mixture fail", test.verdict().message
+    assert test.n < 400, test.n
+
+
 # --------------------------------------------------------------------------- zero-leak, errors
 
 
