@@ -82,6 +82,7 @@ OUTCOME_OTHER = "error:other"
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 1024 * 1024
 _MAX_DETAILS = 20
+_RAMP_S = 0.002  # the longest a worker waits for the previous one's first answer (ramp-up)
 _ANSWER_CACHE = 256
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
@@ -632,7 +633,7 @@ class _Run:
                 self.on_response(observation)
 
 
-def _work(run: _Run, transport: _Transport, tally: _Tally) -> None:
+def _work(run: _Run, transport: _Transport, tally: _Tally, first_answer: threading.Event) -> None:
     clock = time.monotonic
     tickets = run.tickets
     max_requests = run.max_requests
@@ -691,6 +692,7 @@ def _work(run: _Run, transport: _Transport, tally: _Tally) -> None:
             if per_label is None:
                 per_label = counts[request.label] = {}
             per_label[outcome] = per_label.get(outcome, 0) + 1
+            first_answer.set()
             if feeding:
                 run.feed(Observation(request.label, outcome, status, text, clock() - started,
                                      version, detail))
@@ -699,6 +701,7 @@ def _work(run: _Run, transport: _Transport, tally: _Tally) -> None:
             run.failure = exc
         run.stop("interrupted")
     finally:
+        first_answer.set()
         transport.close()
 
 
@@ -751,14 +754,20 @@ def run_load(
         run.stop("max_requests")
     make_transport = _TRANSPORTS[transport]
     tallies = [_Tally() for _ in range(min(concurrency, max_requests))]
+    first_answers = [threading.Event() for _ in tallies]
     workers = [
-        threading.Thread(target=_work, args=(run, make_transport(target), tally),
+        threading.Thread(target=_work, args=(run, make_transport(target), tally, first),
                          name=f"load-{i}", daemon=True)
-        for i, tally in enumerate(tallies)
+        for i, (tally, first) in enumerate(zip(tallies, first_answers, strict=True))
     ]
     try:
-        for worker in workers:
+        for worker, first in zip(workers, first_answers, strict=True):
             worker.start()
+            # Ramp up: the next worker connects once this one has its first answer, or after
+            # _RAMP_S. Opening every connection at once overflows a small listen backlog (5 in
+            # Python's socketserver) and the dropped handshakes cost a 1 s SYN retransmit.
+            if not run.stopped_by:
+                first.wait(_RAMP_S)
         for worker in workers:
             # Every blocking call in a worker ends by the deadline; the margin covers scheduling.
             worker.join(max(run.deadline - time.monotonic(), 0.0) + 5.0)

@@ -356,6 +356,32 @@ def test_max_requests_is_never_exceeded(server: _Server, concurrency: int) -> No
     assert server.received == 37, f"the server got {server.received} requests, the bound is 37"
 
 
+class _SmallBacklogServer(_Server):
+    request_queue_size = 5  # socketserver's default, as in a plain Python server
+
+
+def test_connections_ramp_up_within_a_small_listen_backlog() -> None:
+    """32 workers, a backlog of 5: connecting all at once would drop handshakes (a 1 s SYN retry)."""
+    small = _SmallBacklogServer(share_blue=0.3, seed=7)
+    thread = threading.Thread(target=small.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    slowest = 0.0
+
+    def record(observation: Observation) -> None:
+        nonlocal slowest
+        slowest = max(slowest, observation.elapsed_s)
+
+    try:
+        result = run_load(small.url, [_cls("w", "/score")], max_requests=320, deadline_s=10, concurrency=32,
+                          on_response=record)
+    finally:
+        small.shutdown()
+        small.server_close()
+        thread.join(5.0)
+    assert result.requests == 320, result
+    assert slowest < 0.9, f"the slowest answer took {slowest:.2f}s: a dropped handshake's SYN retransmit"
+
+
 def test_deadline_cuts_stalled_requests_and_drops_them(server: _Server) -> None:
     started = time.monotonic()
     result = run_load(server.url, [_cls("slow", "/stall")], max_requests=1000, deadline_s=0.3,
