@@ -58,6 +58,8 @@ import errno
 import ipaddress
 import itertools
 import json
+import os
+import selectors
 import socket
 import threading
 import time
@@ -82,7 +84,7 @@ OUTCOME_OTHER = "error:other"
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 1024 * 1024
 _MAX_DETAILS = 20
-_RAMP_S = 0.002  # the longest a worker waits for the previous one's first answer (ramp-up)
+_RAMP_S = 0.01  # the longest a new connection waits for the previous one's first answer (ramp-up)
 _ANSWER_CACHE = 256
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
@@ -260,12 +262,6 @@ class _Answer:
     body: bytes
 
 
-class _Transport(Protocol):
-    def exchange(self, request: _Prepared, budget: float) -> _Answer: ...
-
-    def close(self) -> None: ...
-
-
 def _prepare(target: Target, request: RequestClass) -> _Prepared:
     method = request.method.upper()
     path = target.base_path + (request.path if request.path.startswith("/") else "/" + request.path)
@@ -289,226 +285,114 @@ def _prepare(target: Target, request: RequestClass) -> _Prepared:
                      method == "HEAD")
 
 
-class _SocketTransport:
-    """HTTP/1.1 keep-alive over one plain socket; reconnects after any failure."""
+def _parse_answer(buf: bytes, bodyless: bool, eof: bool) -> tuple[_Answer, int, bool] | None:
+    """Parse the answer at the start of `buf`: (answer, bytes used, close after) or None for more.
 
-    def __init__(self, target: Target) -> None:
-        self._addresses = target.addresses
-        self._port = target.port
-        self._sock: socket.socket | None = None
-        self._buf = b""
-
-    def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
-                self._buf = b""
-
-    def exchange(self, request: _Prepared, budget: float) -> _Answer:
-        end = time.monotonic() + budget
-        reused = self._sock is not None
+    Pure, so it can be fed whatever has arrived so far: Content-Length, chunked and
+    close-delimited bodies (complete only once `eof`), interim 1xx answers skipped, no body
+    for HEAD, 204 and 304. Malformed or oversized answers raise `_Failure` (error:other).
+    """
+    start = 0
+    while True:  # one pass per interim (1xx) answer; the final answer returns
+        i = buf.find(b"\r\n\r\n", start)
+        if i < 0:
+            if len(buf) - start > _MAX_HEAD:
+                raise _Failure(OUTCOME_OTHER, f"response head larger than {_MAX_HEAD} bytes")
+            return None
+        lines = buf[start:i].split(b"\r\n")
+        status_line = lines[0].split(b" ", 2)
+        if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
+            raise _Failure(OUTCOME_OTHER, f"not an HTTP/1.x status line: {lines[0][:80]!r}")
         try:
-            try:
-                return self._attempt(request, end)
-            except _StaleConnection:
-                # The server closed an idle keep-alive connection just as it was reused: no
-                # byte came back, so the request never reached it and one retry on a fresh
-                # connection is safe, as urllib3 does. On a fresh connection it is a failure.
-                self.close()
-                if reused:
-                    return self._attempt(request, end)
-                raise
-        except _StaleConnection:
-            self.close()
-            raise _Failure(OUTCOME_CONNECTION, "connection closed before any answer") from None
-        except BaseException:
-            self.close()
-            raise
+            status = int(status_line[1])
+        except ValueError:
+            raise _Failure(OUTCOME_OTHER, f"bad status code: {lines[0][:80]!r}") from None
+        length: int | None = None
+        chunked = False
+        close = status_line[0] == b"HTTP/1.0"
+        version: str | None = None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            key = name.strip().lower()
+            if key == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise _Failure(OUTCOME_OTHER, f"bad content-length {value[:40]!r}") from None
+            elif key == b"x-model-version":
+                version = value.strip().decode("latin-1")
+            elif key == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+            elif key == b"connection":
+                tokens = value.strip().lower()
+                if b"close" in tokens:
+                    close = True
+                elif b"keep-alive" in tokens:
+                    close = False
+        pos = i + 4
+        if 100 <= status < 200 and status != 101:
+            start = pos  # interim answer (100 Continue, 103 Early Hints): the real one follows
+            continue
+        if status == 101:  # switching protocols: nothing more this parser can read
+            return _Answer(status, version, b""), pos, True
+        if bodyless or status in (204, 304):
+            return _Answer(status, version, b""), pos, close
+        if chunked:
+            found = _parse_chunked(buf, pos)
+            if found is None:
+                return None
+            body, end = found
+            return _Answer(status, version, body), end, close
+        if length is not None:
+            if length > _MAX_BODY:
+                raise _Failure(OUTCOME_OTHER, f"body of {length} bytes is over {_MAX_BODY}")
+            if len(buf) < pos + length:
+                return None
+            return _Answer(status, version, buf[pos:pos + length]), pos + length, close
+        # No framing: the body runs to the end of the connection.
+        if len(buf) - pos > _MAX_BODY:
+            raise _Failure(OUTCOME_OTHER, f"body over {_MAX_BODY} bytes")
+        if not eof:
+            return None
+        return _Answer(status, version, buf[pos:]), len(buf), True
 
-    def _connect(self, end: float) -> socket.socket:
-        last: OSError | None = None
-        for address in self._addresses:
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("connect timed out")
-            try:
-                sock = socket.create_connection((address, self._port), timeout=remaining)
-            except TimeoutError:
-                raise
-            except OSError as exc:
-                last = exc
-                continue
-            # Small requests must leave at once: Nagle would hold them for the previous ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        raise last or OSError(errno.ECONNREFUSED, "no address to connect to")
 
-    def _attempt(self, request: _Prepared, end: float) -> _Answer:
-        sock = self._sock
-        if sock is None:
-            try:
-                sock = self._sock = self._connect(end)
-            except TimeoutError:
-                raise _Timeout("connect timed out") from None
-            except OSError as exc:
-                raise _Failure(OUTCOME_CONNECTION, f"connect to port {self._port}: {exc}") from None
-            self._buf = b""
-        self._fresh_answer = not self._buf
+def _parse_chunked(buf: bytes, pos: int) -> tuple[bytes, int] | None:
+    """A chunked body starting at `pos`: (body, end) once complete (trailers read), else None."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        j = buf.find(b"\r\n", pos)
+        if j < 0:
+            if len(buf) - pos > _MAX_HEAD:
+                raise _Failure(OUTCOME_OTHER, "chunk size line too long")
+            return None
+        size_text = buf[pos:j].split(b";", 1)[0].strip()
         try:
-            sock.settimeout(max(end - time.monotonic(), 1e-3))
-            sock.sendall(request.wire)
-            return self._read(sock, request, end)
-        except TimeoutError:
-            raise _Timeout("no answer within the timeout") from None
-        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
-            if self._fresh_answer:
-                raise _StaleConnection() from None
-            raise _Failure(OUTCOME_CONNECTION, f"connection broken: {exc}") from None
-        except OSError as exc:
-            raise _Failure(OUTCOME_CONNECTION, f"socket error: {exc}") from None
-
-    _fresh_answer = True  # no byte of the current answer received yet (stale-connection test)
-
-    def _recv(self, sock: socket.socket, end: float, first: bool) -> bytes:
-        if not first:
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError()
-            sock.settimeout(remaining)
-        data = sock.recv(65536)
-        if data:
-            self._fresh_answer = False
-        return data
-
-    def _read(self, sock: socket.socket, request: _Prepared, end: float) -> _Answer:
-        buf = self._buf
-        first = True
-        while True:  # one pass per interim (1xx) answer; the final answer returns
-            i = buf.find(b"\r\n\r\n")
-            while i < 0:
-                if len(buf) > _MAX_HEAD:
-                    raise _Failure(OUTCOME_OTHER, f"response head larger than {_MAX_HEAD} bytes")
-                data = self._recv(sock, end, first)
-                first = False
-                if not data:
-                    if not buf:
-                        raise _StaleConnection()
-                    raise _Failure(OUTCOME_CONNECTION, "connection closed in the response head")
-                buf += data
-                i = buf.find(b"\r\n\r\n")
-            lines = buf[:i].split(b"\r\n")
-            buf = buf[i + 4:]
-            status_line = lines[0].split(b" ", 2)
-            if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
-                raise _Failure(OUTCOME_OTHER, f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-            try:
-                status = int(status_line[1])
-            except ValueError:
-                raise _Failure(OUTCOME_OTHER, f"bad status code: {lines[0][:80]!r}") from None
-            length: int | None = None
-            chunked = False
-            close = status_line[0] == b"HTTP/1.0"
-            version: str | None = None
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                key = name.strip().lower()
-                if key == b"content-length":
-                    try:
-                        length = int(value)
-                    except ValueError:
-                        raise _Failure(OUTCOME_OTHER, f"bad content-length {value[:40]!r}") from None
-                elif key == b"x-model-version":
-                    version = value.strip().decode("latin-1")
-                elif key == b"transfer-encoding":
-                    chunked = value.strip().lower().endswith(b"chunked")
-                elif key == b"connection":
-                    tokens = value.strip().lower()
-                    if b"close" in tokens:
-                        close = True
-                    elif b"keep-alive" in tokens:
-                        close = False
-            if 100 <= status < 200 and status != 101:
-                continue  # interim answer (100 Continue, 103 Early Hints): the real one follows
-            if request.bodyless or status in (204, 304):
-                body = b""
-            elif chunked:
-                body, buf = self._read_chunked(sock, buf, end)
-            elif length is not None:
-                if length > _MAX_BODY:
-                    raise _Failure(OUTCOME_OTHER, f"body of {length} bytes is over {_MAX_BODY}")
-                while len(buf) < length:
-                    data = self._recv(sock, end, first)
-                    first = False
-                    if not data:
-                        raise _Failure(OUTCOME_CONNECTION, "connection closed in the response body")
-                    buf += data
-                body, buf = buf[:length], buf[length:]
-            else:
-                # No framing: the body runs to the end of the connection.
-                while True:
-                    data = self._recv(sock, end, first)
-                    first = False
-                    if not data:
-                        break
-                    buf += data
-                    if len(buf) > _MAX_BODY:
-                        raise _Failure(OUTCOME_OTHER, f"body over {_MAX_BODY} bytes")
-                body, buf, close = buf, b"", True
-            if close:
-                self.close()
-            else:
-                self._buf = buf
-            return _Answer(status, version, body)
-
-    def _read_chunked(self, sock: socket.socket, buf: bytes, end: float) -> tuple[bytes, bytes]:
-        parts: list[bytes] = []
-        size_total = 0
-
-        def fill(need_crlf_at: int | None = None, need_len: int | None = None) -> None:
-            nonlocal buf
-            while (need_len is not None and len(buf) < need_len) or (
-                need_crlf_at is not None and buf.find(b"\r\n") < 0
-            ):
-                data = self._recv(sock, end, False)
-                if not data:
-                    raise _Failure(OUTCOME_CONNECTION, "connection closed in a chunked body")
-                buf += data
-                if len(buf) > _MAX_BODY + _MAX_HEAD:
-                    raise _Failure(OUTCOME_OTHER, "chunked body too large")
-
-        while True:
-            fill(need_crlf_at=0)
-            j = buf.find(b"\r\n")
-            size_text = buf[:j].split(b";", 1)[0].strip()
-            buf = buf[j + 2:]
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _Failure(OUTCOME_OTHER, f"bad chunk size {size_text[:20]!r}") from None
-            if size == 0:
-                while True:  # trailer fields, then the empty line that ends the message
-                    fill(need_crlf_at=0)
-                    j = buf.find(b"\r\n")
-                    line, buf = buf[:j], buf[j + 2:]
-                    if not line:
-                        return b"".join(parts), buf
-            size_total += size
-            if size_total > _MAX_BODY:
-                raise _Failure(OUTCOME_OTHER, f"chunked body over {_MAX_BODY} bytes")
-            fill(need_len=size + 2)
-            parts.append(buf[:size])
-            buf = buf[size + 2:]
+            size = int(size_text, 16)
+        except ValueError:
+            raise _Failure(OUTCOME_OTHER, f"bad chunk size {size_text[:20]!r}") from None
+        pos = j + 2
+        if size == 0:
+            while True:  # trailer fields, then the empty line that ends the message
+                j = buf.find(b"\r\n", pos)
+                if j < 0:
+                    return None
+                line, pos = buf[pos:j], j + 2
+                if not line:
+                    return b"".join(parts), pos
+        total += size
+        if total > _MAX_BODY:
+            raise _Failure(OUTCOME_OTHER, f"chunked body over {_MAX_BODY} bytes")
+        if len(buf) < pos + size + 2:
+            return None
+        parts.append(buf[pos:pos + size])
+        pos += size + 2
 
 
 class _Timeout(_Failure):
     def __init__(self, detail: str) -> None:
         super().__init__(OUTCOME_TIMEOUT, detail)
-
-
-class _StaleConnection(Exception):
-    """The connection ended before any byte of the answer: maybe a closed idle keep-alive."""
 
 
 class _RequestsTransport:
@@ -541,10 +425,7 @@ class _RequestsTransport:
         return _Answer(response.status_code, response.headers.get(VERSION_HEADER), body)
 
 
-_TRANSPORTS: dict[str, Callable[[Target], _Transport]] = {
-    "socket": _SocketTransport,
-    "requests": _RequestsTransport,
-}
+TRANSPORTS = ("socket", "requests")
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -598,6 +479,7 @@ class _Run:
         self.deadline = deadline
         self.timeout_s = timeout_s
         self.on_response = on_response
+        self.feeding = tests is not None or on_response is not None
         self.tickets = itertools.count()
         self.lock = threading.Lock()
         self._stop_lock = threading.Lock()  # apart from `lock`: feed() stops while holding it
@@ -633,69 +515,325 @@ class _Run:
                 self.on_response(observation)
 
 
-def _work(run: _Run, transport: _Transport, tally: _Tally, first_answer: threading.Event) -> None:
-    clock = time.monotonic
-    tickets = run.tickets
-    max_requests = run.max_requests
-    deadline = run.deadline
-    timeout_s = run.timeout_s
-    counts = tally.counts
-    answers = tally.answers
-    feeding = run.tests is not None or run.on_response is not None
+def _take(run: _Run) -> tuple[_Prepared, float, float] | None:
+    """The next request to send: (request, start time, time budget), or None: the run is over.
+
+    The ticket is one atomic `next` on an `itertools.count` (under the GIL), so the count
+    bound holds across threads without a lock.
+    """
+    if run.stopped_by:
+        return None
+    active = run.active
+    if not active:
+        run.stop("decided")
+        return None
+    ticket = next(run.tickets)
+    if ticket >= run.max_requests:
+        run.stop("max_requests")
+        return None
+    started = time.monotonic()
+    remaining = run.deadline - started
+    if remaining <= 0:
+        run.stop("deadline")
+        return None
+    budget = run.timeout_s if run.timeout_s <= remaining else remaining
+    return active[ticket % len(active)], started, budget
+
+
+def _record(run: _Run, tally: _Tally, request: _Prepared, started: float, budget: float,
+            answer: _Answer | None, failure: _Failure | None) -> bool:
+    """Classify, count and feed one exchange; False if the deadline cut it (dropped, not counted)."""
+    status: int | None = None
+    version: str | None = None
+    text: str | None = None
+    detail = ""
+    if failure is not None:
+        if failure.kind == OUTCOME_TIMEOUT and budget < run.timeout_s:
+            tally.abandoned += 1  # the run's deadline timed it out, not the target
+            run.stop("deadline")
+            return False
+        outcome = failure.kind
+        detail = str(failure)
+        if len(tally.details) < _MAX_DETAILS:
+            tally.details.append(f"{request.label}: {outcome}: {detail}")
+    else:
+        assert answer is not None
+        status = answer.status
+        version = answer.version
+        text = tally.answer_text(answer.body)
+        if version is not None and status < 400:
+            outcome = version
+            per_version = tally.answers.get(version)
+            if per_version is None:
+                per_version = tally.answers[version] = {}
+            per_version[text] = per_version.get(text, 0) + 1
+        else:
+            outcome = f"status:{status}"
+            if len(tally.details) < _MAX_DETAILS:
+                tally.details.append(f"{request.label}: {outcome}: {text[:200]}")
+    per_label = tally.counts.get(request.label)
+    if per_label is None:
+        per_label = tally.counts[request.label] = {}
+    per_label[outcome] = per_label.get(outcome, 0) + 1
+    if run.feeding:
+        run.feed(Observation(request.label, outcome, status, text, time.monotonic() - started,
+                             version, detail))
+    return True
+
+
+# --- transport "socket": one event loop multiplexing every connection ------------------------
+
+
+class _Conn:
+    """One keep-alive connection of the event loop and the request it carries."""
+
+    __slots__ = ("sock", "buf", "out", "request", "started", "budget", "expires", "connecting",
+                 "reused", "retried", "address")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.out = b""
+        self.request: _Prepared | None = None
+        self.started = 0.0
+        self.budget = 0.0
+        self.expires = 0.0
+        self.connecting = False
+        self.reused = False  # the socket answered before: a close before any byte may be stale
+        self.retried = False
+        self.address = 0  # index into the target's addresses
+
+
+class _EventLoop:
+    """All connections in the calling thread: no locks, no thread switches, one `select` per batch.
+
+    Each connection carries one request at a time (HTTP/1.1 keep-alive, no pipelining), so
+    `concurrency` connections keep `concurrency` requests in flight, as `hey -c` does.
+    """
+
+    def __init__(self, run: _Run, target: Target, tally: _Tally) -> None:
+        self.run = run
+        self.tally = tally
+        self.port = target.port
+        # IPv4 first: a server that binds 127.0.0.1 is the common case behind "localhost".
+        self.addresses = sorted(target.addresses, key=lambda a: ":" in a)
+        self.selector = selectors.DefaultSelector()
+        self.busy: set[_Conn] = set()
+        # Connects refused on the spot, handled by the loop: failing them at once would recurse
+        # (fail, next request, connect, fail, ...) as deep as the request budget.
+        self.refused: list[tuple[_Conn, int]] = []
+
+    def run_until_done(self, concurrency: int) -> None:
+        run = self.run
+        opened = 0
+        newest: _Conn | None = None  # the newest connection, until its first answer
+        next_open = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                # Ramp up: open the next connection once the newest one has answered, or after
+                # _RAMP_S. Opening every connection at once overflows a small listen backlog
+                # (5 in Python's socketserver) and the dropped handshakes cost a 1 s SYN retry.
+                if opened < concurrency and not run.stopped_by and (newest is None or now >= next_open):
+                    opened += 1
+                    conn = _Conn()
+                    if self._begin(conn):
+                        newest, next_open = conn, now + _RAMP_S
+                    continue
+                while self.refused:
+                    conn, err = self.refused.pop()
+                    self._connect_failed(conn, err)
+                if not self.busy:
+                    return
+                wake = min(c.expires for c in self.busy)
+                if opened < concurrency and newest is not None and not run.stopped_by:
+                    wake = min(wake, next_open)
+                for key, mask in self.selector.select(max(wake - now, 0.0)):
+                    conn = key.data
+                    if conn.request is not None and self._ready(conn, mask) and conn is newest:
+                        newest = None
+                now = time.monotonic()
+                for conn in [c for c in self.busy if c.expires <= now]:
+                    self._fail(conn, _Timeout("no answer within the timeout"))
+        finally:
+            for conn in list(self.busy):
+                self._close(conn)
+            self.selector.close()
+
+    # ---------------------------------------------------------------- one request
+
+    def _begin(self, conn: _Conn) -> bool:
+        """Start the next request on `conn`; False (and the connection closed) when the run is over."""
+        taken = _take(self.run)
+        if taken is None:
+            self._close(conn)
+            self.busy.discard(conn)
+            return False
+        conn.request, conn.started, conn.budget = taken
+        conn.expires = conn.started + conn.budget
+        conn.retried = False
+        conn.reused = conn.sock is not None
+        self.busy.add(conn)
+        self._send_or_connect(conn)
+        return True
+
+    def _send_or_connect(self, conn: _Conn) -> None:
+        assert conn.request is not None
+        conn.out = conn.request.wire
+        if conn.sock is None:
+            self._connect(conn)
+        else:
+            self._send(conn)
+
+    def _connect(self, conn: _Conn) -> None:
+        address = self.addresses[conn.address % len(self.addresses)]
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        # Small requests must leave at once: Nagle would hold them for the previous ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock, conn.buf, conn.connecting = sock, b"", True
+        err = sock.connect_ex((address, self.port))
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self.refused.append((conn, err))
+            return
+        self.selector.register(sock, selectors.EVENT_WRITE, conn)
+
+    def _connect_failed(self, conn: _Conn, err: int) -> None:
+        self._close(conn)
+        if conn.address + 1 < len(self.addresses):  # localhost: try its other address
+            conn.address += 1
+            self._connect(conn)
+            return
+        conn.address = 0
+        self._fail(conn, _Failure(OUTCOME_CONNECTION, f"connect to port {self.port}: {os.strerror(err)}"))
+
+    def _send(self, conn: _Conn) -> None:
+        sock = conn.sock
+        assert sock is not None
+        try:
+            sent = sock.send(conn.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._broken(conn, exc)
+            return
+        conn.out = conn.out[sent:]
+        events = selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ
+        try:
+            self.selector.modify(sock, events, conn)
+        except KeyError:
+            self.selector.register(sock, events, conn)
+
+    def _ready(self, conn: _Conn, mask: int) -> bool:
+        """Handle one readiness event; True when it completed an answer."""
+        sock = conn.sock
+        assert sock is not None
+        if conn.connecting:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.selector.unregister(sock)
+                self._connect_failed(conn, err)
+                return False
+            conn.connecting = False
+            self._send(conn)
+            return False
+        if conn.out:
+            self._send(conn)
+            return False
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._broken(conn, exc)
+            return False
+        if data:
+            conn.buf += data
+        elif not conn.buf:
+            self._stale(conn)
+            return False
+        assert conn.request is not None
+        try:
+            parsed = _parse_answer(conn.buf, conn.request.bodyless, eof=not data)
+        except _Failure as failure:
+            self._fail(conn, failure)
+            return False
+        if parsed is None:
+            if not data:
+                self._fail(conn, _Failure(OUTCOME_CONNECTION, "connection closed in the middle of the answer"))
+            return False
+        answer, used, close = parsed
+        request, started, budget = conn.request, conn.started, conn.budget
+        if close:
+            self._close(conn)
+        else:
+            conn.buf = conn.buf[used:]
+        conn.request = None
+        self.busy.discard(conn)
+        _record(self.run, self.tally, request, started, budget, answer, None)
+        self._begin(conn)
+        return True
+
+    def _broken(self, conn: _Conn, exc: OSError) -> None:
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) and not conn.buf:
+            self._stale(conn)
+        else:
+            self._fail(conn, _Failure(OUTCOME_CONNECTION, f"connection broken: {exc}"))
+
+    def _stale(self, conn: _Conn) -> None:
+        """The connection ended before any byte of the answer."""
+        self._close(conn)
+        if conn.reused and not conn.retried:
+            # The server closed an idle keep-alive connection just as it was reused: the request
+            # never reached it, so one retry on a fresh connection is safe, as urllib3 does.
+            conn.retried = True
+            conn.reused = False
+            self._send_or_connect(conn)
+            return
+        self._fail(conn, _Failure(OUTCOME_CONNECTION, "connection closed before any answer"))
+
+    def _fail(self, conn: _Conn, failure: _Failure) -> None:
+        """Count a failed request, drop its connection (a late answer must never be read as the
+        next one's), and go on with the next request on a fresh connection."""
+        self._close(conn)
+        request, started, budget = conn.request, conn.started, conn.budget
+        conn.request = None
+        self.busy.discard(conn)
+        assert request is not None
+        if _record(self.run, self.tally, request, started, budget, None, failure):
+            self._begin(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        sock = conn.sock
+        if sock is None:
+            return
+        conn.sock, conn.buf, conn.out, conn.connecting = None, b"", b"", False
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        sock.close()
+
+
+# --- transport "requests": one requests.Session per worker thread ----------------------------
+
+
+def _work(run: _Run, transport: _RequestsTransport, tally: _Tally, first_answer: threading.Event) -> None:
     try:
-        while not run.stopped_by:
-            active = run.active
-            if not active:
-                run.stop("decided")
+        while True:
+            taken = _take(run)
+            if taken is None:
                 break
-            ticket = next(tickets)
-            if ticket >= max_requests:
-                run.stop("max_requests")
-                break
-            started = clock()
-            remaining = deadline - started
-            if remaining <= 0:
-                run.stop("deadline")
-                break
-            request = active[ticket % len(active)]
-            budget = timeout_s if timeout_s <= remaining else remaining
-            status: int | None = None
-            version: str | None = None
-            text: str | None = None
-            detail = ""
+            request, started, budget = taken
+            answer: _Answer | None = None
+            failure: _Failure | None = None
             try:
                 answer = transport.exchange(request, budget)
-            except _Failure as failure:
-                if failure.kind == OUTCOME_TIMEOUT and budget < timeout_s:
-                    tally.abandoned += 1  # the deadline's timeout, not the target's
-                    run.stop("deadline")
-                    break
-                outcome = failure.kind
-                detail = str(failure)
-                if len(tally.details) < _MAX_DETAILS:
-                    tally.details.append(f"{request.label}: {outcome}: {detail}")
-            else:
-                status = answer.status
-                version = answer.version
-                text = tally.answer_text(answer.body)
-                if version is not None and status < 400:
-                    outcome = version
-                    per_version = answers.get(version)
-                    if per_version is None:
-                        per_version = answers[version] = {}
-                    per_version[text] = per_version.get(text, 0) + 1
-                else:
-                    outcome = f"status:{status}"
-                    if len(tally.details) < _MAX_DETAILS:
-                        tally.details.append(f"{request.label}: {outcome}: {text[:200]}")
-            per_label = counts.get(request.label)
-            if per_label is None:
-                per_label = counts[request.label] = {}
-            per_label[outcome] = per_label.get(outcome, 0) + 1
+            except _Failure as exc:
+                failure = exc
+            if not _record(run, tally, request, started, budget, answer, failure):
+                break
             first_answer.set()
-            if feeding:
-                run.feed(Observation(request.label, outcome, status, text, clock() - started,
-                                     version, detail))
     except BaseException as exc:  # a bug or a failing callback: stop everyone and re-raise
         if run.failure is None:
             run.failure = exc
@@ -703,6 +841,35 @@ def _work(run: _Run, transport: _Transport, tally: _Tally, first_answer: threadi
     finally:
         first_answer.set()
         transport.close()
+
+
+def _run_threads(run: _Run, target: Target, concurrency: int) -> list[_Tally]:
+    tallies = [_Tally() for _ in range(concurrency)]
+    first_answers = [threading.Event() for _ in tallies]
+    workers = [
+        threading.Thread(target=_work, args=(run, _RequestsTransport(target), tally, first),
+                         name=f"load-{i}", daemon=True)
+        for i, (tally, first) in enumerate(zip(tallies, first_answers, strict=True))
+    ]
+    try:
+        for worker, first in zip(workers, first_answers, strict=True):
+            worker.start()
+            if not run.stopped_by:
+                first.wait(_RAMP_S)  # ramp up, as the event loop does
+        for worker in workers:
+            # Every blocking call in a worker ends by the deadline; the margin covers scheduling.
+            worker.join(max(run.deadline - time.monotonic(), 0.0) + 5.0)
+    except BaseException:
+        run.stop("interrupted")
+        for worker in workers:
+            worker.join(run.timeout_s + 1.0)
+        raise
+    if run.failure is not None:
+        raise run.failure
+    stuck = [w.name for w in workers if w.is_alive()]
+    if stuck:
+        raise HarnessError(f"load workers still running after the deadline: {', '.join(stuck)}")
+    return tallies
 
 
 def run_load(
@@ -723,8 +890,10 @@ def run_load(
     else `NotLoopback`. `tests` maps each class label to its live sequential test; the run
     stops when all have decided. It always stops after `max_requests` requests or
     `deadline_s` seconds, whichever comes first: a request's timeout is cut to the time left,
-    and a request cut off that way is dropped (counted in `abandoned`). `on_response` is
-    called once per answer, one call at a time, from the worker threads.
+    and a request cut off that way is dropped (counted in `abandoned`). `concurrency`
+    requests are in flight at once, each on its own keep-alive connection. `on_response` is
+    called once per answer, one call at a time (in the calling thread for the socket
+    transport, from worker threads for the requests transport).
     """
     target = loopback_target(base_url)
     if max_requests < 0:
@@ -733,8 +902,8 @@ def run_load(
         raise ValueError(f"deadline_s and timeout_s must be > 0, got {deadline_s} and {timeout_s}")
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    if transport not in _TRANSPORTS:
-        raise ValueError(f"transport must be one of {sorted(_TRANSPORTS)}, got {transport!r}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     if not classes:
         raise ValueError("no request classes to send")
     labels = [c.label for c in classes]
@@ -752,36 +921,17 @@ def run_load(
     run = _Run(prepared, tests, max_requests, started + deadline_s, timeout_s, on_response)
     if max_requests == 0:
         run.stop("max_requests")
-    make_transport = _TRANSPORTS[transport]
-    tallies = [_Tally() for _ in range(min(concurrency, max_requests))]
-    first_answers = [threading.Event() for _ in tallies]
-    workers = [
-        threading.Thread(target=_work, args=(run, make_transport(target), tally, first),
-                         name=f"load-{i}", daemon=True)
-        for i, (tally, first) in enumerate(zip(tallies, first_answers, strict=True))
-    ]
-    try:
-        for worker, first in zip(workers, first_answers, strict=True):
-            worker.start()
-            # Ramp up: the next worker connects once this one has its first answer, or after
-            # _RAMP_S. Opening every connection at once overflows a small listen backlog (5 in
-            # Python's socketserver) and the dropped handshakes cost a 1 s SYN retransmit.
-            if not run.stopped_by:
-                first.wait(_RAMP_S)
-        for worker in workers:
-            # Every blocking call in a worker ends by the deadline; the margin covers scheduling.
-            worker.join(max(run.deadline - time.monotonic(), 0.0) + 5.0)
-    except BaseException:
-        run.stop("interrupted")
-        for worker in workers:
-            worker.join(timeout_s + 1.0)
-        raise
+    workers = max(1, min(concurrency, max_requests))
+    if transport == "socket":
+        tallies = [_Tally()]
+        try:
+            _EventLoop(run, target, tallies[0]).run_until_done(workers)
+        except BaseException:
+            run.stop("interrupted")
+            raise
+    else:
+        tallies = _run_threads(run, target, workers)
     elapsed = time.monotonic() - started
-    if run.failure is not None:
-        raise run.failure
-    stuck = [w.name for w in workers if w.is_alive()]
-    if stuck:
-        raise HarnessError(f"load workers still running after the deadline: {', '.join(stuck)}")
     if not run.stopped_by:
         run.stop("deadline" if time.monotonic() >= run.deadline else "max_requests")
     return _merge(run, tallies, labels, elapsed)
