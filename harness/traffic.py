@@ -1,7 +1,8 @@
 """Load generator: sends request classes to a loopback gateway and classifies every answer.
 
-`run_load` drives a pool of worker threads, each with its own keep-alive connection, round-robin
-over the request classes that have not been decided yet. Every answer is classified:
+`run_load` keeps `concurrency` requests in flight, each on its own HTTP/1.1 keep-alive
+connection, round-robin over the request classes that have not been decided yet. Every answer
+is classified:
 
 ==============================================  =====================================
 what came back                                  outcome
@@ -20,35 +21,46 @@ the run stops as soon as every class has decided; a decided class gets no more r
 answers still in flight when it decided reach its test, which counts them as late). Every
 run is also bounded by `max_requests` and `deadline_s`, and only loopback targets are accepted.
 
-Transport, decided by measurement (``python -m bench.bench_traffic``: 2 shared cores, loopback,
-8 workers, the server in its own process; requests/s, median of 3; ``hey`` is the Go load
-generator run with the same -n and -c against the same server):
+Transport, decided by measurement (``python -m bench.bench_traffic``: 2 cores shared with other
+work, loopback, the server in its own process; requests/s, median of 3 runs; ``hey`` is the Go
+load generator run with the same -n and -c against the same server; figures vary by about
++-20% from run to run on this machine):
 
-=================================  =======  ===============  =================  =========
-server                             hey      socket (ratio)   requests (ratio)   goal 0.5
-=================================  =======  ===============  =================  =========
-minimal asyncio server             17,900   15,500 (0.81)    1,960 (0.12)       socket
-``harness.scorer`` + TCP_NODELAY   11,800   13,100 (1.06)    1,710 (0.13)       socket
-``harness.scorer`` as shipped         174      180 (1.01)      170 (0.95)       both
-=================================  =======  ===============  =================  =========
+=====================  ===  ======  =================  ===================
+server                 c    hey     socket (ratio)     requests (ratio)
+=====================  ===  ======  =================  ===================
+``harness.scorer``     1    8,500   11,100 (1.34)      2,800 (0.31)
+``harness.scorer``     8    19,000  11,100 (0.53)      2,300 (0.22)
+``harness.scorer``     64   18,500  12,300 (0.63)      2,200 (0.20)
+minimal asyncio        1    14,800  17,800 (1.19)      3,400 (0.23)
+minimal asyncio        8    61,300  105,000 (1.71)     2,700 (0.05)
+minimal asyncio        64   59,300  101,000 (1.70)     2,500 (0.05)
+=====================  ===  ======  =================  ===================
 
-- ``transport="socket"`` (the default): one plain TCP socket per worker thread speaking
-  HTTP/1.1 keep-alive with a small response parser (Content-Length, chunked,
-  close-delimited, 1xx, HEAD/204/304). A profile puts its Python cost at about 12 us per
-  request; a single worker makes about 40,000 requests/s against the asyncio server.
+Against the scorer the server is the bottleneck (it answers 11,000-14,000 requests/s to
+either Python client; ``hey`` varied from 8,000 to 22,000 there). The fast server shows the
+generator's own cost.
+
+- ``transport="socket"`` (the default): one event loop (`selectors`, in the calling thread)
+  multiplexes every connection over non-blocking sockets, with a small pure parser for
+  HTTP/1.1 answers (Content-Length, chunked, close-delimited, 1xx, HEAD/204/304). No locks,
+  no thread switches; about 10 us per request all told (95,000 requests/s at c=8).
 - ``transport="requests"``: one `requests.Session` per worker thread, as first planned. It
-  costs about 450 us of Python per request, so the generator, not the gateway, becomes the
-  bottleneck (0.12x of ``hey``). Kept for comparison and for targets that need what
-  `requests` adds.
-- A prototype with `http.client.HTTPConnection` per thread sat in between (8,500 requests/s
-  where ``hey`` made 28,000: 0.3x); its header parsing via the email package is most of it.
+  costs about 300-400 us of Python per request, so the generator, not the gateway, is the
+  bottleneck (0.05-0.3x of ``hey``). Kept for comparison and for what `requests` adds.
+- Measured and dropped: one blocking socket per worker thread was as fast at c=4 (70,000
+  against hey's 61,000 on the asyncio server) but fell to 0.66x at c=8 and 0.30x at c=64
+  (18,800 against 64,600), the threads fighting for the GIL; a prototype with
+  `http.client.HTTPConnection` per thread made 0.3x at c=8 (its header parsing through the
+  email package is most of its cost).
 
-The scorer as shipped answers in about 45 ms whatever the client: it writes headers and body
-separately and Nagle holds the body until the client's delayed ACK.
+New connections ramp up: each waits for the previous one's first answer (at most 10 ms).
+Opening them all at once overflows a small listen backlog (5 in Python's socketserver, the
+scorer's) and every dropped handshake costs a 1 s SYN retransmit.
 
-The shared state is lock-free on the hot path: tickets come from an `itertools.count` (one
-atomic `next` under the GIL), counts are per worker and merged at the end, and a lock is taken
-only to feed the sequential tests and the `on_response` callback, which therefore see one
+Counting is lock-free: tickets come from an `itertools.count` (one atomic `next` under the
+GIL) and counts are kept per worker and merged at the end. A lock is taken only to feed the
+sequential tests and `on_response` (uncontended in the event loop), which therefore see one
 answer at a time.
 """
 
