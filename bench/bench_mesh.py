@@ -114,9 +114,8 @@ def timed_run(stages: Sequence[str] | None = None) -> dict[str, Any]:
     Returns ``{"total_s", "up_s", "stages": [{"name", "apply_s", "converge_s", "sample_s",
     "requests", "passed"}], "passed"}``. Needs ``harness.rollout`` and ``harness.stats``.
     """
-    from harness.stats import StatsConfig
-
     from harness import rollout
+    from harness.stats import StatsConfig
 
     plan = load_plan()
     chosen = [plan.stage(s) for s in stages] if stages else list(plan.stages)

@@ -159,10 +159,13 @@ def _weights_patch(stage: Stage, base: list[dict[str, Any]]) -> dict[str, Any]:
             )
         path = f"/spec/http/{index}/route/{where[0]}"
         # `test` makes kustomize fail loudly if the base moved under us.
-        ops.append({"op": "test", "path": f"{path}/destination/host", "value": route[where[0]]["destination"]["host"]})
+        host = route[where[0]]["destination"]["host"]
+        ops.append({"op": "test", "path": f"{path}/destination/host", "value": host})
         ops.append({"op": "add", "path": f"{path}/weight", "value": weight})
     if len(route) != len(stage.weights):
         raise ConfigError(
-            obj, f"spec.http[{index}].route", f"has {len(route)} destinations, the plan has {len(stage.weights)} versions"
+            obj,
+            f"spec.http[{index}].route",
+            f"has {len(route)} destinations, the plan has {len(stage.weights)} versions",
         )
     return {"patch": json.dumps(ops), "target": {"kind": "VirtualService", "name": vs["metadata"]["name"]}}

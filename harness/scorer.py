@@ -40,7 +40,7 @@ class ScorerConfig:
     def __init__(self, environ: dict[str, str] | os._Environ[str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.host = env.get("SCORER_HOST", "0.0.0.0")  # noqa: S104 - a container must listen on all interfaces
-        self.port = _number(env, "PORT", "5001", int)
+        self.port = int(_number(env, "PORT", "5001", int))
         self.answer = env.get("SCORER_ANSWER", "New Model A")
         self.version = env.get("MODEL_VERSION", "unknown")
         self.latency_s = _number(env, "SCORER_LATENCY_MS", "0", float) / 1000.0
@@ -127,7 +127,7 @@ def serve(config: ScorerConfig) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), server.server_address[1]
     print(
         f"scorer {config.version!r} answering {config.answer!r} on {host}:{port}",
         file=sys.stderr,

@@ -100,7 +100,8 @@ def test_base_without_weighted_route_is_a_config_error(tmp_path: Path) -> None:
     base = _copy_base(tmp_path)
     vs = base / "virtualservice.yaml"
     vs.write_text(vs.read_text().replace("name: weighted", "name: split"))
-    with pytest.raises(ConfigError, match=r"VirtualService mlmodel-virtualservice: spec.http: no route named 'weighted'"):
+    expected = r"VirtualService mlmodel-virtualservice: spec.http: no route named 'weighted'"
+    with pytest.raises(ConfigError, match=expected):
         render_stage(PLAN, "Blue_50", base_dir=base)
 
 
