@@ -630,10 +630,11 @@ class _EventLoop:
         # IPv4 first: a server that binds 127.0.0.1 is the common case behind "localhost".
         self.addresses = sorted(target.addresses, key=lambda a: ":" in a)
         self.selector = selectors.DefaultSelector()
-        self.busy: set[_Conn] = set()
+        self.busy: set[_Conn] = set()  # connections with a request in flight
+        self.conns: list[_Conn] = []  # every connection, for the cleanup
         # Connects refused on the spot, handled by the loop: failing them at once would recurse
         # (fail, next request, connect, fail, ...) as deep as the request budget.
-        self.refused: list[tuple[_Conn, int]] = []
+        self.refused: list[tuple[_Conn, socket.socket, int]] = []
 
     def run_until_done(self, concurrency: int) -> None:
         run = self.run
@@ -649,26 +650,28 @@ class _EventLoop:
                 if opened < concurrency and not run.stopped_by and (newest is None or now >= next_open):
                     opened += 1
                     conn = _Conn()
+                    self.conns.append(conn)
                     if self._begin(conn):
                         newest, next_open = conn, now + _RAMP_S
                     continue
                 while self.refused:
-                    conn, err = self.refused.pop()
-                    self._connect_failed(conn, err)
+                    conn, sock, err = self.refused.pop()
+                    if conn.sock is sock:  # not timed out and moved on meanwhile
+                        self._connect_failed(conn, err)
                 if not self.busy:
                     return
                 wake = min(c.expires for c in self.busy)
                 if opened < concurrency and newest is not None and not run.stopped_by:
                     wake = min(wake, next_open)
-                for key, mask in self.selector.select(max(wake - now, 0.0)):
+                for key, _ in self.selector.select(max(wake - now, 0.0)):
                     conn = key.data
-                    if conn.request is not None and self._ready(conn, mask) and conn is newest:
+                    if conn.request is not None and self._ready(conn) and conn is newest:
                         newest = None
                 now = time.monotonic()
                 for conn in [c for c in self.busy if c.expires <= now]:
                     self._fail(conn, _Timeout("no answer within the timeout"))
         finally:
-            for conn in list(self.busy):
+            for conn in self.conns:
                 self._close(conn)
             self.selector.close()
 
@@ -706,7 +709,7 @@ class _EventLoop:
         conn.sock, conn.buf, conn.connecting = sock, b"", True
         err = sock.connect_ex((address, self.port))
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            self.refused.append((conn, err))
+            self.refused.append((conn, sock, err))
             return
         self.selector.register(sock, selectors.EVENT_WRITE, conn)
 
@@ -736,7 +739,7 @@ class _EventLoop:
         except KeyError:
             self.selector.register(sock, events, conn)
 
-    def _ready(self, conn: _Conn, mask: int) -> bool:
+    def _ready(self, conn: _Conn) -> bool:
         """Handle one readiness event; True when it completed an answer."""
         sock = conn.sock
         assert sock is not None

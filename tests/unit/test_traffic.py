@@ -8,9 +8,11 @@ served, so the generator's counts are checked against the truth, not against the
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import json
+import os
 import random
 import socket
 import sys
@@ -344,6 +346,79 @@ def test_on_response_sees_one_answer_at_a_time(server: _Server) -> None:
                       on_response=callback)
     assert calls == result.requests == 200
     assert overlaps == 0, "on_response must be called one answer at a time"
+
+
+@pytest.mark.parametrize(
+    ("wire", "bodyless", "status", "body", "close"),
+    [
+        (b"HTTP/1.1 200 OK\r\nx-model-version: blue\r\ncontent-length: 13\r\n\r\n\"New Model B\"",
+         False, 200, b'"New Model B"', False),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n"
+         b"Connection: close\r\n\r\nno", False, 503, b"no", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nt: 1\r\n\r\n",
+         False, 200, b"abcde", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n", True, 200, b"", False),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", False, 204, b"", False),
+    ],
+)
+def test_answers_parse_only_once_complete(wire: bytes, bodyless: bool, status: int, body: bytes,
+                                          close: bool) -> None:
+    """Fed every prefix of an answer, the parser waits; fed all of it, it parses exactly it."""
+    for cut in range(len(wire)):
+        assert traffic._parse_answer(wire[:cut], bodyless, eof=False) is None, f"parsed early at byte {cut}"
+    parsed = traffic._parse_answer(wire + b"HTTP/1.1 next", bodyless, eof=False)
+    assert parsed is not None
+    answer, used, closes = parsed
+    assert (answer.status, answer.body, used, closes) == (status, body, len(wire), close)
+
+
+def test_a_close_delimited_body_ends_at_eof() -> None:
+    wire = b"HTTP/1.0 200 OK\r\nx-model-version: green\r\n\r\nsome body"
+    assert traffic._parse_answer(wire, False, eof=False) is None
+    parsed = traffic._parse_answer(wire, False, eof=True)
+    assert parsed is not None and parsed[0].body == b"some body" and parsed[0].version == "green" and parsed[2]
+
+
+def _client_sockets(*ports: int) -> int:
+    """Sockets this process holds whose peer is one of `ports` (the client ends, not the server's)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    held = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) in ports:
+                    held += 1
+    return held
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs Linux /proc")
+def test_no_connection_outlives_the_run(server: _Server, closed_port: int) -> None:
+    port = int(server.server_address[1])
+
+    def open_fds() -> int:
+        return _client_sockets(port, closed_port)
+
+    before = open_fds()
+    assert before == 0
+    run_load(server.url, STANDARD_CLASSES, max_requests=200, deadline_s=10, concurrency=8)
+    run_load(f"http://127.0.0.1:{closed_port}", STANDARD_CLASSES, max_requests=20, deadline_s=10, concurrency=4)
+    run_load(server.url, [_cls("slow", "/stall")], max_requests=50, deadline_s=0.2, concurrency=4)
+
+    def explode(observation: Observation) -> None:
+        raise RuntimeError("callback broke")
+
+    with pytest.raises(RuntimeError) as caught:
+        run_load(server.url, STANDARD_CLASSES, max_requests=200, deadline_s=10, concurrency=8, on_response=explode)
+    # Checked while the traceback (and so every frame of the run) is alive: garbage collection
+    # must not be what closes them.
+    assert caught.traceback
+    assert open_fds() == before, "every socket a run opens must be closed when it returns or raises"
 
 
 # --- bounds -------------------------------------------------------------------------------
