@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from harness.errors import ConfigError, HarnessError
-from harness.plan import load_plan
+from harness.plan import RolloutPlan, Stage, load_plan
 from harness.render import render_stage, render_yaml
 
 
@@ -48,16 +48,22 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
         return 1 if failed else 0
     plan = load_plan(args.plan)
     stages = [plan.stage(args.stage)] if args.stage else list(plan.stages)
-    failed = False
+    return 0 if validate_stages(plan, stages, out) else 1
+
+
+def validate_stages(plan: RolloutPlan, stages: Sequence[Stage], out: TextIO) -> bool:
+    """Render and validate each stage, one line each (weights, verdict) plus its findings."""
+    from harness.validate import has_errors, validate_objects
+
+    valid = True
     for stage in stages:
         findings = validate_objects(render_stage(plan, stage))
         errors = has_errors(findings)
-        failed = failed or errors
-        verdict = "INVALID" if errors else "valid"
-        out.write(f"{stage.name:<11} {stage.summary():<40} {verdict}\n")
+        valid = valid and not errors
+        out.write(f"{stage.name:<11} {stage.summary():<40} {'INVALID' if errors else 'valid'}\n")
         for finding in findings:
             out.write(f"    {finding}\n")
-    return 1 if failed else 0
+    return valid
 
 
 def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
@@ -85,6 +91,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     def progress(line: str) -> None:
         print(f"[abtest] {line}", file=sys.stderr, flush=True)
 
+    # Offline first: a broken manifest is named before anything is started.
+    if not validate_stages(plan, stages, out):
+        out.write("FAIL: invalid manifests; nothing was started\n")
+        return 1
     started = time.monotonic()
     session = rollout.open_mesh(plan, options, progress=progress)
     out.write(f"abtest run: {len(stages)} stages on the {args.mesh} mesh ({args.workloads} workloads), "
