@@ -69,7 +69,9 @@ def validate_stages(plan: RolloutPlan, stages: Sequence[Stage], out: TextIO) -> 
 def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
     from harness.traffic import load_command
 
-    return load_command(args.url, args.n, args.version, args.concurrency, out)
+    return load_command(
+        args.url, args.n, args.version, args.concurrency, out, deadline_s=args.deadline, timeout_s=args.timeout
+    )
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -173,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("-n", type=int, default=10, help="number of requests (default 10)")
     load.add_argument("--version", choices=("blue", "green"), default=None, help="send x-api-version: VERSION")
     load.add_argument("-c", "--concurrency", type=int, default=1)
+    load.add_argument("--deadline", type=float, default=60.0, help="stop after this many seconds (default 60)")
+    load.add_argument("--timeout", type=float, default=2.0, help="per-request timeout in seconds (default 2)")
     load.set_defaults(func=cmd_load)
     return parser
 
