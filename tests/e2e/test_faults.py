@@ -7,50 +7,43 @@ than no check.
 
 from __future__ import annotations
 
-import copy
 import subprocess
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from harness.mesh.base import Mesh
-from harness.plan import RolloutPlan
-from harness.render import render_stage
-from harness.rollout import MeshSession, sample
-from harness.routing import STANDARD_CLASSES
-from harness.stats import Decision, StatsConfig
+from harness.rollout import MeshSession
+from harness.stats import Decision
+from harness.traffic import LoadResult
 
 pytestmark = pytest.mark.e2e
-WEIGHTED, BLUE, GREEN = STANDARD_CLASSES
+
+Deploy = Callable[..., list[dict[str, Any]]]
+Traffic = Callable[..., LoadResult]
 
 
 def _deployment(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == name)
 
 
-def _apply(mesh: Mesh, objects: list[dict[str, Any]]) -> None:
-    mesh.apply(objects)
-    mesh.converge(objects)
-
-
 @pytest.fixture
-def restore(mesh_session: MeshSession, abtest_plan: RolloutPlan, request: pytest.FixtureRequest) -> Any:
-    """After a fault, put the mesh back on a clean baseline (blue removed, green restarted)."""
-    request.node.abtest_mesh = mesh_session.mesh
+def restore(deploy_stage: Deploy) -> Iterator[None]:
+    """After a fault, put the mesh back on clean workloads: blue removed, green replaced."""
     yield
-    for stage in ("baseline", "Green_100"):
-        _apply(mesh_session.mesh, render_stage(abtest_plan, stage, image_refs=mesh_session.image_refs))
+    deploy_stage("baseline")
+    deploy_stage("Green_100")
 
 
 def test_a_version_answering_500s_fails_the_split_on_its_error_bound(
-    mesh_session: MeshSession, abtest_plan: RolloutPlan, stats_config: StatsConfig, restore: None
+    deploy_stage: Deploy, traffic: Traffic, restore: None
 ) -> None:
-    objects = copy.deepcopy(render_stage(abtest_plan, "Blue_50", image_refs=mesh_session.image_refs))
-    container = _deployment(objects, "model-blue")["spec"]["template"]["spec"]["containers"][0]
-    container["env"].append({"name": "SCORER_ERROR_RATE", "value": "0.2"})
-    _apply(mesh_session.mesh, objects)
-    load = sample(mesh_session.mesh, {"weighted": {"green": 0.5, "blue": 0.5}}, [WEIGHTED], stats_config)
-    verdict = load.verdicts["weighted"]
+    def inject(objects: list[dict[str, Any]]) -> None:
+        container = _deployment(objects, "model-blue")["spec"]["template"]["spec"]["containers"][0]
+        container["env"].append({"name": "SCORER_ERROR_RATE", "value": "0.2"})
+
+    deploy_stage("Blue_50", edit=inject)
+    verdict = traffic({"weighted": {"green": 0.5, "blue": 0.5}}).verdicts["weighted"]
     assert verdict.decision is Decision.FAIL, verdict.message
     assert verdict.errors.get("status:500", 0) >= 1, verdict.errors
     assert "status:500" in verdict.message, verdict.message
@@ -58,20 +51,19 @@ def test_a_version_answering_500s_fails_the_split_on_its_error_bound(
 
 
 def test_a_version_that_dies_fails_its_pinned_requests(
-    mesh_session: MeshSession, abtest_plan: RolloutPlan, stats_config: StatsConfig, restore: None
+    deploy_stage: Deploy, traffic: Traffic, mesh_session: MeshSession, restore: None
 ) -> None:
+    deploy_stage("Blue_50")
     mesh = mesh_session.mesh
-    _apply(mesh, render_stage(abtest_plan, "Blue_50", image_refs=mesh_session.image_refs))
     workloads = [w for w in getattr(mesh, "workloads", ()) if w.spec.deployment == "model-blue"]
     if not workloads:
         pytest.skip(f"{mesh.name} mesh does not expose its replicas")
     for workload in workloads:
         _kill(workload.handle)
-    load = sample(mesh, {"header-blue": {"blue": 1.0}}, [BLUE], stats_config)
-    verdict = load.verdicts["header-blue"]
+    verdict = traffic({"header-blue": {"blue": 1.0}}).verdicts["header-blue"]
     assert verdict.decision is Decision.FAIL, verdict.message
     # One wrong answer decides a deterministic route: the run stops at once, not at a cap.
-    assert verdict.n <= 4 * 2, f"a dead backend must fail within the first answers, took n={verdict.n}"
+    assert verdict.n <= 8, f"a dead backend must fail within the first answers, took n={verdict.n}"
     assert set(verdict.errors) <= {"status:503", "error:connection"}, verdict.errors
 
 
@@ -89,16 +81,14 @@ def _kill(handle: object) -> None:
 
 
 def test_swapped_header_routes_fail_the_pinned_requests_at_once(
-    mesh_session: MeshSession, abtest_plan: RolloutPlan, stats_config: StatsConfig, restore: None
+    deploy_stage: Deploy, traffic: Traffic, restore: None
 ) -> None:
-    objects = copy.deepcopy(render_stage(abtest_plan, "Blue_0", image_refs=mesh_session.image_refs))
-    vs = next(o for o in objects if o["kind"] == "VirtualService")
-    http = vs["spec"]["http"]
-    http[0]["route"], http[1]["route"] = http[1]["route"], http[0]["route"]
-    _apply(mesh_session.mesh, objects)
-    load = sample(
-        mesh_session.mesh, {"header-blue": {"blue": 1.0}, "header-green": {"green": 1.0}}, [BLUE, GREEN], stats_config
-    )
+    def swap(objects: list[dict[str, Any]]) -> None:
+        http = next(o for o in objects if o["kind"] == "VirtualService")["spec"]["http"]
+        http[0]["route"], http[1]["route"] = http[1]["route"], http[0]["route"]
+
+    deploy_stage("Blue_0", edit=swap)
+    load = traffic({"header-blue": {"blue": 1.0}, "header-green": {"green": 1.0}})
     for label, wrong in (("header-blue", "green"), ("header-green", "blue")):
         verdict = load.verdicts[label]
         assert verdict.decision is Decision.FAIL, verdict.message

@@ -10,12 +10,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
 from harness.mesh.base import Mesh
 from harness.plan import RolloutPlan
-from harness.render import render_stage
 from harness.rollout import MeshSession
 from harness.routing import STANDARD_CLASSES
 from harness.traffic import Observation, run_load
@@ -28,10 +28,13 @@ DEADLINE_S = 120.0
 
 
 def test_walk_all_stages_under_continuous_traffic(
-    mesh_session: MeshSession, abtest_plan: RolloutPlan, request: pytest.FixtureRequest
+    mesh_session: MeshSession,
+    abtest_plan: RolloutPlan,
+    deploy_stage: Callable[..., object],
+    report_line: Callable[[str], None],
+    mesh_kind: str,
 ) -> None:
     mesh: Mesh = mesh_session.mesh
-    request.node.abtest_mesh = mesh
     weighted = [c for c in STANDARD_CLASSES if c.label == "weighted"]
     phase = ["start"]
     failures: Counter[str] = Counter()
@@ -49,10 +52,7 @@ def test_walk_all_stages_under_continuous_traffic(
                 details.append(f"{phase[0]}: {observation.outcome} {observation.detail}".strip())
 
     # Put the mesh in the first stage before the traffic starts.
-    first = abtest_plan.stages[0]
-    objects = render_stage(abtest_plan, first, image_refs=mesh_session.image_refs)
-    mesh.apply(objects)
-    mesh.converge(objects)
+    deploy_stage(abtest_plan.stages[0].name)
 
     outcome: dict[str, object] = {}
 
@@ -70,9 +70,7 @@ def test_walk_all_stages_under_continuous_traffic(
     try:
         for before, after in zip(abtest_plan.stages, abtest_plan.stages[1:], strict=False):
             phase[0] = f"{before.name} -> {after.name}"
-            objects = render_stage(abtest_plan, after, image_refs=mesh_session.image_refs)
-            mesh.apply(objects)
-            mesh.converge(objects)
+            deploy_stage(after.name)
             # Keep the traffic on the new stage for a moment so late failures are attributed here.
             settle = time.monotonic() + 0.3
             while time.monotonic() < settle and worker.is_alive():
@@ -84,7 +82,7 @@ def test_walk_all_stages_under_continuous_traffic(
     table = "\n".join(
         f"  {name:<24} {failures[name]:>5} failed of {answered[name]:>6}" for name in answered if name != "start"
     )
-    print(f"failed requests per transition:\n{table}")
+    report_line(f"failed requests per transition ({mesh.name} mesh, {mesh_kind}):\n{table}")
     transitions = [f"{b.name} -> {a.name}" for b, a in zip(abtest_plan.stages, abtest_plan.stages[1:], strict=False)]
     assert all(answered[t] > 0 for t in transitions), f"no traffic during some transitions:\n{table}"
     assert sum(failures.values()) == 0, f"failed requests during the walk:\n{table}\nfirst: {details}"
