@@ -22,10 +22,20 @@ from harness.mesh.base import (
 )
 from harness.mesh.local import endpoints_for
 from harness.mesh.workloads import RunningWorkload, specs_from_objects
+from tests.unit import objects as k8s
+from tests.unit.objects import (
+    NS,
+    fqdn,
+    gateway,
+    header_route,
+    namespace,
+    service,
+    virtual_service,
+    weighted_route,
+)
 
-NS = "abtesting"
-GREEN = f"model-svc-green.{NS}.svc.cluster.local"
-BLUE = f"model-svc-blue.{NS}.svc.cluster.local"
+GREEN = fqdn("model-svc-green")
+BLUE = fqdn("model-svc-blue")
 GREEN_CLUSTER = f"outbound|5001||{GREEN}"
 BLUE_CLUSTER = f"outbound|5001||{BLUE}"
 
@@ -33,100 +43,22 @@ BLUE_CLUSTER = f"outbound|5001||{BLUE}"
 # --------------------------------------------------------------------------- objects
 
 
-def gateway(**spec: Any) -> dict[str, Any]:
-    body = {
-        "selector": {"istio": "ingressgateway"},
-        "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
-    }
-    body.update(spec)
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": {"name": "mlmodel-gateway", "namespace": NS},
-        "spec": body,
-    }
-
-
-def service(version: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": f"model-svc-{version}", "namespace": NS},
-        "spec": {
-            "ports": [{"name": "http", "port": 5001, "targetPort": "http"}],
-            "selector": {"app": "model", "model_version": version},
-        },
-    }
-
-
 def deployment(version: str, image: str = "abtest/scorer-a:dev", replicas: int = 1) -> dict[str, Any]:
-    labels = {"app": "model", "model_version": version}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": f"model-{version}", "namespace": NS, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "model",
-                            "image": image,
-                            "imagePullPolicy": "IfNotPresent",
-                            "ports": [{"name": "http", "containerPort": 5001}],
-                            "env": [{"name": "MODEL_VERSION", "value": version}],
-                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
-                            "resources": {"limits": {"memory": "128Mi"}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
-
-
-def header_route(version: str) -> dict[str, Any]:
-    host = GREEN if version == "green" else BLUE
-    return {
-        "name": f"{version}-header",
-        "match": [{"uri": {"prefix": "/score"}, "headers": {"x-api-version": {"exact": version}}}],
-        "route": [{"destination": {"host": host, "port": {"number": 5001}}}],
-    }
-
-
-def virtual_service(http: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"hosts": ["*"], "gateways": ["mlmodel-gateway"], "http": http}
-    body.update(spec)
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": "mlmodel-virtualservice", "namespace": NS},
-        "spec": body,
-    }
-
-
-def weighted(green: int, blue: int) -> dict[str, Any]:
-    return {
-        "name": "weighted",
-        "route": [
-            {"destination": {"host": GREEN, "port": {"number": 5001}}, "weight": green},
-            {"destination": {"host": BLUE, "port": {"number": 5001}}, "weight": blue},
-        ],
-    }
+    """A model Deployment with the fields the renderer adds (labels, pull policy, memory limit)."""
+    return k8s.deployment(
+        version, image, replicas=replicas, labelled=True, pull_policy="IfNotPresent", memory_limit="128Mi"
+    )
 
 
 def stage(green: int, blue: int, *, blue_runs: bool = True) -> list[dict[str, Any]]:
     """The reference charts' objects for one stage, as the renderer emits them."""
     objects = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+        namespace(),
         service("blue"),
         service("green"),
         deployment("green"),
         gateway(),
-        virtual_service([header_route("blue"), header_route("green"), weighted(green, blue)]),
+        virtual_service([header_route("blue"), header_route("green"), weighted_route(green, blue)]),
     ]
     if blue_runs:
         objects.insert(3, deployment("blue", "abtest/scorer-b:dev"))
@@ -173,7 +105,7 @@ def test_weight_zero_destination_is_dropped_and_one_left_is_a_plain_cluster(
 
 def test_three_way_split_drops_only_the_zero_weight() -> None:
     third = f"outbound|5001||model-svc-red.{NS}.svc.cluster.local"
-    route = weighted(30, 70)
+    route = weighted_route(30, 70)
     route["route"].append({"destination": {"host": "model-svc-red", "port": {"number": 5001}}, "weight": 0})
     route["route"][0]["weight"] = 30
     objects = [gateway(), virtual_service([route])]
@@ -194,7 +126,7 @@ def test_each_match_entry_is_one_route_and_a_catch_all_ends_the_list() -> None:
             ],
             "route": [{"destination": {"host": GREEN}}],
         },
-        weighted(50, 50),
+        weighted_route(50, 50),
     ]
     routes = routes_of([gateway(), service("green"), virtual_service(http)])
     assert [r["name"] for r in routes] == ["either.exact", "either", "either"], routes
@@ -256,14 +188,14 @@ def test_invalid_regex_is_a_config_error_naming_the_field() -> None:
             "spec.http[0].redirect",
         ),
         (
-            [gateway(), virtual_service([dict(weighted(50, 50), fault={"abort": {"httpStatus": 500}})])],
+            [gateway(), virtual_service([dict(weighted_route(50, 50), fault={"abort": {"httpStatus": 500}})])],
             "spec.http[0].fault",
         ),
-        ([gateway(), virtual_service([weighted(50, 50)], tcp=[{}])], "spec.tcp"),
+        ([gateway(), virtual_service([weighted_route(50, 50)], tcp=[{}])], "spec.tcp"),
         (
             [
                 gateway(),
-                virtual_service([{"match": [{"queryParams": {"a": {"exact": "1"}}}], **weighted(1, 99)}]),
+                virtual_service([{"match": [{"queryParams": {"a": {"exact": "1"}}}], **weighted_route(1, 99)}]),
             ],
             "spec.http[0].match[0].queryParams",
         ),
@@ -272,7 +204,7 @@ def test_invalid_regex_is_a_config_error_naming_the_field() -> None:
                 gateway(
                     servers=[{"port": {"number": 443, "protocol": "HTTPS", "name": "https"}, "hosts": ["*"]}]
                 ),
-                virtual_service([weighted(50, 50)]),
+                virtual_service([weighted_route(50, 50)]),
             ],
             "spec.servers[0].port.protocol",
         ),
@@ -304,9 +236,9 @@ def test_untranslatable_fields_are_named(objects: list[dict[str, Any]], field: s
     "objects",
     [
         [gateway()],
-        [gateway(), virtual_service([weighted(50, 50)], gateways=["other-gateway"])],
-        [gateway(selector={"istio": "egressgateway"}), virtual_service([weighted(50, 50)])],
-        [gateway(), virtual_service([weighted(50, 50)], gateways=["mesh"])],
+        [gateway(), virtual_service([weighted_route(50, 50)], gateways=["other-gateway"])],
+        [gateway(selector={"istio": "egressgateway"}), virtual_service([weighted_route(50, 50)])],
+        [gateway(), virtual_service([weighted_route(50, 50)], gateways=["mesh"])],
     ],
     ids=["no-virtualservice", "bound-elsewhere", "other-gateway-workload", "mesh-only"],
 )
@@ -336,7 +268,7 @@ def test_virtual_host_is_the_narrower_of_gateway_and_virtualservice_hosts() -> N
         gateway(
             servers=[{"port": {"number": 80, "protocol": "HTTP", "name": "http"}, "hosts": ["*.example.com"]}]
         ),
-        virtual_service([weighted(50, 50)], hosts=["api.example.com", "other.org", "*"]),
+        virtual_service([weighted_route(50, 50)], hosts=["api.example.com", "other.org", "*"]),
     ]
     domains = [v["domains"] for v in envoy.build_route_configuration(objects)["virtual_hosts"]]
     assert domains == [["api.example.com"], ["*.example.com"]], domains
