@@ -31,10 +31,11 @@ from harness.mesh.base import Mesh, route_table_from_config_dump
 from harness.mesh.local import LocalMesh
 from harness.mesh.workloads import ProcessRunner, specs_from_objects
 from harness.wait import wait_until
+from tests.unit import objects as k8s
+from tests.unit.objects import NS
 
-NS = "abtesting"
-GREEN = f"model-svc-green.{NS}.svc.cluster.local"
-BLUE = f"model-svc-blue.{NS}.svc.cluster.local"
+GREEN = k8s.fqdn("model-svc-green")
+BLUE = k8s.fqdn("model-svc-blue")
 IMAGES = {"abtest/scorer-a": "New Model A", "abtest/scorer-b": "New Model B"}
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,80 +44,16 @@ def _objects(
     weights: dict[str, int], images: dict[str, str], *, replicas: int = 1, extra_http: list[Any] | None = None
 ) -> list[dict[str, Any]]:
     """The reference charts' objects: both Services, a Deployment per running version."""
-    objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}]
+    objects: list[dict[str, Any]] = [k8s.namespace()]
     for version in ("green", "blue"):
-        labels = {"app": "model", "model_version": version}
-        objects.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": f"model-svc-{version}", "namespace": NS},
-                "spec": {"ports": [{"name": "http", "port": 5001, "targetPort": "http"}], "selector": labels},
-            }
-        )
+        objects.append(k8s.service(version))
         if version in images:
-            objects.append(
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": {"name": f"model-{version}", "namespace": NS},
-                    "spec": {
-                        "replicas": replicas,
-                        "selector": {"matchLabels": labels},
-                        "template": {
-                            "metadata": {"labels": labels},
-                            "spec": {
-                                "containers": [
-                                    {
-                                        "name": "model",
-                                        "image": images[version],
-                                        "ports": [{"name": "http", "containerPort": 5001}],
-                                        "env": [{"name": "MODEL_VERSION", "value": version}],
-                                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
-                                    }
-                                ]
-                            },
-                        },
-                    },
-                }
-            )
-    objects.append(
-        {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "Gateway",
-            "metadata": {"name": "mlmodel-gateway", "namespace": NS},
-            "spec": {
-                "selector": {"istio": "ingressgateway"},
-                "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
-            },
-        }
-    )
-    http: list[Any] = [
-        {
-            "name": f"{v}-header",
-            "match": [{"uri": {"prefix": "/score"}, "headers": {"x-api-version": {"exact": v}}}],
-            "route": [{"destination": {"host": GREEN if v == "green" else BLUE, "port": {"number": 5001}}}],
-        }
-        for v in ("blue", "green")
-    ]
+            objects.append(k8s.deployment(version, images[version], replicas=replicas))
+    objects.append(k8s.gateway())
+    http: list[Any] = [k8s.header_route(v) for v in ("blue", "green")]
     http.extend(extra_http or [])
-    http.append(
-        {
-            "name": "weighted",
-            "route": [
-                {"destination": {"host": GREEN, "port": {"number": 5001}}, "weight": weights["green"]},
-                {"destination": {"host": BLUE, "port": {"number": 5001}}, "weight": weights["blue"]},
-            ],
-        }
-    )
-    objects.append(
-        {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "VirtualService",
-            "metadata": {"name": "mlmodel-virtualservice", "namespace": NS},
-            "spec": {"hosts": ["*"], "gateways": ["mlmodel-gateway"], "http": http},
-        }
-    )
+    http.append(k8s.weighted_route(weights["green"], weights["blue"]))
+    objects.append(k8s.virtual_service(http))
     return objects
 
 
