@@ -33,8 +33,8 @@ from harness.mesh.local import LocalMesh
 from harness.mesh.workloads import ProcessRunner
 from harness.routing import Expected, Request, expected_distribution
 from harness.traffic import Observation, run_load
+from tests.unit import objects as k8s
 
-NS = "abtesting"
 IMAGES = {"abtest/scorer-a": "New Model A", "abtest/scorer-b": "New Model B"}
 SEEDS = range(10)
 N_CERTAIN = 30  # per certain class: any single wrong answer fails
@@ -56,99 +56,31 @@ CLASSES: tuple[Request, ...] = (
 )
 
 
-def _fqdn(name: str) -> str:
-    return f"{name}.{NS}.svc.cluster.local"
-
-
 def _base_objects() -> list[dict[str, Any]]:
     """Three running versions, Services for each, one without endpoints, one over all, and subsets."""
-    objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}]
+    objects: list[dict[str, Any]] = [k8s.namespace()]
     for version, image in (
         ("green", "abtest/scorer-a:dev"),
         ("blue", "abtest/scorer-b:dev"),
         ("red", "abtest/scorer-a:dev"),
     ):
-        labels = {"app": "model", "model_version": version}
-        objects.append(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": f"model-{version}", "namespace": NS},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "containers": [
-                                {
-                                    "name": "model",
-                                    "image": image,
-                                    "ports": [{"name": "http", "containerPort": 5001}],
-                                    "env": [{"name": "MODEL_VERSION", "value": version}],
-                                }
-                            ]
-                        },
-                    },
-                },
-            }
-        )
-    selectors = {
-        "model-svc-green": {"app": "model", "model_version": "green"},
-        "model-svc-blue": {"app": "model", "model_version": "blue"},
-        "model-svc-red": {"app": "model", "model_version": "red"},
-        "model-svc-gone": {"app": "model", "model_version": "gone"},  # no pods: 503
-        "model": {"app": "model"},  # every version; narrowed by the DestinationRule's subsets
-    }
-    for name, selector in selectors.items():
-        objects.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {
-                    "ports": [{"name": "http", "port": 5001, "targetPort": "http"}],
-                    "selector": selector,
-                },
-            }
-        )
-    objects.append(
-        {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "DestinationRule",
-            "metadata": {"name": "model", "namespace": NS},
-            "spec": {
-                "host": "model",
-                "subsets": [
-                    {"name": "v-green", "labels": {"model_version": "green"}},
-                    {"name": "v-blue", "labels": {"model_version": "blue"}},
-                    {"name": "v-none", "labels": {"model_version": "none"}},
-                ],
-            },
-        }
-    )
-    objects.append(
-        {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "Gateway",
-            "metadata": {"name": "mlmodel-gateway", "namespace": NS},
-            "spec": {
-                "selector": {"istio": "ingressgateway"},
-                "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
-            },
-        }
-    )
+        objects.append(k8s.deployment(version, image, readiness=False))
+    objects += [k8s.service(version) for version in ("green", "blue", "red")]
+    objects.append(k8s.service("gone"))  # no pods: 503
+    objects.append(k8s.service(name="model", selector={"app": "model"}))  # narrowed by the subsets below
+    objects.append(k8s.destination_rule("model", {"v-green": "green", "v-blue": "blue", "v-none": "none"}))
+    objects.append(k8s.gateway())
     return objects
 
 
 _DESTINATIONS: tuple[dict[str, Any], ...] = (
-    {"host": _fqdn("model-svc-green"), "port": {"number": 5001}},
+    {"host": k8s.fqdn("model-svc-green"), "port": {"number": 5001}},
     {"host": "model-svc-blue"},  # short name, port inferred from the Service's only port
-    {"host": _fqdn("model-svc-red"), "port": {"number": 5001}},
-    {"host": _fqdn("model-svc-gone"), "port": {"number": 5001}},
-    {"host": _fqdn("model"), "port": {"number": 5001}, "subset": "v-green"},
+    {"host": k8s.fqdn("model-svc-red"), "port": {"number": 5001}},
+    {"host": k8s.fqdn("model-svc-gone"), "port": {"number": 5001}},
+    {"host": k8s.fqdn("model"), "port": {"number": 5001}, "subset": "v-green"},
     {"host": "model", "subset": "v-blue"},
-    {"host": _fqdn("model"), "subset": "v-none"},
+    {"host": k8s.fqdn("model"), "subset": "v-none"},
 )
 _WEIGHTS: tuple[tuple[int, ...], ...] = (
     (),
@@ -218,12 +150,7 @@ def generated_virtual_service(seed: int) -> dict[str, Any]:
         else:
             route["route"] = [{"destination": dict(picks[0])}]
         http.append(route)
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": f"generated-{seed}", "namespace": NS},
-        "spec": {"hosts": ["*"], "gateways": ["mlmodel-gateway"], "http": http},
-    }
+    return k8s.virtual_service(http, name=f"generated-{seed}")
 
 
 def acceptance(n: int, share: float, alpha: float) -> tuple[int, int]:
@@ -351,23 +278,17 @@ def _reversed_routes(vs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pinned_then_split() -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": "pinned", "namespace": NS},
-        "spec": {
-            "hosts": ["*"],
-            "gateways": ["mlmodel-gateway"],
-            "http": [
-                {
-                    "name": "pin",
-                    "match": [{"headers": {"x-api-version": {"exact": "blue"}}}],
-                    "route": [{"destination": {"host": "model-svc-blue"}}],
-                },
-                {"name": "rest", "route": [{"destination": {"host": "model-svc-green"}}]},
-            ],
-        },
-    }
+    return k8s.virtual_service(
+        [
+            {
+                "name": "pin",
+                "match": [{"headers": {"x-api-version": {"exact": "blue"}}}],
+                "route": [{"destination": {"host": "model-svc-blue"}}],
+            },
+            {"name": "rest", "route": [{"destination": {"host": "model-svc-green"}}]},
+        ],
+        name="pinned",
+    )
 
 
 @pytest.mark.parametrize(
