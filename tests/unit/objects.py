@@ -16,9 +16,9 @@ PORT = 5001  # the scorer's container port, which every Service exposes under th
 ISTIO_API = "networking.istio.io/v1"
 
 
-def _istio(kind: str, name: str, spec: Obj) -> Obj:
-    """A networking.istio.io object of ``kind`` named ``name`` in the abtesting namespace."""
-    return {"apiVersion": ISTIO_API, "kind": kind, "metadata": {"name": name, "namespace": NS}, "spec": spec}
+def _istio(kind: str, name: str, spec: Obj, namespace: str = NS) -> Obj:
+    """A networking.istio.io object of ``kind`` named ``name`` in ``namespace``."""
+    return {"apiVersion": ISTIO_API, "kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
 def fqdn(name: str, namespace: str = NS) -> str:
@@ -130,11 +130,13 @@ def weighted_route(green: int, blue: int) -> Obj:
     return {"name": "weighted", "route": [destination("green", green), destination("blue", blue)]}
 
 
-def virtual_service(http: list[Obj], *, name: str = "mlmodel-virtualservice", **spec: Any) -> Obj:
+def virtual_service(
+    http: list[Obj], *, name: str = "mlmodel-virtualservice", namespace: str = NS, **spec: Any
+) -> Obj:
     """VirtualService ``name`` bound to mlmodel-gateway for any host, with these ``http`` routes; ``spec`` overrides."""
     body: Obj = {"hosts": ["*"], "gateways": ["mlmodel-gateway"], "http": http}
     body.update(spec)
-    return _istio("VirtualService", name, body)
+    return _istio("VirtualService", name, body, namespace)
 
 
 def destination_rule(host: str, subsets: dict[str, str], *, name: str = "model") -> Obj:

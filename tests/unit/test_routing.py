@@ -35,6 +35,8 @@ from harness.routing import (
     resolve_service_host,
     versions_behind,
 )
+from tests.unit import objects as k8s
+from tests.unit.objects import NS
 
 Obj = dict[str, Any]
 
@@ -45,102 +47,24 @@ DR = "https://istio.io/latest/docs/reference/config/networking/destination-rule/
 ENVOY_ROUTE = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto"
 K8S_SVC = "https://kubernetes.io/docs/concepts/services-networking/service/"
 ISTIO_ROUTE_GO = "https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/route/route.go"
-NS = "abtesting"
 FQDN = "svc.cluster.local"
 
 
 # --- the reference charts, by hand -----------------------------------------------------------
 
 
-def _destination(version: str, weight: int | None = None) -> Obj:
-    out: Obj = {"destination": {"host": f"model-svc-{version}.{NS}.{FQDN}", "port": {"number": 5001}}}
-    if weight is not None:
-        out["weight"] = weight
-    return out
-
-
-def _header_route(version: str) -> Obj:
-    return {
-        "name": f"{version}-header",
-        "match": [{"uri": {"prefix": "/score"}, "headers": {"x-api-version": {"exact": version}}}],
-        "route": [_destination(version)],
-    }
-
-
-def _service(version: str) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": f"model-svc-{version}", "namespace": NS},
-        "spec": {
-            "ports": [{"name": "http", "port": 5001, "targetPort": "http"}],
-            "selector": {"app": "model", "model_version": version},
-        },
-    }
-
-
-def _deployment(version: str, replicas: int | None = 1, namespace: str = NS) -> Obj:
-    spec: Obj = {
-        "selector": {"matchLabels": {"app": "model", "model_version": version}},
-        "template": {
-            "metadata": {"labels": {"app": "model", "model_version": version}},
-            "spec": {
-                "containers": [
-                    {
-                        "name": "model",
-                        "image": "abtest/scorer:dev",
-                        "ports": [{"name": "http", "containerPort": 5001}],
-                        "env": [{"name": "MODEL_VERSION", "value": version}],
-                    }
-                ]
-            },
-        },
-    }
-    if replicas is not None:
-        spec["replicas"] = replicas
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": f"model-{version}", "namespace": namespace},
-        "spec": spec,
-    }
-
-
 def reference(green: int = 50, blue: int = 50, running: tuple[str, ...] = ("green", "blue")) -> list[Obj]:
     """The reference charts' objects at a stage with these weights and running versions."""
     objects: list[Obj] = [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": NS, "labels": {"istio-injection": "enabled"}},
-        },
-        {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "Gateway",
-            "metadata": {"name": "mlmodel-gateway", "namespace": NS},
-            "spec": {
-                "selector": {"istio": "ingressgateway"},
-                "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
-            },
-        },
-        {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "VirtualService",
-            "metadata": {"name": "mlmodel-virtualservice", "namespace": NS},
-            "spec": {
-                "hosts": ["*"],
-                "gateways": ["mlmodel-gateway"],
-                "http": [
-                    _header_route("blue"),
-                    _header_route("green"),
-                    {"name": "weighted", "route": [_destination("green", green), _destination("blue", blue)]},
-                ],
-            },
-        },
-        _service("green"),
-        _service("blue"),
+        k8s.namespace({"istio-injection": "enabled"}),
+        k8s.gateway(),
+        k8s.virtual_service(
+            [k8s.header_route("blue"), k8s.header_route("green"), k8s.weighted_route(green, blue)]
+        ),
+        k8s.service("green"),
+        k8s.service("blue"),
     ]
-    objects += [_deployment(v) for v in running]
+    objects += [k8s.deployment(v, "abtest/scorer:dev", readiness=False) for v in running]
     return objects
 
 
@@ -230,51 +154,24 @@ def drop(kind: str, name: str) -> Callable[[list[Obj]], None]:
     return change
 
 
-def to(version: str, weight: int | None = None) -> Obj:
-    return _destination(version, weight)
+to = k8s.destination
 
 
 def extra_vs(name: str, hosts: list[str], version: str, namespace: str = NS, **spec: Any) -> Obj:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "hosts": hosts,
-            "gateways": [f"{NS}/mlmodel-gateway"],
-            "http": [{"route": [to(version)]}],
-            **spec,
-        },
-    }
+    return k8s.virtual_service(
+        [{"route": [to(version)]}],
+        name=name,
+        namespace=namespace,
+        hosts=hosts,
+        gateways=[f"{NS}/mlmodel-gateway"],
+        **spec,
+    )
 
 
 def one_service_with_subsets(objects: list[Obj]) -> None:
     """Destinations as subsets of one Service ``model-svc`` (selector app=model) via a DestinationRule."""
-    objects.append(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "model-svc", "namespace": NS},
-            "spec": {
-                "ports": [{"name": "http", "port": 5001, "targetPort": "http"}],
-                "selector": {"app": "model"},
-            },
-        }
-    )
-    objects.append(
-        {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "DestinationRule",
-            "metadata": {"name": "model", "namespace": NS},
-            "spec": {
-                "host": "model-svc",
-                "subsets": [
-                    {"name": "v-green", "labels": {"model_version": "green"}},
-                    {"name": "v-blue", "labels": {"model_version": "blue"}},
-                ],
-            },
-        }
-    )
+    objects.append(k8s.service(name="model-svc", selector={"app": "model"}))
+    objects.append(k8s.destination_rule("model-svc", {"v-green": "green", "v-blue": "blue"}))
     weighted(objects)["route"] = [
         {"destination": {"host": "model-svc", "subset": "v-green", "port": {"number": 5001}}, "weight": 30},
         {"destination": {"host": "model-svc", "subset": "v-blue", "port": {"number": 5001}}, "weight": 70},
@@ -365,7 +262,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "no-route-matches-404",
         f"{VS}#VirtualService-http: a request no rule matches is not routed (Envoy 404)",
-        changed(only_routes(_header_route("blue"))),
+        changed(only_routes(k8s.header_route("blue"))),
         PLAIN,
         {NO_ROUTE: 1.0},
     ),
@@ -781,17 +678,7 @@ CASES: tuple[Case, ...] = (
         changed(
             both(
                 one_service_with_subsets,
-                add(
-                    {
-                        "apiVersion": "networking.istio.io/v1",
-                        "kind": "DestinationRule",
-                        "metadata": {"name": "wide", "namespace": NS},
-                        "spec": {
-                            "host": f"*.{NS}.{FQDN}",
-                            "subsets": [{"name": "v-red", "labels": {"model_version": "blue"}}],
-                        },
-                    }
-                ),
+                add(k8s.destination_rule(f"*.{NS}.{FQDN}", {"v-red": "blue"}, name="wide")),
                 put(weighted, "route", [{"destination": {"host": "model-svc", "subset": "v-red"}}]),
             )
         ),
