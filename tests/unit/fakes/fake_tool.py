@@ -67,6 +67,13 @@ def kubeconfig_for(name: str, server: str) -> str:
     )
 
 
+def write_kubeconfig(argv: list[str], name: str, state: dict) -> None:
+    """Write cluster ``name``'s kubeconfig where ``--kubeconfig`` says, as kind does; nothing without it."""
+    kubeconfig = flag(argv, "--kubeconfig")
+    if kubeconfig:
+        Path(kubeconfig).write_text(kubeconfig_for(name, state["api_server"]))
+
+
 def kind(argv: list[str], state: dict) -> int:
     clusters: list[str] = state.setdefault("clusters", [])
     name = flag(argv, "--name", "kind") or "kind"
@@ -91,17 +98,13 @@ def kind(argv: list[str], state: dict) -> int:
             )
         clusters.append(name)
         save(state)
-        kubeconfig = flag(argv, "--kubeconfig")
-        if kubeconfig:
-            Path(kubeconfig).write_text(kubeconfig_for(name, state["api_server"]))
+        write_kubeconfig(argv, name, state)
         sys.stderr.write(f'Creating cluster "{name}" ...\nSet kubectl context to "kind-{name}"\n')
         return 0
     if argv[:2] == ["export", "kubeconfig"]:
         if name not in clusters:
             return die(f'ERROR: could not locate any control plane nodes for cluster named "{name}"')
-        kubeconfig = flag(argv, "--kubeconfig")
-        if kubeconfig:
-            Path(kubeconfig).write_text(kubeconfig_for(name, state["api_server"]))
+        write_kubeconfig(argv, name, state)
         sys.stderr.write(f'Set kubectl context to "kind-{name}"\n')
         return 0
     if argv[:2] == ["load", "docker-image"]:
