@@ -112,9 +112,10 @@ def kind(argv: list[str], state: dict) -> int:
             return die(f'ERROR: no nodes found for cluster "{name}"')
         state.setdefault("loaded", {}).setdefault(name, []).append(argv[2])
         save(state)
-        print(
+        # kind logs progress to stderr; stdout stays empty.
+        sys.stderr.write(
             f'Image: "{argv[2]}" with ID "sha256:0123" not yet present '
-            f'on node "{name}-control-plane", loading...'
+            f'on node "{name}-control-plane", loading...\n'
         )
         return 0
     if argv[:2] == ["export", "logs"]:
@@ -123,7 +124,9 @@ def kind(argv: list[str], state: dict) -> int:
         target = Path(argv[2])
         target.mkdir(parents=True, exist_ok=True)
         (target / "kind-version.txt").write_text("kind v0.33.0 (fake)\n")
-        print(f'Exporting logs for cluster "{name}" to:\n{target}')
+        # As kind does: the message on stderr, only the directory on stdout (for callers to capture).
+        sys.stderr.write(f'Exporting logs for cluster "{name}" to:\n')
+        print(target)
         return 0
     if argv[:2] == ["delete", "cluster"]:
         if name in clusters:
