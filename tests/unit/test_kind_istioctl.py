@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -169,12 +170,12 @@ def test_istioctl_on_path_is_used_only_at_the_pinned_version(
 def test_host_platform_uses_istios_names(
     monkeypatch: pytest.MonkeyPatch, system: str, machine: str, expected: tuple[str, str]
 ) -> None:
-    monkeypatch.setattr(istioctl._platform, "system", lambda: system)
-    monkeypatch.setattr(istioctl._platform, "machine", lambda: machine)
+    monkeypatch.setattr(platform, "system", lambda: system)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
     assert istioctl.host_platform() == expected
 
 
 def test_an_unknown_platform_says_to_install_istioctl(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(istioctl._platform, "system", lambda: "Windows")
+    monkeypatch.setattr(platform, "system", lambda: "Windows")
     with pytest.raises(IstioctlDownloadError, match="put it on PATH"):
         istioctl.host_platform()

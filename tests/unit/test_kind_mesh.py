@@ -352,16 +352,16 @@ def test_keep_cluster_leaves_cluster_and_kubeconfig_and_says_how_to_delete(rig: 
 
 
 def test_every_command_gets_a_deadline_sized_for_it(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.mesh import kind as kind_module
+    from harness import proc
 
     seen: list[tuple[str, float]] = []
-    real_run = kind_module.proc.run
+    real_run = proc.run
 
     def spy(argv: Any, *, timeout: float, **kwargs: Any) -> Any:
         seen.append((f"{Path(argv[0]).name} {argv[1]} {argv[2]}", timeout))
         return real_run(argv, timeout=timeout, **kwargs)
 
-    monkeypatch.setattr(kind_module.proc, "run", spy)
+    monkeypatch.setattr(proc, "run", spy)
     timeouts = KindTimeouts(create_cluster=901, istio_install=902, load_image=903, command=31, nodes_ready=5)
     with rig.mesh(timeouts=timeouts):
         pass

@@ -12,7 +12,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from harness import prereqs, proc
+from harness import istioctl, prereqs, proc
 from harness.errors import ToolNotFound
 from harness.prereqs import Check, kind_checks, report
 from tests.unit.fakes import install_fake_tools
@@ -127,7 +127,7 @@ def test_behind_a_proxy_only_the_proxy_is_checked(fake_kind: Path) -> None:
 
 
 def test_a_cached_istioctl_makes_github_unnecessary(fake_kind: Path, tmp_path: Path) -> None:
-    cached = tmp_path / "cache" / "abtest-harness" / f"istio-{prereqs.istioctl.ISTIO_VERSION}" / "istioctl"
+    cached = tmp_path / "cache" / "abtest-harness" / f"istio-{istioctl.ISTIO_VERSION}" / "istioctl"
     cached.parent.mkdir(parents=True)
     cached.write_text("#!/bin/sh\n")
     opened = Opened()

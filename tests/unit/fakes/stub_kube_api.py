@@ -305,7 +305,7 @@ class StubKubeAPI:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def __enter__(self) -> StubKubeAPI:
         self._thread.start()
