@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness import istioctl as istioctl_mod
 from harness.errors import ConfigError, ToolNotFound, WaitTimeout
 from harness.images import BaseImageMissing
 from harness.mesh.envoy import build_route_configuration, upstreams
@@ -635,6 +636,22 @@ def test_kind_config_and_istio_operator_agree_on_the_gateway_port() -> None:
     service = gateway["k8s"]["service"]
     http = next(p for p in service["ports"] if p["port"] == 80)
     assert service["type"] == "NodePort" and http["nodePort"] == mapping["containerPort"]
+    # istioctl renders a gateway's Service ports from this list alone (it replaces the chart's
+    # defaults: istio/istio operator/pkg/render/manifest.go), so the layout must be complete here.
+    # The gateway Envoy listens on the target port, and istiod names the route config after it
+    # (http.8080), which is what converge() finds in the config_dump.
+    by_name = {p["name"]: p for p in service["ports"]}
+    assert (by_name["status-port"]["port"], by_name["status-port"]["targetPort"]) == (15021, 15021)
+    assert http["name"] == "http2" and http["targetPort"] == 8080, "Istio's ingress layout: 80 -> 8080"
+
+
+def test_pinned_node_image_is_a_kubernetes_the_pinned_istio_supports() -> None:
+    # Istio 1.30 supports Kubernetes 1.32-1.36 (istio.io supported releases); kind v0.33.0 lists
+    # kindest/node:v1.35.8@sha256:07b2536e... among the images built for it (its release notes).
+    image = yaml.safe_load(KIND_CONFIG.read_text())["nodes"][0]["image"]
+    minor = int(image.split(":v1.", 1)[1].split(".", 1)[0])
+    assert istioctl_mod.ISTIO_VERSION.startswith("1.30."), "re-check the range below for a new Istio minor"
+    assert 32 <= minor <= 36, f"{image} is outside Istio 1.30's supported Kubernetes 1.32-1.36"
 
 
 # ----------------------------------------------------------------------------- Istio's own shape
