@@ -88,7 +88,7 @@ class RolloutPlan:
 
     def image_for(self, ref: str) -> ImageSpec:
         """The image whose repository `ref` names (the tag does not matter)."""
-        repository = _repository_of(ref)
+        repository = repository_of(ref)
         for spec in self.images.values():
             if spec.repository == repository:
                 return spec
@@ -96,7 +96,12 @@ class RolloutPlan:
         raise ConfigError(f"plan {self.source}", "images", f"no image with repository {repository!r} (known: {known})")
 
 
-def _repository_of(ref: str) -> str:
+def repository_of(ref: str) -> str:
+    """The repository of an image reference: tag and digest dropped, a registry port kept.
+
+    >>> repository_of("abtest/scorer-a:dev"), repository_of("localhost:5000/x/y@sha256:ab")
+    ('abtest/scorer-a', 'localhost:5000/x/y')
+    """
     name = ref.split("@", 1)[0]
     # A tag follows the last ':' unless that ':' belongs to a registry host:port.
     head, sep, tail = name.rpartition(":")
