@@ -59,12 +59,15 @@ class CommandError(HarnessError):
 class WaitTimeout(HarnessError):
     """A wait ran past its deadline: says what was awaited, how long, and what was last seen."""
 
-    def __init__(self, what: str, timeout: float, last_seen: str, attempts: int) -> None:
+    def __init__(
+        self, what: str, timeout: float, last_seen: str, attempts: int, elapsed: float | None = None
+    ) -> None:
         self.what = what
         self.timeout = timeout
         self.last_seen = last_seen
         self.attempts = attempts
+        self.elapsed = timeout if elapsed is None else elapsed
         super().__init__(
-            f"timed out after {timeout:.1f}s ({attempts} attempts) waiting for {what}; "
+            f"timed out after {self.elapsed:.1f}s (limit {timeout:g}s, {attempts} attempts) waiting for {what}; "
             f"last seen: {last_seen}"
         )

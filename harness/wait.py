@@ -33,9 +33,11 @@ def wait_until(
 ) -> T:
     """Call `probe` until it returns a truthy value, and return that value.
 
-    Polls with a capped exponential backoff from `interval` to `max_interval`; gives up at
-    `timeout` seconds (measured with `clock`) with a WaitTimeout that says what was awaited,
-    how long, how many attempts, and the last value or transient error seen. Exceptions not
+    Polls with a capped exponential backoff from `interval` to `max_interval`, never sleeping
+    past the deadline; gives up at `timeout` seconds (measured with `clock`) with a WaitTimeout
+    that says what was awaited, how long it really waited, how many attempts, and the last
+    value or transient error seen. A probe that blocks is not interrupted: give it a timeout
+    of its own no longer than the time left. Exceptions not
     listed in `transient` propagate at once: only named, expected failures are retried.
     `progress` (if given) receives a line every `progress_every` seconds of a long wait.
 
@@ -63,10 +65,16 @@ def wait_until(
             state["said"] = now
             progress(f"still waiting for {what} ({now - started:.0f}s of {timeout:.0f}s): {state['last']}")
 
+    backoff = tenacity.wait_exponential(multiplier=interval, min=interval, max=max_interval)
+
+    def pause(retry_state: tenacity.RetryCallState) -> float:
+        # Never sleep past the deadline: the last attempt happens at the deadline, not after it.
+        return max(0.0, min(backoff(retry_state), started + timeout - clock()))
+
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(_NotYet),
         stop=lambda rs: clock() - started >= timeout,
-        wait=tenacity.wait_exponential(multiplier=interval, min=interval, max=max_interval),
+        wait=pause,
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
@@ -74,4 +82,6 @@ def wait_until(
     try:
         return retrying(attempt)
     except _NotYet:
-        raise WaitTimeout(what, timeout, str(state["last"]), int(state["attempts"])) from None  # type: ignore[call-overload]
+        raise WaitTimeout(
+            what, timeout, str(state["last"]), int(state["attempts"]), clock() - started  # type: ignore[call-overload]
+        ) from None

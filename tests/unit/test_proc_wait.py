@@ -71,9 +71,9 @@ def test_wait_timeout_says_what_how_long_and_last_seen() -> None:
                    describe=lambda v: "2 of 3 routes")
     message = str(info.value)
     assert "waiting for gateway route table" in message
-    assert "timed out after 5.0s" in message
+    assert "timed out after 5.0s (limit 5s" in message
     assert "last seen: 2 of 3 routes" in message
-    assert clock.now >= 5
+    assert clock.now == pytest.approx(5.0), "the last sleep ends at the deadline, not past it"
     assert max(clock.sleeps) <= 1.0, "backoff is capped"
 
 
