@@ -68,7 +68,7 @@ def _render(stage: Stage, refs: Mapping[str, str], base_dir: Path) -> list[dict[
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "patches": _patches(stage, refs, base),
+        "patches": _patches(stage, refs, base, base_dir),
     }
     with tempfile.TemporaryDirectory(prefix=f"abtest-{stage.name}-") as overlay:
         # kustomize takes only relative resource paths; a base outside the overlay's root is
@@ -89,7 +89,7 @@ def _base_objects(base_dir: Path) -> list[dict[str, Any]]:
     if not (base_dir / "kustomization.yaml").is_file():
         raise ConfigError(f"kustomize base {base_dir}", "kustomization.yaml", "missing")
     # Re-render the base only when one of its files changed.
-    stamp = tuple(sorted((p.name, p.stat().st_mtime) for p in base_dir.iterdir() if p.is_file()))
+    stamp = tuple(sorted((str(p), p.stat().st_mtime) for p in base_dir.rglob("*") if p.is_file()))
     return [doc for doc in yaml.safe_load_all(_base_objects_cached(base_dir, stamp)) if doc]
 
 
@@ -100,14 +100,16 @@ def _find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]
     return None
 
 
-def _patches(stage: Stage, refs: Mapping[str, str], base: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _patches(
+    stage: Stage, refs: Mapping[str, str], base: list[dict[str, Any]], base_dir: Path
+) -> list[dict[str, Any]]:
     patches: list[dict[str, Any]] = []
     versions = list(stage.weights)
     for version in versions:
         name = DEPLOYMENT_PREFIX + version
         deployment = _find(base, "Deployment", name)
         if deployment is None:
-            raise ConfigError(f"kustomize base {BASE_DIR}", f"Deployment {name}", f"missing for version {version}")
+            raise ConfigError(f"kustomize base {base_dir}", f"Deployment {name}", f"missing for version {version}")
         target = {"kind": "Deployment", "name": name}
         if version in stage.images:
             image = refs[stage.images[version]]
@@ -121,7 +123,7 @@ def _patches(stage: Stage, refs: Mapping[str, str], base: list[dict[str, Any]]) 
             patches.append({"patch": yaml.safe_dump(delete), "target": target})
         else:
             patches.append({"patch": json.dumps([patch]), "target": target})
-    patches.append(_weights_patch(stage, base))
+    patches.append(_weights_patch(stage, base, base_dir))
     return patches
 
 
@@ -135,10 +137,10 @@ def _container_path(deployment: dict[str, Any], name: str) -> str:
     )
 
 
-def _weights_patch(stage: Stage, base: list[dict[str, Any]]) -> dict[str, Any]:
+def _weights_patch(stage: Stage, base: list[dict[str, Any]], base_dir: Path) -> dict[str, Any]:
     services = [o for o in base if o.get("kind") == "VirtualService"]
     if len(services) != 1:
-        raise ConfigError(f"kustomize base {BASE_DIR}", "VirtualService", f"expected one, found {len(services)}")
+        raise ConfigError(f"kustomize base {base_dir}", "VirtualService", f"expected one, found {len(services)}")
     vs = services[0]
     obj = f"VirtualService {vs['metadata']['name']}"
     http = vs.get("spec", {}).get("http", [])

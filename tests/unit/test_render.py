@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,34 @@ def test_broken_base_yaml_fails_with_kubectls_message(tmp_path: Path) -> None:
     (base / "services.yaml").write_text("kind: Service\n  metadata: [\n")
     with pytest.raises(CommandError, match="kubectl"):
         render_stage(PLAN, "Blue_50", base_dir=base)
+
+
+def test_base_without_a_versions_deployment_names_the_base(tmp_path: Path) -> None:
+    base = _copy_base(tmp_path)
+    kustomization = base / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("  - deployment-blue.yaml\n", ""))
+    with pytest.raises(ConfigError, match=rf"kustomize base {base}: Deployment model-blue: missing for version blue"):
+        render_stage(PLAN, "Blue_50", base_dir=base)
+
+
+def test_the_base_cache_sees_a_change_in_a_subdirectory(tmp_path: Path) -> None:
+    # The overlay's patch indexes come from a cached render of the base; a stale cache would
+    # patch the wrong route after an edit in a nested kustomization.
+    from harness.render import _base_objects
+
+    base = _copy_base(tmp_path)
+    (base / "extra").mkdir()
+    (base / "extra" / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
+    note = base / "extra" / "cm.yaml"
+    note.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: note}\ndata: {v: '1'}\n")
+    kustomization = base / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("resources:\n", "resources:\n  - extra\n"))
+
+    def value() -> str:
+        config_map = next(o for o in _base_objects(base) if o["kind"] == "ConfigMap")
+        return str(config_map["data"]["v"])
+
+    first = value()
+    note.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: note}\ndata: {v: '2'}\n")
+    os.utime(note, (note.stat().st_atime, note.stat().st_mtime + 5))  # a distinct mtime, whatever the clock
+    assert (first, value()) == ("1", "2")
