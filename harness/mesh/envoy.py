@@ -38,7 +38,7 @@ from typing import Any
 
 from harness.errors import ConfigError, UnsupportedField
 from harness.mesh.base import cluster_name
-from harness.routing import host_matches, resolve_gateway_name, resolve_service_host
+from harness.routing import check_supported, host_matches, resolve_gateway_name, resolve_service_host
 
 __all__ = [
     "CLUSTER_TYPE",
@@ -83,34 +83,13 @@ DEFAULT_GATEWAY_PORT = 80
 #: (service FQDN, service port, subset or None): how live endpoints are keyed.
 EndpointKey = tuple[str, int, str | None]
 
-# What each object may carry. Keys outside these sets are UnsupportedField; the Deployment
-# and Service runtime fields that cannot change routing are accepted without a look.
-_GATEWAY_SPEC = {"selector", "servers"}
-_SERVER = {"port", "hosts", "name"}
-_SERVER_PORT = {"number", "name", "protocol"}
-_VS_SPEC = {"hosts", "gateways", "http", "exportTo"}
-_HTTP_ROUTE = {"name", "match", "route", "timeout", "retries"}
-_MATCH = {
-    "name",
-    "uri",
-    "headers",
-    "withoutHeaders",
-    "method",
-    "ignoreUriCase",
-    "port",
-    "gateways",
-    "statPrefix",
-}
+# Which fields exist is decided once, by the oracle (harness.routing.check_supported), which
+# every entry point below runs first. What remains here are the fields the oracle accepts but
+# this translation cannot build; they raise UnsupportedField naming the field.
 _RETRIES = {"attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities"}
-# Header names that Istio ignores or that would match something else than a plain header.
-_HEADER_NAMES_REFUSED = {"uri", "scheme", "method", "authority", "host"}
 _PROTOCOLS = {"HTTP", "HTTP2", "GRPC"}
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-_DESTINATION_WEIGHT = {"destination", "weight"}
-_DESTINATION = {"host", "port", "subset"}
-_DR_SPEC = {"host", "subsets", "trafficPolicy", "exportTo"}
-_SUBSET = {"name", "labels"}
-_STRING_MATCH = {"exact", "prefix", "regex"}
+_STRING_MATCH_KINDS = ("exact", "prefix", "regex")
 _LB_POLICIES = {
     "ROUND_ROBIN": "ROUND_ROBIN",
     "LEAST_REQUEST": "LEAST_REQUEST",
@@ -258,13 +237,13 @@ def _lb_policy(obj: Mapping[str, Any], policy: Any, path: str) -> str:
 
 def upstreams(objects: Sequence[Mapping[str, Any]]) -> list[Upstream]:
     """Every cluster the objects define: each Service port, and each DestinationRule subset of it."""
+    check_supported(objects)
     ports = _service_ports(objects)
     out = [Upstream(p.fqdn, p.port, None, p.selector, p.target_port, service=p.service) for p in ports]
     seen = {u.key for u in out}
     for dr in _of_kind(objects, "DestinationRule"):
         namespace, _ = _meta(dr)
         spec = dr.get("spec") or {}
-        _reject_unknown(dr, spec, _DR_SPEC, "spec")
         host = resolve_host(str(spec.get("host", "")), namespace)
         default_lb = _lb_policy(dr, spec.get("trafficPolicy"), "spec.trafficPolicy")
         matching = [p for p in ports if p.fqdn == host]
@@ -276,10 +255,7 @@ def upstreams(objects: Sequence[Mapping[str, Any]]) -> list[Upstream]:
                 for u in out
             ]
         for i, subset in enumerate(spec.get("subsets") or []):
-            _reject_unknown(dr, subset, _SUBSET, f"spec.subsets[{i}]")
-            name = subset.get("name")
-            if not isinstance(name, str) or not name:
-                raise ConfigError(_label(dr), f"spec.subsets[{i}].name", "must be a non-empty string")
+            name = str(subset["name"])
             labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
             for p in matching:
                 upstream = Upstream(
@@ -308,14 +284,11 @@ def _served_gateways(objects: Sequence[Mapping[str, Any]]) -> list[_Server]:
     servers: list[_Server] = []
     for gw in _of_kind(objects, "Gateway"):
         spec = gw.get("spec") or {}
-        _reject_unknown(gw, spec, _GATEWAY_SPEC, "spec")
         selector = spec.get("selector") or {}
         if any(GATEWAY_LABELS.get(str(k)) != str(v) for k, v in selector.items()):
             continue  # meant for another gateway workload
         for i, server in enumerate(spec.get("servers") or []):
-            _reject_unknown(gw, server, _SERVER, f"spec.servers[{i}]")
             port = server.get("port") or {}
-            _reject_unknown(gw, port, _SERVER_PORT, f"spec.servers[{i}].port")
             protocol = str(port.get("protocol", "")).upper()
             if protocol not in _PROTOCOLS:
                 raise UnsupportedField(
@@ -416,35 +389,20 @@ def _retry_policy(vs: Mapping[str, Any], retries: Any, path: str) -> dict[str, A
     return policy
 
 
-def _string_match(vs: Mapping[str, Any], value: Any, path: str) -> tuple[str, str]:
-    if value is None or value == {}:
+def _string_match(value: Any) -> tuple[str, str]:
+    """(kind, text) of an Istio StringMatch the oracle has checked; kind "present" is a presence test."""
+    kinds = [k for k in _STRING_MATCH_KINDS if (value or {}).get(k) is not None]
+    if not kinds:
         return ("present", "")
-    _reject_unknown(vs, value, _STRING_MATCH, path)
-    kinds = [k for k in ("exact", "prefix", "regex") if k in value]
-    if len(kinds) != 1:
-        raise ConfigError(_label(vs), path, "needs exactly one of exact, prefix, regex")
     kind = kinds[0]
-    text = value[kind]
-    if not isinstance(text, str):
-        raise ConfigError(_label(vs), f"{path}.{kind}", f"must be a string, got {type(text).__name__}")
-    if kind == "regex":
-        if text == "*":  # Istio reads the glob "*" as "header present"
-            return ("present", "")
-        _check_re2(vs, text, f"{path}.regex")
+    text = str(value[kind])
+    if kind == "regex" and text == "*":  # Istio reads the glob "*" as "header present"
+        return ("present", "")
     return (kind, text)
 
 
-def _check_re2(vs: Mapping[str, Any], pattern: str, path: str) -> None:
-    import re2  # google-re2: the engine Envoy's safe_regex uses
-
-    try:
-        re2.compile(pattern)
-    except re2.error as exc:
-        raise ConfigError(_label(vs), path, f"not a valid RE2 regex: {exc}") from exc
-
-
-def _header_matcher(vs: Mapping[str, Any], name: str, value: Any, path: str) -> dict[str, Any]:
-    kind, text = _string_match(vs, value, path)
+def _header_matcher(name: str, value: Any) -> dict[str, Any]:
+    kind, text = _string_match(value)
     header: dict[str, Any] = {"name": name}
     if kind == "present":
         header["present_match"] = True
@@ -462,11 +420,6 @@ def _route_match(
     out: dict[str, Any] = {"prefix": "/"}
     if match is None:
         return out
-    _reject_unknown(vs, match, _MATCH, path)
-    if not match:
-        raise ConfigError(
-            _label(vs), path, "empty match entry (Istio rejects it); omit `match` to match everything"
-        )
     if match.get("port") and match["port"] != server.port:
         return None  # Istio drops a match entry meant for another port
     if match.get("gateways"):
@@ -475,9 +428,9 @@ def _route_match(
             return None
     uri = match.get("uri")
     if uri is not None:
-        kind, text = _string_match(vs, uri, f"{path}.uri")
+        kind, text = _string_match(uri)
         if kind == "present":
-            pass  # an empty uri match matches every path
+            pass  # an empty uri match (or prefix "") matches every path
         elif kind == "exact":
             out = {"path": text}
         elif kind == "prefix":
@@ -491,13 +444,7 @@ def _route_match(
         if not isinstance(raw_headers, Mapping):
             raise ConfigError(_label(vs), f"{path}.{field_name}", "must be a mapping of header name to match")
         for name in sorted(raw_headers, key=lambda n: str(n).lower()):
-            where = f"{path}.{field_name}.{name}"
-            lowered = str(name).lower()
-            if lowered in _HEADER_NAMES_REFUSED or lowered.startswith((":", "@")):
-                raise UnsupportedField(
-                    _label(vs), where, "pseudo-headers, Host and JWT claims are not translated"
-                )
-            header = _header_matcher(vs, lowered, raw_headers[name], where)
+            header = _header_matcher(str(name).lower(), raw_headers[name])
             if invert:
                 header["invert_match"] = True
                 if "present_match" not in header:
@@ -505,7 +452,7 @@ def _route_match(
             headers.append(header)
     headers.sort(key=lambda h: str(h["name"]))
     if match.get("method") is not None:
-        headers.append(_header_matcher(vs, ":method", match["method"], f"{path}.method"))
+        headers.append(_header_matcher(":method", match["method"]))
     if headers:
         out["headers"] = headers
     return out
@@ -526,35 +473,19 @@ def _route_action(
     retries: Any = None,
 ) -> dict[str, Any]:
     namespace, _ = _meta(vs)
-    if not route:
-        raise UnsupportedField(
-            _label(vs),
-            path,
-            "an HTTP route without destinations (redirect, directResponse, delegate) is not translated",
-        )
     picks: list[tuple[str, int]] = []
-    for j, entry in enumerate(route):
-        where = f"{path}[{j}]"
-        _reject_unknown(vs, entry, _DESTINATION_WEIGHT, where)
-        destination = entry.get("destination") or {}
-        _reject_unknown(vs, destination, _DESTINATION, f"{where}.destination")
-        host = destination.get("host")
-        if not isinstance(host, str) or not host:
-            raise ConfigError(_label(vs), f"{where}.destination.host", "missing")
-        fqdn = resolve_host(host, namespace)
+    # check_supported has refused routes without destinations and weights that are not whole
+    # numbers summing to 100 (a lone destination: omitted or 100), as Istio's validation does.
+    for entry in route:
+        destination = entry["destination"]
+        fqdn = resolve_host(str(destination["host"]), namespace)
         number = (destination.get("port") or {}).get("number")
         if number is None:
             # Istio: the Service's only port, else the gateway's listener port.
             known = services.get(fqdn, [])
             number = known[0].port if len(known) == 1 else port
-        if not isinstance(number, int) or isinstance(number, bool):
-            raise ConfigError(
-                _label(vs), f"{where}.destination.port.number", f"must be a port number, got {number!r}"
-            )
         subset = destination.get("subset") or None
-        weight = entry.get("weight", 0 if len(route) > 1 else 100)
-        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
-            raise ConfigError(_label(vs), f"{where}.weight", f"must be a whole number >= 0, got {weight!r}")
+        weight = 100 if len(route) == 1 else int(entry.get("weight") or 0)
         picks.append((cluster_name(fqdn, number, subset), weight))
     action: dict[str, Any] = {"timeout": "0s", "retry_policy": _RETRY_POLICY}
     if timeout is not None:
@@ -568,8 +499,6 @@ def _route_action(
         action["cluster"] = picks[0][0]
         return action
     kept = [(name, weight) for name, weight in picks if weight > 0]  # Istio drops weight 0
-    if not kept:
-        raise ConfigError(_label(vs), path, "every destination has weight 0: nothing can be routed")
     if len(kept) == 1:
         action["cluster"] = kept[0][0]
     else:
@@ -578,7 +507,13 @@ def _route_action(
 
 
 def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The RouteConfiguration ``http.<port>`` of the ingress gateway for these objects."""
+    """The RouteConfiguration ``http.<port>`` of the ingress gateway for these objects.
+
+    The objects pass :func:`harness.routing.check_supported` first, so the translation accepts
+    exactly what the oracle judges (one allow-list), and refuses with UnsupportedField only
+    what it cannot build on top of that (non-HTTP servers, unknown retry fields).
+    """
+    check_supported(objects)
     servers = _served_gateways(objects)
     port = servers[0].port if servers else DEFAULT_GATEWAY_PORT
     services: dict[str, list[_ServicePort]] = {}
@@ -588,7 +523,6 @@ def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str,
     vhosts: dict[str, list[dict[str, Any]]] = {}
     for vs in _of_kind(objects, "VirtualService"):
         spec = vs.get("spec") or {}
-        _reject_unknown(vs, spec, _VS_SPEC, "spec")
         domains: list[str] = []
         bound: _Server | None = None
         for server in servers:
@@ -647,7 +581,6 @@ def _routes_of(
     routes: list[dict[str, Any]] = []
     for i, http in enumerate(spec.get("http") or []):
         path = f"spec.http[{i}]"
-        _reject_unknown(vs, http, _HTTP_ROUTE, path)
         name = str(http.get("name") or "")
         action = _route_action(
             vs,

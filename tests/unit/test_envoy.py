@@ -180,6 +180,33 @@ def test_invalid_regex_is_a_config_error_naming_the_field() -> None:
     assert "RE2" in str(caught.value)
 
 
+@pytest.mark.parametrize(("green", "blue"), [(30, 30), (60, 60), (0, 0)])
+def test_weights_that_do_not_sum_to_100_are_refused_like_the_oracle(green: int, blue: int) -> None:
+    objects = [gateway(), service("green"), service("blue"), virtual_service([weighted_route(green, blue)])]
+    with pytest.raises(ConfigError) as caught:
+        envoy.build_route_configuration(objects)
+    assert caught.value.field == "spec.http[0].route", str(caught.value)
+    assert "100" in caught.value.message, str(caught.value)
+
+
+def test_the_oracle_allow_list_is_the_translations() -> None:
+    """A field the oracle refuses is refused here with the oracle's path, also in upstreams()."""
+    pseudo = virtual_service(
+        [{"match": [{"headers": {":authority": {"exact": "x"}}}], **weighted_route(50, 50)}]
+    )
+    with pytest.raises(UnsupportedField) as caught:
+        envoy.build_route_configuration([gateway(), pseudo])
+    assert caught.value.field == "spec.http[0].match[0].headers.:authority", str(caught.value)
+    rule = {
+        "kind": "DestinationRule",
+        "metadata": {"name": "dr", "namespace": NS},
+        "spec": {"host": GREEN, "workloadSelector": {"matchLabels": {"app": "x"}}},
+    }
+    with pytest.raises(UnsupportedField) as caught:
+        envoy.upstreams([service("green"), rule])
+    assert caught.value.field == "spec.workloadSelector", str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("objects", "field"),
     [
