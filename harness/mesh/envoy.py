@@ -390,13 +390,19 @@ def _retry_policy(vs: Mapping[str, Any], retries: Any, path: str) -> dict[str, A
 
 
 def _string_match(value: Any) -> tuple[str, str]:
-    """(kind, text) of an Istio StringMatch the oracle has checked; kind "present" is a presence test."""
+    """(kind, text) of an Istio StringMatch the oracle has checked; kind "present" is a presence test.
+
+    Istio (``isCatchAllHeaderMatch``) writes an empty match, ``prefix: ""`` and ``regex: "*"`` as
+    Envoy's ``present_match``: Envoy's StringMatcher refuses an empty prefix (min_len 1), and
+    every present value starts with "" (routing.string_matches agrees). ``exact: ""`` is an
+    exact match of the empty value, which Envoy accepts as written.
+    """
     kinds = [k for k in _STRING_MATCH_KINDS if (value or {}).get(k) is not None]
     if not kinds:
         return ("present", "")
     kind = kinds[0]
     text = str(value[kind])
-    if kind == "regex" and text == "*":  # Istio reads the glob "*" as "header present"
+    if (kind == "regex" and text == "*") or (kind == "prefix" and not text):
         return ("present", "")
     return (kind, text)
 

@@ -22,6 +22,7 @@ from harness.mesh.base import (
 )
 from harness.mesh.local import endpoints_for
 from harness.mesh.workloads import RunningWorkload, specs_from_objects
+from harness.routing import string_matches
 from tests.unit import objects as k8s
 from tests.unit.objects import (
     NS,
@@ -165,6 +166,22 @@ def test_header_matchers_lower_case_names_and_istio_presence_forms() -> None:
     assert by_name["x-debug"]["invert_match"] is True
     assert by_name["x-debug"]["treat_missing_header_as_empty"] is True
     assert by_name[":method"]["string_match"] == {"exact": "POST"}
+
+
+def test_empty_prefix_is_a_presence_match_as_istio_writes_it() -> None:
+    """Envoy refuses ``string_match: {prefix: ""}``; Istio and the oracle read it as "present"."""
+    http = [
+        {
+            "match": [{"headers": {"x-p": {"prefix": ""}, "x-e": {"exact": ""}}}],
+            "route": [{"destination": {"host": GREEN, "port": {"number": 5001}}}],
+        }
+    ]
+    by_name = {h["name"]: h for h in routes_of([gateway(), virtual_service(http)])[0]["match"]["headers"]}
+    assert by_name["x-p"] == {"name": "x-p", "present_match": True}, by_name
+    assert by_name["x-e"] == {"name": "x-e", "string_match": {"exact": ""}}, "exact '' is a valid matcher"
+    assert string_matches({"prefix": ""}, "anything") and not string_matches({"prefix": ""}, None), (
+        "the oracle's semantics of an empty prefix is presence too"
+    )
 
 
 def test_invalid_regex_is_a_config_error_naming_the_field() -> None:
