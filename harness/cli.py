@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from harness.errors import ConfigError, HarnessError
 from harness.plan import RolloutPlan, Stage, load_plan
@@ -48,22 +48,40 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
         return 1 if failed else 0
     plan = load_plan(args.plan)
     stages = [plan.stage(args.stage)] if args.stage else list(plan.stages)
-    return 0 if validate_stages(plan, stages, out) else 1
+    return 0 if validate_stages(plan, stages, out) is not None else 1
 
 
-def validate_stages(plan: RolloutPlan, stages: Sequence[Stage], out: TextIO) -> bool:
-    """Render and validate each stage, one line each (weights, verdict) plus its findings."""
+def validate_stages(plan: RolloutPlan, stages: Sequence[Stage], out: TextIO) -> dict[str, list[dict[str, Any]]] | None:
+    """Render and check each stage offline; one line each (weights, verdict) plus its findings.
+
+    Three checks: the schemas and semantics of `harness.validate`, the routing oracle's refusal
+    of anything it does not model, and agreement between what the manifests route and what
+    the plan says. Returns the rendered objects by stage name, or None when any stage failed.
+    """
+    from harness.rollout import manifest_mismatches
+    from harness.routing import STANDARD_CLASSES
     from harness.validate import has_errors, validate_objects
 
+    rendered: dict[str, list[dict[str, Any]]] = {}
     valid = True
     for stage in stages:
-        findings = validate_objects(render_stage(plan, stage))
-        errors = has_errors(findings)
+        objects = render_stage(plan, stage)
+        checked = validate_objects(objects)
+        findings = [str(f) for f in checked]
+        errors = has_errors(checked)
+        if not errors:
+            try:
+                mismatches = manifest_mismatches(objects, stage, STANDARD_CLASSES)
+            except ConfigError as exc:
+                mismatches = [f"routing: {exc}"]
+            findings += [f"error PLAN {m}" for m in mismatches]
+            errors = bool(mismatches)
         valid = valid and not errors
+        rendered[stage.name] = objects
         out.write(f"{stage.name:<11} {stage.summary():<40} {'INVALID' if errors else 'valid'}\n")
         for finding in findings:
             out.write(f"    {finding}\n")
-    return valid
+    return rendered if valid else None
 
 
 def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
@@ -94,7 +112,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         print(f"[abtest] {line}", file=sys.stderr, flush=True)
 
     # Offline first: a broken manifest is named before anything is started.
-    if not validate_stages(plan, stages, out):
+    rendered = validate_stages(plan, stages, out)
+    if rendered is None:
         out.write("FAIL: invalid manifests; nothing was started\n")
         return 1
     started = time.monotonic()
@@ -104,8 +123,12 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     with session:
         up_s = time.monotonic() - started
         try:
+            refs = session.image_refs
             result = rollout.run_rollout(
-                session.mesh, plan, config, stages=stages, image_refs=session.image_refs, out=out
+                # Objects rendered for validation carry the default image refs; reuse them
+                # only when the mesh runs those.
+                session.mesh, plan, config, stages=stages, image_refs=refs,
+                rendered=rendered if refs is None else None, out=out,
             )
         except BaseException:
             target = args.artifacts_dir / "run-failure"

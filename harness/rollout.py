@@ -7,8 +7,9 @@ every class has a verdict. Nothing is retried until it passes.
 
 What is expected comes from the plan (the configured weights, and the rule that
 ``x-api-version: V`` pins a request to V, or gets 503 where V does not run). The routing
-oracle's reading of the rendered manifests is compared with that first, so a manifest that
-disagrees with its plan is named before any traffic is sent.
+oracle's reading of the rendered manifests is compared with that too: a disagreement is
+reported with the stage's result, and ``abtest run`` checks it for every stage before it
+starts a mesh.
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ def check_stage(
     classes: Sequence[Request] = STANDARD_CLASSES,
     image_refs: Mapping[str, str] | None = None,
     expected: Mapping[str, Mapping[str, float]] | None = None,
+    objects: list[dict[str, Any]] | None = None,
     converge_timeout: float = 60.0,
     deadline_s: float = 120.0,
     progress: Progress = _quiet,
@@ -168,10 +170,12 @@ def check_stage(
     """Apply one stage, wait for convergence, sample every class, and judge it.
 
     `expected` overrides what the plan promises (label -> outcome -> probability), for a
-    regression suite that holds its own table of what each stage must do.
+    regression suite that holds its own table of what each stage must do. `objects` are the
+    stage's rendered objects when the caller has them already (else rendered here).
     """
     result = StageResult(stage)
-    objects = render_stage(plan, stage, image_refs=image_refs)
+    if objects is None:
+        objects = render_stage(plan, stage, image_refs=image_refs)
     result.manifest_mismatches = manifest_mismatches(objects, stage, classes) if expected is None else []
     started = time.monotonic()
     mesh.apply(objects)
@@ -209,14 +213,19 @@ def run_rollout(
     *,
     stages: Sequence[Stage] | None = None,
     image_refs: Mapping[str, str] | None = None,
+    rendered: Mapping[str, list[dict[str, Any]]] | None = None,
     out: TextIO | None = None,
     on_stage: Callable[[StageResult], None] | None = None,
 ) -> RolloutResult:
-    """Drive `stages` (default: the whole plan) in order on a mesh that is up."""
+    """Drive `stages` (default: the whole plan) in order on a mesh that is up.
+
+    `rendered` (stage name -> objects) saves rendering again what the caller rendered already.
+    """
     result = RolloutResult()
     started = time.monotonic()
     for stage in stages or plan.stages:
-        stage_result = check_stage(mesh, plan, stage, config, image_refs=image_refs)
+        objects = rendered.get(stage.name) if rendered is not None else None
+        stage_result = check_stage(mesh, plan, stage, config, image_refs=image_refs, objects=objects)
         result.stages.append(stage_result)
         if out is not None:
             write_stage(stage_result, out)

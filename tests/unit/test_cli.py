@@ -80,3 +80,29 @@ def test_run_with_a_bad_plan_starts_nothing(tmp_path: Path, capsys: pytest.Captu
     assert code == 2
     assert out == ""
     assert "Stage Blue_50: weights: sum to 110, not 100" in capsys.readouterr().err
+
+
+def test_run_refuses_manifests_that_route_otherwise_than_the_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import copy
+
+    from harness import cli, rollout
+    from harness.render import render_stage
+
+    def swapped(plan: object, stage: object, **kwargs: object) -> list[dict[str, object]]:
+        objects = copy.deepcopy(render_stage(plan, stage, **kwargs))  # type: ignore[arg-type]
+        http = next(o for o in objects if o["kind"] == "VirtualService")["spec"]["http"]  # type: ignore[index]
+        http[0]["route"], http[1]["route"] = http[1]["route"], http[0]["route"]
+        return objects
+
+    def no_mesh(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a mesh was opened for invalid manifests")
+
+    monkeypatch.setattr(cli, "render_stage", swapped)
+    monkeypatch.setattr(rollout, "open_mesh", no_mesh)
+    code, text = _run("run", "--stage", "Blue_0", "--artifacts-dir", str(tmp_path))
+    assert code == 1, text
+    assert "Blue_0      green 100 (A) / blue 0 (B)" in text and "INVALID" in text
+    assert "error PLAN Blue_0 header-blue: manifests route green 100%, the plan says blue 100%" in text
+    assert "FAIL: invalid manifests; nothing was started" in text
