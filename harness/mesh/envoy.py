@@ -220,53 +220,119 @@ def _service_ports(objects: Sequence[Mapping[str, Any]]) -> list[_ServicePort]:
     return out
 
 
-def _lb_policy(obj: Mapping[str, Any], policy: Any, path: str) -> str:
-    if policy is None:
-        return "ROUND_ROBIN"
-    _reject_unknown(obj, policy, {"loadBalancer"}, path)
-    balancer = policy.get("loadBalancer")
-    if balancer is None:
-        return "ROUND_ROBIN"
-    # consistentHash would make the pick sticky (DESIGN: requests must be independent trials).
-    _reject_unknown(obj, balancer, {"simple"}, f"{path}.loadBalancer")
-    simple = str(balancer.get("simple", "UNSPECIFIED")).upper()
+def _lb_policy(obj: Mapping[str, Any], policy: Any, path: str, port: int) -> str | None:
+    """Envoy's lb_policy for `port` from a DestinationRule traffic policy; None when it sets none.
+
+    Only ``loadBalancer.simple`` (top level, or in ``portLevelSettings`` for this port, which
+    wins) is translated. The rest of a traffic policy (connection pools, outlier detection,
+    TLS, locality and warm-up settings) changes which pod of a destination answers or how a
+    request fails, never which destination a request goes to, so it is accepted and not
+    written; consistent hashing the oracle has already refused.
+    """
+    if not isinstance(policy, Mapping):
+        return None
+    chosen, where = (policy.get("loadBalancer") or {}).get("simple"), f"{path}.loadBalancer.simple"
+    for i, setting in enumerate(policy.get("portLevelSettings") or []):
+        if (setting.get("port") or {}).get("number") == port and (setting.get("loadBalancer") or {}).get(
+            "simple"
+        ):
+            chosen = setting["loadBalancer"]["simple"]
+            where = f"{path}.portLevelSettings[{i}].loadBalancer.simple"
+    if chosen is None:
+        return None
+    simple = str(chosen).upper()
     if simple not in _LB_POLICIES:
-        raise UnsupportedField(_label(obj), f"{path}.loadBalancer.simple", f"{simple!r} is not supported")
+        raise UnsupportedField(
+            _label(obj), where, f"{simple!r} is not translated (supported: {', '.join(sorted(_LB_POLICIES))})"
+        )
     return _LB_POLICIES[simple]
 
 
+def _visible_to_gateway(dr: Mapping[str, Any], consumers: set[str]) -> bool:
+    """Whether the gateway sees a DestinationRule (its exportTo names the gateway's namespace).
+
+    The oracle looks rules up from the namespace of the Gateway; a rule it cannot see defines
+    no subset there (503). Gateways in several namespaces seeing different rules would need
+    one route configuration per namespace, which this single gateway does not have.
+    """
+    namespace, _ = _meta(dr)
+    export_to = (dr.get("spec") or {}).get("exportTo")
+    seen = {_exported_to(export_to, namespace, consumer) for consumer in consumers} or {True}
+    if len(seen) > 1:
+        raise UnsupportedField(
+            _label(dr),
+            "spec.exportTo",
+            f"exported to some of the Gateway namespaces {sorted(consumers)} and not others; "
+            "the local gateway has one view of DestinationRules",
+        )
+    return seen.pop()
+
+
 def upstreams(objects: Sequence[Mapping[str, Any]]) -> list[Upstream]:
-    """Every cluster the objects define: each Service port, and each DestinationRule subset of it."""
+    """Every cluster the objects define: each Service port, and each DestinationRule subset of it.
+
+    A DestinationRule applies to the Service its host names (a short name in the rule's
+    namespace, or the FQDN). Wildcard hosts (``*.ns.svc.cluster.local``) are refused with
+    UnsupportedField naming ``spec.host``: matching them needs Istio's most-specific-rule
+    choice, which only the oracle implements (privately).
+    """
     check_supported(objects)
     ports = _service_ports(objects)
-    out = [Upstream(p.fqdn, p.port, None, p.selector, p.target_port, service=p.service) for p in ports]
-    seen = {u.key for u in out}
+    consumers = {server.gateway[0] for server in _served_gateways(objects)}
+    policies: dict[str, tuple[Mapping[str, Any], Any]] = {}  # fqdn -> (rule, its trafficPolicy)
+    subsets: list[tuple[Mapping[str, Any], int, str, Mapping[str, Any]]] = []
     for dr in _of_kind(objects, "DestinationRule"):
         namespace, _ = _meta(dr)
         spec = dr.get("spec") or {}
-        host = resolve_host(str(spec.get("host", "")), namespace)
-        default_lb = _lb_policy(dr, spec.get("trafficPolicy"), "spec.trafficPolicy")
-        matching = [p for p in ports if p.fqdn == host]
-        if default_lb != "ROUND_ROBIN":
-            out = [
-                Upstream(u.fqdn, u.port, u.subset, u.selector, u.target_port, default_lb, u.service)
-                if u.fqdn == host and u.subset is None
-                else u
-                for u in out
-            ]
-        for i, subset in enumerate(spec.get("subsets") or []):
-            name = str(subset["name"])
-            labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
-            for p in matching:
-                upstream = Upstream(
-                    p.fqdn, p.port, name, {**p.selector, **labels}, p.target_port, default_lb, p.service
-                )
-                if upstream.key in seen:
-                    raise ConfigError(
-                        _label(dr), f"spec.subsets[{i}].name", f"subset {name!r} is defined twice"
-                    )
-                seen.add(upstream.key)
-                out.append(upstream)
+        raw_host = str(spec["host"])
+        if "*" in raw_host:
+            raise UnsupportedField(
+                _label(dr),
+                "spec.host",
+                f"{raw_host!r}: wildcard DestinationRule hosts are not translated; name the Service",
+            )
+        if not _visible_to_gateway(dr, consumers):
+            continue
+        host = resolve_host(raw_host, namespace)
+        if spec.get("trafficPolicy") is not None:
+            policies[host] = (dr, spec["trafficPolicy"])
+        subsets += [(dr, i, host, subset) for i, subset in enumerate(spec.get("subsets") or [])]
+
+    def lb(fqdn: str, port: int, subset: tuple[Mapping[str, Any], int, Mapping[str, Any]] | None) -> str:
+        if subset is not None:
+            dr, i, raw = subset
+            chosen = _lb_policy(dr, raw.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy", port)
+            if chosen is not None:
+                return chosen  # a subset's policy overrides the rule's (Istio merges it over)
+        if fqdn in policies:
+            dr, policy = policies[fqdn]
+            return _lb_policy(dr, policy, "spec.trafficPolicy", port) or "ROUND_ROBIN"
+        return "ROUND_ROBIN"
+
+    out = [
+        Upstream(p.fqdn, p.port, None, p.selector, p.target_port, lb(p.fqdn, p.port, None), p.service)
+        for p in ports
+    ]
+    seen = {u.key for u in out}
+    for dr, i, host, subset in subsets:
+        name = str(subset["name"])
+        labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
+        for p in ports:
+            if p.fqdn != host:
+                continue
+            upstream = Upstream(
+                p.fqdn,
+                p.port,
+                name,
+                {**p.selector, **labels},
+                p.target_port,
+                lb(p.fqdn, p.port, (dr, i, subset)),
+                p.service,
+            )
+            if upstream.key in seen:
+                raise ConfigError(_label(dr), f"spec.subsets[{i}].name", f"subset {name!r} is defined twice")
+            seen.add(upstream.key)
+            out.append(upstream)
     return sorted(out, key=lambda u: u.name)
 
 

@@ -208,9 +208,7 @@ def test_weights_that_do_not_sum_to_100_are_refused_like_the_oracle(green: int, 
 
 def test_the_oracle_allow_list_is_the_translations() -> None:
     """A field the oracle refuses is refused here with the oracle's path, also in upstreams()."""
-    pseudo = virtual_service(
-        [{"match": [{"headers": {":authority": {"exact": "x"}}}], **weighted_route(50, 50)}]
-    )
+    pseudo = virtual_service([{"match": [{"headers": {":authority": {"exact": "x"}}}], **weighted_route(50, 50)}])
     with pytest.raises(UnsupportedField) as caught:
         envoy.build_route_configuration([gateway(), pseudo])
     assert caught.value.field == "spec.http[0].match[0].headers.:authority", str(caught.value)
@@ -245,9 +243,7 @@ def test_the_oracle_allow_list_is_the_translations() -> None:
         ),
         (
             [
-                gateway(
-                    servers=[{"port": {"number": 443, "protocol": "HTTPS", "name": "https"}, "hosts": ["*"]}]
-                ),
+                gateway(servers=[{"port": {"number": 443, "protocol": "HTTPS", "name": "https"}, "hosts": ["*"]}]),
                 virtual_service([weighted_route(50, 50)]),
             ],
             "spec.servers[0].port.protocol",
@@ -296,9 +292,7 @@ def test_nothing_bound_is_istios_blackhole_404(objects: list[dict[str, Any]]) ->
             {
                 "name": "blackhole:80",
                 "domains": ["*"],
-                "routes": [
-                    {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 404}}
-                ],
+                "routes": [{"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 404}}],
             }
         ],
     }
@@ -309,9 +303,7 @@ def test_nothing_bound_is_istios_blackhole_404(objects: list[dict[str, Any]]) ->
 
 def test_virtual_host_is_the_narrower_of_gateway_and_virtualservice_hosts() -> None:
     objects = [
-        gateway(
-            servers=[{"port": {"number": 80, "protocol": "HTTP", "name": "http"}, "hosts": ["*.example.com"]}]
-        ),
+        gateway(servers=[{"port": {"number": 80, "protocol": "HTTP", "name": "http"}, "hosts": ["*.example.com"]}]),
         virtual_service([weighted_route(50, 50)], hosts=["api.example.com", "other.org", "*"]),
     ]
     domains = [v["domains"] for v in envoy.build_route_configuration(objects)["virtual_hosts"]]
@@ -345,6 +337,58 @@ def test_destination_rule_subsets_become_clusters_with_merged_selectors() -> Non
     assert ups[f"outbound|5001|blue|{fqdn}"].lb_policy == "RANDOM"
 
 
+def _model_rule(**spec: Any) -> dict[str, Any]:
+    rule = k8s.destination_rule("model", {"v-green": "green", "v-blue": "blue"})
+    rule["spec"].update(spec)
+    return rule
+
+
+def _subset_clusters(objects: list[dict[str, Any]]) -> dict[str | None, str]:
+    return {u.subset: u.lb_policy for u in envoy.upstreams(objects) if u.fqdn == fqdn("model")}
+
+
+def test_wildcard_destination_rule_host_is_refused_naming_the_field() -> None:
+    objects = [
+        gateway(),
+        service(name="model", selector={"app": "model"}),
+        _model_rule(host=f"*.{NS}.svc.cluster.local"),
+    ]
+    with pytest.raises(UnsupportedField) as caught:
+        envoy.upstreams(objects)
+    assert caught.value.field == "spec.host", str(caught.value)
+    assert caught.value.obj == f"DestinationRule {NS}/model", str(caught.value)
+
+
+def test_destination_rule_the_gateway_cannot_see_defines_no_subset() -> None:
+    """As the oracle: a rule not exported to the Gateway's namespace gives 503 for its subsets."""
+    base = [gateway(), service(name="model", selector={"app": "model"})]
+    assert set(_subset_clusters([*base, _model_rule(exportTo=["."])])) == {None, "v-green", "v-blue"}
+    assert set(_subset_clusters([*base, _model_rule(exportTo=["other-ns"])])) == {None}, (
+        "a rule exported elsewhere must not give the gateway its subsets"
+    )
+
+
+def test_traffic_policy_the_oracle_accepts_translates_or_names_the_field() -> None:
+    base = [gateway(), service(name="model", selector={"app": "model"})]
+    harmless = _model_rule(
+        trafficPolicy={
+            "connectionPool": {"http": {"http1MaxPendingRequests": 10}},
+            "outlierDetection": {"consecutive5xxErrors": 5},
+            "portLevelSettings": [{"port": {"number": 5001}, "loadBalancer": {"simple": "RANDOM"}}],
+        }
+    )
+    harmless["spec"]["subsets"][1]["trafficPolicy"] = {"loadBalancer": {"simple": "LEAST_REQUEST"}}
+    assert _subset_clusters([*base, harmless]) == {
+        None: "RANDOM",
+        "v-green": "RANDOM",
+        "v-blue": "LEAST_REQUEST",
+    }, "port-level settings apply to the port; a subset's own policy overrides the rule's"
+    untranslatable = _model_rule(trafficPolicy={"loadBalancer": {"simple": "PASSTHROUGH"}})
+    with pytest.raises(UnsupportedField) as caught:
+        envoy.upstreams([*base, untranslatable])
+    assert caught.value.field == "spec.trafficPolicy.loadBalancer.simple", str(caught.value)
+
+
 def test_translate_gives_eds_clusters_endpoints_and_a_loopback_listener() -> None:
     objects = stage(50, 50)
     eps: dict[envoy.EndpointKey, list[tuple[str, int]]] = {
@@ -362,9 +406,7 @@ def test_translate_gives_eds_clusters_endpoints_and_a_loopback_listener() -> Non
     clusters = {c["name"]: c for c in resources.clusters}
     assert clusters[GREEN_CLUSTER]["type"] == "EDS"
     assert clusters[BLUE_CLUSTER]["type"] == "STATIC"
-    assert clusters[BLUE_CLUSTER]["load_assignment"]["endpoints"] == [{"lb_endpoints": []}], (
-        "no endpoint: 503"
-    )
+    assert clusters[BLUE_CLUSTER]["load_assignment"]["endpoints"] == [{"lb_endpoints": []}], "no endpoint: 503"
     lb = resources.load_assignments[GREEN_CLUSTER]["endpoints"][0]["lb_endpoints"]
     assert lb[0]["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 40001}
 
@@ -426,8 +468,7 @@ _ISTIO_RETRY = {
         {
             "name": "envoy.retry_host_predicates.previous_hosts",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
-                "PreviousHostsPredicate"
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
             },
         }
     ],
@@ -444,8 +485,7 @@ def _istio_route(name: str, match: dict[str, Any], action: dict[str, Any], opera
         "metadata": {
             "filter_metadata": {
                 "istio": {
-                    "config": f"/apis/networking.istio.io/v1/namespaces/{NS}/virtual-service/"
-                    "mlmodel-virtualservice"
+                    "config": f"/apis/networking.istio.io/v1/namespaces/{NS}/virtual-service/mlmodel-virtualservice"
                 }
             }
         },
@@ -580,9 +620,7 @@ def test_equivalent_spellings_normalize_equal() -> None:
         {
             "match": {"prefix": "/"},
             "route": {
-                "weighted_clusters": {
-                    "clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": {"value": 1}}]
-                }
+                "weighted_clusters": {"clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": {"value": 1}}]}
             },
         },
         ["x.org", "x.org:*", "x.org:80"],
