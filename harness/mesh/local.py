@@ -56,6 +56,7 @@ from harness.mesh.workloads import (
     RunningWorkload,
     WorkloadRunner,
     WorkloadSpec,
+    loopback_session,
     specs_from_objects,
     start_process,
     stop_process,
@@ -262,7 +263,7 @@ class LocalMesh:
         self.envoy_log_level = envoy_log_level
         self.concurrency = concurrency
         self._lock = threading.RLock()
-        self._session = requests.Session()
+        self._session = loopback_session()
         self._reset()
 
     def _reset(self) -> None:
@@ -469,7 +470,7 @@ class LocalMesh:
             if self._envoy is not None:
                 stop_process(self._envoy, "envoy gateway")
             self._session.close()
-            self._session = requests.Session()
+            self._session = loopback_session()
             if self._workdir_given is None and self.workdir is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             self._envoy = None

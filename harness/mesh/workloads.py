@@ -39,6 +39,7 @@ __all__ = [
     "WorkloadRunner",
     "WorkloadSpec",
     "free_port",
+    "loopback_session",
     "image_repository",
     "specs_from_objects",
     "start_process",
@@ -114,6 +115,17 @@ def image_repository(ref: str) -> str:
     name = ref.split("@", 1)[0]
     head, sep, tail = name.rpartition(":")
     return head if sep and "/" not in tail else name
+
+
+def loopback_session() -> requests.Session:
+    """A requests Session for loopback calls: proxy variables (HTTP_PROXY, ...) are ignored.
+
+    A proxy cannot reach this machine's 127.0.0.1, so with ``HTTP_PROXY`` set and 127.0.0.1
+    missing from ``NO_PROXY`` every admin or health poll would fail until its deadline.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    return session
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -214,7 +226,7 @@ class ProcessRunner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.python = python
         self.extra_env = dict(extra_env or {})
-        self._session = requests.Session()
+        self._session = loopback_session()
         self._running: dict[int, RunningWorkload] = {}
         self._lock = threading.RLock()  # stop() may run from a signal handler
         self._serial = 0

@@ -280,6 +280,25 @@ def test_down_is_idempotent_and_the_mesh_can_come_back(tmp_path: Path) -> None:
     runner.close()
 
 
+def test_proxy_variables_never_divert_loopback_polls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy cannot reach our 127.0.0.1: admin and health polls must ignore HTTP_PROXY."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: a proxy that refuses every connection
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{dead.getsockname()[1]}")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    runner = ProcessRunner(IMAGES, log_dir=tmp_path / "workloads")
+    try:
+        with LocalMesh(runner=runner, startup_timeout=10.0, ready_timeout=5.0) as mesh:
+            mesh.apply(GREEN_100)
+            mesh.converge(GREEN_100, timeout=5.0)
+            assert mesh.live_state().endpoints, "the admin endpoint answered through no proxy"
+    finally:
+        runner.close()
+        dead.close()
+
+
 @pytest.mark.parametrize("previous", ["default", "custom"])
 def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path, previous: str) -> None:
     """SIGTERM stops envoy and the workloads, then does what the program's own handling says.
