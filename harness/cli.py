@@ -130,10 +130,15 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                 session.mesh, plan, config, stages=stages, image_refs=refs,
                 rendered=rendered if refs is None else None, out=out,
             )
-        except BaseException:
+        except KeyboardInterrupt:
+            raise  # the user wants out: tear down now, no dump first
+        except Exception:
             target = args.artifacts_dir / "run-failure"
-            session.mesh.dump(target)
-            progress(f"dumped the mesh state to {target}")
+            try:
+                session.mesh.dump(target)
+                progress(f"dumped the mesh state to {target}")
+            except Exception as exc:  # noqa: BLE001 - the original error matters more than the dump's
+                progress(f"could not dump the mesh state: {exc}")
             raise
         if not result.passed:
             target = args.artifacts_dir / "run"
