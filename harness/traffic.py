@@ -872,7 +872,9 @@ def _run_threads(run: _Run, target: Target, concurrency: int) -> list[_Tally]:
             if not run.stopped_by:
                 first.wait(_RAMP_S)  # ramp up, as the event loop does
         for worker in workers:
-            # Every blocking call in a worker ends by the deadline; the margin covers scheduling.
+            # requests bounds each socket operation, not a whole exchange, so a server that
+            # trickles bytes can hold a worker past the deadline: give it a margin, then report
+            # the stuck workers (daemon threads, so they never keep the process alive).
             worker.join(max(run.deadline - time.monotonic(), 0.0) + 5.0)
     except BaseException:
         run.stop("interrupted")
@@ -883,7 +885,10 @@ def _run_threads(run: _Run, target: Target, concurrency: int) -> list[_Tally]:
         raise run.failure
     stuck = [w.name for w in workers if w.is_alive()]
     if stuck:
-        raise HarnessError(f"load workers still running after the deadline: {', '.join(stuck)}")
+        raise HarnessError(
+            f"load workers still running 5 s after the deadline (a target trickling its answers?): "
+            f"{', '.join(stuck)}"
+        )
     return tallies
 
 
