@@ -147,14 +147,27 @@ class DockerRunner:
         container = self._container(workload)
         host, port = workload.endpoint
 
-        def healthy() -> bool:
-            container.reload()
+        def alive() -> None:
+            # Asking Docker is no transient matter: a container it no longer knows, or a daemon
+            # error, cannot turn into a ready replica by waiting.
+            try:
+                container.reload()
+            except docker.errors.NotFound:
+                raise ContainerFailed(f"container {container.name} vanished before it was ready") from None
+            except docker.errors.APIError as exc:
+                raise ContainerFailed(f"cannot inspect container {container.name}: {exc}") from exc
             state = container.attrs.get("State", {})
             if state.get("Status") in ("exited", "dead"):
                 raise ContainerFailed(
                     f"container {container.name} exited with {state.get('ExitCode')} before it was ready"
                     f"{self._logs_note(container)}"
                 )
+
+        def healthy() -> bool:
+            try:
+                alive()
+            except (ConnectionError, TimeoutError, http.client.HTTPException) as exc:
+                raise ContainerFailed(f"cannot inspect container {container.name}: {exc}") from exc
             connection = http.client.HTTPConnection(host, port, timeout=1.0)
             try:
                 connection.request("GET", workload.spec.health_path)
@@ -170,8 +183,8 @@ class DockerRunner:
                 timeout=timeout,
                 interval=0.05,
                 max_interval=0.25,
-                # Refused or reset while the server starts behind docker-proxy.
-                transient=(OSError, http.client.HTTPException),
+                # Refused, reset or slow while the server starts behind docker-proxy; nothing else.
+                transient=(ConnectionError, TimeoutError, http.client.HTTPException),
             )
         except WaitTimeout as exc:
             exc.add_note(f"container logs:{self._logs_note(container)}")

@@ -126,6 +126,19 @@ def test_a_container_that_exits_fails_fast_with_its_logs(
     assert containers_of(run_id) == []
 
 
+def test_a_container_that_vanishes_fails_at_once_not_at_the_deadline(
+    docker_engine: docker.DockerClient, scorer_refs: dict[str, str], run_id: str, containers_of: ContainersOf
+) -> None:
+    """Docker's NotFound is no transient error: waiting for a removed container cannot succeed."""
+    with DockerRunner(run_id=run_id, client=docker_engine) as runner:
+        workload = runner.start(spec(scorer_refs["A"], "green"))
+        docker_engine.containers.get(str(workload.handle)).remove(force=True)
+        with pytest.raises(ContainerFailed) as caught:
+            runner.wait_ready(workload, timeout=10)
+        assert "vanished" in str(caught.value) or "no longer" in str(caught.value), str(caught.value)
+    assert containers_of(run_id) == []
+
+
 def test_ready_timeout_names_the_workload_and_attaches_logs(
     docker_engine: docker.DockerClient, scorer_refs: dict[str, str], run_id: str
 ) -> None:
