@@ -21,8 +21,12 @@ the Deployments' status, and prunes what the stage dropped; :meth:`converge` rea
 gateway Envoy's ``config_dump`` and compares its route table with the manifests'.
 
 A failure in any step writes diagnostics (``kind export logs``, pod logs, events, the
-gateway's config_dump) under the artifacts directory, then deletes the cluster unless
-``keep_cluster``, and raises :class:`KindStepError` naming the step.
+gateway's config_dump) under the artifacts directory, tears down as :meth:`KindIstioMesh.down`
+does, and raises :class:`KindStepError` naming the step.
+
+Teardown deletes only a cluster this run created (``kind create cluster`` ran, even if it
+failed half-way), and not even that with ``keep_cluster``. A reused cluster (one that
+existed before ``up()``) is never deleted: someone else made it, perhaps to keep it.
 
 >>> mesh = KindIstioMesh(cluster_name="abtest-demo", keep_cluster=True)
 >>> mesh.gateway_url
@@ -317,8 +321,9 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
       the text; here it asks ``kind get clusters`` whether the cluster exists, and the backend
       then waits for Node status through the API.
     * ``_on_delete``/``delete``: it runs ``kind delete cluster`` without ``--kubeconfig``
-      (kind then edits the default kubeconfig, the user's ``~/.kube/config``), sleeps 1 s,
-      and only deletes clusters it created; deletion is decided by the backend here.
+      (kind then edits the default kubeconfig, the user's ``~/.kube/config``) and sleeps 1 s.
+      Its rule is kept, though: only a cluster this run set out to create is deleted
+      (:attr:`create_attempted`); the backend adds ``keep_cluster`` on top.
 
     Not used at all: ``apply(dict)`` (pipes YAML through ``echo '...'`` in a shell, which
     breaks on the ``'*'`` hosts of our Gateway: the backend applies through the API),
@@ -331,6 +336,11 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
     def __init__(self, name: str, kind_binary: str, kubeconfig: Path, *, command_timeout: float) -> None:
         self._kind = kind_binary
         self._command_timeout = command_timeout
+        #: True once ``kind create cluster`` was started: from then on the cluster is this
+        #: run's to delete, also when the create failed half-way (kind may leave nodes behind).
+        #: pytest-kubernetes' own ``_created`` cannot say this: it is True by default, so a
+        #: failed ``kind get clusters`` would look like "created".
+        self.create_attempted = False
         super().__init__(cluster_name=name, kubeconfig=kubeconfig)
 
     @property
@@ -364,8 +374,16 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
     def ready(self, timeout: int = 20) -> bool:
         return self.exists()
 
+    def _on_create(self, cluster_options: ClusterOptions, **kwargs: Any) -> None:
+        # pytest-kubernetes calls this only when ready() said the cluster does not exist.
+        self.create_attempted = True
+        super()._on_create(cluster_options, **kwargs)
+
     def create_or_reuse(self, config: Path, *, timeout: float, wait: str = "120s") -> bool:
-        """Create the cluster from `config`, or reuse one of this name; True if created now."""
+        """Create the cluster from `config`, or reuse one of this name; True if created now.
+
+        A reused cluster is recorded as not created, so :meth:`delete_if_created` leaves it.
+        """
         self._cluster_options.cluster_timeout = int(timeout)
         self.create(
             ClusterOptions(
@@ -399,8 +417,15 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
         )
 
     def delete(self) -> None:
-        """Delete the cluster (kind treats a missing one as done) and our kubeconfig file."""
+        """Delete the cluster if this run created it (see :attr:`create_attempted`), with our kubeconfig.
+
+        A reused cluster is left as it is: deleting what another run made (or kept on
+        purpose) is not this run's call. kind treats a missing cluster as deleted.
+        """
+        if not self.create_attempted:
+            return
         self._on_delete()
+        self.create_attempted = False
         if self.kubeconfig:
             self.kubeconfig.unlink(missing_ok=True)
 
@@ -485,6 +510,10 @@ class KindIstioMesh:
     Parameters are the CLI/pytest options of the same names. The collaborators (tool
     lookup, docker client, image builder, API client factory, clock) are injectable so the
     contract tests can put fakes at each process and API boundary.
+
+    Cluster ownership: an existing cluster named `cluster_name` is reused and never deleted;
+    a cluster this run creates is deleted by :meth:`down` (also after a failed :meth:`up`)
+    unless `keep_cluster`, which leaves it for the next run to reuse.
     """
 
     name = "kind"
@@ -579,8 +608,9 @@ class KindIstioMesh:
     def up(self) -> None:
         """Create or reuse the cluster, install Istio, build and side-load the images.
 
-        On a failure: diagnostics into ``<artifacts>/failure-<step>``, the cluster deleted
-        unless ``keep_cluster``, and KindStepError naming the step. Ctrl-C also tears down.
+        On a failure: diagnostics into ``<artifacts>/failure-<step>``, then :meth:`down`
+        (which deletes the cluster only if this run created it and ``keep_cluster`` is off),
+        and KindStepError naming the step. Ctrl-C also tears down.
         """
         if self._up:
             return
@@ -596,7 +626,11 @@ class KindIstioMesh:
         self._say(f"ready: gateway {self.gateway_url} (cluster {self.cluster_name})")
 
     def down(self) -> None:
-        """Delete the cluster unless ``keep_cluster``; safe to call twice or before up()."""
+        """Delete the cluster if this run created it and ``keep_cluster`` is off.
+
+        A reused cluster is never deleted, nor its kubeconfig (it still describes a cluster
+        that exists). Safe to call twice or before up(); up() calls it on its own failures.
+        """
         self._up = False
         if self._api is not None:
             self._api.close()
@@ -605,6 +639,12 @@ class KindIstioMesh:
         if cluster is None or not self._cluster_touched:
             return
         self._cluster_touched = False
+        if not cluster.create_attempted:
+            self._say(
+                f"cluster: leaving {self.cluster_name} as it was found (reused, not created by this run); "
+                f"delete it with: kind delete cluster --name {self.cluster_name}"
+            )
+            return
         if self.keep_cluster:
             self._say(
                 f"keeping cluster {self.cluster_name}: kubectl --kubeconfig {self.kubeconfig} get pods -A; "
@@ -639,7 +679,8 @@ class KindIstioMesh:
         self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         cluster = KindCluster(self.cluster_name, kind, self.kubeconfig, command_timeout=self.timeouts.command)
         self._cluster = cluster
-        # From here on a cluster may exist that down() has to remove.
+        # From here on down() has to look at the cluster: delete it if the create below ran
+        # (cluster.create_attempted), leave it if it was reused; dump() may export its logs.
         self._cluster_touched = True
         self._say(f"cluster: creating or reusing {self.cluster_name} from {self.kind_config}")
         self.created_cluster = cluster.create_or_reuse(self.kind_config, timeout=self.timeouts.create_cluster)

@@ -316,7 +316,8 @@ def test_reused_cluster_exports_its_kubeconfig_and_skips_a_matching_istio(
     with rig.mesh(keep_cluster=True):
         pass
     first = len(rig.calls())
-    # ... which the next run reuses: no create, no istioctl install, and it deletes it at the end.
+    # ... which the next run reuses: no create, no istioctl install, and no delete at the end
+    # even without keep_cluster: the cluster was not this run's to delete.
     with rig.mesh() as mesh:
         assert mesh.created_cluster is False
     kc = str(rig.kubeconfig)
@@ -326,10 +327,56 @@ def test_reused_cluster_exports_its_kubeconfig_and_skips_a_matching_istio(
         ("kind", "export", "kubeconfig", "--name", NAME, "--kubeconfig", kc),
         ("kind", "load", "docker-image", refs[0], "--name", NAME),
         ("kind", "load", "docker-image", refs[1], "--name", NAME),
-        ("kind", "delete", "cluster", "--name", NAME, "--kubeconfig", kc),
     ]
     assert any("reusing existing" in line for line in rig.progress), rig.progress
+    assert rig.state()["clusters"] == [NAME], "a reused cluster must be left as it was found"
+    assert rig.kubeconfig.is_file(), "the kubeconfig of a cluster that still exists must stay"
+    assert any("not created by this run" in line for line in rig.progress), rig.progress
+
+
+def test_a_cluster_that_existed_before_the_run_is_never_deleted(rig: Rig) -> None:
+    rig.set_state(clusters=[NAME])  # made by someone else: another run, or a person
+    mesh = rig.mesh()
+    mesh.up()
+    mesh.down()
+    mesh.down()
+    assert not any(c[:3] == ("kind", "delete", "cluster") for c in rig.calls()), rig.calls()
+    assert rig.state()["clusters"] == [NAME]
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["delete", "keep"])
+def test_a_failed_up_on_a_reused_cluster_leaves_the_cluster(rig: Rig, keep: bool) -> None:
+    rig.set_state(clusters=[NAME])
+    _fail(rig, "istioctl install", "Error: failed to install manifests: context deadline exceeded")
+    with pytest.raises(KindStepError) as caught:
+        rig.mesh(keep_cluster=keep).up()
+    assert caught.value.step == "istio"
+    assert not any(c[:3] == ("kind", "delete", "cluster") for c in rig.calls()), rig.calls()
+    assert rig.state()["clusters"] == [NAME], "a failed run must not delete a cluster it did not create"
+
+
+def test_a_failed_lookup_of_existing_clusters_deletes_nothing(rig: Rig) -> None:
+    # `kind get clusters` failed: whether the cluster exists is unknown, so it is not ours to delete.
+    rig.set_state(clusters=[NAME])
+    _fail(rig, "kind get clusters", "ERROR: failed to list clusters: permission denied")
+    with pytest.raises(KindStepError) as caught:
+        rig.mesh().up()
+    assert caught.value.step == "cluster" and "permission denied" in str(caught.value)
+    assert not any(c[:3] == ("kind", "delete", "cluster") for c in rig.calls()), rig.calls()
+    assert rig.state()["clusters"] == [NAME]
+
+
+def test_a_created_cluster_is_deleted_after_a_failed_up_unless_kept(rig: Rig) -> None:
+    _fail(rig, "kind load docker-image", "ERROR: no nodes found")
+    with pytest.raises(KindStepError):
+        rig.mesh().up()
+    deletes = [c for c in rig.calls() if c[:3] == ("kind", "delete", "cluster")]
+    assert len(deletes) == 1, deletes
     assert_nothing_left(rig)
+    _fail(rig, "kind load docker-image", "ERROR: no nodes found")
+    with pytest.raises(KindStepError):
+        rig.mesh(keep_cluster=True).up()
+    assert rig.state()["clusters"] == [NAME], "keep_cluster keeps a created cluster after a failure too"
 
 
 def test_reused_cluster_with_another_istio_version_is_reinstalled(rig: Rig) -> None:
