@@ -103,7 +103,7 @@ def _result() -> RolloutResult:
     return RolloutResult([stage])
 
 
-def test_report_writes_json_and_markdown(tmp_path: Path) -> None:
+def test_report_writes_json_markdown_html_and_a_plot_per_stage(tmp_path: Path) -> None:
     result = _result()
     paths = write_report(result, tmp_path)
     data = json.loads(paths[0].read_text())
@@ -113,3 +113,7 @@ def test_report_writes_json_and_markdown(tmp_path: Path) -> None:
     assert data["stages"][0]["weights"] == {"green": 50, "blue": 50}
     markdown = to_markdown(result)
     assert "| Blue_50 | weighted | PASS | green 50%, blue 50% |" in markdown
+    png = tmp_path / "stage-Blue_50.png"
+    assert png in paths and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "run.html").read_text()
+    assert '<img src="stage-Blue_50.png"' in page and "weighted: PASS" in page
