@@ -16,7 +16,6 @@ and :func:`reap` finds what a killed run left behind.
 from __future__ import annotations
 
 import atexit
-import http.client
 import itertools
 import logging
 import os
@@ -32,7 +31,7 @@ from docker.models.containers import Container
 
 from harness.errors import HarnessError, WaitTimeout
 from harness.images import docker_client
-from harness.mesh.workloads import RunningWorkload, WorkloadSpec
+from harness.mesh.workloads import RunningWorkload, WorkloadSpec, wait_http_ok
 from harness.wait import wait_until
 
 __all__ = [
@@ -163,28 +162,15 @@ class DockerRunner:
                     f"{self._logs_note(container)}"
                 )
 
-        def healthy() -> bool:
-            try:
-                alive()
-            except (ConnectionError, TimeoutError, http.client.HTTPException) as exc:
-                raise ContainerFailed(f"cannot inspect container {container.name}: {exc}") from exc
-            connection = http.client.HTTPConnection(host, port, timeout=1.0)
-            try:
-                connection.request("GET", workload.spec.health_path)
-                return connection.getresponse().status == 200
-            finally:
-                connection.close()
-
         try:
-            wait_until(
-                healthy,
+            wait_http_ok(
+                f"http://{host}:{port}{workload.spec.health_path}",
+                alive,
+                timeout,
                 what=f"{workload.spec.name} ({container.name}) to answer 200 on "
                 f"http://{host}:{port}{workload.spec.health_path}",
-                timeout=timeout,
                 interval=0.05,
                 max_interval=0.25,
-                # Refused, reset or slow while the server starts behind docker-proxy; nothing else.
-                transient=(ConnectionError, TimeoutError, http.client.HTTPException),
             )
         except WaitTimeout as exc:
             exc.add_note(f"container logs:{self._logs_note(container)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import logging
 import os
 import signal
@@ -19,7 +20,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -128,6 +130,52 @@ def loopback_session() -> requests.Session:
     return session
 
 
+#: What a health poll retries: the server is not listening yet, resets, is slow, or answers
+#: garbage while it starts. Anything else (the replica died, Docker lost it) fails at once.
+HEALTH_TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, http.client.HTTPException)
+
+
+def wait_http_ok(
+    url: str,
+    alive: Callable[[], None],
+    timeout: float,
+    *,
+    what: str | None = None,
+    interval: float = 0.02,
+    max_interval: float = 0.1,
+) -> None:
+    """Poll ``GET url`` until it answers 200; `alive` is called before each attempt.
+
+    `alive` raises when the server can never answer (its process exited, its container is
+    gone); what it raises is never retried, even an error that looks like a socket error.
+    Uses http.client, which ignores proxy variables, so a loopback poll never goes to a proxy.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    def healthy() -> bool:
+        try:
+            alive()
+        except HEALTH_TRANSIENT as exc:
+            raise HarnessError(f"checking that {what or url} can still answer failed: {exc}") from exc
+        connection = http.client.HTTPConnection(host, port, timeout=1.0)
+        try:
+            connection.request("GET", path)
+            return connection.getresponse().status == 200
+        finally:
+            connection.close()
+
+    wait_until(
+        healthy,
+        what=what or f"{url} to answer 200",
+        timeout=timeout,
+        interval=interval,
+        max_interval=max_interval,
+        transient=HEALTH_TRANSIENT,
+    )
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on `host` right now (the caller binds it soon after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -226,7 +274,6 @@ class ProcessRunner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.python = python
         self.extra_env = dict(extra_env or {})
-        self._session = loopback_session()
         self._running: dict[int, RunningWorkload] = {}
         self._lock = threading.RLock()  # stop() may run from a signal handler
         self._serial = 0
@@ -311,7 +358,7 @@ class ProcessRunner:
         host, port = workload.endpoint
         url = f"http://{host}:{port}{workload.spec.health_path}"
 
-        def healthy() -> bool:
+        def alive() -> None:
             if process.poll() is not None:
                 text = tail(workload.log_path) if workload.log_path else ""
                 if "Address already in use" in text:
@@ -320,16 +367,8 @@ class ProcessRunner:
                     f"workload {workload.spec.name} exited with {process.returncode} before it was ready; "
                     f"log {workload.log_path}:\n{text}"
                 )
-            return self._session.get(url, timeout=1.0).status_code == 200
 
-        wait_until(
-            healthy,
-            what=f"{workload.spec.name} to answer 200 on {url}",
-            timeout=timeout,
-            interval=0.02,
-            max_interval=0.1,
-            transient=(requests.ConnectionError, requests.Timeout),
-        )
+        wait_http_ok(url, alive, timeout, what=f"{workload.spec.name} to answer 200 on {url}")
 
     def stop(self, workload: RunningWorkload) -> None:
         process = workload.handle
@@ -352,7 +391,6 @@ class ProcessRunner:
             running = list(self._running.values())
         for workload in running:
             self.stop(workload)
-        self._session.close()
 
 
 # --------------------------------------------------------------------------- Deployments -> specs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import http.server
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ import requests
 from harness.errors import ConfigError, HarnessError, UnsupportedField, WaitTimeout
 from harness.mesh.base import Mesh, route_table_from_config_dump
 from harness.mesh.local import LocalMesh
-from harness.mesh.workloads import ProcessRunner, specs_from_objects
+from harness.mesh.workloads import ProcessRunner, specs_from_objects, wait_http_ok
 from harness.wait import wait_until
 from tests.unit import objects as k8s
 from tests.unit.objects import NS
@@ -278,6 +279,41 @@ def test_down_is_idempotent_and_the_mesh_can_come_back(tmp_path: Path) -> None:
     with mesh:  # and it can be brought up again
         assert _sample(mesh.gateway_url, 1) == Counter({"status:404": 1})
     runner.close()
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    answers: list[int] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the handler API's name
+        self.send_response(self.answers.pop(0) if self.answers else 200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_wait_http_ok_retries_only_until_ok_and_never_what_alive_raises() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+    calls: list[int] = []
+    try:
+        _Health.answers = [503, 503]
+        wait_http_ok(url, lambda: calls.append(1), 10.0)
+        assert len(calls) == 3, f"two 503s then 200: three polls, each after alive(); got {len(calls)}"
+
+        def gone() -> None:
+            raise ConnectionRefusedError("the thing behind it is gone")  # looks transient, is not
+
+        with pytest.raises(HarnessError) as caught:
+            wait_http_ok(url, gone, 10.0)
+        assert not isinstance(caught.value, WaitTimeout), "what alive() raises must fail at once"
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(WaitTimeout):
+        wait_http_ok(url, lambda: None, 0.3)  # nothing listens any more: retried until the deadline
 
 
 def test_proxy_variables_never_divert_loopback_polls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
