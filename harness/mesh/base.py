@@ -40,6 +40,7 @@ from harness.errors import HarnessError
 __all__ = [
     "HeaderMatch",
     "Mesh",
+    "MeshNotUp",
     "PathMatch",
     "RouteAction",
     "RouteEntry",
@@ -57,6 +58,15 @@ __all__ = [
 def cluster_name(fqdn: str, port: int, subset: str | None = None) -> str:
     """Istio's outbound cluster name, which both backends use: ``outbound|5001||svc.ns.svc.cluster.local``."""
     return f"outbound|{port}|{subset or ''}|{fqdn}"
+
+
+class MeshNotUp(HarnessError, AttributeError):
+    """A mesh's URLs were asked for while it is down.
+
+    Also an AttributeError, so ``hasattr(mesh, "gateway_url")`` (and ``isinstance(mesh, Mesh)``,
+    which runtime protocols check with hasattr) answer False for a mesh that is down instead
+    of raising.
+    """
 
 
 @runtime_checkable

@@ -46,6 +46,7 @@ from harness import proc
 from harness.errors import HarnessError, UnsupportedField, WaitTimeout
 from harness.mesh import envoy
 from harness.mesh.base import (
+    MeshNotUp,
     RouteTable,
     diff_route_tables,
     route_table_from_config_dump,
@@ -287,14 +288,14 @@ class LocalMesh:
     def gateway_url(self) -> str:
         """``http://127.0.0.1:PORT`` of the gateway listener."""
         if self._gateway_port is None:
-            raise HarnessError("the local mesh is not up: call up() or use it as a context manager")
+            raise MeshNotUp("the local mesh is not up: call up() or use it as a context manager")
         return f"http://127.0.0.1:{self._gateway_port}"
 
     @property
     def admin_url(self) -> str:
         """``http://127.0.0.1:PORT`` of Envoy's admin endpoint."""
         if self._admin is None:
-            raise HarnessError("the local mesh is not up: call up() or use it as a context manager")
+            raise MeshNotUp("the local mesh is not up: call up() or use it as a context manager")
         return f"http://{self._admin}"
 
     @property
@@ -481,7 +482,7 @@ class LocalMesh:
 
     def _require_up(self) -> None:
         if not self._up or self._envoy is None:
-            raise HarnessError("the local mesh is not up: call up() or use it as a context manager")
+            raise MeshNotUp("the local mesh is not up: call up() or use it as a context manager")
         if self._envoy.poll() is not None:
             paths = self._paths()
             raise HarnessError(

@@ -274,8 +274,11 @@ def test_down_is_idempotent_and_the_mesh_can_come_back(tmp_path: Path) -> None:
     mesh.down()
     assert pids and not [p for p in pids if _alive(p)]
     assert workdir is not None and not workdir.exists(), "the temporary work directory is removed"
-    with pytest.raises(Exception, match="not up"):
+    with pytest.raises(HarnessError, match="not up"):
         _ = mesh.gateway_url
+    assert not hasattr(mesh, "admin_url") and not isinstance(mesh, Mesh), (
+        "a mesh that is down has no URLs, and asking whether it has them must not raise"
+    )
     with mesh:  # and it can be brought up again
         assert _sample(mesh.gateway_url, 1) == Counter({"status:404": 1})
     runner.close()
