@@ -20,6 +20,13 @@ Then :meth:`apply` server-side-applies a stage (field manager ``abtest-harness``
 the Deployments' status, and prunes what the stage dropped; :meth:`converge` reads the
 gateway Envoy's ``config_dump`` and compares its route table with the manifests'.
 
+Run id: every object applied carries ``app.kubernetes.io/managed-by=abtest-harness`` and
+``abtest-harness/run-id=<run id>`` (a fresh id per KindIstioMesh, see :func:`new_run_id`),
+and prune selects both labels, so it removes exactly what this run applied and never
+another run's objects sharing the namespace. In a reused cluster, an object an earlier run
+left that this run applies again is taken over (server-side apply with ``force``) and gets
+this run's id; one this run never applies keeps the earlier id and is left alone.
+
 A failure in any step writes diagnostics (``kind export logs``, pod logs, events, the
 gateway's config_dump) under the artifacts directory, tears down as :meth:`KindIstioMesh.down`
 does, and raises :class:`KindStepError` naming the step.
@@ -38,6 +45,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -69,6 +77,8 @@ DEFAULT_CLUSTER_NAME = "abtest"  # the same default as the --cluster-name option
 FIELD_MANAGER = "abtest-harness"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "abtest-harness"
+# The same label as the docker backend's containers: one run id names what one run made.
+RUN_ID_LABEL = "abtest-harness/run-id"
 ISTIO_NAMESPACE = "istio-system"
 ISTIOD = "istiod"
 GATEWAY = "istio-ingressgateway"
@@ -497,6 +507,15 @@ def _kind_config_ports(config: Path) -> tuple[int, int]:
     raise ConfigError(str(config), "nodes[].extraPortMappings", "no mapping with listenAddress 127.0.0.1")
 
 
+def new_run_id() -> str:
+    """A run id that sorts by time and is unique on a machine: ``20261126-100501-3fa2c1``.
+
+    The docker backend's format, and a valid label value (63 characters at most, alphanumeric
+    at both ends).
+    """
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
 def _image_repository(image: str) -> str:
     """``repo/name`` of ``repo/name:tag`` or ``repo/name@sha256:...`` (a registry port survives)."""
     image = image.split("@", 1)[0]
@@ -531,6 +550,7 @@ class KindIstioMesh:
         istio_version: str = istioctl_mod.ISTIO_VERSION,
         istio_base_url: str | None = None,
         base_image: str | None = None,
+        run_id: str | None = None,
         docker_client: Any = None,
         build_images: Callable[..., Mapping[str, str]] | None = None,
         resolve_tool: Callable[[str], str] = proc.tool,
@@ -550,6 +570,8 @@ class KindIstioMesh:
         self.istio_version = istio_version
         self.istio_base_url = istio_base_url
         self.base_image = base_image
+        #: Labels every object this run applies; prune and teardown select it (module docstring).
+        self.run_id = run_id or new_run_id()
         self.docker_client = docker_client
         self._build_images = build_images
         self._resolve_tool = resolve_tool
@@ -765,7 +787,7 @@ class KindIstioMesh:
         """
         self._require_up()
         try:
-            prepared = [self._with_image_refs(obj) for obj in objects]
+            prepared = [self._with_run_id(self._with_image_refs(obj)) for obj in objects]
             for obj in prepared:
                 labels = (obj.get("metadata", {}) or {}).get("labels", {}) or {}
                 if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE:
@@ -1046,7 +1068,10 @@ class KindIstioMesh:
         return result
 
     def _prune(self, applied: Iterable[Mapping[str, Any]]) -> None:
-        """Delete objects with our managed-by label that `applied` no longer contains."""
+        """Delete objects of this run (managed-by and our run id) that `applied` no longer contains.
+
+        Another run's objects in the same namespace carry another run id and are not selected.
+        """
         api = self._require_api()
         applied = list(applied)
         keep = {
@@ -1064,7 +1089,7 @@ class KindIstioMesh:
                 if o.get("kind") not in _CLUSTER_SCOPED and o.get("metadata", {}).get("namespace")
             }
         )
-        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+        selector = self.prune_selector
         deleted: list[str] = []
         for namespace in namespaces:
             for api_version, kind in _PRUNABLE:
@@ -1092,6 +1117,21 @@ class KindIstioMesh:
                 clock=self._clock,
                 sleep=self._sleep,
             )
+
+    @property
+    def prune_selector(self) -> str:
+        """The label selector of what prune may delete: managed by us and of this run."""
+        return f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{RUN_ID_LABEL}={self.run_id}"
+
+    def _with_run_id(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """`obj` (already a copy) labelled with this run's id.
+
+        Only ``metadata.labels``: a pod template label would change the template, and so
+        roll every Deployment of a reused cluster for nothing but a new id.
+        """
+        meta = obj.setdefault("metadata", {})
+        meta["labels"] = {**(meta.get("labels") or {}), RUN_ID_LABEL: self.run_id}
+        return obj
 
     def _with_image_refs(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of `obj` whose containers of the plan's image repositories use the built refs."""

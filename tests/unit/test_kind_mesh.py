@@ -476,8 +476,70 @@ def test_green_100_prunes_blue_with_foreground_deletion_after_the_new_stage_is_r
     assert last_apply < after.index(deletes[0])
     lists = [r for r in after if r.method == "GET" and r.query.get("labelSelector")]
     assert lists and all(
-        r.query["labelSelector"] == ["app.kubernetes.io/managed-by=abtest-harness"] for r in lists
+        r.query["labelSelector"]
+        == [f"app.kubernetes.io/managed-by=abtest-harness,abtest-harness/run-id={mesh.run_id}"]
+        for r in lists
+    ), "prune must select this run's objects only"
+
+
+def test_prune_at_green_100_leaves_another_runs_objects_alone(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
+    foreign = f"{deployments}/model-blue-other-run"
+    with rig.mesh(run_id="20261126-000000-aaaaaa") as mesh:
+        mesh.apply(stages["Blue_Green"])
+        # Another run's Deployment in the same namespace: our managed-by label, its own run id.
+        rig.api.state.objects[foreign] = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "model-blue-other-run",
+                "namespace": "abtesting",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "abtest-harness",
+                    "abtest-harness/run-id": "20261126-000000-bbbbbb",
+                },
+            },
+        }
+        mesh.apply(stages["Green_100"])
+        assert foreign in rig.api.state.objects, "prune deleted another run's Deployment"
+        assert rig.api.names(deployments) == ["model-blue-other-run", "model-green"], (
+            "this run's model-blue must still be pruned"
+        )
+    ours = [
+        yaml.safe_load(r.body) for r in rig.api.requests("PATCH") if r.query.get("fieldManager") == ["abtest-harness"]
+    ]
+    assert len(ours) == len(stages["Blue_Green"]) + len(stages["Green_100"]), len(ours)
+    assert all(o["metadata"]["labels"].get("abtest-harness/run-id") == "20261126-000000-aaaaaa" for o in ours), (
+        "every object applied must carry this run's id"
     )
+
+
+def test_objects_of_an_earlier_run_in_a_reused_cluster_are_taken_over(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
+    with rig.mesh(keep_cluster=True, run_id="20261126-000000-aaaaaa") as mesh:
+        mesh.apply(stages["Blue_Green"])
+    with rig.mesh(keep_cluster=True, run_id="20261126-000001-cccccc") as mesh:
+        assert mesh.created_cluster is False
+        mesh.apply(stages["Blue_Green"])
+        ids = {
+            name: rig.api.state.objects[f"{deployments}/{name}"]["metadata"]["labels"]["abtest-harness/run-id"]
+            for name in rig.api.names(deployments)
+        }
+        assert ids == {"model-blue": "20261126-000001-cccccc", "model-green": "20261126-000001-cccccc"}, (
+            "re-applied objects must carry the new run's id"
+        )
+        mesh.apply(stages["Green_100"])
+        assert rig.api.names(deployments) == ["model-green"], "a taken-over object is this run's to prune"
+
+
+def test_each_mesh_gets_its_own_run_id(rig: Rig) -> None:
+    first, second = rig.mesh().run_id, rig.mesh().run_id
+    assert first != second, "two runs must not share a run id"
+    assert len(first) <= 63 and first[0].isalnum() and first[-1].isalnum(), f"not a label value: {first}"
 
 
 def test_prune_leaves_objects_without_our_label_alone(
