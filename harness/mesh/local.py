@@ -98,14 +98,23 @@ def _selected(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def _targets(target_port: int | str, spec: WorkloadSpec) -> bool:
+    """Whether a Service targetPort reaches the container port the replica serves on."""
+    if isinstance(target_port, int) or str(target_port).isdigit():
+        return int(target_port) == spec.container_port
+    return spec.port_name == target_port  # a name the container does not declare: no endpoint
+
+
 def endpoints_for(
     upstreams: Sequence[envoy.Upstream], workloads: Sequence[RunningWorkload]
 ) -> dict[envoy.EndpointKey, list[tuple[str, int]]]:
     """Which replica addresses back each cluster, as Kubernetes endpoints would.
 
     A replica backs a Service port when it is in the Service's namespace, its labels match
-    the selector (plus the subset's labels) and the targetPort names its container port (a
-    numeric targetPort selects any replica: the runner maps its one port to loopback).
+    the selector (plus the subset's labels) and the targetPort is the container port the
+    runner serves: by name, or by number (``targetPort: 5002`` in front of ``containerPort:
+    5001`` reaches nothing, so the cluster is empty and Envoy answers 503, as the refused
+    connections would on a cluster).
     """
     out: dict[envoy.EndpointKey, list[tuple[str, int]]] = {}
     for upstream in upstreams:
@@ -114,9 +123,8 @@ def endpoints_for(
         for w in workloads:
             if w.spec.namespace != namespace or not _selected(upstream.selector, w.spec.labels):
                 continue
-            if isinstance(upstream.target_port, str) and not upstream.target_port.isdigit():
-                if w.spec.port_name != upstream.target_port:
-                    continue  # a named targetPort the container does not declare: no endpoint
+            if not _targets(upstream.target_port, w.spec):
+                continue
             chosen.append(w.endpoint)
         out[upstream.key] = sorted(chosen)
     return out

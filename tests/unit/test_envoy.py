@@ -458,6 +458,14 @@ def test_endpoints_follow_selectors_namespaces_and_named_ports() -> None:
     renamed[1]["spec"]["ports"][0]["targetPort"] = "grpc"  # model-svc-blue names a port nobody declares
     assert endpoints_for(envoy.upstreams(renamed), running)[(BLUE, 5001, None)] == []
 
+    def blue_endpoints(target_port: int | str) -> list[tuple[str, int]]:
+        numbered = copy.deepcopy(objects)
+        numbered[1]["spec"]["ports"][0]["targetPort"] = target_port
+        return endpoints_for(envoy.upstreams(numbered), running)[(BLUE, 5001, None)]
+
+    assert blue_endpoints(5002) == [], "targetPort 5002 in front of containerPort 5001 reaches nothing: 503"
+    assert blue_endpoints(5001) == blue_endpoints("5001") == [("127.0.0.1", 42000)]
+
 
 # --------------------------------------------------------------------------- the normalizer
 
