@@ -102,7 +102,8 @@ def _targets(target_port: int | str, spec: WorkloadSpec) -> bool:
     """Whether a Service targetPort reaches the container port the replica serves on."""
     if isinstance(target_port, int) or str(target_port).isdigit():
         return int(target_port) == spec.container_port
-    return spec.port_name == target_port  # a name the container does not declare: no endpoint
+    # A name the container does not declare gives no endpoint (as the oracle reads it).
+    return spec.port_name == target_port or target_port in spec.ports
 
 
 def endpoints_for(
@@ -235,6 +236,7 @@ def _spec_key(spec: WorkloadSpec) -> tuple[Any, ...]:
         spec.container_port,
         spec.port_name,
         spec.health_path,
+        tuple(sorted(spec.ports.items())),
     )
 
 

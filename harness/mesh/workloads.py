@@ -73,6 +73,8 @@ class WorkloadSpec:
     container_port: int = 5001
     port_name: str | None = None
     health_path: str = "/healthz"
+    #: Every named container port (name -> containerPort); ``container_port`` is the one served.
+    ports: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def name(self) -> str:
@@ -396,13 +398,46 @@ class ProcessRunner:
 # --------------------------------------------------------------------------- Deployments -> specs
 
 
+def _container_ports(
+    label: str, ports: Sequence[Mapping[str, Any]], probe: Mapping[str, Any]
+) -> tuple[int, str | None, dict[str, int]]:
+    """(served containerPort, its name, every named port) of the one container.
+
+    A replica serves one port: the one its readiness probe polls (by name or number) when it
+    declares it, else the first declared port. All names are kept, so a Service whose named
+    targetPort is the container's second port still finds its endpoints.
+    """
+    named: dict[str, int] = {}
+    numbers: list[tuple[int, str | None]] = []
+    for i, port in enumerate(ports):
+        number = port.get("containerPort", 0)
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise ConfigError(
+                label,
+                f"spec.template.spec.containers[0].ports[{i}].containerPort",
+                f"must be a port number, got {number!r}",
+            )
+        name = port.get("name")
+        if name:
+            named[str(name)] = number
+        numbers.append((number, str(name) if name else None))
+    if not numbers:
+        return 0, None, named
+    wanted = probe.get("port")
+    for number, name in numbers:
+        if wanted is not None and (wanted == name or wanted == number):
+            return number, name, named
+    return numbers[0][0], numbers[0][1], named
+
+
 def specs_from_objects(objects: Sequence[Mapping[str, Any]]) -> list[WorkloadSpec]:
     """One WorkloadSpec per replica of every Deployment in `objects`.
 
     Reads what decides routing and answers: replicas, pod labels, the single container's
-    image, env, first port and readiness path. Runtime fields (resources, securityContext,
-    imagePullPolicy, probe timings) do not change where a request goes and are not read;
-    an ``env`` entry with ``valueFrom`` or a second container is an UnsupportedField.
+    image, env, ports (see :func:`_container_ports`) and readiness path; ``replicas: null`` is
+    1, as Kubernetes defaults it. Runtime fields (resources, securityContext, imagePullPolicy,
+    probe timings) do not change where a request goes and are not read; ``envFrom``, an
+    ``env`` entry with ``valueFrom`` or a second container is an UnsupportedField.
     """
     specs: list[WorkloadSpec] = []
     for obj in objects:
@@ -413,6 +448,7 @@ def specs_from_objects(objects: Sequence[Mapping[str, Any]]) -> list[WorkloadSpe
         label = f"Deployment {namespace}/{name}"
         spec = obj.get("spec") or {}
         replicas = spec.get("replicas", 1)
+        replicas = 1 if replicas is None else replicas  # Kubernetes defaults a null replicas to 1
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise ConfigError(label, "spec.replicas", f"must be a whole number >= 0, got {replicas!r}")
         template = spec.get("template") or {}
@@ -428,6 +464,13 @@ def specs_from_objects(objects: Sequence[Mapping[str, Any]]) -> list[WorkloadSpe
         image = container.get("image")
         if not isinstance(image, str) or not image:
             raise ConfigError(label, IMAGE_FIELD, "missing")
+        if container.get("envFrom"):
+            raise UnsupportedField(
+                label,
+                "spec.template.spec.containers[0].envFrom",
+                "environment from ConfigMaps/Secrets is not resolved locally (it could set "
+                "MODEL_VERSION or the answer); list the variables under env",
+            )
         env: dict[str, str] = {}
         for i, item in enumerate(container.get("env") or []):
             if "valueFrom" in item:
@@ -437,17 +480,9 @@ def specs_from_objects(objects: Sequence[Mapping[str, Any]]) -> list[WorkloadSpe
                     "only literal values are supported locally",
                 )
             env[str(item.get("name"))] = str(item.get("value", ""))
-        ports = container.get("ports") or []
-        port = ports[0] if ports else {}
-        container_port = port.get("containerPort", 0)
-        if not isinstance(container_port, int) or isinstance(container_port, bool):
-            raise ConfigError(
-                label,
-                "spec.template.spec.containers[0].ports[0].containerPort",
-                f"must be a port number, got {container_port!r}",
-            )
         probe = (container.get("readinessProbe") or {}).get("httpGet") or {}
         health = str(probe.get("path") or "/healthz")
+        container_port, port_name, named = _container_ports(label, container.get("ports") or [], probe)
         for replica in range(replicas):
             specs.append(
                 WorkloadSpec(
@@ -458,8 +493,9 @@ def specs_from_objects(objects: Sequence[Mapping[str, Any]]) -> list[WorkloadSpe
                     env=MappingProxyType(dict(env)),
                     labels=MappingProxyType(dict(labels)),
                     container_port=container_port,
-                    port_name=port.get("name"),
+                    port_name=port_name,
                     health_path=health,
+                    ports=MappingProxyType(named),
                 )
             )
     return specs

@@ -445,6 +445,31 @@ def test_env_value_from_is_unsupported_locally() -> None:
     assert caught.value.field == "spec.template.spec.containers[0].env[1].valueFrom"
 
 
+def test_env_from_is_unsupported_locally() -> None:
+    dep = deployment("green")
+    dep["spec"]["template"]["spec"]["containers"][0]["envFrom"] = [{"configMapRef": {"name": "model"}}]
+    with pytest.raises(UnsupportedField) as caught:
+        specs_from_objects([dep])
+    assert caught.value.field == "spec.template.spec.containers[0].envFrom", str(caught.value)
+
+
+def test_null_replicas_is_one_as_kubernetes_defaults_it() -> None:
+    dep = deployment("green")
+    dep["spec"]["replicas"] = None
+    assert [s.replica for s in specs_from_objects([dep])] == [0]
+
+
+def test_a_named_target_port_may_name_the_second_container_port() -> None:
+    dep = deployment("blue", "abtest/scorer-b:dev")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    container["ports"] = [{"name": "metrics", "containerPort": 9090}, {"name": "http", "containerPort": 5001}]
+    (spec,) = specs_from_objects([dep])
+    assert (spec.container_port, spec.port_name) == (5001, "http"), "the port the readiness probe polls is served"
+    assert dict(spec.ports) == {"metrics": 9090, "http": 5001}
+    running = [RunningWorkload(spec, ("127.0.0.1", 42000))]
+    assert endpoints_for(envoy.upstreams([service("blue")]), running) == {(BLUE, 5001, None): [("127.0.0.1", 42000)]}
+
+
 def test_endpoints_follow_selectors_namespaces_and_named_ports() -> None:
     objects = stage(50, 50)
     specs = {s.deployment: s for s in specs_from_objects(objects)}
