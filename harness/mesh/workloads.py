@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 import requests
 
 from harness.errors import ConfigError, HarnessError, UnsupportedField
+from harness.plan import repository_of
 from harness.wait import wait_until
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ __all__ = [
     "WorkloadSpec",
     "free_port",
     "loopback_session",
-    "image_repository",
     "specs_from_objects",
     "start_process",
     "stop_process",
@@ -108,17 +108,6 @@ class WorkloadRunner(Protocol):
     def logs(self, workload: RunningWorkload) -> str: ...
 
     def close(self) -> None: ...
-
-
-def image_repository(ref: str) -> str:
-    """The repository of an image reference (tag and digest dropped).
-
-    >>> image_repository("abtest/scorer-a:dev"), image_repository("localhost:5000/x/y@sha256:ab")
-    ('abtest/scorer-a', 'localhost:5000/x/y')
-    """
-    name = ref.split("@", 1)[0]
-    head, sep, tail = name.rpartition(":")
-    return head if sep and "/" not in tail else name
 
 
 def loopback_session() -> requests.Session:
@@ -290,7 +279,7 @@ class ProcessRunner:
 
     def answer_for(self, spec: WorkloadSpec) -> str:
         """The answer of the spec's image, or a ConfigError naming Deployment and field."""
-        repository = image_repository(spec.image)
+        repository = repository_of(spec.image)
         if repository not in self.plan_images:
             known = ", ".join(sorted(self.plan_images)) or "none"
             raise ConfigError(
