@@ -263,7 +263,6 @@ class LocalMesh:
         envoy_log_level: str = "info",
         concurrency: int = 1,
     ) -> None:
-        self._runner_given = runner
         self._runner: WorkloadRunner | None = runner
         self._owns_runner = runner is None
         self._plan = plan

@@ -13,6 +13,7 @@ import ctypes
 import http.client
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -377,11 +378,14 @@ class ProcessRunner:
             return ""
 
     def close(self) -> None:
-        """Stop every replica this runner started and still runs."""
+        """Stop every replica this runner started and still runs; remove the log directory
+        it created itself (one passed in is the caller's). Safe to call twice."""
         with self._lock:
             running = list(self._running.values())
         for workload in running:
             self.stop(workload)
+        if self._own_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- Deployments -> specs

@@ -319,6 +319,18 @@ def test_wait_http_ok_retries_only_until_ok_and_never_what_alive_raises() -> Non
         wait_http_ok(url, lambda: None, 0.3)  # nothing listens any more: retried until the deadline
 
 
+def test_a_standalone_process_runner_removes_its_own_log_directory(tmp_path: Path) -> None:
+    runner = ProcessRunner(IMAGES)
+    own = runner.log_dir
+    given = ProcessRunner(IMAGES, log_dir=tmp_path / "logs")
+    assert own.is_dir() and given.log_dir.is_dir()
+    runner.close()
+    given.close()
+    runner.close()  # twice is fine
+    assert not own.exists(), f"{own}: the temporary directory the runner made must go with it"
+    assert given.log_dir.is_dir(), "a directory the caller passed in is the caller's to keep"
+
+
 def test_proxy_variables_never_divert_loopback_polls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A proxy cannot reach our 127.0.0.1: admin and health polls must ignore HTTP_PROXY."""
     dead = socket.socket()
