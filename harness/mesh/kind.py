@@ -46,13 +46,15 @@ import copy
 import json
 import logging
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 import urllib3
@@ -591,6 +593,8 @@ class KindIstioMesh:
         self._up = False
         self._cluster_touched = False
         self._last_seen: dict[str, str] = {}
+        self._sigterm_installed = False
+        self._tearing_down = False
 
     # ------------------------------------------------------------------ Mesh protocol surface
 
@@ -632,10 +636,12 @@ class KindIstioMesh:
 
         On a failure: diagnostics into ``<artifacts>/failure-<step>``, then :meth:`down`
         (which deletes the cluster only if this run created it and ``keep_cluster`` is off),
-        and KindStepError naming the step. Ctrl-C also tears down.
+        and KindStepError naming the step. Ctrl-C and SIGTERM also tear down (see
+        :meth:`_handle_sigterm`).
         """
         if self._up:
             return
+        self._handle_sigterm()
         self._started_at = self._clock()
         try:
             self._step("cluster", self._up_cluster)
@@ -653,6 +659,44 @@ class KindIstioMesh:
         A reused cluster is never deleted, nor its kubeconfig (it still describes a cluster
         that exists). Safe to call twice or before up(); up() calls it on its own failures.
         """
+        self._tearing_down = True
+        try:
+            self._down()
+        finally:
+            self._tearing_down = False
+            self._restore_sigterm()
+
+    def _handle_sigterm(self) -> None:
+        """Turn SIGTERM into SystemExit(143) while this mesh is up, as Ctrl-C is KeyboardInterrupt.
+
+        A cancelled CI job gets SIGTERM, whose default kills the process at once: no
+        ``with``/``finally`` runs and the cluster is left behind. As the docker backend
+        does (:func:`harness.mesh.containers.register_cleanup`), the handler is installed only
+        when none is set (a program's or test runner's own handler is left to decide) and only
+        from the main thread (the only one allowed to). A SIGTERM during :meth:`down` is noted
+        and does not interrupt the teardown it would otherwise cut short.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+            return
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._sigterm_installed = True
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if self._tearing_down:
+            log.warning("SIGTERM during teardown of kind cluster %s: finishing the teardown", self.cluster_name)
+            return
+        raise SystemExit(128 + signum)
+
+    def _restore_sigterm(self) -> None:
+        if not self._sigterm_installed or threading.current_thread() is not threading.main_thread():
+            return
+        self._sigterm_installed = False
+        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def _down(self) -> None:
         self._up = False
         if self._api is not None:
             self._api.close()
