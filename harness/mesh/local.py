@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from harness import proc
-from harness.errors import HarnessError, UnsupportedField, WaitTimeout
+from harness.errors import HarnessError, WaitTimeout
 from harness.mesh import envoy
 from harness.mesh.base import (
     MeshNotUp,
@@ -72,21 +72,6 @@ __all__ = ["LocalMesh", "MeshState", "endpoints_for"]
 
 log = logging.getLogger(__name__)
 
-#: Kinds the local mesh deploys; Namespace is accepted and needs nothing.
-TRANSLATED_KINDS = {"Gateway", "VirtualService", "DestinationRule", "Service", "Deployment", "Namespace"}
-#: Kinds that would change routing or workloads if a cluster applied them; refused locally.
-_REFUSED_GROUPS = ("networking.istio.io/", "security.istio.io/", "gateway.networking.k8s.io/")
-_REFUSED_KINDS = {
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicaSet",
-    "Pod",
-    "Job",
-    "CronJob",
-    "Ingress",
-    "EndpointSlice",
-    "Endpoints",
-}
 _ADMIN_TIMEOUT_S = 2.0
 
 
@@ -551,8 +536,9 @@ class LocalMesh:
         """
         with self._lock:
             self._require_up()
-            self._check_kinds(objects)
-            envoy.build_route_configuration(objects)  # raises UnsupportedField before anything starts
+            # The kinds and fields refused are the oracle's (routing.check_supported, run by the
+            # translation): one allow-list for both. Raises before anything starts.
+            envoy.build_route_configuration(objects)
             desired = {_spec_key(s): s for s in specs_from_objects(objects)}
             keep = {k: w for k, w in self._workloads.items() if k in desired}
             removed = [w for k, w in self._workloads.items() if k not in desired]
@@ -580,20 +566,6 @@ class LocalMesh:
                 raise
             self._objects = copy.deepcopy(list(objects))
             self._stop_workloads(removed)
-
-    def _check_kinds(self, objects: Sequence[Mapping[str, Any]]) -> None:
-        for obj in objects:
-            kind = str(obj.get("kind", ""))
-            api = str(obj.get("apiVersion", ""))
-            if kind in TRANSLATED_KINDS:
-                continue
-            if kind in _REFUSED_KINDS or api.startswith(_REFUSED_GROUPS):
-                meta = obj.get("metadata") or {}
-                raise UnsupportedField(
-                    f"{kind} {meta.get('namespace', 'default')}/{meta.get('name', '')}",
-                    "kind",
-                    "the local mesh does not translate this kind; it would change routing",
-                )
 
     def _start_workloads(self, specs: Sequence[WorkloadSpec]) -> list[RunningWorkload]:
         runner = self._runner
