@@ -49,8 +49,8 @@ from harness.mesh.base import (
     MeshNotUp,
     RouteTable,
     diff_route_tables,
+    expected_route_table,
     route_table_from_config_dump,
-    route_table_from_route_configs,
 )
 from harness.mesh.workloads import (
     ProcessRunner,
@@ -520,7 +520,7 @@ class LocalMesh:
         """What Envoy must serve for `objects` with the replicas running now (and `also` these)."""
         ups = envoy.upstreams(objects)
         eps = endpoints_for(ups, [*self._workloads.values(), *also])
-        routes = route_table_from_route_configs([envoy.build_route_configuration(objects)])
+        routes = expected_route_table(objects)
         return MeshState(routes, {u.name: tuple(eps[u.key]) for u in ups})
 
     def apply(self, objects: list[dict[str, Any]]) -> None:
