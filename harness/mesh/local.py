@@ -536,9 +536,11 @@ class LocalMesh:
         """
         with self._lock:
             self._require_up()
-            # The kinds and fields refused are the oracle's (routing.check_supported, run by the
-            # translation): one allow-list for both. Raises before anything starts.
+            # Everything the xDS files are made of is translated before any replica starts, so
+            # a bad route, Service or DestinationRule fails with nothing started. The kinds and
+            # fields refused are the oracle's (routing.check_supported, run by the translation).
             envoy.build_route_configuration(objects)
+            envoy.upstreams(objects)
             desired = {_spec_key(s): s for s in specs_from_objects(objects)}
             keep = {k: w for k, w in self._workloads.items() if k in desired}
             removed = [w for k, w in self._workloads.items() if k not in desired]

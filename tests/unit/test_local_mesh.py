@@ -236,6 +236,24 @@ def test_untranslatable_objects_fail_before_anything_starts(mesh: LocalMesh) -> 
     assert mesh.workloads == ()
 
 
+@pytest.mark.parametrize("bad", ["wildcard-rule", "service-port"])
+def test_a_bad_service_or_rule_fails_before_any_replica_starts(
+    mesh: LocalMesh, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    objects = copy.deepcopy(BLUE_50)
+    if bad == "wildcard-rule":
+        objects.append(k8s.destination_rule(f"*.{NS}.svc.cluster.local", {"v-green": "green"}))
+    else:
+        next(o for o in objects if o["kind"] == "Service")["spec"]["ports"][0]["port"] = "http"
+    started: list[str] = []
+    runner = mesh._runner
+    assert runner is not None
+    monkeypatch.setattr(runner, "start", lambda spec: started.append(spec.name))
+    with pytest.raises(ConfigError):
+        mesh.apply(objects)
+    assert started == [], f"replicas started before the objects were known to translate: {started}"
+
+
 def test_converge_times_out_with_the_difference(mesh: LocalMesh) -> None:
     mesh.apply(BLUE_50)
     skewed = copy.deepcopy(BLUE_50)
