@@ -73,6 +73,8 @@ __all__ = ["LocalMesh", "MeshState", "endpoints_for"]
 log = logging.getLogger(__name__)
 
 _ADMIN_TIMEOUT_S = 2.0
+#: How long a failed apply waits for Envoy to serve the previous configuration again.
+_ROLLBACK_TIMEOUT_S = 5.0
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -560,11 +562,20 @@ class LocalMesh:
                 self._write_xds(objects)
                 self._await(objects, timeout=self.ready_timeout, what="envoy to load the new configuration")
             except BaseException:
-                # Keep the old replicas and point Envoy back at them before the new ones stop.
+                # Keep the old replicas and point Envoy back at them; the new ones stop only once
+                # Envoy serves that again (best effort, briefly: the failure is what matters),
+                # so requests in between are not sent to replicas being stopped.
                 self._workloads = previous
-                with contextlib.suppress(Exception):
-                    self._write_xds(self._objects)
-                self._stop_workloads(started)
+                try:
+                    with contextlib.suppress(Exception):
+                        self._write_xds(self._objects)
+                        self._await(
+                            self._objects,
+                            timeout=min(_ROLLBACK_TIMEOUT_S, self.ready_timeout),
+                            what="envoy to serve the previous configuration again",
+                        )
+                finally:
+                    self._stop_workloads(started)
                 raise
             self._objects = copy.deepcopy(list(objects))
             self._stop_workloads(removed)

@@ -59,9 +59,7 @@ def _objects(
 
 
 BLUE_50 = _objects({"green": 50, "blue": 50}, {"green": "abtest/scorer-a:dev", "blue": "abtest/scorer-b:dev"})
-BLUE_GREEN = _objects(
-    {"green": 0, "blue": 100}, {"green": "abtest/scorer-b:dev", "blue": "abtest/scorer-b:dev"}
-)
+BLUE_GREEN = _objects({"green": 0, "blue": 100}, {"green": "abtest/scorer-b:dev", "blue": "abtest/scorer-b:dev"})
 GREEN_100 = _objects({"green": 100, "blue": 0}, {"green": "abtest/scorer-b:dev"})
 
 
@@ -108,9 +106,7 @@ def _sample(url: str, n: int, headers: dict[str, str] | None = None, path: str =
     with requests.Session() as session:
         for _ in range(n):
             r = session.get(url + path, headers=headers or {}, timeout=5)
-            outcomes[
-                r.headers.get("x-model-version", "?") if r.status_code == 200 else f"status:{r.status_code}"
-            ] += 1
+            outcomes[r.headers.get("x-model-version", "?") if r.status_code == 200 else f"status:{r.status_code}"] += 1
     return outcomes
 
 
@@ -144,9 +140,7 @@ def test_apply_converge_routes_every_class_and_answers(mesh: LocalMesh) -> None:
 def test_unmatched_requests_get_404(mesh: LocalMesh) -> None:
     objects = copy.deepcopy(BLUE_50)
     vs = objects[-1]
-    vs["spec"]["http"][-1]["match"] = [
-        {"uri": {"prefix": "/score"}}
-    ]  # the weighted route no longer catches all
+    vs["spec"]["http"][-1]["match"] = [{"uri": {"prefix": "/score"}}]  # the weighted route no longer catches all
     mesh.apply(objects)
     mesh.converge(objects, timeout=10)
     assert _sample(mesh.gateway_url, 5, path="/other") == Counter({"status:404": 5})
@@ -179,9 +173,7 @@ def test_rollout_is_make_before_break_under_traffic(mesh: LocalMesh) -> None:
                 if stop.is_set() or time.monotonic() > deadline:
                     return
                 try:
-                    r = session.get(
-                        mesh.gateway_url + "/score", headers={"x-api-version": "green"}, timeout=5
-                    )
+                    r = session.get(mesh.gateway_url + "/score", headers={"x-api-version": "green"}, timeout=5)
                 except requests.RequestException as exc:
                     failures.append(repr(exc))
                     continue
@@ -202,17 +194,13 @@ def test_rollout_is_make_before_break_under_traffic(mesh: LocalMesh) -> None:
         stop.set()
         thread.join(timeout=35)
     assert not failures, f"{len(failures)} requests failed during the rollout: {failures[:5]}"
-    assert answers["New Model A"] > 0 and answers["New Model B"] > 0, (
-        f"traffic did not span the change: {answers}"
-    )
+    assert answers["New Model A"] > 0 and answers["New Model B"] > 0, f"traffic did not span the change: {answers}"
     assert isinstance(old_green.handle, subprocess.Popen)
     assert old_green.handle.poll() is not None, "the replaced replica must be stopped after routing moved"
 
 
 def test_unknown_image_is_a_config_error_and_starts_nothing(mesh: LocalMesh) -> None:
-    objects = _objects(
-        {"green": 100, "blue": 0}, {"green": "abtest/scorer-a:dev", "blue": "example.org/other:1"}
-    )
+    objects = _objects({"green": 100, "blue": 0}, {"green": "abtest/scorer-a:dev", "blue": "example.org/other:1"})
     with pytest.raises(ConfigError) as caught:
         mesh.apply(objects)
     assert caught.value.obj == f"Deployment {NS}/model-blue"
@@ -407,16 +395,12 @@ def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path, previous: str
         assert all(_alive(p) for p in pids)
         child.send_signal(signal.SIGTERM)
         if previous == "default":
-            assert child.wait(timeout=20) == -signal.SIGTERM, (
-                "the child must die of SIGTERM after cleaning up"
-            )
+            assert child.wait(timeout=20) == -signal.SIGTERM, "the child must die of SIGTERM after cleaning up"
         else:
             assert child.stdout.readline().strip() == "custom handler", "the previous handler must be chained"
             assert child.poll() is None, "the custom handler keeps the program running"
         with contextlib.suppress(WaitTimeout):  # the assertion below says which are left
-            wait_until(
-                lambda: not any(_alive(p) for p in pids), what="the child's processes to end", timeout=5
-            )
+            wait_until(lambda: not any(_alive(p) for p in pids), what="the child's processes to end", timeout=5)
         assert not [p for p in pids if _alive(p)], "SIGTERM must stop envoy and every workload"
     finally:
         if child.poll() is None:
@@ -429,9 +413,7 @@ def test_a_replica_that_never_gets_ready_leaves_the_old_one_serving(mesh: LocalM
     mesh.converge(BLUE_50, timeout=10)
     broken = copy.deepcopy(BLUE_GREEN)
     green = next(o for o in broken if o["kind"] == "Deployment" and o["metadata"]["name"] == "model-green")
-    green["spec"]["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "SCORER_ERROR_RATE", "value": "7"}
-    )
+    green["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "SCORER_ERROR_RATE", "value": "7"})
     with pytest.raises(HarnessError, match="model-green-0 exited"):
         mesh.apply(broken)  # the scorer refuses an error rate above 1 and exits
     mesh.converge(BLUE_50, timeout=10)  # still the old state, served by the old replicas
@@ -440,9 +422,37 @@ def test_a_replica_that_never_gets_ready_leaves_the_old_one_serving(mesh: LocalM
     assert r.json() == "New Model A", "the old green replica (image A) must still answer"
 
 
-def test_a_replica_whose_port_was_taken_is_started_on_another(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_failed_apply_stops_new_replicas_only_once_envoy_serves_the_old_state(
+    mesh: LocalMesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    mesh.apply(BLUE_50)
+    events: list[str] = []
+    real_await, runner = mesh._await, mesh._runner
+    assert runner is not None
+    real_stop = runner.stop
+
+    def await_(objects: Any, **kwargs: Any) -> Any:
+        events.append(f"await {kwargs['what']}")
+        if "new configuration" in kwargs["what"]:
+            raise HarnessError("injected: envoy never loaded the new configuration")
+        return real_await(objects, **kwargs)
+
+    def stop(workload: Any) -> None:
+        events.append(f"stop {workload.spec.name}")
+        real_stop(workload)
+
+    monkeypatch.setattr(mesh, "_await", await_)
+    monkeypatch.setattr(runner, "stop", stop)
+    with pytest.raises(HarnessError, match="injected"):
+        mesh.apply(BLUE_GREEN)
+    rolled_back = events.index("await envoy to serve the previous configuration again")
+    stops = [i for i, e in enumerate(events) if e.startswith("stop ")]
+    assert stops and min(stops) > rolled_back, f"new replicas stopped before Envoy served the old state: {events}"
+    monkeypatch.undo()
+    mesh.converge(BLUE_50, timeout=10)
+
+
+def test_a_replica_whose_port_was_taken_is_started_on_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import harness.mesh.workloads as workloads
 
     with socket.socket() as squatter:
@@ -478,9 +488,7 @@ def _served(state: dict[str, Any], headers: dict[str, str]) -> bool:
         if any(headers.get(name) != value for name, value in wanted.items()):
             continue
         action = route["route"]
-        picks = [
-            c["name"] for c in action.get("weighted_clusters", {}).get("clusters", []) if c["weight"] > 0
-        ]
+        picks = [c["name"] for c in action.get("weighted_clusters", {}).get("clusters", []) if c["weight"] > 0]
         clusters = {c["name"] for c in state["cds.json"]["resources"]}
         for name in picks or [action["cluster"]]:
             eds = state.get(name.replace("|", "_") + ".json")
