@@ -342,12 +342,12 @@ class LocalMesh:
             _install_handlers()
             _LIVE.add(self)
             self.workdir = self._workdir_given or Path(tempfile.mkdtemp(prefix="abtest-localmesh-"))
-            paths = self._paths()
-            paths["eds"].mkdir(parents=True, exist_ok=True)
-            if self._runner is None:
-                self._runner = ProcessRunner.from_plan(self._plan, log_dir=self.workdir / "workloads")
-            self._up = True  # from here on, down() has something to stop
+            self._up = True  # from here on, down() has something to clean up (the directory)
             try:
+                paths = self._paths()
+                paths["eds"].mkdir(parents=True, exist_ok=True)
+                if self._runner is None:  # may fail (a bad plan): down() still removes the directory
+                    self._runner = ProcessRunner.from_plan(self._plan, log_dir=self.workdir / "workloads")
                 self._start_envoy(paths)
             except BaseException:
                 self.down()

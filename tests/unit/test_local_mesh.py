@@ -325,6 +325,18 @@ def test_wait_http_ok_retries_only_until_ok_and_never_what_alive_raises() -> Non
         wait_http_ok(url, lambda: None, 0.3)  # nothing listens any more: retried until the deadline
 
 
+def test_up_removes_its_directory_when_the_runner_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bad_plan(*args: Any, **kwargs: Any) -> ProcessRunner:
+        raise ConfigError("plan manifests/stages.yaml", "images", "injected")
+
+    monkeypatch.setattr(ProcessRunner, "from_plan", bad_plan)
+    mesh = LocalMesh()
+    with pytest.raises(ConfigError, match="injected"):
+        mesh.up()
+    assert mesh.workdir is not None and not mesh.workdir.exists(), f"{mesh.workdir} leaked"
+    mesh.down()  # and nothing is left for down() to do
+
+
 def test_a_standalone_process_runner_removes_its_own_log_directory(tmp_path: Path) -> None:
     runner = ProcessRunner(IMAGES)
     own = runner.log_dir
