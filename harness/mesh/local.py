@@ -445,31 +445,41 @@ class LocalMesh:
         )
 
     def down(self) -> None:
-        """Stop every replica and the Envoy this mesh started; idempotent."""
+        """Stop every replica and the Envoy this mesh started; idempotent.
+
+        Every step runs even when an earlier one fails (a replica that will not stop must not
+        leave Envoy running or the directory behind); one HarnessError then lists each failure.
+        """
         with self._lock:
             if not self._up:
                 return
             self._up = False
             _LIVE.discard(self)
             errors: list[str] = []
+
+            def step(what: str, action: Callable[[], object]) -> None:
+                try:
+                    action()
+                except Exception as exc:  # keep cleaning up; report everything at the end
+                    errors.append(f"{what}: {type(exc).__name__}: {exc}")
+
             runner = self._runner
             for workload in list(self._workloads.values()):
-                try:
-                    if runner is not None:
-                        runner.stop(workload)
-                except Exception as exc:  # keep stopping the rest; report at the end
-                    errors.append(f"{workload.spec.name}: {exc}")
+                if runner is not None:
+                    step(workload.spec.name, functools.partial(runner.stop, workload))
             self._workloads.clear()
             if runner is not None and self._owns_runner:
-                with contextlib.suppress(Exception):
-                    runner.close()
+                step("workload runner", runner.close)
                 self._runner = None
-            if self._envoy is not None:
-                stop_process(self._envoy, "envoy gateway")
-            self._session.close()
+            envoy_process = self._envoy
+            if envoy_process is not None:
+                step("envoy gateway", lambda: stop_process(envoy_process, "envoy gateway"))
+            step("admin session", self._session.close)
             self._session = loopback_session()
             if self._workdir_given is None and self.workdir is not None:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+                workdir = self.workdir
+                if workdir.exists():
+                    step(f"work directory {workdir}", lambda: shutil.rmtree(workdir))
             self._envoy = None
             self._admin = None
             self._gateway_port = None

@@ -325,6 +325,27 @@ def test_wait_http_ok_retries_only_until_ok_and_never_what_alive_raises() -> Non
         wait_http_ok(url, lambda: None, 0.3)  # nothing listens any more: retried until the deadline
 
 
+def test_down_finishes_its_cleanup_when_a_step_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = ProcessRunner(IMAGES, log_dir=tmp_path / "workloads")
+    mesh = LocalMesh(runner=runner)
+    mesh.up()
+    envoy_process, workdir = mesh._envoy, mesh.workdir
+    assert envoy_process is not None and workdir is not None
+    try:
+        monkeypatch.setattr(
+            "harness.mesh.local.stop_process", lambda *a, **k: (_ for _ in ()).throw(OSError("injected"))
+        )
+        with pytest.raises(HarnessError) as caught:
+            mesh.down()
+        assert "envoy gateway" in str(caught.value) and "injected" in str(caught.value), str(caught.value)
+        assert not workdir.exists(), "the work directory must go even when stopping Envoy failed"
+        mesh.down()  # already down: nothing to do, no error
+    finally:
+        envoy_process.kill()
+        envoy_process.wait(timeout=10)
+        runner.close()
+
+
 def test_up_removes_its_directory_when_the_runner_cannot_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
     def bad_plan(*args: Any, **kwargs: Any) -> ProcessRunner:
         raise ConfigError("plan manifests/stages.yaml", "images", "injected")
