@@ -88,6 +88,8 @@ GATEWAY_SELECTOR = "istio=ingressgateway"
 # The gateway Envoy's admin port; Istio binds it to localhost inside the pod, so the API
 # server's pod proxy (which dials the pod IP) cannot reach it. See converge().
 GATEWAY_ADMIN_PORT = 15000
+# The least time a converge probe's exec gets near the deadline, so it is never given <= 0 s.
+_MIN_EXEC_TIMEOUT = 0.5
 
 # kind -> REST collection name. A static table rather than API discovery: these are the only
 # kinds a stage renders, and an unknown kind should be an error, not a guess.
@@ -147,6 +149,10 @@ class KubeAPIError(HarnessError):
 
 class TransientKubeAPIError(KubeAPIError):
     """A KubeAPIError that a wait may retry (see :attr:`KubeAPIError.transient`)."""
+
+
+class GatewayPodNotReady(HarnessError):
+    """No Running ingress gateway pod right now (e.g. during a gateway restart): worth retrying."""
 
 
 # ----------------------------------------------------------------------------- API access
@@ -874,9 +880,13 @@ class KindIstioMesh:
 
         expected = expected_route_table(objects)
         diff = {"last": "no config_dump read yet"}
+        deadline = self._clock() + timeout
 
         def probe() -> object | None:
-            dump = self.gateway_config_dump(include_eds=True)
+            # Each exec gets the time left at most, so converge(timeout=30) ends near 30 s,
+            # not up to a whole command timeout later.
+            left = max(deadline - self._clock(), _MIN_EXEC_TIMEOUT)
+            dump = self.gateway_config_dump(include_eds=True, timeout=min(self.timeouts.command, left))
             live = route_table_from_config_dump(dump)
             if live != expected:
                 diff["last"] = diff_route_tables(expected, live)
@@ -895,7 +905,10 @@ class KindIstioMesh:
                 timeout=timeout,
                 interval=0.2,
                 max_interval=2.0,
-                transient=(CommandError, ValueError, TransientKubeAPIError),
+                # Named transients only: a failed or timed-out exec, output cut short (not JSON),
+                # no Running gateway pod (a restart), an unreachable API. Any other error,
+                # e.g. a ValueError from a config_dump we cannot read, is a bug: raised at once.
+                transient=(CommandError, json.JSONDecodeError, GatewayPodNotReady, TransientKubeAPIError),
                 describe=lambda _: diff["last"],
                 progress=self._say,
                 clock=self._clock,
@@ -938,8 +951,13 @@ class KindIstioMesh:
                 )
         return out
 
-    def gateway_config_dump(self, *, include_eds: bool = False) -> dict[str, Any]:
-        """The ingress gateway Envoy's admin ``/config_dump`` (with endpoints: ``?include_eds``)."""
+    def gateway_config_dump(self, *, include_eds: bool = False, timeout: float | None = None) -> dict[str, Any]:
+        """The ingress gateway Envoy's admin ``/config_dump`` (with endpoints: ``?include_eds``).
+
+        `timeout` bounds the ``kubectl exec`` (default: the command timeout). Raises
+        GatewayPodNotReady when no gateway pod is Running, json.JSONDecodeError when the output
+        is not JSON (an exec cut short), HarnessError when it is JSON but not an object.
+        """
         pod = self._gateway_pod()
         kubectl = self._resolve_tool("kubectl")
         path = "config_dump?include_eds" if include_eds else "config_dump"
@@ -960,11 +978,11 @@ class KindIstioMesh:
                 "GET",
                 path,
             ],
-            timeout=self.timeouts.command,
+            timeout=self.timeouts.command if timeout is None else timeout,
         )
         value = json.loads(done.stdout)
         if not isinstance(value, dict):
-            raise ValueError(f"config_dump of {pod} is not a JSON object")
+            raise HarnessError(f"config_dump of {pod} is not a JSON object: {done.stdout[:200]!r}")
         return value
 
     def dump(self, directory: Path) -> None:
@@ -1203,11 +1221,11 @@ class KindIstioMesh:
             and not p.get("metadata", {}).get("deletionTimestamp")
         ]
         if not running:
-            raise CommandError(
-                ["(find gateway pod)"],
-                None,
-                "",
-                f"no Running pod with label {GATEWAY_SELECTOR} in {ISTIO_NAMESPACE}",
+            states = ", ".join(
+                f"{p.get('metadata', {}).get('name')} {p.get('status', {}).get('phase', '?')}" for p in pods
+            )
+            raise GatewayPodNotReady(
+                f"no Running pod with label {GATEWAY_SELECTOR} in {ISTIO_NAMESPACE} (pods: {states or 'none'})"
             )
         return str(sorted(p["metadata"]["name"] for p in running)[0])
 

@@ -932,3 +932,77 @@ def test_endpoints_from_config_dump_skips_unhealthy_endpoints() -> None:
         "outbound|5001||a.ns.svc.cluster.local": frozenset({"192.0.2.1"}),
         "outbound|5001||b.ns.svc.cluster.local": frozenset(),
     }
+
+
+# ----------------------------------------------------------------------------- the convergence probe
+
+
+def test_converge_gives_each_exec_no_more_than_the_time_left(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import proc
+
+    execs: list[float] = []
+    real_run = proc.run
+
+    def spy(argv: Any, *, timeout: float, **kwargs: Any) -> Any:
+        if "config_dump?include_eds" in argv:  # the probe's reads, not the failure dump's
+            execs.append(timeout)
+        return real_run(argv, timeout=timeout, **kwargs)
+
+    objects = stages["Blue_50"]
+    with rig.mesh(timeouts=KindTimeouts(nodes_ready=5, istio_ready=5, rollout=5, prune=5, command=30)) as mesh:
+        mesh.apply(objects)
+        rig.write_config_dump(stages["Blue_0"])  # never converges: the probe runs until the deadline
+        monkeypatch.setattr(proc, "run", spy)
+        with pytest.raises(WaitTimeout):
+            mesh.converge(objects, timeout=3)
+    assert len(execs) > 1, execs
+    assert all(0 < t <= 3 for t in execs), f"an exec got more than converge's 3 s: {execs}"
+    assert execs[-1] < execs[0], f"later execs must get only what is left: {execs}"
+
+
+def test_converge_raises_a_bug_at_once_instead_of_retrying_it(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.mesh.base
+
+    calls: list[int] = []
+
+    def broken(config_dump: Any) -> Any:
+        calls.append(1)
+        raise ValueError("unexpected route shape")
+
+    objects = stages["Blue_50"]
+    with rig.mesh() as mesh:
+        mesh.apply(objects)
+        rig.write_config_dump(objects)
+        monkeypatch.setattr(harness.mesh.base, "route_table_from_config_dump", broken)
+        with pytest.raises(ValueError, match="unexpected route shape"):
+            mesh.converge(objects, timeout=3)
+    assert calls == [1], "a ValueError is not a transient condition: it must not be retried"
+
+
+def test_converge_retries_output_cut_short(rig: Rig, stages: dict[str, list[dict[str, Any]]]) -> None:
+    objects = stages["Blue_50"]
+    with rig.mesh() as mesh:
+        mesh.apply(objects)
+        cut = rig.tmp / "cut.json"
+        cut.write_text('{"configs": [')
+        rig.set_state(config_dump=str(cut))
+        with pytest.raises(WaitTimeout, match="JSONDecodeError"):
+            mesh.converge(objects, timeout=2)
+
+
+def test_converge_waits_through_a_gateway_restart(rig: Rig, stages: dict[str, list[dict[str, Any]]]) -> None:
+    objects = stages["Blue_50"]
+    with rig.mesh() as mesh:
+        mesh.apply(objects)
+        rig.write_config_dump(objects)
+        pod = f"/api/v1/namespaces/istio-system/pods/{_gateway_pod(rig)}"
+        rig.api.state.objects[pod]["status"]["phase"] = "Pending"  # the gateway restarts
+        with pytest.raises(WaitTimeout) as caught:
+            mesh.converge(objects, timeout=2)
+        assert "GatewayPodNotReady" in str(caught.value) and "Pending" in str(caught.value), str(caught.value)
+        rig.api.state.objects[pod]["status"]["phase"] = "Running"
+        mesh.converge(objects, timeout=2)
