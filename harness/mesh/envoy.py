@@ -22,8 +22,12 @@ What follows Istio's gateway translation (``pilot/pkg/networking/core/route``):
   VirtualService's namespace; a destination without endpoints has a cluster without
   endpoints (Envoy answers 503); nothing matched is Envoy's 404.
 
-Fields outside that subset raise :class:`~harness.errors.UnsupportedField` naming the field,
-so a rule the translation would ignore can never make a verdict lie.
+Which kinds and fields exist is the oracle's decision: every entry point runs
+:func:`harness.routing.check_supported` first, so a manifest the oracle refuses is refused
+here with the same field path. What the oracle accepts but Envoy cannot be given (non-HTTP
+Gateway servers, wildcard DestinationRule hosts, unknown retry fields or balancer names)
+raises :class:`~harness.errors.UnsupportedField` naming the field, so a rule the translation
+would ignore can never make a verdict lie.
 
 >>> from harness.mesh.base import cluster_name
 >>> cluster_name("model-svc-blue.abtesting.svc.cluster.local", 5001)
