@@ -104,11 +104,12 @@ from enum import Enum
 
 import numpy as np
 from scipy import special
-from scipy.stats import binom
+from scipy.stats import binom, norm
 
 from harness.errors import ConfigError
 
 __all__ = [
+    "MAX_CLASS_REQUESTS",
     "Decision",
     "ErrorBound",
     "FixedSampleTest",
@@ -129,6 +130,44 @@ __all__ = [
 
 # Shares within this of 0 or 1 are treated as exactly 0 or 1 (weights are integers / 100).
 _SHARE_EPS = 1e-9
+
+# The most requests one class may need (any cap: split, error rule, zero-leak). Building a split's
+# boundaries is quadratic in its cap (about 0.3 s at the default 2736, 7 s at 11045 for
+# delta = 0.05, 30 s at this limit, minutes beyond), and all of it happens before the first
+# request is sent; settings that need more are refused with a ConfigError instead.
+MAX_CLASS_REQUESTS = 20_000
+
+
+def _too_many(what: str, field_name: str, needed: float) -> ConfigError:
+    """The refusal of settings under which one class would need more than MAX_CLASS_REQUESTS."""
+    about = f" (about {needed:.0f} {what})" if math.isfinite(needed) else f" ({what})"
+    return ConfigError("StatsConfig", field_name,
+                       f"needs more than {MAX_CLASS_REQUESTS} requests per class{about}; "
+                       "choose a larger delta or looser alpha/beta")
+
+
+def _normal_n(p0: float, p1: float, alpha: float, beta: float) -> float:
+    """Normal-approximation size of a one-sided test of p0 against p1 with errors (alpha, beta)."""
+    z_alpha, z_beta = float(norm.isf(alpha)), float(norm.isf(beta))
+    spread = z_alpha * math.sqrt(p0 * (1 - p0)) + z_beta * math.sqrt(p1 * (1 - p1))
+    return (max(spread, 0.0) / abs(p1 - p0)) ** 2
+
+
+def _split_n_estimate(p0: float, alpha: float, beta: float, delta: float) -> float:
+    """About `fixed_sample_test(p0, alpha, beta, delta).n`, computed in microseconds (no search).
+
+    Normal approximation with alpha split evenly between the tails (within 1% of the exact N at
+    the defaults), and the exact lower bound an alternative clipped to 0 or 1 imposes: the
+    region must exclude 0 (or n), so (1 - p0)^n (or p0^n) <= alpha.
+    """
+    needed = 0.0
+    for p1 in (max(p0 - delta, 0.0), min(p0 + delta, 1.0)):
+        needed = max(needed, _normal_n(p0, p1, alpha / 2, beta))
+    if p0 - delta <= 0.0:
+        needed = max(needed, math.log(alpha) / math.log1p(-p0))
+    if p0 + delta >= 1.0:
+        needed = max(needed, math.log(alpha) / math.log(p0))
+    return needed
 
 
 @dataclass(frozen=True)
@@ -162,6 +201,28 @@ class StatsConfig:
                               f"must be in [0, 1), got {self.max_error_rate!r}")
         if self.leak is not None and not 0.0 < self.leak < 1.0:
             raise ConfigError("StatsConfig", "leak", f"must be strictly between 0 and 1, got {self.leak!r}")
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """Refuse at once settings under which a class needs more than MAX_CLASS_REQUESTS requests.
+
+        Estimates only (normal approximation, no search), at a 50/50 split, the costliest
+        share for a given delta; other shares and k-way splits are checked exactly, and bounded,
+        when their boundaries are built (`fixed_sample_test`).
+        """
+        split_alpha = self.alpha / (2 if self.max_error_rate > 0 else 1)
+        needed = _split_n_estimate(0.5, split_alpha * self.cap_share, self.beta * self.cap_share, self.delta)
+        if needed > MAX_CLASS_REQUESTS:
+            raise _too_many("for a 50/50 split", "delta", needed)
+        e0 = self.max_error_rate
+        e1 = min(e0 + self.delta, 1.0)
+        if e0 > 0.0 and e1 < 1.0:
+            needed = _normal_n(e0, e1, self.alpha / 2 * self.cap_share, self.beta * self.cap_share)
+            if needed > MAX_CLASS_REQUESTS:
+                raise _too_many(f"for the error rule at {e0:g}", "delta", needed)
+        leak_n = math.log(self.beta) / math.log1p(-self.leak_share)
+        if leak_n > MAX_CLASS_REQUESTS:
+            raise _too_many("for a deterministic route", "delta" if self.leak is None else "leak", leak_n)
 
     @property
     def leak_share(self) -> float:
@@ -285,14 +346,20 @@ def fixed_sample_test(p0: float, alpha: float, beta: float, delta: float) -> Fix
     """
     if not 0.0 < p0 < 1.0:
         raise ConfigError("fixed_sample_test", "p0", f"must be strictly between 0 and 1, got {p0!r}")
+    what = f"for a share of {p0:g}"
+    needed = _split_n_estimate(p0, alpha, beta, delta)
+    if needed > MAX_CLASS_REQUESTS:  # refuse before a search that would take minutes
+        raise _too_many(what, "delta", needed)
     start = max(1, math.floor(_information_bound(p0, alpha, beta, delta)))
-    while True:
-        for n in _fixed_sample_candidates(np.arange(start, start + 512), p0, alpha, beta, delta):
+    while start <= MAX_CLASS_REQUESTS:  # the estimate can be low: the search stays bounded
+        ns = np.arange(start, min(start + 512, MAX_CLASS_REQUESTS + 1))
+        for n in _fixed_sample_candidates(ns, p0, alpha, beta, delta):
             region = _fixed_sample_region(int(n), p0, alpha, beta, delta)
             if region is not None:
                 lo, hi, false_fail, miss = region
                 return FixedSampleTest(p0, int(n), lo, hi, false_fail, miss)
         start += 512
+    raise _too_many(what, "delta", math.inf)
 
 
 def _kl(p: float, q: float) -> float:
@@ -504,9 +571,14 @@ def operating_characteristic(bounds: SplitBoundaries, p: float, pass_floor: int 
 
 def _error_cap(e0: float, e1: float, alpha: float, beta: float) -> tuple[int, int]:
     """One-sided exact test: smallest (n, c) with P(Bin(n, e0) > c) <= alpha, P(Bin(n, e1) <= c) <= beta."""
+    what = f"for the error rule at {e0:g}"
+    if e1 < 1.0:
+        needed = _normal_n(e0, e1, alpha, beta)
+        if needed > MAX_CLASS_REQUESTS:  # refuse before a search of one scipy call per size
+            raise _too_many(what, "delta", needed)
     info = (1 - alpha) * math.log((1 - alpha) / beta) + alpha * math.log(alpha / (1 - beta))
     n = max(1, math.floor(info / _kl(e0, e1)))
-    while True:
+    while n <= MAX_CLASS_REQUESTS:
         c = int(binom.isf(alpha, n, e0))
         while c > 0 and binom.sf(c - 1, n, e0) <= alpha:
             c -= 1
@@ -515,6 +587,7 @@ def _error_cap(e0: float, e1: float, alpha: float, beta: float) -> tuple[int, in
         if binom.cdf(c, n, e1) <= beta:
             return n, c
         n += 1
+    raise _too_many(what, "delta", math.inf)
 
 
 class ErrorBound:

@@ -15,6 +15,7 @@ import pytest
 from scipy.stats import beta as beta_dist
 from scipy.stats import binom
 
+from harness import stats
 from harness.errors import ConfigError
 from harness.stats import (
     Decision,
@@ -420,3 +421,43 @@ def test_clopper_pearson_edges() -> None:
 def test_bad_input_is_a_config_error(expected: dict[str, float], config_kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         SequentialTest(expected, StatsConfig(**config_kwargs))
+
+
+# --------------------------------------------------------------------------- bounded work
+
+
+def test_settings_that_need_too_many_requests_are_refused_at_once() -> None:
+    # delta = 0.001 needs about 2.7 million requests per class at a 50/50 split: building its
+    # boundaries would take days, so the config itself is refused, by an estimate.
+    with pytest.raises(ConfigError) as tiny_delta:
+        StatsConfig(delta=0.001)
+    assert (tiny_delta.value.obj, tiny_delta.value.field) == ("StatsConfig", "delta")
+    assert f"needs more than {stats.MAX_CLASS_REQUESTS} requests per class" in tiny_delta.value.message
+    assert "choose a larger delta or looser alpha/beta" in tiny_delta.value.message
+    with pytest.raises(ConfigError, match="requests per class"):
+        StatsConfig(alpha=1e-300)  # z = 37: about 130,000 requests at delta = 0.1
+    with pytest.raises(ConfigError) as tiny_leak:
+        StatsConfig(leak=1e-4)  # zero-leak needs ln(1e-6) / ln(1 - 1e-4) = 138,149
+    assert tiny_leak.value.field == "leak"
+    # A share far below delta is checked when its boundaries are built: 1e-4 needs 161,000.
+    with pytest.raises(ConfigError, match="for a share of 0.0001"):
+        SequentialTest({"blue": 1e-4, "green": 1 - 1e-4})
+    assert StatsConfig(delta=0.05).delta == 0.05, "delta = 0.05 (11,045 requests at 50/50) stays allowed"
+
+
+def test_exact_searches_stop_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The estimates can be a little low; the exact searches must still stop at the limit.
+    # Reference: the fixed-sample N at (0.5, 1e-7, 1e-7, 0.1) is 2736, the estimate about 2717.
+    estimate = stats._split_n_estimate(0.5, 1e-7, 1e-7, 0.1)
+    assert estimate < 2735, f"estimate {estimate:.0f} would refuse before searching"
+    monkeypatch.setattr(stats, "MAX_CLASS_REQUESTS", 2735)
+    with pytest.raises(ConfigError, match="needs more than 2735 requests per class"):
+        stats.fixed_sample_test.__wrapped__(0.5, 1e-7, 1e-7, 0.1)  # bypass the cache
+    monkeypatch.setattr(stats, "MAX_CLASS_REQUESTS", 2736)
+    assert stats.fixed_sample_test.__wrapped__(0.5, 1e-7, 1e-7, 0.1).n == 2736
+    # The error rule's one-sided search: exact n, then one below it.
+    n, _ = stats._error_cap(0.05, 0.15, 1e-7, 1e-7)
+    assert stats._normal_n(0.05, 0.15, 1e-7, 1e-7) < n - 1, "the estimate must let the search run"
+    monkeypatch.setattr(stats, "MAX_CLASS_REQUESTS", n - 1)
+    with pytest.raises(ConfigError, match="for the error rule at 0.05"):
+        stats._error_cap(0.05, 0.15, 1e-7, 1e-7)
