@@ -343,13 +343,22 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
       Its rule is kept, though: only a cluster this run set out to create is deleted
       (:attr:`create_attempted`); the backend adds ``keep_cluster`` on top.
 
-    Not used at all: ``apply(dict)`` (pipes YAML through ``echo '...'`` in a shell, which
-    breaks on the ``'*'`` hosts of our Gateway: the backend applies through the API),
-    ``kubectl()``/``wait()`` (same shell layer), and the pytest plugin's ``k8s`` fixture
+    Disabled (they raise NotImplementedError, so no shell path is reachable through this
+    class): ``apply(dict)`` (pipes YAML through ``echo '...'`` in a shell, which breaks on the
+    ``'*'`` hosts of our Gateway: :meth:`KindIstioMesh.apply` applies through the API),
+    ``kubectl()``, ``wait()``, ``logs()`` and ``version()`` (the same ``shell=True`` layer),
+    ``port_forwarding()`` (test traffic goes through kind's port mapping) and ``reset()``
+    (its ``create()`` has no config, so it would build a default v1.25 cluster). Not used
+    either: the pytest plugin's ``k8s`` fixture
     (``--k8s-provider-config`` is refused while ``--k8s-cluster-name`` has its default,
     and its default node image, ``kindest/node:v1.25.3``, is older than any Kubernetes
     Istio 1.30 supports).
     """
+
+    _USE_INSTEAD = (
+        "KindIstioMesh.apply() (server-side apply through the API), KubeAPI for reads, "
+        "KindIstioMesh.dump() for logs"
+    )
 
     def __init__(self, name: str, kind_binary: str, kubeconfig: Path, *, command_timeout: float) -> None:
         self._kind = kind_binary
@@ -391,6 +400,40 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
 
     def ready(self, timeout: int = 20) -> bool:
         return self.exists()
+
+    def _disabled(self, method: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"KindCluster.{method}() is disabled: pytest-kubernetes runs it through a shell "
+            f"(shell=True, YAML via echo '...'); use {self._USE_INSTEAD}"
+        )
+
+    def apply(self, input: Any) -> None:  # noqa: A002 - the base class's signature
+        """Disabled: see the class docstring; apply with :meth:`KindIstioMesh.apply`."""
+        raise self._disabled("apply")
+
+    def kubectl(self, args: Any, as_dict: bool = True, timeout: int = 60) -> Any:
+        """Disabled: see the class docstring."""
+        raise self._disabled("kubectl")
+
+    def wait(self, name: str, waitfor: str, timeout: int = 90, namespace: str = "default") -> None:
+        """Disabled: see the class docstring; the backend waits on status fields through the API."""
+        raise self._disabled("wait")
+
+    def logs(self, pod: str, container: str | None = None, namespace: str | None = None) -> str:
+        """Disabled: see the class docstring; pod logs are written by :meth:`KindIstioMesh.dump`."""
+        raise self._disabled("logs")
+
+    def version(self) -> tuple[int, int]:
+        """Disabled: see the class docstring."""
+        raise self._disabled("version")
+
+    def port_forwarding(self, *args: Any, **kwargs: Any) -> Any:
+        """Disabled: test traffic goes through kind's port mapping on 127.0.0.1."""
+        raise self._disabled("port_forwarding")
+
+    def reset(self) -> None:
+        """Disabled: a create without our config would make a default cluster."""
+        raise self._disabled("reset")
 
     def _on_create(self, cluster_options: ClusterOptions, **kwargs: Any) -> None:
         # pytest-kubernetes calls this only when ready() said the cluster does not exist.

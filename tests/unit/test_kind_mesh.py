@@ -1006,3 +1006,40 @@ def test_converge_waits_through_a_gateway_restart(rig: Rig, stages: dict[str, li
         assert "GatewayPodNotReady" in str(caught.value) and "Pending" in str(caught.value), str(caught.value)
         rig.api.state.objects[pod]["status"]["phase"] = "Running"
         mesh.converge(objects, timeout=2)
+
+
+# ----------------------------------------------------------------------------- pytest-kubernetes' shell layer
+
+
+@pytest.mark.parametrize(
+    ("method", "args"),
+    [
+        ("apply", ({"kind": "Gateway", "spec": {"servers": [{"hosts": ["*"]}]}},)),
+        ("apply", (Path("manifests/base"),)),
+        ("kubectl", (["get", "pods"],)),
+        ("wait", ("deployment/model-green", "condition=Available")),
+        ("logs", ("model-green-0",)),
+        ("version", ()),
+        ("port_forwarding", ("svc/x", 8080, 80)),
+        ("reset", ()),
+    ],
+)
+def test_the_shell_paths_of_pytest_kubernetes_are_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, args: tuple[Any, ...]
+) -> None:
+    import subprocess
+
+    from harness.mesh.kind import KindCluster
+
+    def no_process(*a: Any, **k: Any) -> Any:
+        raise AssertionError(f"a process was started: {a}")
+
+    monkeypatch.setattr(subprocess, "run", no_process)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    kind = tmp_path / "kind"
+    kind.write_text("#!/bin/sh\nexit 99\n")
+    kind.chmod(0o755)
+    cluster = KindCluster(NAME, str(kind), tmp_path / "kc", command_timeout=5)
+    with pytest.raises(NotImplementedError) as caught:
+        getattr(cluster, method)(*args)
+    assert "KindIstioMesh.apply()" in str(caught.value) and "shell" in str(caught.value), str(caught.value)
