@@ -103,6 +103,15 @@ _PLURALS = {
     "DestinationRule": "destinationrules",
 }
 _CLUSTER_SCOPED = {"Namespace"}
+# Applied in apply()'s second phase, once the workloads they route to are ready.
+_ROUTING_KINDS = {"Gateway", "VirtualService", "DestinationRule"}
+# The order of apply within each phase: what others refer to goes first.
+_APPLY_ORDER = ("Namespace", "ConfigMap", "Service", "Deployment", "DestinationRule", "Gateway", "VirtualService")
+
+
+def _apply_rank(obj: Mapping[str, Any]) -> int:
+    kind = str(obj.get("kind"))
+    return _APPLY_ORDER.index(kind) if kind in _APPLY_ORDER else len(_APPLY_ORDER)
 # What prune looks for, in this order: routing first, so traffic leaves a version before it goes.
 _PRUNABLE = (
     ("networking.istio.io/v1", "VirtualService"),
@@ -872,9 +881,17 @@ class KindIstioMesh:
     # ------------------------------------------------------------------ apply / converge / dump
 
     def apply(self, objects: list[dict[str, Any]]) -> None:
-        """Server-side apply `objects`, wait for their Deployments, then prune what they dropped.
+        """Server-side apply `objects` in two phases, then prune what they dropped.
 
-        Make-before-break: everything new is applied and ready before anything is deleted.
+        Make-before-break, in three steps, so a request never meets a route to pods that are
+        not ready yet (a 503 for pinned requests) nor to pods already gone:
+
+        1. workloads: the Namespace first, then Services, ConfigMaps and Deployments; then a
+           wait until every Deployment's rollout is complete;
+        2. routing: DestinationRules (so any subset exists before a route names it), then
+           Gateways and VirtualServices;
+        3. prune: this run's objects the stage no longer has (routing first, see _PRUNABLE).
+
         Container images of the plan's repositories are pointed at the refs built in up(),
         so a stage rendered with the default ``:dev`` refs runs the side-loaded images.
         """
@@ -889,15 +906,23 @@ class KindIstioMesh:
                         f"metadata.labels.{MANAGED_BY_LABEL}",
                         f"must be {MANAGED_BY_VALUE!r} (prune relies on it)",
                     )
-            ordered = sorted(prepared, key=lambda o: 0 if o.get("kind") == "Namespace" else 1)
+            # sorted() is stable: within a rank the stage's own order is kept.
+            ordered = sorted(prepared, key=_apply_rank)
+            workloads = [o for o in ordered if o.get("kind") not in _ROUTING_KINDS]
+            routing = [o for o in ordered if o.get("kind") in _ROUTING_KINDS]
             api = self._require_api()
-            for obj in ordered:
+            for obj in workloads:
                 api.apply(obj)
-            self._say(f"apply: {len(ordered)} objects applied (server-side, field manager {FIELD_MANAGER})")
-            for obj in ordered:
+            self._say(
+                f"apply: {len(workloads)} workload objects applied (server-side, field manager {FIELD_MANAGER})"
+            )
+            for obj in workloads:
                 if obj.get("kind") == "Deployment":
                     meta = obj["metadata"]
                     self._wait_deployment(str(meta["namespace"]), str(meta["name"]), self.timeouts.rollout)
+            for obj in routing:
+                api.apply(obj)
+            self._say(f"apply: {len(routing)} routing objects applied, after the workloads were ready")
             self._prune(ordered)
         except Exception as exc:
             where = self._dump_failure("apply")

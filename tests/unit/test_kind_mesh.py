@@ -1043,3 +1043,48 @@ def test_the_shell_paths_of_pytest_kubernetes_are_unreachable(
     with pytest.raises(NotImplementedError) as caught:
         getattr(cluster, method)(*args)
     assert "KindIstioMesh.apply()" in str(caught.value) and "shell" in str(caught.value), str(caught.value)
+
+
+# ----------------------------------------------------------------------------- make-before-break order
+
+
+def _phases(requests: list[Any]) -> list[str]:
+    """Each request as the phase it belongs to: workload apply, rollout wait, routing apply, prune."""
+    out: list[str] = []
+    for r in requests:
+        if out and out[-1] == "prune":
+            out.append("prune")  # prune's own waits for the deleted objects to be gone
+        elif r.method == "PATCH":
+            routing = any(k in r.path for k in ("/gateways/", "/virtualservices/", "/destinationrules/"))
+            out.append("routing" if routing else "workload")
+        elif r.method == "GET" and "/deployments/" in r.path and not r.query.get("labelSelector"):
+            out.append("wait")
+        elif r.query.get("labelSelector") or r.method == "DELETE":
+            out.append("prune")
+    return out
+
+
+def _collapse(phases: list[str]) -> list[str]:
+    return [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+
+
+@pytest.mark.parametrize(
+    ("before", "stage"), [(None, "Blue_50"), ("Blue_100", "Blue_Green"), ("Blue_Green", "Green_100")]
+)
+def test_apply_routes_to_workloads_only_after_they_are_ready(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]], before: str | None, stage: str
+) -> None:
+    with rig.mesh() as mesh:
+        if before:
+            mesh.apply(stages[before])
+        start = len(rig.api.requests())
+        mesh.apply(stages[stage])
+        requests = rig.api.requests()[start:]
+    assert _collapse(_phases(requests)) == ["workload", "wait", "routing", "prune"], (
+        "apply must be: workloads, their rollout, then routing, then prune: "
+        f"{[(r.method, r.path) for r in requests]}"
+    )
+    assert requests[0].path == "/api/v1/namespaces/abtesting", "the Namespace goes first"
+    kinds = [r.path.split("/")[-2] for r in requests if r.method == "PATCH"]
+    routing = [k for k in kinds if k in ("gateways", "virtualservices", "destinationrules")]
+    assert routing[-1] == "virtualservices", f"the VirtualService goes last, after what it names: {kinds}"
