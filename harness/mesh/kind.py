@@ -66,6 +66,7 @@ from pytest_kubernetes.providers.kind import KindManagerBase
 from harness import istioctl as istioctl_mod
 from harness import proc
 from harness.errors import CommandError, ConfigError, HarnessError, WaitTimeout
+from harness.plan import repository_of
 from harness.wait import wait_until
 
 log = logging.getLogger(__name__)
@@ -574,13 +575,6 @@ def new_run_id() -> str:
     at both ends).
     """
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-
-
-def _image_repository(image: str) -> str:
-    """``repo/name`` of ``repo/name:tag`` or ``repo/name@sha256:...`` (a registry port survives)."""
-    image = image.split("@", 1)[0]
-    head, _, tail = image.rpartition(":")
-    return head if head and "/" not in tail else image
 
 
 class KindIstioMesh:
@@ -1275,7 +1269,7 @@ class KindIstioMesh:
         }
         containers = result.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []) or []
         for container in containers:
-            ref = by_repository.get(_image_repository(str(container.get("image", ""))))
+            ref = by_repository.get(repository_of(str(container.get("image", ""))))
             if ref is not None:
                 container["image"] = ref
         return result
