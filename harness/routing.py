@@ -64,6 +64,7 @@ __all__ = [
     "STANDARD_CLASSES",
     "backends_behind",
     "check_supported",
+    "declares_target_port",
     "expected_distribution",
     "host_matches",
     "resolve_gateway_name",
@@ -804,9 +805,26 @@ def _deployment_version(obj: Mapping[str, Any]) -> str:
     )
 
 
-def _has_named_port(obj: Mapping[str, Any], name: str) -> bool:
-    containers = obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
-    return any(p.get("name") == name for c in containers for p in c.get("ports") or [])
+def declares_target_port(pod_spec: Mapping[str, Any], target: Any) -> bool:
+    """Whether a pod with this spec backs a Service port with this targetPort.
+
+    A name (IANA_SVC_NAME: never all digits) must be a declared container port's name, as
+    Kubernetes resolves it per pod; without it the pod is no endpoint. A number (or a string
+    of digits, as manifests sometimes quote it) must be a declared containerPort: Kubernetes
+    would list the pod anyway (declarations are informational), but the workloads here
+    listen on their declared port only, so every connection to another port is refused and
+    the gateway answers 503, the same outcome as no endpoint.
+    """
+    ports = [p for c in pod_spec.get("containers") or [] for p in c.get("ports") or []]
+    if isinstance(target, bool):
+        return False
+    if isinstance(target, str) and not target.isdigit():
+        return any(p.get("name") == target for p in ports)
+    try:
+        number = int(target)
+    except (TypeError, ValueError):
+        return False
+    return any(p.get("containerPort") == number for p in ports)
 
 
 def _backends(
@@ -829,6 +847,7 @@ def _backends(
             return (), why
         selector.update(labels)
     found = []
+    undeclared: list[str] = []
     for obj in objects:
         if obj.get("kind") != "Deployment" or _namespace(obj) != _namespace(service):
             continue
@@ -841,10 +860,17 @@ def _backends(
         pod_labels = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {}
         if replicas == 0 or any(pod_labels.get(k) != v for k, v in selector.items()):
             continue
-        # A named targetPort that the pod does not declare leaves it out of the endpoints.
-        if isinstance(target, str) and not _has_named_port(obj, target):
+        # A targetPort that the pod does not declare (by name or number) leaves it out of the endpoints.
+        if not declares_target_port(obj.get("spec", {}).get("template", {}).get("spec", {}), target):
+            undeclared.append(_name(obj))
             continue
         found.append(Backend(_namespace(obj), _name(obj), _deployment_version(obj), replicas))
+    if not found and undeclared:
+        return (
+            (),
+            f"{_label(service)} port {destination.port} targets {target!r}, which no container of "
+            f"Deployment {', '.join(undeclared)} declares (no endpoint; connections refused)",
+        )
     if not found:
         wanted = ", ".join(f"{k}={v}" for k, v in selector.items())
         return (

@@ -64,6 +64,10 @@ ABT010    warning  A container pulls ``Always`` (explicitly, or implied by no po
 ABT011    warning  A container without a readinessProbe: traffic reaches it before it serves.
 ABT012    error    A Service targetPort names a port that no container of the selected pods
                    declares: the Service gets no endpoint port.
+ABT013    error    A Service's numeric targetPort (or its port, when targetPort is left out)
+                   that no container of the selected pods declares as a containerPort: the
+                   workloads listen on their declared port only, so every connection is
+                   refused and the gateway answers 503 (the oracle reads it the same way).
 ========  =======  ==========================================================================
 
 >>> findings = validate_objects([{"apiVersion": "v1", "kind": "Namespace",
@@ -94,6 +98,7 @@ import re2
 import yaml
 from referencing import Registry, Resource
 
+from harness import routing
 from harness.errors import ConfigError, HarnessError
 
 #: The Kubernetes version whose API schemas every object must match (bundled with
@@ -584,9 +589,10 @@ class _Index:
             elif kind in _WORKLOAD_KINDS:
                 template = _mapping(spec.get("template"))
                 labels = _mapping(_mapping(template.get("metadata")).get("labels"))
-                index.pods.append(_Pods(ns, labels, _port_names(_mapping(template.get("spec")))))
+                pod_spec = _mapping(template.get("spec"))
+                index.pods.append(_Pods(ns, labels, _port_names(pod_spec), pod_spec))
             elif kind == "Pod":
-                index.pods.append(_Pods(ns, _mapping(obj["metadata"].get("labels")), _port_names(spec)))
+                index.pods.append(_Pods(ns, _mapping(obj["metadata"].get("labels")), _port_names(spec), spec))
         return index
 
     def selected(self, ns: str, selector: Mapping[str, Any]) -> list[_Pods]:
@@ -600,11 +606,12 @@ class _Index:
 
 @dataclass(frozen=True)
 class _Pods:
-    """The pods of one workload: where they run, their labels, their named container ports."""
+    """The pods of one workload: where they run, their labels, their named container ports, their spec."""
 
     namespace: str
     labels: Mapping[str, Any]
     port_names: frozenset[str]
+    spec: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def _port_names(pod_spec: Mapping[str, Any]) -> frozenset[str]:
@@ -891,7 +898,11 @@ _ISTIO_PROTOCOLS = ("http", "http2", "https", "grpc", "grpc-web", "tcp", "tls", 
 
 
 def _check_service_ports(index: _Index) -> Iterator[Finding]:
-    """Port names Istio can read a protocol from (IST0118), named targetPorts that exist (ABT012)."""
+    """Port names Istio can read a protocol from (IST0118), targetPorts the pods declare (ABT012, ABT013).
+
+    Whether a pod declares a targetPort is decided by `routing.declares_target_port`, the
+    rule the oracle uses for endpoints, so a finding here is a 503 there.
+    """
     for obj in index.objects:
         if obj["kind"] != "Service" or obj["apiVersion"] != "v1":
             continue
@@ -907,12 +918,30 @@ def _check_service_ports(index: _Index) -> Iterator[Finding]:
                               f"port {port.get('port')} name {name!r} does not follow Istio's "
                               "<protocol>[-<suffix>] convention (e.g. 'http') and has no appProtocol: "
                               "Istio has to guess the protocol")
-            target = port.get("targetPort")
-            if isinstance(target, str) and pods and not any(target in p.port_names for p in pods):
+            target = port.get("targetPort", port.get("port"))
+            if not pods or isinstance(target, bool) or not isinstance(target, (int, str)):
+                continue  # no pods: IST0127; a target of the wrong type: IST0106
+            if any(routing.declares_target_port(p.spec, target) for p in pods):
+                continue
+            where = _path(["spec", "ports", i, "targetPort"])
+            if isinstance(target, str) and not target.isdigit():
                 known = sorted(set().union(*(p.port_names for p in pods)))
-                yield Finding("ABT012", "error", _label(obj), _path(["spec", "ports", i, "targetPort"]),
+                yield Finding("ABT012", "error", _label(obj), where,
                               f"targetPort {target!r} names no container port of the selected pods "
                               f"(they name {known}): the Service has no endpoint port")
+            else:
+                declared = sorted({int(n) for p in pods for n in _container_port_numbers(p.spec)})
+                implied = "" if "targetPort" in port else " (targetPort left out: the port number)"
+                yield Finding("ABT013", "error", _label(obj), where,
+                              f"targetPort {target}{implied} is no containerPort of the selected pods "
+                              f"(they declare {declared}): nothing listens there, requests get 503")
+
+
+def _container_port_numbers(pod_spec: Mapping[str, Any]) -> list[int]:
+    return [port["containerPort"]
+            for container in _list(pod_spec.get("containers"))
+            for port in map(_mapping, _list(_mapping(container).get("ports")))
+            if isinstance(port.get("containerPort"), int)]
 
 
 def _labels(labels: Mapping[str, Any]) -> str:

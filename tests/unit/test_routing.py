@@ -761,6 +761,28 @@ CASES: tuple[Case, ...] = (
         {NO_ENDPOINTS: 1.0},
     ),
     Case(
+        "numeric-target-port-undeclared",
+        f"{K8S_SVC}#defining-a-service: targetPort 5002 in front of containerPort 5001 reaches no "
+        "listener (connections refused, Envoy 503)",
+        changed(put(lambda o: find(o, "Service", "model-svc-blue")["spec"]["ports"][0], "targetPort", 5002)),
+        BLUE,
+        {NO_ENDPOINTS: 1.0},
+    ),
+    Case(
+        "numeric-target-port-quoted-undeclared",
+        f"{K8S_SVC}#defining-a-service: a quoted number is a number, not a port name",
+        changed(put(lambda o: find(o, "Service", "model-svc-blue")["spec"]["ports"][0], "targetPort", "5002")),
+        BLUE,
+        {NO_ENDPOINTS: 1.0},
+    ),
+    Case(
+        "numeric-target-port-declared",
+        f"{K8S_SVC}#defining-a-service: targetPort 5001, the declared containerPort, reaches the pods",
+        changed(put(lambda o: find(o, "Service", "model-svc-blue")["spec"]["ports"][0], "targetPort", 5001)),
+        BLUE,
+        {"blue": 1.0},
+    ),
+    Case(
         "service-without-selector",
         f"{K8S_SVC}#services-without-selectors: no selector, no pod endpoints",
         changed(put(lambda o: find(o, "Service", "model-svc-blue")["spec"], "selector", None)),
@@ -1021,6 +1043,14 @@ def test_header_route_to_absent_blue_is_503_and_says_why() -> None:
     assert got.certain == NO_ENDPOINTS
     assert "http[0] (blue-header)" in got.route
     assert any("no Deployment" in note and "model_version=blue" in note for note in got.notes), got.notes
+
+
+def test_undeclared_numeric_target_port_says_why() -> None:
+    objects = reference()
+    find(objects, "Service", "model-svc-blue")["spec"]["ports"][0]["targetPort"] = 5002
+    got = expected_distribution(objects, BLUE)
+    assert got.certain == NO_ENDPOINTS, got.describe()
+    assert any("targets 5002" in note and "model-blue" in note for note in got.notes), got.notes
 
 
 # --- API details ---------------------------------------------------------------------------------

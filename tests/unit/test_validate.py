@@ -563,6 +563,46 @@ def test_target_port_name_that_no_container_declares() -> None:
     assert "['http']" in finding.message
 
 
+def test_numeric_target_port_that_no_container_declares() -> None:
+    # targetPort 5002 in front of containerPort 5001: on a cluster the connections are refused
+    # and the gateway answers 503; the oracle says status:503 for the same objects.
+    def mutate(objects: Objects) -> None:
+        get(objects, "Service", "model-svc-blue")["spec"]["ports"][0]["targetPort"] = 5002
+
+    finding = the_one(broken(mutate), "ABT013")
+    assert (finding.severity, finding.obj, finding.path) == (
+        "error", "Service abtesting/model-svc-blue", "spec.ports[0].targetPort")
+    assert "targetPort 5002" in finding.message and "[5001]" in finding.message, finding.message
+    assert with_code(broken(mutate), "ABT012") == [], "a number is not a port name"
+
+
+@pytest.mark.parametrize("target", [5001, "5001", None])
+def test_numeric_target_port_that_a_container_declares_is_fine(target: int | str | None) -> None:
+    # None: targetPort left out, so it is the port number (5001), which the container declares.
+    def mutate(objects: Objects) -> None:
+        port = get(objects, "Service", "model-svc-blue")["spec"]["ports"][0]
+        if target is None:
+            del port["targetPort"]
+        else:
+            port["targetPort"] = target
+
+    assert with_code(broken(mutate), "ABT013") == []
+
+
+def test_left_out_target_port_is_the_port_number() -> None:
+    def mutate(objects: Objects) -> None:
+        port = get(objects, "Service", "model-svc-blue")["spec"]["ports"][0]
+        del port["targetPort"]
+        port["port"] = 80
+        for route in http(objects):
+            for destination in route["route"]:
+                if destination["destination"]["host"] == BLUE_FQDN:
+                    destination["destination"]["port"]["number"] = 80
+
+    finding = the_one(broken(mutate), "ABT013")
+    assert "targetPort 80 (targetPort left out" in finding.message, finding.message
+
+
 def test_virtual_service_host_that_the_gateway_does_not_admit() -> None:
     def mutate(objects: Objects) -> None:
         get(objects, "Gateway", "mlmodel-gateway")["spec"]["servers"][0]["hosts"] = ["*.example.com"]
