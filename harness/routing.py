@@ -66,9 +66,12 @@ __all__ = [
     "check_supported",
     "declares_target_port",
     "expected_distribution",
+    "exported_to",
     "host_matches",
+    "hosts_overlap",
     "resolve_gateway_name",
     "resolve_service_host",
+    "server_host_parts",
     "string_matches",
     "versions_behind",
 ]
@@ -659,6 +662,16 @@ def host_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
+def hosts_overlap(a: str, b: str) -> bool:
+    """Whether two host patterns (``*``, ``*.example.com``, exact) can match the same name.
+
+    >>> hosts_overlap("*.example.com", "*.b.example.com"), hosts_overlap("a.example.com", "example.com")
+    (True, False)
+    """
+    a, b = a.lower(), b.lower()
+    return a == b or host_matches(a, b) or host_matches(b, a)
+
+
 def _specificity(pattern: str) -> tuple[int, int]:
     """Envoy's virtual host order: exact domains first, then longer wildcard suffixes, ``*`` last."""
     if pattern == "*":
@@ -720,7 +733,10 @@ def resolve_service_host(host: str, namespace: str) -> str:
     return f"{host}.{namespace}.{CLUSTER_DOMAIN}".lower()
 
 
-def _exported_to(export_to: Any, owner_namespace: str, consumer_namespace: str) -> bool:
+def exported_to(export_to: Any, owner_namespace: str, consumer_namespace: str) -> bool:
+    """Whether an object with this ``exportTo`` (owned by ``owner_namespace``) is visible in
+    ``consumer_namespace``: unset means everywhere, ``.`` its own namespace, ``*`` everywhere.
+    """
     if not export_to:
         return True
     names = {owner_namespace if n == "." else str(n) for n in export_to}
@@ -758,7 +774,7 @@ def _subset_labels(
         if dr.get("kind") != "DestinationRule":
             continue
         spec = _spec(dr)
-        if consumer_namespace is not None and not _exported_to(
+        if consumer_namespace is not None and not exported_to(
             spec.get("exportTo"), _namespace(dr), consumer_namespace
         ):
             continue
@@ -913,7 +929,10 @@ def _gateway_applies(gw: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return not selector or all(labels.get(k) == v for k, v in selector.items())
 
 
-def _server_host_parts(host: str, gateway_namespace: str) -> tuple[str, str]:
+def server_host_parts(host: str, gateway_namespace: str) -> tuple[str, str]:
+    """(namespace, dns) of a Gateway server host: ``ns/dns``, ``./dns`` (the Gateway's own
+    namespace) or a bare ``dns`` (``*``: VirtualServices of any namespace may bind).
+    """
     namespace, sep, dns = host.partition("/")
     if not sep:
         return "*", host
@@ -949,14 +968,14 @@ def _bindings(
             spec = _spec(vs)
             vs_ns = _namespace(vs)
             bound = {resolve_gateway_name(str(g), vs_ns) for g in spec.get("gateways") or [MESH_GATEWAY]}
-            if gateway not in bound or not _exported_to(spec.get("exportTo"), vs_ns, gw_namespace):
+            if gateway not in bound or not exported_to(spec.get("exportTo"), vs_ns, gw_namespace):
                 continue
             for vs_host in spec.get("hosts") or []:
                 vs_host = str(vs_host)
                 if not host_matches(vs_host, request.host):
                     continue
                 for server_host in server.get("hosts") or []:
-                    namespace, dns = _server_host_parts(str(server_host), gw_namespace)
+                    namespace, dns = server_host_parts(str(server_host), gw_namespace)
                     if namespace not in ("*", vs_ns) or not host_matches(dns, request.host):
                         continue
                     # Istio's virtual host domain is the narrower of the two patterns.

@@ -758,16 +758,28 @@ def _check_gateways(index: _Index) -> Iterator[Finding]:
         for where, ref in refs:
             if not isinstance(ref, str) or ref == "mesh":
                 continue
-            gw_ns, _, gw_name = ref.rpartition("/")
-            if (gw_ns or ns, gw_name) not in index.gateways:
+            gw_ns, gw_name = _gateway_key(ref, ns)
+            if (gw_ns, gw_name) not in index.gateways:
                 names = [n for _, n in index.gateways]
                 yield Finding("IST0101", "error", _label(vs), _path(where),
-                              f"referenced gateway not found: {ref!r} (in namespace {gw_ns or ns})"
+                              f"referenced gateway not found: {ref!r} (in namespace {gw_ns})"
                               f"{_did_you_mean(gw_name, names)}")
 
 
+def _gateway_key(ref: str, vs_namespace: str) -> tuple[str, str]:
+    """(namespace, name) of a Gateway reference, resolved as the oracle and Istio resolve it
+    (``name``, ``ns/name``, ``./name``, legacy ``name.ns.svc.cluster.local``)."""
+    gw_ns, _, gw_name = routing.resolve_gateway_name(ref, vs_namespace).partition("/")
+    return gw_ns, gw_name
+
+
 def _check_gateway_hosts(index: _Index) -> Iterator[Finding]:
-    """A VirtualService host that no server of its Gateways admits is never served (IST0132)."""
+    """A VirtualService host that no server of its Gateways admits is never served (IST0132).
+
+    A server admits the hosts of VirtualServices in the namespace its host names (``ns/``,
+    ``./`` or any), and only of those exported to the Gateway's namespace: the oracle's
+    binding rules (`routing.server_host_parts`, `routing.exported_to`).
+    """
     for vs, spec in _virtual_services(index):
         ns = _namespace(vs)
         admitted: list[str] = []
@@ -775,29 +787,27 @@ def _check_gateway_hosts(index: _Index) -> Iterator[Finding]:
         for ref in _list(spec.get("gateways")):
             if not isinstance(ref, str) or ref == "mesh":
                 continue
-            gw_ns, _, gw_name = ref.rpartition("/")
-            gateway = index.gateway_objects.get((gw_ns or ns, gw_name))
+            gw_ns, gw_name = _gateway_key(ref, ns)
+            gateway = index.gateway_objects.get((gw_ns, gw_name))
             if gateway is None:
                 continue  # reported as IST0101
             names.append(ref)
+            if not routing.exported_to(spec.get("exportTo"), ns, gw_ns):
+                continue  # the Gateway does not see this VirtualService at all
             for server in map(_mapping, _list(_mapping(gateway.get("spec")).get("servers"))):
-                admitted += [h.rpartition("/")[2] for h in _list(server.get("hosts")) if isinstance(h, str)]
+                for server_host in _list(server.get("hosts")):
+                    if not isinstance(server_host, str):
+                        continue
+                    host_ns, dns = routing.server_host_parts(server_host, gw_ns)
+                    if host_ns in ("*", ns):
+                        admitted.append(dns)
         if not names:
             continue
         for i, host in enumerate(_list(spec.get("hosts"))):
-            if isinstance(host, str) and not any(_hosts_overlap(host, a) for a in admitted):
+            if isinstance(host, str) and not any(routing.hosts_overlap(host, a) for a in admitted):
                 yield Finding("IST0132", "warning", _label(vs), _path(["spec", "hosts", i]),
                               f"host {host!r} is admitted by no server of gateway(s) {', '.join(names)} "
                               f"(they admit {admitted}): requests for it get 404")
-
-
-def _hosts_overlap(a: str, b: str) -> bool:
-    """Whether two host patterns (``*``, ``*.example.com``, exact) can match the same name."""
-    if a == "*" or b == "*" or a == b:
-        return True
-    if a.startswith("*.") and b.endswith(a[1:]):
-        return True
-    return b.startswith("*.") and a.endswith(b[1:])
 
 
 _STRING_MATCH_FIELDS = ("uri", "scheme", "method", "authority")

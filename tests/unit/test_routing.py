@@ -30,9 +30,12 @@ from harness.routing import (
     Request,
     backends_behind,
     expected_distribution,
+    exported_to,
     host_matches,
+    hosts_overlap,
     resolve_gateway_name,
     resolve_service_host,
+    server_host_parts,
     versions_behind,
 )
 from tests.unit import objects as k8s
@@ -1163,6 +1166,13 @@ def test_helpers() -> None:
     assert resolve_gateway_name("other/gw", "ns") == "other/gw"
     assert resolve_service_host("svc", "ns") == f"svc.ns.{FQDN}"
     assert resolve_service_host("svc.other", "ns") == "svc.other"
+    # The binding helpers validate shares with the oracle.
+    assert hosts_overlap("*.a.com", "*.b.a.com") and hosts_overlap("X.A.com", "*.a.com")
+    assert not hosts_overlap("a.com", "*.a.com") and not hosts_overlap("a.com", "b.com")
+    assert exported_to(None, "ns", "other") and exported_to(["."], "ns", "ns")
+    assert not exported_to(["."], "ns", "other") and exported_to(["*"], "ns", "other")
+    assert server_host_parts("./x.com", "gw-ns") == ("gw-ns", "x.com")
+    assert server_host_parts("x.com", "gw-ns") == ("*", "x.com")
 
 
 def test_expected_accepts_plain_dicts() -> None:

@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from harness import routing
 from harness.errors import ConfigError
 from harness.validate import (
     KUBERNETES_VERSION,
@@ -365,6 +366,42 @@ def test_gateway_referenced_with_its_namespace_is_found() -> None:
         virtual_service(objects)["spec"]["gateways"] = ["abtesting/mlmodel-gateway"]
 
     assert broken(mutate) == []
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["mlmodel-gateway", "abtesting/mlmodel-gateway", "./mlmodel-gateway",
+     "mlmodel-gateway.abtesting.svc.cluster.local"],
+)
+def test_gateway_reference_forms_agree_with_the_oracle(ref: str) -> None:
+    # Every form Istio resolves (and routing.resolve_gateway_name with it) names the Gateway:
+    # validate must not call a reference the oracle routes through "not found".
+    objects = reference()
+    virtual_service(objects)["spec"]["gateways"] = [ref]
+    assert with_code(validate_objects(objects), "IST0101") == [], ref
+    got = routing.expected_distribution(objects, routing.STANDARD_CLASSES[0])
+    assert got.shares.get("status:404", 0.0) == 0.0, got.describe()
+
+
+def test_server_host_of_another_namespace_does_not_admit() -> None:
+    # "other/*" admits VirtualServices of namespace other only: the oracle answers 404.
+    def mutate(objects: Objects) -> None:
+        get(objects, "Gateway", "mlmodel-gateway")["spec"]["servers"][0]["hosts"] = ["other/*"]
+
+    assert the_one(broken(mutate), "IST0132").path == "spec.hosts[0]"
+    objects = reference()
+    mutate(objects)
+    assert routing.expected_distribution(objects, routing.STANDARD_CLASSES[0]).certain == "status:404"
+
+
+def test_virtual_service_not_exported_to_the_gateway_namespace() -> None:
+    def mutate(objects: Objects) -> None:
+        virtual_service(objects)["spec"]["exportTo"] = ["other"]
+
+    assert the_one(broken(mutate), "IST0132").path == "spec.hosts[0]"
+    objects = reference()
+    mutate(objects)
+    assert routing.expected_distribution(objects, routing.STANDARD_CLASSES[0]).certain == "status:404"
 
 
 def test_gateway_in_another_namespace_is_not_found() -> None:
