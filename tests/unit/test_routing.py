@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from harness import routing
 from harness.errors import ConfigError, UnsupportedField
 from harness.plan import load_plan
 from harness.render import render_stage
@@ -1173,6 +1174,21 @@ def test_helpers() -> None:
     assert not exported_to(["."], "ns", "other") and exported_to(["*"], "ns", "other")
     assert server_host_parts("./x.com", "gw-ns") == ("gw-ns", "x.com")
     assert server_host_parts("x.com", "gw-ns") == ("*", "x.com")
+
+
+def test_expected_distributions_checks_the_objects_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = rendered("Blue_50")
+    one_by_one = {request: expected_distribution(objects, request) for request in STANDARD_CLASSES}
+    calls: list[int] = []
+    check = routing.check_supported
+    monkeypatch.setattr(routing, "check_supported", lambda objs: (calls.append(1), check(objs))[1])
+    together = routing.expected_distributions(objects, STANDARD_CLASSES)
+    assert together == one_by_one
+    assert len(calls) == 1, f"check_supported ran {len(calls)} times for {len(STANDARD_CLASSES)} classes"
+    bad = copy.deepcopy(objects)
+    vs_spec(bad)["http"][0]["fault"] = {"abort": {"httpStatus": 500}}
+    with pytest.raises(UnsupportedField, match=r"spec\.http\[0\]\.fault"):
+        routing.expected_distributions(bad)
 
 
 def test_expected_accepts_plain_dicts() -> None:
