@@ -22,17 +22,18 @@ import os
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 STATE_DIR = Path(os.environ["FAKE_TOOLS_DIR"])
 STATE = STATE_DIR / "state.json"
 CALLS = STATE_DIR / "calls.jsonl"
 
 
-def load() -> dict:
+def load() -> dict[str, Any]:
     return json.loads(STATE.read_text()) if STATE.exists() else {}
 
 
-def save(state: dict) -> None:
+def save(state: dict[str, Any]) -> None:
     tmp = STATE.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, STATE)
@@ -67,14 +68,14 @@ def kubeconfig_for(name: str, server: str) -> str:
     )
 
 
-def write_kubeconfig(argv: list[str], name: str, state: dict) -> None:
+def write_kubeconfig(argv: list[str], name: str, state: dict[str, Any]) -> None:
     """Write cluster ``name``'s kubeconfig where ``--kubeconfig`` says, as kind does; nothing without it."""
     kubeconfig = flag(argv, "--kubeconfig")
     if kubeconfig:
         Path(kubeconfig).write_text(kubeconfig_for(name, state["api_server"]))
 
 
-def kind(argv: list[str], state: dict) -> int:
+def kind(argv: list[str], state: dict[str, Any]) -> int:
     clusters: list[str] = state.setdefault("clusters", [])
     name = flag(argv, "--name", "kind") or "kind"
     if argv[:1] == ["version"]:
@@ -137,7 +138,7 @@ def kind(argv: list[str], state: dict) -> int:
     return die(f"fake kind: unknown command {argv}", 2)
 
 
-def api_call(server: str, method: str, path: str, body: dict | None = None) -> None:
+def api_call(server: str, method: str, path: str, body: dict[str, Any] | None = None) -> None:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(server + path, data=data, method=method)
     request.add_header("Authorization", "Bearer fake-token")
@@ -146,8 +147,8 @@ def api_call(server: str, method: str, path: str, body: dict | None = None) -> N
         response.read()
 
 
-def istio_objects(version: str) -> list[tuple[str, dict]]:
-    def deployment(name: str, labels: dict, image: str) -> dict:
+def istio_objects(version: str) -> list[tuple[str, dict[str, Any]]]:
+    def deployment(name: str, labels: dict[str, str], image: str) -> dict[str, Any]:
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -196,7 +197,7 @@ def istio_objects(version: str) -> list[tuple[str, dict]]:
     ]
 
 
-def istioctl(argv: list[str], state: dict) -> int:
+def istioctl(argv: list[str], state: dict[str, Any]) -> int:
     version = state.get("istioctl_version", "1.30.4")
     if argv[:1] == ["version"]:
         print(
@@ -223,7 +224,7 @@ def istioctl(argv: list[str], state: dict) -> int:
     return die(f"fake istioctl: unknown command {argv}", 2)
 
 
-def kubectl(argv: list[str], state: dict) -> int:
+def kubectl(argv: list[str], state: dict[str, Any]) -> int:
     kubeconfig = flag(argv, "--kubeconfig")
     if not kubeconfig or not Path(kubeconfig).is_file():
         return die("error: no --kubeconfig given to the fake kubectl (the harness must always pass its own)")
@@ -240,7 +241,7 @@ def kubectl(argv: list[str], state: dict) -> int:
     return die(f"fake kubectl: unknown command {argv}", 2)
 
 
-def docker(argv: list[str], state: dict) -> int:
+def docker(argv: list[str], state: dict[str, Any]) -> int:
     if argv[:1] == ["version"]:
         server = state.get("docker_server")
         if not server:
