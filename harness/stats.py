@@ -138,6 +138,22 @@ _SHARE_EPS = 1e-9
 MAX_CLASS_REQUESTS = 20_000
 
 
+# The smallest error probability the exact searches are given. A miss is computed as a
+# difference of two binomial CDFs near 1, exact to about 1e-16 only: below this the search
+# finds nothing (or trusts rounding noise), so such settings are refused instead.
+_MIN_TAIL = 1e-14
+
+
+def _check_tails(alpha: float, beta: float) -> None:
+    """Refuse error probabilities below what double-precision binomial tails resolve."""
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if value < _MIN_TAIL:
+            raise ConfigError("StatsConfig", name,
+                              f"gives an error probability of {value:.3g} to an exact binomial test "
+                              f"(its share at the cap, per tracked outcome), below {_MIN_TAIL:g}, "
+                              "which double precision does not resolve; choose a larger one")
+
+
 def _too_many(what: str, field_name: str, needed: float) -> ConfigError:
     """The refusal of settings under which one class would need more than MAX_CLASS_REQUESTS."""
     about = f" (about {needed:.0f} {what})" if math.isfinite(needed) else f" ({what})"
@@ -211,6 +227,7 @@ class StatsConfig:
         when their boundaries are built (`fixed_sample_test`).
         """
         split_alpha = self.alpha / (2 if self.max_error_rate > 0 else 1)
+        _check_tails(split_alpha * self.cap_share, self.beta * self.cap_share)
         needed = _split_n_estimate(0.5, split_alpha * self.cap_share, self.beta * self.cap_share, self.delta)
         if needed > MAX_CLASS_REQUESTS:
             raise _too_many("for a 50/50 split", "delta", needed)
@@ -346,6 +363,7 @@ def fixed_sample_test(p0: float, alpha: float, beta: float, delta: float) -> Fix
     """
     if not 0.0 < p0 < 1.0:
         raise ConfigError("fixed_sample_test", "p0", f"must be strictly between 0 and 1, got {p0!r}")
+    _check_tails(alpha, beta)
     what = f"for a share of {p0:g}"
     needed = _split_n_estimate(p0, alpha, beta, delta)
     if needed > MAX_CLASS_REQUESTS:  # refuse before a search that would take minutes
@@ -571,6 +589,7 @@ def operating_characteristic(bounds: SplitBoundaries, p: float, pass_floor: int 
 
 def _error_cap(e0: float, e1: float, alpha: float, beta: float) -> tuple[int, int]:
     """One-sided exact test: smallest (n, c) with P(Bin(n, e0) > c) <= alpha, P(Bin(n, e1) <= c) <= beta."""
+    _check_tails(alpha, beta)
     what = f"for the error rule at {e0:g}"
     if e1 < 1.0:
         needed = _normal_n(e0, e1, alpha, beta)

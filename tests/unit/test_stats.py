@@ -435,7 +435,7 @@ def test_settings_that_need_too_many_requests_are_refused_at_once() -> None:
     assert f"needs more than {stats.MAX_CLASS_REQUESTS} requests per class" in tiny_delta.value.message
     assert "choose a larger delta or looser alpha/beta" in tiny_delta.value.message
     with pytest.raises(ConfigError, match="requests per class"):
-        StatsConfig(alpha=1e-300)  # z = 37: about 130,000 requests at delta = 0.1
+        StatsConfig(alpha=1e-12, beta=1e-12, delta=0.03)  # about 52,000 at a 50/50 split
     with pytest.raises(ConfigError) as tiny_leak:
         StatsConfig(leak=1e-4)  # zero-leak needs ln(1e-6) / ln(1 - 1e-4) = 138,149
     assert tiny_leak.value.field == "leak"
@@ -443,6 +443,23 @@ def test_settings_that_need_too_many_requests_are_refused_at_once() -> None:
     with pytest.raises(ConfigError, match="for a share of 0.0001"):
         SequentialTest({"blue": 1e-4, "green": 1 - 1e-4})
     assert StatsConfig(delta=0.05).delta == 0.05, "delta = 0.05 (11,045 requests at 50/50) stays allowed"
+
+
+def test_error_rates_below_double_precision_are_refused() -> None:
+    # alpha = 1e-20 gives the cap's test 1e-21: a miss computed as a difference of CDFs near 1
+    # cannot resolve it, and the search used to run forever finding no size.
+    with pytest.raises(ConfigError) as tiny_alpha:
+        StatsConfig(alpha=1e-20, delta=0.3)
+    assert tiny_alpha.value.field == "alpha" and "double precision" in tiny_alpha.value.message
+    with pytest.raises(ConfigError) as tiny_beta:
+        StatsConfig(beta=1e-300, delta=0.49)
+    assert tiny_beta.value.field == "beta"
+    with pytest.raises(ConfigError, match="double precision"):
+        fixed_sample_test(0.5, 1e-17, 1e-17, 0.3)
+    # The smallest allowed at the default cap share (1e-13 gives 1e-14 at the cap) still works:
+    # a 50/50 split at delta = 0.3 needs 564 requests, the estimate says 534.
+    assert SequentialTest({"blue": 0.5, "green": 0.5}, StatsConfig(alpha=1e-13, beta=1e-13, delta=0.3)).max_n \
+        == 564
 
 
 def test_exact_searches_stop_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
