@@ -1192,9 +1192,14 @@ class KindIstioMesh:
         return result
 
     def _prune(self, applied: Iterable[Mapping[str, Any]]) -> None:
-        """Delete objects of this run (managed-by and our run id) that `applied` no longer contains.
+        """Delete the harness's objects in the stage's namespaces that `applied` no longer contains.
 
-        Another run's objects in the same namespace carry another run id and are not selected.
+        Selected by the managed-by label alone, not by run id: the stage's objects have fixed
+        names in namespaces the harness owns, so two runs can never share them, and what an
+        earlier run left in a kept cluster (its model-blue when this run starts at baseline)
+        must go, or it would answer requests this stage routes to a 503. Objects without the
+        label, and namespaces the stage does not use, are never touched. The run-id label
+        says which run applied an object last.
         """
         api = self._require_api()
         applied = list(applied)
@@ -1244,8 +1249,8 @@ class KindIstioMesh:
 
     @property
     def prune_selector(self) -> str:
-        """The label selector of what prune may delete: managed by us and of this run."""
-        return f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{RUN_ID_LABEL}={self.run_id}"
+        """The label selector of what prune may delete (in the stage's namespaces): managed by us."""
+        return f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 
     def _with_run_id(self, obj: dict[str, Any]) -> dict[str, Any]:
         """`obj` (already a copy) labelled with this run's id.
