@@ -18,6 +18,10 @@ For expected blue shares 0.5, 0.9 and 0.1 and true shares p0, p0 - d and p0 + d,
 
 Then the ratio mean / fixed-sample N for each row, and whether the goal (<= 0.4) holds. The
 ratio that matters most is at the true share (a correct rollout is the common case).
+
+``--build-times`` instead prints how long building a 50/50 split's boundaries takes (all of it
+before the first request), from delta = 0.1 down to the smallest delta `StatsConfig` admits at
+these alpha and beta (its class needs at most `MAX_CLASS_REQUESTS` requests).
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ import time
 
 from scipy.stats import binom
 
+from harness.errors import ConfigError
 from harness.stats import (
+    MAX_CLASS_REQUESTS,
     SequentialTest,
     SplitBoundaries,
     StatsConfig,
     fixed_sample_test,
     operating_characteristic,
+    split_boundaries,
     wald_wolfowitz_bound,
 )
 
@@ -65,13 +72,49 @@ def _rate(p0: float, p: float, passes: float) -> float:
     return 1.0 - passes if abs(p - p0) < 1e-9 else passes
 
 
+def _smallest_delta(alpha: float, beta: float) -> float:
+    """The smallest delta (to 1e-4) that StatsConfig admits at these error rates (bisection)."""
+    lo, hi = 1e-4, 0.49  # refused, admitted
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        try:
+            StatsConfig(alpha=alpha, beta=beta, delta=mid)
+        except ConfigError:
+            lo = mid
+        else:
+            hi = mid
+    return round(hi + 5e-5, 4)
+
+
+def build_times(alpha: float, beta: float) -> None:
+    """Seconds to build a 50/50 split's boundaries (uncached) from delta = 0.1 to the smallest admitted."""
+    smallest = _smallest_delta(alpha, beta)
+    print(f"Building a 50/50 split's boundaries at alpha={alpha:g}, beta={beta:g} "
+          f"(limit {MAX_CLASS_REQUESTS} requests per class; smallest delta admitted {smallest:g})")
+    for delta in sorted({0.1, 0.07, 0.05, smallest}, reverse=True):
+        split_boundaries.cache_clear()
+        fixed_sample_test.cache_clear()
+        started = time.monotonic()
+        try:
+            test = SequentialTest({"blue": 0.5, "green": 0.5}, StatsConfig(alpha=alpha, beta=beta, delta=delta))
+        except ConfigError as exc:
+            print(f"delta={delta:<7g} refused in {time.monotonic() - started:.3f} s: {exc}")
+            continue
+        print(f"delta={delta:<7g} cap {test.max_n:>6d}: {time.monotonic() - started:6.2f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the table; exit 0 (figures, not a test)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alpha", type=float, default=1e-6)
     parser.add_argument("--beta", type=float, default=1e-6)
     parser.add_argument("--delta", type=float, default=0.10)
+    parser.add_argument("--build-times", action="store_true",
+                        help="time building the boundaries down to the smallest delta admitted")
     args = parser.parse_args(argv)
+    if args.build_times:
+        build_times(args.alpha, args.beta)
+        return 0
     config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
     d = config.delta
     started = time.monotonic()

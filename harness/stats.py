@@ -88,6 +88,12 @@ Errors ("status:NNN" / "error:KIND" outcomes that are not keys of `expected`)
 Responses observed after the decision (requests that were in flight) are counted in
 `late` and change nothing: the decision is final.
 
+Limits: no class may need more than MAX_CLASS_REQUESTS (20,000) requests, and no exact test
+gets an error probability below 1e-14 (double precision cannot resolve a miss below that).
+`StatsConfig` refuses settings beyond either at once (at the defaults, delta >= 0.0372
+is admitted); other shares and k-way splits are checked, with bounded searches, when their
+boundaries are built. So building is bounded: `python -m bench.bench_stats --build-times`.
+
 Reference sizes at the defaults (DESIGN.md), reproduced by `fixed_sample_test` and
 `wald_wolfowitz_bound` and checked in tests: fixed-sample N = 2291 at p0 = 0.5 (accept
 1029..1262), 1119 at p0 = 0.9; information bound about 677 and 377.
@@ -132,8 +138,8 @@ __all__ = [
 _SHARE_EPS = 1e-9
 
 # The most requests one class may need (any cap: split, error rule, zero-leak). Building a split's
-# boundaries is quadratic in its cap (about 0.3 s at the default 2736, 7 s at 11045 for
-# delta = 0.05, 30 s at this limit, minutes beyond), and all of it happens before the first
+# boundaries is quadratic in its cap (about 0.3 s at the default 2736, 4 s at 11045 for
+# delta = 0.05, 14 s at this limit, minutes beyond), and all of it happens before the first
 # request is sent; settings that need more are refused with a ConfigError instead.
 MAX_CLASS_REQUESTS = 20_000
 
