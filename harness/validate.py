@@ -784,6 +784,7 @@ def _check_gateway_hosts(index: _Index) -> Iterator[Finding]:
         ns = _namespace(vs)
         admitted: list[str] = []
         names: list[str] = []
+        hidden: list[str] = []  # Gateways whose namespace the exportTo leaves out
         for ref in _list(spec.get("gateways")):
             if not isinstance(ref, str) or ref == "mesh":
                 continue
@@ -793,6 +794,7 @@ def _check_gateway_hosts(index: _Index) -> Iterator[Finding]:
                 continue  # reported as IST0101
             names.append(ref)
             if not routing.exported_to(spec.get("exportTo"), ns, gw_ns):
+                hidden.append(f"{gw_ns}/{gw_name}")
                 continue  # the Gateway does not see this VirtualService at all
             for server in map(_mapping, _list(_mapping(gateway.get("spec")).get("servers"))):
                 for server_host in _list(server.get("hosts")):
@@ -805,9 +807,11 @@ def _check_gateway_hosts(index: _Index) -> Iterator[Finding]:
             continue
         for i, host in enumerate(_list(spec.get("hosts"))):
             if isinstance(host, str) and not any(routing.hosts_overlap(host, a) for a in admitted):
+                unseen = (f"; exportTo {spec.get('exportTo')} hides it from {', '.join(hidden)}"
+                          if hidden else "")
                 yield Finding("IST0132", "warning", _label(vs), _path(["spec", "hosts", i]),
                               f"host {host!r} is admitted by no server of gateway(s) {', '.join(names)} "
-                              f"(they admit {admitted}): requests for it get 404")
+                              f"(they admit {admitted}{unseen}): requests for it get 404")
 
 
 _STRING_MATCH_FIELDS = ("uri", "scheme", "method", "authority")

@@ -398,7 +398,9 @@ def test_virtual_service_not_exported_to_the_gateway_namespace() -> None:
     def mutate(objects: Objects) -> None:
         virtual_service(objects)["spec"]["exportTo"] = ["other"]
 
-    assert the_one(broken(mutate), "IST0132").path == "spec.hosts[0]"
+    finding = the_one(broken(mutate), "IST0132")
+    assert finding.path == "spec.hosts[0]"
+    assert "exportTo ['other'] hides it from abtesting/mlmodel-gateway" in finding.message, finding.message
     objects = reference()
     mutate(objects)
     assert routing.expected_distribution(objects, routing.STANDARD_CLASSES[0]).certain == "status:404"
