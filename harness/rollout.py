@@ -26,7 +26,7 @@ from harness.errors import HarnessError, ToolNotFound
 from harness.mesh.base import Mesh
 from harness.plan import RolloutPlan, Stage
 from harness.render import render_stage
-from harness.routing import STANDARD_CLASSES, Request, expected_distribution
+from harness.routing import STANDARD_CLASSES, Request, expected_distributions
 from harness.stats import SequentialTest, StatsConfig, Verdict
 from harness.traffic import LoadResult, run_load
 
@@ -122,9 +122,10 @@ def manifest_mismatches(
 ) -> list[str]:
     """Request classes for which the rendered manifests route otherwise than the plan says."""
     found = []
+    expected = expected_distributions(objects, classes)
     for request in classes:
         intended = intended_distribution(stage, request)
-        oracle = {k: v for k, v in expected_distribution(objects, request).shares.items() if v > 0}
+        oracle = {k: v for k, v in expected[request].shares.items() if v > 0}
         if set(oracle) != set(intended) or any(abs(oracle[k] - intended[k]) > 1e-9 for k in intended):
             found.append(
                 f"{stage.name} {request.label}: manifests route {_shares(oracle)}, the plan says {_shares(intended)}"

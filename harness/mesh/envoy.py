@@ -42,7 +42,13 @@ from typing import Any
 
 from harness.errors import ConfigError, UnsupportedField
 from harness.mesh.base import cluster_name
-from harness.routing import check_supported, host_matches, resolve_gateway_name, resolve_service_host
+from harness.routing import (
+    check_supported,
+    exported_to,
+    host_matches,
+    resolve_gateway_name,
+    resolve_service_host,
+)
 
 __all__ = [
     "CLUSTER_TYPE",
@@ -261,7 +267,7 @@ def _visible_to_gateway(dr: Mapping[str, Any], consumers: set[str]) -> bool:
     """
     namespace, _ = _meta(dr)
     export_to = (dr.get("spec") or {}).get("exportTo")
-    seen = {_exported_to(export_to, namespace, consumer) for consumer in consumers} or {True}
+    seen = {exported_to(export_to, namespace, consumer) for consumer in consumers} or {True}
     if len(seen) > 1:
         raise UnsupportedField(
             _label(dr),
@@ -414,13 +420,6 @@ def _binds(vs: Mapping[str, Any], server: _Server) -> bool:
     namespace, _ = _meta(vs)
     refs = (vs.get("spec") or {}).get("gateways") or []
     return _gateway_ref(server) in {resolve_gateway_name(str(r), namespace) for r in refs if str(r) != "mesh"}
-
-
-def _exported_to(export_to: Any, owner: str, consumer: str) -> bool:
-    if not export_to:
-        return True
-    names = {owner if str(n) == "." else str(n) for n in export_to}
-    return "*" in names or consumer in names
 
 
 def _duration(vs: Mapping[str, Any], value: Any, path: str) -> str:
@@ -602,7 +601,7 @@ def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str,
         domains: list[str] = []
         bound: _Server | None = None
         for server in servers:
-            if not _binds(vs, server) or not _exported_to(
+            if not _binds(vs, server) or not exported_to(
                 spec.get("exportTo"), _meta(vs)[0], server.gateway[0]
             ):
                 continue
