@@ -62,16 +62,6 @@ def test_bad_image_argument_is_exit_2_naming_the_option(capsys: pytest.CaptureFi
     assert "option --image: nokey: takes KEY=REF" in capsys.readouterr().err
 
 
-def test_run_one_stage_on_the_local_mesh(tmp_path: Path) -> None:
-    code, text = _run("run", "--stage", "Blue_Green", "--artifacts-dir", str(tmp_path))
-    assert code == 0, text
-    assert "Blue_Green  green 0 (B) / blue 100 (B)" in text and "valid" in text
-    for label in ("weighted", "header-blue", "header-green"):
-        assert f"Blue_Green  {label}: PASS" in text
-    assert "PASS: 1/1 stages passed" in text
-    assert (tmp_path / "run.json").is_file() and (tmp_path / "run.md").is_file()
-
-
 def test_run_with_a_bad_plan_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan = tmp_path / "stages.yaml"
     text = (Path(__file__).parents[2] / "manifests" / "stages.yaml").read_text()
