@@ -346,8 +346,17 @@ _KINDS_REFUSED = {
     "StatefulSet",
     "DaemonSet",
     "ReplicationController",
+    "Job",
+    "CronJob",
     "Endpoints",
     "EndpointSlice",
+    "Ingress",
+    "PeerAuthentication",
+    "ProxyConfig",
+    "Telemetry",
+    "TCPRoute",
+    "TLSRoute",
+    "UDPRoute",
 }
 
 

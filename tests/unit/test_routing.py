@@ -1199,3 +1199,12 @@ def test_expected_distributions_checks_the_objects_once(monkeypatch: pytest.Monk
 def test_expected_accepts_plain_dicts() -> None:
     e = Expected({"green": 1.0}, "r")
     assert isinstance(e.shares, FrozenMap) and e.certain == "green"
+
+
+@pytest.mark.parametrize("kind", ["Job", "CronJob", "Ingress", "PeerAuthentication", "Telemetry", "TCPRoute"])
+def test_kinds_that_add_pods_or_routes_the_oracle_does_not_model_are_refused(kind: str) -> None:
+    # A Job's pods can match a Service selector and answer requests; a PeerAuthentication can
+    # turn answers into resets: the oracle would then promise what the data plane does not do.
+    objects = [*reference(), {"apiVersion": "v1", "kind": kind, "metadata": {"name": "x", "namespace": NS}}]
+    with pytest.raises(UnsupportedField, match=rf"{kind} abtesting/x: kind: {kind} changes routing"):
+        routing.check_supported(objects)
