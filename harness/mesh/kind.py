@@ -339,7 +339,7 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
     path, ``kind load docker-image ... --name``, and its record of whether this run created
     the cluster (``create()`` reuses an existing one). Replaced, and why:
 
-    * ``_exec``: it joins argv into one string for ``shell=True`` (a path with a space
+    * ``_exec``: it joins argv into one string for a shell (a path with a space
       breaks) and passes ``env=os.environ.update(...)``, which is None; here argv goes through
       :func:`harness.proc.run` (logged, timeout, CommandError with stderr).
     * ``_set_cluster_name``: it prefixes names with ``pytest-`` and, given a config file,
@@ -356,7 +356,7 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
     Disabled (they raise NotImplementedError, so no shell path is reachable through this
     class): ``apply(dict)`` (pipes YAML through ``echo '...'`` in a shell, which breaks on the
     ``'*'`` hosts of our Gateway: :meth:`KindIstioMesh.apply` applies through the API),
-    ``kubectl()``, ``wait()``, ``logs()`` and ``version()`` (the same ``shell=True`` layer),
+    ``kubectl()``, ``wait()``, ``logs()`` and ``version()`` (the same shell layer),
     ``port_forwarding()`` (test traffic goes through kind's port mapping) and ``reset()``
     (its ``create()`` has no config, so it would build a default v1.25 cluster). Not used
     either: the pytest plugin's ``k8s`` fixture
@@ -414,7 +414,7 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
     def _disabled(self, method: str) -> NotImplementedError:
         return NotImplementedError(
             f"KindCluster.{method}() is disabled: pytest-kubernetes runs it through a shell "
-            f"(shell=True, YAML via echo '...'); use {self._USE_INSTEAD}"
+            f"(one command string, YAML via echo '...'); use {self._USE_INSTEAD}"
         )
 
     def apply(self, input: Any) -> None:  # noqa: A002 - the base class's signature
