@@ -117,3 +117,42 @@ def test_report_writes_json_markdown_html_and_a_plot_per_stage(tmp_path: Path) -
     assert png in paths and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "run.html").read_text()
     assert '<img src="stage-Blue_50.png"' in page and "weighted: PASS" in page
+
+
+def test_open_mesh_kind_without_kind_is_unavailable_naming_the_prereq_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from harness import proc
+    from harness.errors import ToolNotFound
+    from harness.rollout import MeshOptions, MeshUnavailable, open_mesh
+
+    def missing(name: str) -> str:
+        raise ToolNotFound(f"{name!r} not found")
+
+    monkeypatch.setattr(proc, "tool", missing)
+    with pytest.raises(MeshUnavailable, match=r"'kind' not found .*python -m harness.prereqs kind"):
+        open_mesh(PLAN, MeshOptions(mesh="kind", artifacts_dir=tmp_path))
+
+
+def test_open_mesh_kind_builds_the_backend_from_the_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from harness import images, proc
+    from harness.mesh.kind import KindIstioMesh
+    from harness.rollout import MeshOptions, open_mesh
+
+    monkeypatch.setattr(proc, "tool", lambda name: f"/usr/local/bin/{name}")
+    monkeypatch.setattr(images, "docker_client", lambda: object())
+    options = MeshOptions(mesh="kind", artifacts_dir=tmp_path, keep_cluster=True, cluster_name="ab2", base_image="b:1")
+    session = open_mesh(PLAN, options)
+    mesh = session.mesh
+    assert isinstance(mesh, KindIstioMesh)
+    assert (mesh.cluster_name, mesh.keep_cluster, mesh.base_image) == ("ab2", True, "b:1")
+    assert mesh.artifacts_dir == tmp_path / "kind"
+    assert session.image_refs is None, "refs are known only after the images step of up()"
+
+
+def test_open_mesh_rejects_an_unknown_backend(tmp_path: Path) -> None:
+    from harness.errors import HarnessError
+    from harness.rollout import MeshOptions, open_mesh
+
+    with pytest.raises(HarnessError, match="unknown mesh 'minikube'"):
+        open_mesh(PLAN, MeshOptions(mesh="minikube", artifacts_dir=tmp_path))
