@@ -30,19 +30,14 @@ from harness.images import (
 )
 from harness.mesh.containers import DockerRunner
 from harness.mesh.workloads import WorkloadSpec
-from harness.plan import load_plan
-
-
-@dataclass(frozen=True)
-class _Image:
-    key: str
-    repository: str
-    answer: str
+from harness.plan import ImageSpec, load_plan
 
 
 @dataclass(frozen=True)
 class _Plan:
-    images: Mapping[str, _Image]
+    """The plan's images under bench-only repositories, so timing builds never touch real tags."""
+
+    images: Mapping[str, ImageSpec]
 
 
 def _mb(size: int) -> str:
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     # Throw-away repositories and a nonce: same layers, new tags, nothing of the real images touched.
     nonce = secrets.token_hex(4)
     bench_plan = _Plan({
-        key: _Image(key, f"abtest-bench/scorer-{key.lower()}", spec.answer)
+        key: ImageSpec(key, f"abtest-bench/scorer-{key.lower()}", spec.answer)
         for key, spec in plan.images.items()
     })
     scorer = BuildContext.scorer()
