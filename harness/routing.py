@@ -65,6 +65,7 @@ __all__ = [
     "backends_behind",
     "check_supported",
     "declares_target_port",
+    "endpoint_selector",
     "expected_distribution",
     "expected_distributions",
     "exported_to",
@@ -72,6 +73,7 @@ __all__ = [
     "hosts_overlap",
     "resolve_gateway_name",
     "resolve_service_host",
+    "selects",
     "server_host_parts",
     "string_matches",
     "versions_behind",
@@ -853,6 +855,41 @@ def declares_target_port(pod_spec: Mapping[str, Any], target: Any) -> bool:
     return any(p.get("containerPort") == number for p in ports)
 
 
+def endpoint_selector(
+    service_selector: Mapping[str, Any], subset_labels: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The labels a pod needs to be an endpoint of a Service port, optionally narrowed to a subset.
+
+    Kubernetes lists the pods the Service selector picks (an empty selector picks none); Istio
+    keeps, for a subset's cluster, those of them whose labels include the subset's labels
+    (``pilot/pkg/xds/endpoints/endpoint_builder.go``, ``BuildClusterLoadAssignment``:
+    ``subsetLabels.SubsetOf(ep.Labels)``). A subset therefore selects among the Service's own
+    endpoints: both sets of labels must hold. Where they set one label to different values no
+    pod can satisfy both, and the result is empty, which selects no pod (status 503).
+
+    The oracle (:func:`backends_behind`) and the Envoy translation
+    (``harness.mesh.envoy.upstreams``) both take a destination's endpoints from here.
+
+    >>> endpoint_selector({"app": "model", "v": "blue"}, {"v": "green"})
+    {}
+    >>> endpoint_selector({"app": "model"}, {"v": "green"})
+    {'app': 'model', 'v': 'green'}
+    """
+    selector = {str(k): str(v) for k, v in service_selector.items()}
+    for key, value in (subset_labels or {}).items():
+        if selector.setdefault(str(key), str(value)) != str(value):
+            return {}
+    return selector
+
+
+def selects(selector: Mapping[str, str], pod_labels: Mapping[str, Any]) -> bool:
+    """Whether a pod with these labels is an endpoint for this :func:`endpoint_selector` result.
+
+    An empty selector selects nothing, as a Service without selector gets no pod endpoints.
+    """
+    return bool(selector) and all(pod_labels.get(k) == v for k, v in selector.items())
+
+
 def _backends(
     objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
 ) -> tuple[tuple[Backend, ...], str]:
@@ -864,14 +901,25 @@ def _backends(
     if not ports:
         return (), f"{_label(service)} has no port {destination.port}"
     target = ports[0].get("targetPort", destination.port)
-    selector = dict(spec.get("selector") or {})
-    if not selector:
+    service_selector = dict(spec.get("selector") or {})
+    if not service_selector:
         return (), f"{_label(service)} has no selector, so no pod endpoints"
+    labels: Mapping[str, str] | None = None
     if destination.subset is not None:
         labels, why = _subset_labels(objects, destination, consumer_namespace)
         if labels is None:
             return (), why
-        selector.update(labels)
+    selector = endpoint_selector(service_selector, labels)
+    if not selector:
+        clash = ", ".join(
+            f"{k}={v} (Service: {service_selector[k]})"
+            for k, v in (labels or {}).items()
+            if k in service_selector and str(service_selector[k]) != str(v)
+        )
+        return (), (
+            f"subset {destination.subset!r} asks for {clash}, which no endpoint of "
+            f"{_label(service)} has (a subset selects among the Service's own endpoints)"
+        )
     found = []
     undeclared: list[str] = []
     for obj in objects:
@@ -884,7 +932,7 @@ def _backends(
                 _label(obj), "spec.replicas", f"must be a non-negative integer, not {replicas!r}"
             )
         pod_labels = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {}
-        if replicas == 0 or any(pod_labels.get(k) != v for k, v in selector.items()):
+        if replicas == 0 or not selects(selector, pod_labels):
             continue
         # A targetPort that the pod does not declare (by name or number) leaves it out of the endpoints.
         if not declares_target_port(obj.get("spec", {}).get("template", {}).get("spec", {}), target):

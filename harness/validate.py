@@ -899,8 +899,14 @@ def _check_selectors(index: _Index) -> Iterator[Finding]:
                 continue
             selector = _mapping(_mapping(service.get("spec")).get("selector"))
             for i, subset in enumerate(_list(spec.get("subsets"))):
-                labels = {**selector, **_mapping(_mapping(subset).get("labels"))}
-                if labels and not index.selects_pods(target[0], labels):
+                subset_labels = _mapping(_mapping(subset).get("labels"))
+                # A subset selects among the Service's endpoints (one rule with the oracle).
+                labels = routing.endpoint_selector(selector, subset_labels)
+                if selector and not labels:
+                    yield Finding("IST0127", "warning", _label(obj), _path(["spec", "subsets", i, "labels"]),
+                                  f"labels {_labels(subset_labels)} contradict the selector {_labels(selector)} "
+                                  "of its Service: no endpoint, requests to this subset get 503")
+                elif labels and not index.selects_pods(target[0], labels):
                     yield Finding("IST0127", "warning", _label(obj), _path(["spec", "subsets", i, "labels"]),
                                   f"no workload in {target[0]} has pods labelled {_labels(labels)}: "
                                   "requests to this subset get 503")

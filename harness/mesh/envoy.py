@@ -44,6 +44,7 @@ from harness.errors import ConfigError, UnsupportedField
 from harness.mesh.base import cluster_name
 from harness.routing import (
     check_supported,
+    endpoint_selector,
     exported_to,
     host_matches,
     resolve_gateway_name,
@@ -171,8 +172,11 @@ def resolve_host(host: str, namespace: str) -> str:
 class Upstream:
     """One cluster: a Service port, optionally narrowed to a DestinationRule subset.
 
-    ``selector`` is the Service selector merged with the subset's labels; ``target_port`` is the
-    Service port's targetPort (a number or a container port name).
+    ``selector`` is what a pod's labels must include to be an endpoint: the Service selector and
+    the subset's labels (:func:`harness.routing.endpoint_selector`, which the oracle uses too);
+    empty selects no pod (a Service without selector, or a subset asking a label the Service
+    selector sets otherwise). ``target_port`` is the Service port's targetPort (a number or a
+    container port name).
     """
 
     fqdn: str
@@ -334,7 +338,7 @@ def upstreams(objects: Sequence[Mapping[str, Any]]) -> list[Upstream]:
                 p.fqdn,
                 p.port,
                 name,
-                {**p.selector, **labels},
+                endpoint_selector(p.selector, labels),
                 p.target_port,
                 lb(p.fqdn, p.port, (dr, i, subset)),
                 p.service,

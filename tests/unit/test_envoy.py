@@ -711,3 +711,22 @@ def test_catch_all_routes_go_last_when_virtualservices_share_a_host() -> None:
     second["metadata"]["name"] = "second"
     routes = routes_of([gateway(), first, second])
     assert [r["name"] for r in routes] == ["blue-header", "all-green"], "Istio moves the catch-all behind"
+
+
+def test_a_subset_selects_among_its_services_endpoints() -> None:
+    """Subset ``green`` of the blue Service: the blue Service selects no green pod, so no endpoint.
+
+    Istio keeps, for a subset's cluster, the Service's endpoints whose labels include the
+    subset's (pilot/pkg/xds/endpoints/endpoint_builder.go, BuildClusterLoadAssignment); the
+    subset's labels never replace the Service's selector.
+    """
+    objects = stage(50, 50)
+    objects.append(k8s.destination_rule("model-svc-blue", {"green": "green", "blue": "blue"}, name="subsets"))
+    specs = {s.deployment: s for s in specs_from_objects(objects)}
+    running = [
+        RunningWorkload(specs["model-green"], ("127.0.0.1", 41000)),
+        RunningWorkload(specs["model-blue"], ("127.0.0.1", 42000)),
+    ]
+    eps = endpoints_for(envoy.upstreams(objects), running)
+    assert eps[(BLUE, 5001, "green")] == [], "subset green of the blue Service reaches a green pod"
+    assert eps[(BLUE, 5001, "blue")] == [("127.0.0.1", 42000)]

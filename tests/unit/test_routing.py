@@ -39,6 +39,7 @@ from harness.routing import (
     server_host_parts,
     versions_behind,
 )
+from harness.validate import validate_objects
 from tests.unit import objects as k8s
 from tests.unit.objects import NS
 
@@ -51,6 +52,7 @@ DR = "https://istio.io/latest/docs/reference/config/networking/destination-rule/
 ENVOY_ROUTE = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto"
 K8S_SVC = "https://kubernetes.io/docs/concepts/services-networking/service/"
 ISTIO_ROUTE_GO = "https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/route/route.go"
+ENDPOINT_BUILDER_GO = "https://github.com/istio/istio/blob/master/pilot/pkg/xds/endpoints/endpoint_builder.go"
 FQDN = "svc.cluster.local"
 
 
@@ -170,6 +172,21 @@ def extra_vs(name: str, hosts: list[str], version: str, namespace: str = NS, **s
         gateways=[f"{NS}/mlmodel-gateway"],
         **spec,
     )
+
+
+def route1(objects: list[Obj]) -> Obj:
+    """The green-header route (``spec.http[1]``)."""
+    return http(objects)[1]
+
+
+def green_subset_rule(host: str = "model-svc-blue") -> Obj:
+    """DestinationRule on ``host`` with a subset ``green`` = pods labelled model_version: green."""
+    return k8s.destination_rule(host, {"green": "green"}, name="subset-green")
+
+
+def green_subset_of_blue() -> Obj:
+    """A destination: subset ``green`` of the blue Service, whose selector says model_version: blue."""
+    return {"destination": {"host": "model-svc-blue", "subset": "green", "port": {"number": 5001}}}
 
 
 def one_service_with_subsets(objects: list[Obj]) -> None:
@@ -721,6 +738,27 @@ CASES: tuple[Case, ...] = (
         {NO_ENDPOINTS: 1.0},
     ),
     Case(
+        "subset-clashing-with-service-selector-503",
+        f"{DR}#Subset-labels: labels filter the endpoints of the host's service; "
+        f"{ENDPOINT_BUILDER_GO} BuildClusterLoadAssignment keeps an endpoint only if "
+        "subsetLabels.SubsetOf(ep.Labels), so a subset never reaches pods its Service does not select",
+        changed(both(add(green_subset_rule()), put(route1, "route", [green_subset_of_blue()]))),
+        GREEN,
+        {NO_ENDPOINTS: 1.0},
+    ),
+    Case(
+        "subset-within-service-selector",
+        f"{DR}#Subset-labels: a subset agreeing with the Service's selector keeps its endpoints",
+        changed(
+            both(
+                add(green_subset_rule(host="model-svc-green")),
+                put(route1, "route", [{"destination": {"host": "model-svc-green", "subset": "green"}}]),
+            )
+        ),
+        GREEN,
+        {"green": 1.0},
+    ),
+    Case(
         "no-deployment-503",
         f"{VS}#Destination: traffic to a destination with no instances fails (Envoy 503)",
         changed(lambda o: None, running=("green",)),
@@ -1208,3 +1246,16 @@ def test_kinds_that_add_pods_or_routes_the_oracle_does_not_model_are_refused(kin
     objects = [*reference(), {"apiVersion": "v1", "kind": kind, "metadata": {"name": "x", "namespace": NS}}]
     with pytest.raises(UnsupportedField, match=rf"{kind} abtesting/x: kind: {kind} changes routing"):
         routing.check_supported(objects)
+
+
+def test_offline_validation_reads_subsets_as_the_oracle_does() -> None:
+    """`abtest validate` warns (IST0127) about the subset the oracle answers 503 for."""
+    objects = reference()
+    objects.append(green_subset_rule())
+    route1(objects)["route"] = [green_subset_of_blue()]
+    assert expected_distribution(objects, GREEN).certain == NO_ENDPOINTS
+    findings = [f for f in validate_objects(objects) if f.code == "IST0127"]
+    assert [(f.obj, f.path) for f in findings] == [
+        (f"DestinationRule {NS}/subset-green", "spec.subsets[0].labels")
+    ], findings
+    assert "contradict" in findings[0].message

@@ -1,0 +1,81 @@
+"""DestinationRule subsets through a real Envoy: a subset selects among its Service's endpoints.
+
+The reference charts with the green-header route sent to subset ``green`` of the blue
+Service (``model-svc-blue`` selects ``model_version: blue``; the subset asks for
+``model_version: green``). Istio keeps, for a subset's cluster, the Service's endpoints whose
+labels include the subset's labels (``pilot/pkg/xds/endpoints/endpoint_builder.go``,
+``BuildClusterLoadAssignment``), so no pod qualifies and the gateway answers 503, although a
+green pod runs. The oracle must say so, and the local mesh must serve exactly that.
+
+Loopback only; each load is bounded in requests and seconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from harness.mesh.local import LocalMesh
+from harness.mesh.workloads import ProcessRunner
+from harness.routing import NO_ENDPOINTS, STANDARD_CLASSES, Request, expected_distribution
+from harness.traffic import Observation, run_load
+from tests.unit import objects as k8s
+
+IMAGES = {"abtest/scorer-a": "New Model A", "abtest/scorer-b": "New Model B"}
+N = 40  # per class: one answer from a wrong version fails
+HEADER_GREEN = STANDARD_CLASSES[2]
+
+
+def _objects(subset: str) -> list[dict[str, Any]]:
+    """Both versions running; the green-header route goes to subset `subset` of model-svc-blue."""
+    green_route = k8s.header_route("green")
+    green_route["route"] = [
+        {"destination": {"host": "model-svc-blue", "subset": subset, "port": {"number": k8s.PORT}}}
+    ]
+    return [
+        k8s.namespace(),
+        k8s.service("green"),
+        k8s.service("blue"),
+        k8s.deployment("green", "abtest/scorer-a:dev", readiness=False),
+        k8s.deployment("blue", "abtest/scorer-b:dev", readiness=False),
+        k8s.destination_rule("model-svc-blue", {"green": "green", "blue": "blue"}, name="blue-subsets"),
+        k8s.gateway(),
+        k8s.virtual_service([k8s.header_route("blue"), green_route, k8s.weighted_route(50, 50)]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    runner = ProcessRunner(IMAGES, log_dir=tmp_path_factory.mktemp("subset-workloads"))
+    with LocalMesh(runner=runner) as local:
+        yield local
+    runner.close()
+
+
+def _outcomes(mesh: LocalMesh, request: Request) -> Counter[str]:
+    seen: Counter[str] = Counter()
+
+    def record(observation: Observation) -> None:
+        seen[observation.version or observation.outcome] += 1
+
+    result = run_load(
+        mesh.gateway_url, [request], max_requests=N, deadline_s=30.0, concurrency=4, timeout_s=5.0, on_response=record
+    )
+    assert result.stopped_by == "max_requests", f"load ended by {result.stopped_by}: {result.error_details}"
+    return seen
+
+
+@pytest.mark.parametrize(("subset", "outcome"), [("green", NO_ENDPOINTS), ("blue", "blue")])
+def test_subset_selects_among_the_services_endpoints(mesh: LocalMesh, subset: str, outcome: str) -> None:
+    """Subset green of the blue Service: 503 from the oracle and from Envoy; subset blue: blue."""
+    objects = _objects(subset)
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=15)
+    seen = _outcomes(mesh, HEADER_GREEN)
+    oracle = expected_distribution(objects, HEADER_GREEN).certain
+    assert (oracle, seen) == (outcome, Counter({outcome: N})), (
+        f"subset {subset} of model-svc-blue: oracle {oracle}, Envoy {dict(seen)}; Istio gives {outcome}"
+    )
