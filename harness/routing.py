@@ -3,7 +3,8 @@
 Given the rendered objects of a stage (Gateway, VirtualService, DestinationRule, Service,
 Deployment, Namespace as plain dicts) and a request (method, path, headers, Host, port),
 :func:`expected_distribution` returns the probability of each outcome: a version name (the
-``MODEL_VERSION`` of the pods that answer), ``status:404`` (no VirtualService or route) or
+version whose pod label selector, from the rollout spec, the answering pods satisfy; without
+a spec, their ``MODEL_VERSION``), ``status:404`` (no VirtualService or route) or
 ``status:503`` (a destination without ready endpoints). The statistics judge the live data
 plane against it, so it follows Istio's documented semantics and nothing looser:
 
@@ -62,8 +63,10 @@ __all__ = [
     "NO_ROUTE",
     "Request",
     "STANDARD_CLASSES",
+    "Versions",
     "backends_behind",
     "check_supported",
+    "check_versions",
     "declares_target_port",
     "endpoint_selector",
     "expected_distribution",
@@ -833,6 +836,45 @@ def _deployment_version(obj: Mapping[str, Any]) -> str:
     )
 
 
+#: Version name -> pod label selector, as a rollout spec defines its versions.
+Versions = Mapping[str, Mapping[str, str]]
+
+
+def check_versions(versions: Versions) -> None:
+    """Refuse a version map the harness cannot attribute by: each selector a non-empty mapping."""
+    if not isinstance(versions, Mapping) or not versions:
+        raise ConfigError("versions", "(all)", "must map each version name to a pod label selector")
+    for name, selector in versions.items():
+        if not isinstance(selector, Mapping) or not selector:
+            raise ConfigError(
+                "versions",
+                str(name),
+                "must be a non-empty mapping of pod label to value (an empty one selects every pod)",
+            )
+
+
+def _spec_version(obj: Mapping[str, Any], versions: Versions) -> str:
+    """The version of a Deployment's pods by the spec's selectors: exactly one must select them."""
+    template = obj.get("spec", {}).get("template", {})
+    labels = template.get("metadata", {}).get("labels") or {}
+    found = [name for name, selector in versions.items() if selects(endpoint_selector(selector), labels)]
+    if len(found) == 1:
+        return str(found[0])
+    shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"
+    if not found:
+        raise ConfigError(
+            _label(obj),
+            "spec.template.metadata.labels",
+            f"pod labels ({shown}) match no version of the spec ({', '.join(versions)}): "
+            "its answers could not be attributed",
+        )
+    raise ConfigError(
+        _label(obj),
+        "spec.template.metadata.labels",
+        f"pod labels ({shown}) match several versions of the spec ({', '.join(found)})",
+    )
+
+
 def declares_target_port(pod_spec: Mapping[str, Any], target: Any) -> bool:
     """Whether a pod with this spec backs a Service port with this targetPort.
 
@@ -891,7 +933,10 @@ def selects(selector: Mapping[str, str], pod_labels: Mapping[str, Any]) -> bool:
 
 
 def _backends(
-    objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
+    objects: Sequence[Mapping[str, Any]],
+    destination: Destination,
+    consumer_namespace: str | None,
+    versions: Versions | None = None,
 ) -> tuple[tuple[Backend, ...], str]:
     service = _service_for(objects, destination.host)
     if service is None:
@@ -938,7 +983,8 @@ def _backends(
         if not declares_target_port(obj.get("spec", {}).get("template", {}).get("spec", {}), target):
             undeclared.append(_name(obj))
             continue
-        found.append(Backend(_namespace(obj), _name(obj), _deployment_version(obj), replicas))
+        version = _deployment_version(obj) if versions is None else _spec_version(obj, versions)
+        found.append(Backend(_namespace(obj), _name(obj), version, replicas))
     if not found and undeclared:
         return (
             (),
@@ -954,15 +1000,23 @@ def _backends(
     return tuple(found), ""
 
 
-def backends_behind(objects: Sequence[Mapping[str, Any]], destination: Destination) -> tuple[Backend, ...]:
-    """The Deployments whose pods are the ready endpoints of a destination (empty: 503)."""
-    return _backends(objects, destination, None)[0]
+def backends_behind(
+    objects: Sequence[Mapping[str, Any]], destination: Destination, versions: Versions | None = None
+) -> tuple[Backend, ...]:
+    """The Deployments whose pods are the ready endpoints of a destination (empty: 503).
+
+    ``versions`` (name -> pod label selector) names each Deployment's version; None reads it
+    from the pods' ``MODEL_VERSION`` env (or ``model_version`` label).
+    """
+    return _backends(objects, destination, None, versions)[0]
 
 
-def versions_behind(objects: Sequence[Mapping[str, Any]], destination: Destination) -> dict[str, int]:
+def versions_behind(
+    objects: Sequence[Mapping[str, Any]], destination: Destination, versions: Versions | None = None
+) -> dict[str, int]:
     """Version -> ready replicas behind a destination; empty when it would answer 503."""
     out: dict[str, int] = {}
-    for backend in backends_behind(objects, destination):
+    for backend in backends_behind(objects, destination, versions):
         out[backend.version] = out.get(backend.version, 0) + backend.replicas
     return out
 
@@ -1091,26 +1145,35 @@ def _resolve_destination(
 def expected_distribution(
     objects: Sequence[Mapping[str, Any]],
     request: Request,
+    versions: Versions | None = None,
     *,
     gateway_labels: Mapping[str, str] = DEFAULT_GATEWAY_LABELS,
 ) -> Expected:
     """The outcome distribution Istio's ingress gateway promises for a request class.
 
+    ``versions`` maps each version name to the pod label selector that defines it (a rollout
+    spec's versions): a pod is of the one version whose selector its labels satisfy, and a
+    destination whose endpoints span several versions is a ConfigError naming it, since a
+    response is attributed by the endpoint that answered and the destination's share could
+    not be split between its versions. ``None`` reads the version from each pod's
+    ``MODEL_VERSION`` env (or ``model_version`` label), and a destination over several
+    versions shares its weight between them by replicas, an approximation: Istio's default
+    balancer (least request, round robin at equal load) spreads requests evenly over
+    endpoints rather than at random.
+
     ``gateway_labels`` are the labels of the gateway workload: only Gateways whose selector
     they satisfy apply. Raises UnsupportedField/ConfigError for manifests it cannot judge.
-
-    When several Deployments (versions) back one destination, each gets a share proportional
-    to its replicas. That is an approximation: Istio's default balancer (least request, which
-    reduces to round robin at equal load) spreads requests evenly over endpoints, not
-    randomly, so per-request picks are not exactly independent within a destination.
     """
     check_supported(objects)
-    return _expected(objects, request, gateway_labels)
+    if versions is not None:
+        check_versions(versions)
+    return _expected(objects, request, gateway_labels, versions)
 
 
 def expected_distributions(
     objects: Sequence[Mapping[str, Any]],
     requests: Iterable[Request] = STANDARD_CLASSES,
+    versions: Versions | None = None,
     *,
     gateway_labels: Mapping[str, str] = DEFAULT_GATEWAY_LABELS,
 ) -> dict[Request, Expected]:
@@ -1120,11 +1183,16 @@ def expected_distributions(
     about a quarter of the cost of one `expected_distribution` on the reference charts.
     """
     check_supported(objects)
-    return {request: _expected(objects, request, gateway_labels) for request in requests}
+    if versions is not None:
+        check_versions(versions)
+    return {request: _expected(objects, request, gateway_labels, versions) for request in requests}
 
 
 def _expected(
-    objects: Sequence[Mapping[str, Any]], request: Request, gateway_labels: Mapping[str, str]
+    objects: Sequence[Mapping[str, Any]],
+    request: Request,
+    gateway_labels: Mapping[str, str],
+    versions: Versions | None = None,
 ) -> Expected:
     """`expected_distribution` of objects that passed `check_supported`."""
     bindings, gateways = _bindings(objects, request, gateway_labels)
@@ -1189,6 +1257,7 @@ def _expected(
             vs_namespace,
             vs_gateways,
             notes,
+            versions,
         )
     return Expected(
         {NO_ROUTE: 1.0},
@@ -1208,18 +1277,29 @@ def _route_outcome(
     vs_namespace: str,
     gateways: list[str],
     notes: list[str],
+    versions: Versions | None = None,
 ) -> Expected:
     entries = route.get("route") or []
     consumer_namespace = gateways[0].split("/", 1)[0]
     destinations: dict[Destination, Fraction] = {}
     shares: dict[str, Fraction] = {}
     zero_versions: list[str] = []
-    for entry in entries:
+    for k, entry in enumerate(entries):
         dest = _resolve_destination(entry["destination"], vs_namespace, objects, request.port)
         # A lone destination gets everything (its weight is checked to be omitted or 100).
         weight = Fraction(100 if len(entries) == 1 else entry.get("weight") or 0, 100)
         destinations[dest] = destinations.get(dest, Fraction(0)) + weight
-        backends, why = _backends(objects, dest, consumer_namespace)
+        backends, why = _backends(objects, dest, consumer_namespace, versions)
+        spanned = sorted({b.version for b in backends})
+        if versions is not None and weight > 0 and len(spanned) > 1:
+            deployments = ", ".join(f"{b.deployment} ({b.version})" for b in backends)
+            raise ConfigError(
+                obj,
+                f"{path}.route[{k}].destination",
+                f"{dest} has endpoints of several versions ({deployments}); a response is "
+                "attributed by the endpoint that answered, so this destination's share cannot be "
+                "split between its versions: route to one version per destination (a subset)",
+            )
         if weight == 0:
             # Istio drops weight-0 clusters: they never answer. Name their versions with share 0.
             zero_versions += [b.version for b in backends]

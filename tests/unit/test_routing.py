@@ -1259,3 +1259,73 @@ def test_offline_validation_reads_subsets_as_the_oracle_does() -> None:
         (f"DestinationRule {NS}/subset-green", "spec.subsets[0].labels")
     ], findings
     assert "contradict" in findings[0].message
+
+
+# --- versions from the spec ---------------------------------------------------------------------
+
+BY_LABEL = {"green": {"model_version": "green"}, "blue": {"model_version": "blue"}}
+
+
+def test_versions_from_selectors_agree_with_the_env_reading() -> None:
+    for request in STANDARD_CLASSES:
+        objects = reference(80, 20)
+        assert expected_distribution(objects, request, BY_LABEL) == expected_distribution(objects, request)
+
+
+def test_versions_are_named_by_the_spec() -> None:
+    renamed = {"current": {"model_version": "green"}, "candidate": {"model_version": "blue"}}
+    got = expected_distribution(reference(70, 30), PLAIN, renamed)
+    assert dict(got.shares) == pytest.approx({"current": 0.7, "candidate": 0.3})
+    together = routing.expected_distributions(reference(70, 30), [PLAIN, BLUE], renamed)
+    assert together[BLUE].certain == "candidate"
+
+
+def _one_destination_over_both_versions() -> list[Obj]:
+    objects = reference()
+    objects.append(k8s.service(name="model-svc", selector={"app": "model"}))
+    weighted(objects)["route"] = [{"destination": {"host": "model-svc"}}]
+    return objects
+
+
+def test_a_destination_spanning_versions_is_an_error_naming_it() -> None:
+    objects = _one_destination_over_both_versions()
+    # Without the spec's versions, replicas share the destination's weight (an approximation).
+    assert dict(expected_distribution(objects, PLAIN).shares) == {"green": 0.5, "blue": 0.5}
+    with pytest.raises(ConfigError) as info:
+        expected_distribution(objects, PLAIN, BY_LABEL)
+    assert info.value.obj == f"VirtualService {NS}/mlmodel-virtualservice"
+    assert info.value.field == "spec.http[2].route[0].destination"
+    assert "model-green (green)" in info.value.message and "model-blue (blue)" in info.value.message
+    # The header routes' destinations each hold one version: those classes are fine.
+    assert expected_distribution(objects, BLUE, BY_LABEL).certain == "blue"
+
+
+def test_a_weight_zero_destination_may_span_versions() -> None:
+    objects = _one_destination_over_both_versions()
+    weighted(objects)["route"] = [
+        {"destination": {"host": "model-svc"}, "weight": 0},
+        {**k8s.destination("green"), "weight": 100},
+    ]
+    assert dict(expected_distribution(objects, PLAIN, BY_LABEL).shares) == {"green": 1.0, "blue": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("versions", "message"),
+    [
+        ({"green": {"model_version": "green"}}, "match no version of the spec (green)"),
+        ({**BY_LABEL, "any-model": {"app": "model"}}, "match several versions of the spec (blue, any-model)"),
+    ],
+    ids=["unmatched", "ambiguous"],
+)
+def test_pods_must_match_exactly_one_version(versions: dict[str, dict[str, str]], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        expected_distribution(reference(), BLUE, versions)
+    assert info.value.field == "spec.template.metadata.labels"
+    assert message in info.value.message, info.value
+
+
+@pytest.mark.parametrize("versions", [{}, {"green": {}}, {"green": "model_version=green"}])
+def test_versions_must_be_label_selectors(versions: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        expected_distribution(reference(), PLAIN, versions)
+    assert info.value.obj == "versions"
