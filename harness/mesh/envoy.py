@@ -20,7 +20,11 @@ What follows Istio's gateway translation (``pilot/pkg/networking/core/route``):
 - clusters are named ``outbound|<port>|<subset>|<fqdn>``, one per Service port and one per
   DestinationRule subset and port; a short destination host is completed with the
   VirtualService's namespace; a destination without endpoints has a cluster without
-  endpoints (Envoy answers 503); nothing matched is Envoy's 404.
+  endpoints (Envoy answers 503); nothing matched is Envoy's 404;
+- every route configuration adds the response headers ``x-abtest-upstream-host``
+  (``%UPSTREAM_HOST%``, the endpoint that answered) and ``x-abtest-upstream-cluster``
+  (``%UPSTREAM_CLUSTER%``), by which the harness attributes a response to a version. They are
+  the harness's addition, not Istio's; the route-table comparison ignores them.
 
 Which kinds and fields exist is the oracle's decision: every entry point runs
 :func:`harness.routing.check_supported` first, so a manifest the oracle refuses is refused
@@ -36,6 +40,7 @@ would ignore can never make a verdict lie.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,11 +57,14 @@ from harness.routing import (
 )
 
 __all__ = [
+    "ATTRIBUTION_HEADERS",
     "CLUSTER_TYPE",
     "ENDPOINT_TYPE",
     "GATEWAY_LABELS",
     "LISTENER_TYPE",
     "ROUTE_TYPE",
+    "UPSTREAM_CLUSTER_HEADER",
+    "UPSTREAM_HOST_HEADER",
     "EndpointKey",
     "Upstream",
     "XdsResources",
@@ -84,6 +92,23 @@ _ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Rout
 _FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _PREVIOUS_HOSTS_TYPE = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+
+#: Response headers the gateway adds to every answer it routed to an upstream: the endpoint
+#: (``ip:port``) and the cluster that answered. A response is attributed to a version by the
+#: endpoint, not by anything the workload says about itself. Envoy leaves a header out when
+#: its value is empty: no upstream host on a 503 without endpoints, neither on a 404.
+UPSTREAM_HOST_HEADER = "x-abtest-upstream-host"
+UPSTREAM_CLUSTER_HEADER = "x-abtest-upstream-cluster"
+ATTRIBUTION_HEADERS: tuple[dict[str, Any], ...] = (
+    {
+        "header": {"key": UPSTREAM_HOST_HEADER, "value": "%UPSTREAM_HOST%"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    },
+    {
+        "header": {"key": UPSTREAM_CLUSTER_HEADER, "value": "%UPSTREAM_CLUSTER%"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    },
 )
 
 #: The labels of Istio's ingress gateway pods; a Gateway whose selector is a subset applies.
@@ -645,6 +670,9 @@ def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str,
         "@type": ROUTE_TYPE,
         "name": route_config_name(port),
         "virtual_hosts": virtual_hosts,
+        # On every response, whichever route (or none) decided it; an upstream's own header of
+        # the same name is overwritten, so a workload cannot claim another endpoint.
+        "response_headers_to_add": copy.deepcopy(list(ATTRIBUTION_HEADERS)),
         # The local listener is not on port 80, so a Host header carries another port.
         "ignore_port_in_host_matching": True,
         "validate_clusters": False,

@@ -730,3 +730,39 @@ def test_a_subset_selects_among_its_services_endpoints() -> None:
     eps = endpoints_for(envoy.upstreams(objects), running)
     assert eps[(BLUE, 5001, "green")] == [], "subset green of the blue Service reaches a green pod"
     assert eps[(BLUE, 5001, "blue")] == [("127.0.0.1", 42000)]
+
+
+# --------------------------------------------------------------------------- attribution headers
+
+
+def _without_attribution(config: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(config)
+    del out["response_headers_to_add"]
+    return out
+
+
+@pytest.mark.parametrize("objects", [stage(50, 50), [namespace(), gateway()]], ids=["routes", "blackhole"])
+def test_every_route_configuration_names_the_upstream_in_response_headers(objects: list[dict[str, Any]]) -> None:
+    config = envoy.build_route_configuration(objects)
+    added = {h["header"]["key"]: h["header"]["value"] for h in config["response_headers_to_add"]}
+    assert added == {"x-abtest-upstream-host": "%UPSTREAM_HOST%", "x-abtest-upstream-cluster": "%UPSTREAM_CLUSTER%"}
+    # An upstream's own header of that name must not survive: the gateway's value replaces it.
+    assert {h["append_action"] for h in config["response_headers_to_add"]} == {"OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def test_route_table_comparison_ignores_the_attribution_headers_wherever_they_sit() -> None:
+    """A gateway that adds them at another level (virtual host, route) or not at all routes the same."""
+    config = envoy.build_route_configuration(stage(50, 50))
+    expected = route_table_from_route_configs([config])
+    bare = _without_attribution(config)
+    per_vhost = _without_attribution(config)
+    for vhost in per_vhost["virtual_hosts"]:
+        vhost["response_headers_to_add"] = list(envoy.ATTRIBUTION_HEADERS)
+        for route in vhost["routes"]:
+            route["response_headers_to_add"] = list(envoy.ATTRIBUTION_HEADERS)
+    assert route_table_from_route_configs([bare]) == expected
+    assert route_table_from_route_configs([per_vhost]) == expected
+    # ... while a routing difference still shows.
+    moved = copy.deepcopy(bare)
+    moved["virtual_hosts"][0]["routes"].reverse()
+    assert route_table_from_route_configs([moved]) != expected

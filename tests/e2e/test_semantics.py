@@ -1,6 +1,6 @@
-"""DestinationRule subsets through a real Envoy: a subset selects among its Service's endpoints.
+"""Routing semantics through a real Envoy: subsets, attribution headers, relative weights, paths.
 
-The reference charts with the green-header route sent to subset ``green`` of the blue
+Subsets: the reference charts with the green-header route sent to subset ``green`` of the blue
 Service (``model-svc-blue`` selects ``model_version: blue``; the subset asks for
 ``model_version: green``). Istio keeps, for a subset's cluster, the Service's endpoints whose
 labels include the subset's labels (``pilot/pkg/xds/endpoints/endpoint_builder.go``,
@@ -12,12 +12,15 @@ Loopback only; each load is bounded in requests and seconds.
 
 from __future__ import annotations
 
+import http.client
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from harness.mesh.envoy import UPSTREAM_CLUSTER_HEADER, UPSTREAM_HOST_HEADER
 from harness.mesh.local import LocalMesh
 from harness.mesh.workloads import ProcessRunner
 from harness.routing import NO_ENDPOINTS, STANDARD_CLASSES, Request, expected_distribution
@@ -79,3 +82,35 @@ def test_subset_selects_among_the_services_endpoints(mesh: LocalMesh, subset: st
     assert (oracle, seen) == (outcome, Counter({outcome: N})), (
         f"subset {subset} of model-svc-blue: oracle {oracle}, Envoy {dict(seen)}; Istio gives {outcome}"
     )
+
+
+def _get(mesh: LocalMesh, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """One GET to the gateway on loopback: status and response headers (names lower-cased)."""
+    address = urlsplit(mesh.gateway_url)
+    conn = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+def test_responses_name_the_endpoint_and_cluster_that_answered(mesh: LocalMesh) -> None:
+    """x-abtest-upstream-host is the replica's ip:port, x-abtest-upstream-cluster its cluster."""
+    objects = _objects("green")
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=15)
+    replicas = {f"{w.endpoint[0]}:{w.endpoint[1]}": w.spec.deployment for w in mesh.workloads}
+    status, headers = _get(mesh, "/score", {"x-api-version": "blue"})
+    assert status == 200 and replicas.get(headers.get(UPSTREAM_HOST_HEADER, "")) == "model-blue", (status, headers)
+    assert headers[UPSTREAM_CLUSTER_HEADER] == f"outbound|5001||{k8s.fqdn('model-svc-blue')}"
+    # No endpoint (subset green of the blue Service): the cluster is named, no host is.
+    status, headers = _get(mesh, "/score", {"x-api-version": "green"})
+    assert status == 503 and UPSTREAM_HOST_HEADER not in headers, (status, headers)
+    assert headers[UPSTREAM_CLUSTER_HEADER] == f"outbound|5001|green|{k8s.fqdn('model-svc-blue')}"
+    # The weighted route: every answer names one of the running replicas.
+    for _ in range(4):
+        status, headers = _get(mesh, "/score", {})
+        assert headers.get(UPSTREAM_HOST_HEADER) in replicas, headers
