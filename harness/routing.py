@@ -19,8 +19,9 @@ plane against it, so it follows Istio's documented semantics and nothing looser:
   prefix, as Envoy's), ``regex`` (RE2, full match, via google-re2 like Envoy); header names
   compare case-insensitively, values case-sensitively; an empty match (or ``regex: "*"``)
   tests presence, as Istio translates it;
-- weights are integers summing to 100 (one destination may omit it); each request picks a
-  destination independently with probability weight/100; weight 0 is never picked;
+- weights are relative (:func:`harness.support.destination_shares`): each request picks a
+  destination independently with probability weight / (sum of the route's weights); a lone
+  destination gets every request whatever its weight; weight 0 (or omitted) is never picked;
 - a destination is a Service (host: dot-free short name resolved in the VirtualService's
   namespace, or ``name.ns.svc.cluster.local``) and port, optionally a DestinationRule subset
   whose labels are added to the Service's selector; its endpoints are the pods of the
@@ -52,6 +53,7 @@ from typing import Any, TypeVar
 import re2
 
 from harness.errors import ConfigError, UnsupportedField
+from harness.support import WeightProblem, destination_shares
 
 __all__ = [
     "Backend",
@@ -457,36 +459,19 @@ def _check_string_match(obj: str, path: str, spec: Any, *, header: bool) -> None
         raise ConfigError(obj, f"{path}.{kind}", f"must be a string, not {type(spec[kind]).__name__}")
 
 
+def _weights_of(route: Sequence[Any]) -> list[Any]:
+    return [dest.get("weight") if isinstance(dest, Mapping) else None for dest in route]
+
+
 def _check_weights(obj: str, path: str, route: list[Any]) -> None:
+    """Istio's weight rule (:func:`harness.support.destination_shares`), errors naming the field."""
     if not route:
         raise ConfigError(obj, f"{path}.route", "empty: the route sends traffic nowhere")
-    weights: list[int | None] = []
-    for k, dest in enumerate(route):
-        where = f"{path}.route[{k}].weight"
-        weight = dest.get("weight") if isinstance(dest, Mapping) else None
-        if weight is None:
-            weights.append(None)
-            continue
-        if isinstance(weight, bool) or not isinstance(weight, int):
-            raise ConfigError(obj, where, f"must be an integer, not {weight!r}")
-        if weight < 0:
-            raise ConfigError(obj, where, f"must not be negative, is {weight}")
-        weights.append(weight)
-    if len(route) == 1:
-        # Istio assumes 100 for a lone destination and ignores any other value, so a
-        # different value is a manifest that does not say what it does.
-        if weights[0] not in (None, 100):
-            raise ConfigError(
-                obj,
-                f"{path}.route[0].weight",
-                f"is {weights[0]} on the only destination, which "
-                "Istio ignores (it gets 100%); omit it or set 100",
-            )
-        return
-    total = sum(w or 0 for w in weights)
-    if total != 100:
-        listed = ", ".join("omitted" if w is None else str(w) for w in weights)
-        raise ConfigError(obj, f"{path}.route", f"weights ({listed}) sum to {total}, not 100")
+    try:
+        destination_shares(_weights_of(route))
+    except WeightProblem as problem:
+        where = f"{path}.route" if problem.index is None else f"{path}.route[{problem.index}].weight"
+        raise ConfigError(obj, where, problem.message) from None
 
 
 def _check_virtual_service(vs: Mapping[str, Any]) -> None:
@@ -1284,10 +1269,9 @@ def _route_outcome(
     destinations: dict[Destination, Fraction] = {}
     shares: dict[str, Fraction] = {}
     zero_versions: list[str] = []
-    for k, entry in enumerate(entries):
+    picks = destination_shares(_weights_of(entries))  # checked by check_supported
+    for k, (entry, weight) in enumerate(zip(entries, picks, strict=True)):
         dest = _resolve_destination(entry["destination"], vs_namespace, objects, request.port)
-        # A lone destination gets everything (its weight is checked to be omitted or 100).
-        weight = Fraction(100 if len(entries) == 1 else entry.get("weight") or 0, 100)
         destinations[dest] = destinations.get(dest, Fraction(0)) + weight
         backends, why = _backends(objects, dest, consumer_namespace, versions)
         spanned = sorted({b.version for b in backends})

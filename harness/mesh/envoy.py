@@ -578,8 +578,10 @@ def _route_action(
 ) -> dict[str, Any]:
     namespace, _ = _meta(vs)
     picks: list[tuple[str, int]] = []
-    # check_supported has refused routes without destinations and weights that are not whole
-    # numbers summing to 100 (a lone destination: omitted or 100), as Istio's validation does.
+    # check_supported has applied Istio's weight rule (harness.support.destination_shares). As
+    # Istio's applyHTTPRouteDestination does, the weights go to Envoy unscaled (Envoy picks a
+    # cluster with probability weight / sum), a lone destination is a plain cluster whatever
+    # its weight, and weight-0 destinations are dropped.
     for entry in route:
         destination = entry["destination"]
         fqdn = resolve_host(str(destination["host"]), namespace)
@@ -589,7 +591,7 @@ def _route_action(
             known = services.get(fqdn, [])
             number = known[0].port if len(known) == 1 else port
         subset = destination.get("subset") or None
-        weight = 100 if len(route) == 1 else int(entry.get("weight") or 0)
+        weight = 1 if len(route) == 1 else int(entry.get("weight") or 0)
         picks.append((cluster_name(fqdn, number, subset), weight))
     action: dict[str, Any] = {"timeout": "0s", "retry_policy": _RETRY_POLICY}
     if timeout is not None:

@@ -1,6 +1,6 @@
 """The routing oracle and the real Envoy data plane agree, on generated VirtualServices.
 
-Seeded random VirtualServices (weights including 0 and 100, header exact/prefix/regex and
+Seeded random VirtualServices (weights including 0 and 100 and sums other than 100, header exact/prefix/regex and
 presence matches, uri prefix/exact/regex, method, several match entries, any route order,
 DestinationRule subsets, a Service without endpoints, a route table with no catch-all) are
 applied to a LocalMesh; for every request class, real traffic through Envoy must agree with
@@ -93,6 +93,9 @@ _WEIGHTS: tuple[tuple[int, ...], ...] = (
     (0, 50, 50),
     (100, 0, 0),
     (1, 99),
+    (3, 1),  # relative weights: 75/25
+    (60, 50),
+    (1, 1, 2),
 )
 _URIS: tuple[dict[str, str] | None, ...] = (
     None,

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from scipy.stats import binom
 
 from harness.mesh.envoy import UPSTREAM_CLUSTER_HEADER, UPSTREAM_HOST_HEADER
 from harness.mesh.local import LocalMesh
@@ -114,3 +115,35 @@ def test_responses_name_the_endpoint_and_cluster_that_answered(mesh: LocalMesh) 
     for _ in range(4):
         status, headers = _get(mesh, "/score", {})
         assert headers.get(UPSTREAM_HOST_HEADER) in replicas, headers
+
+
+def test_relative_weights_3_to_1_route_75_25(mesh: LocalMesh) -> None:
+    """Istio's weight / sum: weights 3 and 1 send 75% and 25%, in the oracle and through Envoy."""
+    objects = _objects("blue")
+    objects[-1] = k8s.virtual_service([k8s.weighted_route(3, 1)])
+    expected = expected_distribution(objects, STANDARD_CLASSES[0])
+    assert dict(expected.shares) == {"green": 0.75, "blue": 0.25}
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=15)
+    n = 400
+    seen: Counter[str] = Counter()
+
+    def record(observation: Observation) -> None:
+        seen[observation.version or observation.outcome] += 1
+
+    result = run_load(
+        mesh.gateway_url,
+        [STANDARD_CLASSES[0]],
+        max_requests=n,
+        deadline_s=30.0,
+        concurrency=8,
+        timeout_s=5.0,
+        on_response=record,
+    )
+    assert result.stopped_by == "max_requests", result.error_details
+    assert set(seen) <= {"green", "blue"}, dict(seen)
+    # Exact two-sided binomial acceptance region at 1e-6: 75% passes, 50% (weights read as
+    # 3/1 -> 50/50 after a cap, or ignored) and 100% are far outside it.
+    low, high = int(binom.ppf(0.5e-6, n, 0.75)), int(binom.isf(0.5e-6, n, 0.75))
+    assert low <= seen["green"] <= high, f"green {seen['green']}/{n} outside [{low}, {high}] for 75%"
+    assert not low <= n // 2 <= high, "the check could not tell 75% from 50%"

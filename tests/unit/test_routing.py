@@ -52,6 +52,7 @@ DR = "https://istio.io/latest/docs/reference/config/networking/destination-rule/
 ENVOY_ROUTE = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto"
 K8S_SVC = "https://kubernetes.io/docs/concepts/services-networking/service/"
 ISTIO_ROUTE_GO = "https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/route/route.go"
+ISTIO_VALIDATION_GO = "https://github.com/istio/istio/blob/master/pkg/config/validation/validation.go"
 ENDPOINT_BUILDER_GO = "https://github.com/istio/istio/blob/master/pilot/pkg/xds/endpoints/endpoint_builder.go"
 FQDN = "svc.cluster.local"
 
@@ -465,35 +466,73 @@ CASES: tuple[Case, ...] = (
     # Weights.
     Case(
         "weight-zero-never-picked",
-        f"{VS}#HTTPRouteDestination-weight: a destination's share is weight/100, 0 gets none",
+        f"{VS}#HTTPRouteDestination-weight: if weight is 0, the destination will not receive any traffic",
         changed(lambda o: None, green=100, blue=0),
         PLAIN,
         {"green": 1.0, "blue": 0.0},
     ),
     Case(
         "omitted-weight-single-destination",
-        f"{VS}#HTTPRouteDestination-weight: one destination is assumed 100",
+        f"{VS}#HTTPRouteDestination-weight: a lone destination receives all traffic",
         changed(put(weighted, "route", [to("blue")])),
         PLAIN,
         {"blue": 1.0},
     ),
     Case(
         "weights-80-20",
-        f"{VS}#HTTPRouteDestination-weight: proportion of traffic forwarded",
+        f"{VS}#HTTPRouteDestination-weight: a destination receives weight/(sum of all weights)",
         changed(lambda o: None, green=80, blue=20),
         PLAIN,
         {"green": 0.8, "blue": 0.2},
     ),
     Case(
-        "weights-sum-not-100",
-        f"{VS}#HTTPRouteDestination-weight: weights across destinations sum to 100",
+        "weights-relative-3-1",
+        f"{VS}#HTTPRouteDestination-weight: weight/(sum of all weights); {ISTIO_ROUTE_GO} "
+        "applyHTTPRouteDestination writes the weights unscaled into weighted_clusters",
+        changed(lambda o: None, green=3, blue=1),
+        PLAIN,
+        {"green": 0.75, "blue": 0.25},
+    ),
+    Case(
+        "weights-sum-over-100",
+        f"{VS}#HTTPRouteDestination-weight: weight/(sum of all weights), any sum",
         changed(lambda o: None, green=60, blue=50),
+        PLAIN,
+        {"green": 60 / 110, "blue": 50 / 110},
+    ),
+    Case(
+        "weights-omitted-among-several-is-zero",
+        f"{VS}#HTTPRouteDestination-weight: int32, so an omitted weight is 0; 0 gets no traffic",
+        changed(put(weighted, "route", [to("green"), to("blue", 7)])),
+        PLAIN,
+        {"green": 0.0, "blue": 1.0},
+    ),
+    Case(
+        "weights-total-zero",
+        f"{ISTIO_VALIDATION_GO} validateHTTPRouteDestinations: several destinations with a total "
+        "weight of 0 are refused",
+        changed(lambda o: None, green=0, blue=0),
+        PLAIN,
+        raises=(ConfigError, "spec.http[2].route"),
+    ),
+    Case(
+        "weights-total-at-uint32-limit",
+        f"{VS}#HTTPRouteDestination-weight: int32 weights; Envoy accepts a total up to 4294967295",
+        changed(lambda o: None, green=2**31 - 1, blue=2**31 - 1),
+        PLAIN,
+        {"green": 0.5, "blue": 0.5},
+    ),
+    Case(
+        "weights-total-above-uint32",
+        "https://github.com/envoyproxy/envoy/blob/main/source/common/router/weighted_cluster_specifier.cc: Envoy "
+        "refuses a route whose weighted clusters sum above 4294967295 (checked on the 1.40 binary)",
+        changed(put(weighted, "route", [to("green", 2**31 - 1), to("blue", 2**31 - 1), to("green", 2)])),
         PLAIN,
         raises=(ConfigError, "spec.http[2].route"),
     ),
     Case(
         "weight-negative",
-        f"{VS}#HTTPRouteDestination-weight: a proportion 0-100",
+        f"{ISTIO_VALIDATION_GO} validateWeight: a weight below 0 is refused",
         changed(lambda o: None, green=110, blue=-10),
         PLAIN,
         raises=(ConfigError, "spec.http[2].route[1].weight"),
@@ -506,12 +545,12 @@ CASES: tuple[Case, ...] = (
         raises=(ConfigError, "spec.http[2].route[0].weight"),
     ),
     Case(
-        "weight-single-destination-not-100",
-        f"{VS}#HTTPRouteDestination-weight: a lone destination gets 100 whatever "
-        "its weight, so any other value is refused",
+        "weight-single-destination-ignored",
+        f"{VS}#HTTPRouteDestination-weight: if there is only one destination it receives all traffic; "
+        f"{ISTIO_ROUTE_GO} processDestination writes a plain cluster and never reads the weight",
         changed(put(weighted, "route", [to("blue", 50)])),
         PLAIN,
-        raises=(ConfigError, "spec.http[2].route[0].weight"),
+        {"blue": 1.0},
     ),
     # Hosts and Gateway binding.
     Case(
