@@ -32,10 +32,11 @@ Anything in the routing path that this module does not implement raises
 :class:`~harness.errors.UnsupportedField` naming the object and the field, never silently
 ignored: a verdict computed against a half-understood manifest would lie.
 
-Deliberate limits, all outside what the harness sends or the reference charts use: paths
-are matched as sent (the gateway's RFC 3986 normalization of ``/a/../score`` is not
-modelled), a header appears at most once per request, and a Deployment with replicas > 0
-counts as ready (readiness is the mesh's convergence check, not the manifests').
+Paths are matched as the gateway normalizes them (:func:`normalize_path`: RFC 3986 dot
+segments and unreserved escapes, as Istio configures Envoy); a path with characters Envoy
+re-encodes or refuses is not modelled. Deliberate limits, outside what the harness sends or
+the reference charts use: a header appears at most once per request, and a Deployment with
+replicas > 0 counts as ready (readiness is the mesh's convergence check, not the manifests').
 
 >>> from harness.routing import STANDARD_CLASSES, expected_distribution
 >>> # expected_distribution(render_stage(load_plan(), "Blue_50"), STANDARD_CLASSES[0]).shares
@@ -70,12 +71,14 @@ __all__ = [
     "check_supported",
     "check_versions",
     "declares_target_port",
+    "destination_rules_for",
     "endpoint_selector",
     "expected_distribution",
     "expected_distributions",
     "exported_to",
     "host_matches",
     "hosts_overlap",
+    "normalize_path",
     "resolve_gateway_name",
     "resolve_service_host",
     "selects",
@@ -185,13 +188,79 @@ class Request:
 
     @property
     def route_path(self) -> str:
-        """The path Envoy's route matchers see: the query string is not part of it."""
-        return self.path.split("?", 1)[0].split("#", 1)[0]
+        """The path the gateway's route matchers see: :func:`normalize_path` of the path
+        without its query string. ConfigError for a path the oracle does not model."""
+        try:
+            return normalize_path(self.path.split("?", 1)[0])
+        except ValueError as exc:
+            raise ConfigError(f"request {self.label}", "path", str(exc)) from None
 
     def describe(self) -> str:
         """One line, e.g. ``header-blue: GET /score x-api-version: blue``."""
         headers = "".join(f" {k}: {v}" for k, v in self.headers.items())
         return f"{self.label}: {self.method} {self.path}{headers}"
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# RFC 3986 pchar without pct-encoded, plus "/": what Envoy's normalization leaves as it is.
+_PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def normalize_path(path: str) -> str:
+    """The path as Istio's gateway routes it: Envoy's ``normalize_path`` (RFC 3986).
+
+    Istio sets ``normalize_path: true``, no ``merge_slashes`` and
+    ``path_with_escaped_slashes_action: KEEP_UNCHANGED`` on the gateway's connection manager
+    at its default ``pathNormalization`` (``pilot/pkg/networking/core/listener_builder.go``);
+    the local gateway is configured the same. Modelled, as the Envoy 1.40 binary does it:
+    percent-encoded unreserved characters are decoded (``%61`` -> ``a``, ``%2E`` -> ``.``),
+    other escapes are kept as written (``%2F`` stays, so does its case), a backslash is a
+    slash, and dot segments are removed (``/a/../b`` -> ``/b``, ``/..`` -> ``/``); repeated
+    slashes stay. Characters Envoy re-encodes or refuses (space, ``"<>^`{|}``, ``#``,
+    control and non-ASCII characters) are not modelled: ValueError.
+
+    >>> normalize_path("/x/../sc%6Fre"), normalize_path("/a//b/./"), normalize_path("/a%2fb")
+    ('/score', '/a//b/', '/a%2fb')
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(path):
+        char = path[i]
+        if char == "%" and i + 2 < len(path) and path[i + 1] in _HEX and path[i + 2] in _HEX:
+            decoded = chr(int(path[i + 1 : i + 3], 16))
+            out.append(decoded if decoded in _UNRESERVED else path[i : i + 3])
+            i += 3
+            continue
+        if char == "\\":
+            out.append("/")
+        elif char in _PATH_CHARS or char == "%":
+            out.append(char)
+        else:
+            raise ValueError(
+                f"{path!r} has {char!r}, which the gateway re-encodes or refuses; the oracle does not model it"
+            )
+        i += 1
+    return _remove_dot_segments("".join(out))
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4 on an absolute path."""
+    output: list[str] = []
+    segments = path.split("/")[1:] if path.startswith("/") else path.split("/")
+    for k, segment in enumerate(segments):
+        last = k == len(segments) - 1
+        if segment == ".":
+            if last:
+                output.append("")
+        elif segment == "..":
+            if output:
+                output.pop()
+            if last:
+                output.append("")
+        else:
+            output.append(segment)
+    return "/" + "/".join(output)
 
 
 #: The three request classes of the A/B test: no header (the weighted route), and one
@@ -437,12 +506,16 @@ def _check_regex(obj: str, path: str, pattern: Any) -> None:
         raise ConfigError(obj, path, f"invalid RE2 regex {pattern!r}: {detail}") from None
 
 
-def _check_string_match(obj: str, path: str, spec: Any, *, header: bool) -> None:
-    """A StringMatch: at most one of exact/prefix/regex, strings, regexes valid RE2.
+def _check_string_match(obj: str, path: str, spec: Any, *, where: str) -> None:
+    """A StringMatch as Istio's validation admits it (``pkg/config/validation/virtualservice.go``,
+    ``validateHTTPRouteMatchRequest``; ``validation.go``, ``validateStringMatch``).
 
-    Empty is allowed: for a header (or method) Istio makes it a presence test, for the uri it
-    leaves Envoy's catch-all prefix "/". ``regex: "*"`` is a presence test for headers only;
-    on the uri Istio passes it to Envoy as a regex, which RE2 rejects.
+    At most one of exact/prefix/regex, strings, regexes valid RE2. ``where`` is ``uri``,
+    ``headers``, ``withoutHeaders`` or ``method``. An empty match is a presence test (for the
+    uri: every path). An empty ``prefix`` is refused except on the uri (Envoy's string
+    matcher needs one character; a route's path prefix may be empty). ``regex: "*"`` is
+    refused except in withoutHeaders, where Istio makes it a presence test (inverted: the
+    header is absent); elsewhere Istio compiles it as a regex, which fails.
     """
     spec = _check_keys(obj, path, spec, _STRING_MATCH_KINDS)
     kinds = [k for k in _STRING_MATCH_KINDS if spec.get(k) is not None]
@@ -451,12 +524,19 @@ def _check_string_match(obj: str, path: str, spec: Any, *, header: bool) -> None
     if not kinds:
         return
     kind = kinds[0]
-    if kind == "regex" and spec[kind] == "*" and header:
+    value = spec[kind]
+    if not isinstance(value, str):
+        raise ConfigError(obj, f"{path}.{kind}", f"must be a string, not {type(value).__name__}")
+    if kind == "prefix" and not value and where != "uri":
+        raise ConfigError(
+            obj, f"{path}.prefix", "empty: Istio refuses an empty prefix here (omit the value to test presence)"
+        )
+    if kind == "regex" and value == "*" and where == "withoutHeaders":
         return  # Istio turns regex "*" into a presence match
+    if kind == "regex" and not value:
+        raise ConfigError(obj, f"{path}.regex", "empty: Istio refuses an empty regex")
     if kind == "regex":
-        _check_regex(obj, f"{path}.regex", spec[kind])
-    elif not isinstance(spec[kind], str):
-        raise ConfigError(obj, f"{path}.{kind}", f"must be a string, not {type(spec[kind]).__name__}")
+        _check_regex(obj, f"{path}.regex", value)
 
 
 def _weights_of(route: Sequence[Any]) -> list[Any]:
@@ -494,9 +574,9 @@ def _check_virtual_service(vs: Mapping[str, Any]) -> None:
                     "omit `match` to match every request",
                 )
             if match.get("uri") is not None:
-                _check_string_match(obj, f"{mpath}.uri", match["uri"], header=False)
+                _check_string_match(obj, f"{mpath}.uri", match["uri"], where="uri")
             if match.get("method") is not None:
-                _check_string_match(obj, f"{mpath}.method", match["method"], header=True)
+                _check_string_match(obj, f"{mpath}.method", match["method"], where="method")
             for key in ("headers", "withoutHeaders"):
                 headers = match.get(key)
                 if headers is None:
@@ -515,7 +595,9 @@ def _check_virtual_service(vs: Mapping[str, Any]) -> None:
                             "matches a pseudo header, Host or JWT claim, not a plain "
                             "request header; the oracle does not model it",
                         )
-                    _check_string_match(obj, hpath, string_match, header=True)
+                    if string_match is None and key == "headers":
+                        raise ConfigError(obj, hpath, "null: Istio refuses a header match without a value")
+                    _check_string_match(obj, hpath, string_match, where=key)
             port = match.get("port")
             if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
                 raise ConfigError(obj, f"{mpath}.port", f"must be an integer, not {port!r}")
@@ -761,13 +843,16 @@ def _service_for(objects: Sequence[Mapping[str, Any]], fqdn: str) -> Mapping[str
     return None
 
 
-def _subset_labels(
-    objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
-) -> tuple[Mapping[str, str] | None, str]:
-    """Labels of the destination's subset, or None (with why) if no visible rule defines it.
+def destination_rules_for(
+    objects: Sequence[Mapping[str, Any]], fqdn: str, consumer_namespace: str | None
+) -> list[Mapping[str, Any]]:
+    """The DestinationRules Istio applies to a Service host, as seen from `consumer_namespace`.
 
-    Istio applies one rule per host: the one whose host matches most specifically (rules for
-    the same host are merged). A subset defined only in a less specific rule is not found.
+    Of the rules exported to that namespace (None: every rule) whose host (a short name in the
+    rule's namespace, an FQDN, or a wildcard such as ``*.ns.svc.cluster.local``) matches
+    `fqdn`, those with the most specific host: Istio applies one rule per host, merging rules
+    written for the same host. A less specific rule (a wildcard) does not add to a more
+    specific one. The oracle and the Envoy translation both take a host's rules from here.
     """
     rules: list[tuple[tuple[int, int], Mapping[str, Any]]] = []
     for dr in objects:
@@ -779,20 +864,29 @@ def _subset_labels(
         ):
             continue
         host = resolve_service_host(str(spec.get("host", "")), _namespace(dr))
-        if host_matches(host, destination.host):
+        if host_matches(host, fqdn):
             rules.append((_specificity(host), dr))
     if not rules:
-        return None, f"no DestinationRule for {destination.host}, so no subset {destination.subset!r}"
+        return []
     best = max(r[0] for r in rules)
+    return [dr for specificity, dr in rules if specificity == best]
+
+
+def _subset_labels(
+    objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
+) -> tuple[Mapping[str, str] | None, str]:
+    """Labels of the destination's subset, or None (with why) if no visible rule defines it."""
+    rules = destination_rules_for(objects, destination.host, consumer_namespace)
+    if not rules:
+        return None, f"no DestinationRule for {destination.host}, so no subset {destination.subset!r}"
     found = [
         (dr, subset)
-        for specificity, dr in rules
-        if specificity == best
+        for dr in rules
         for subset in _spec(dr).get("subsets") or []
         if subset.get("name") == destination.subset
     ]
     if not found:
-        names = ", ".join(_label(dr) for specificity, dr in rules if specificity == best)
+        names = ", ".join(_label(dr) for dr in rules)
         return None, f"{names} defines no subset {destination.subset!r}"
     if len(found) > 1:
         raise ConfigError(

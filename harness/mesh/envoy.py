@@ -29,7 +29,7 @@ What follows Istio's gateway translation (``pilot/pkg/networking/core/route``):
 Which kinds and fields exist is the oracle's decision: every entry point runs
 :func:`harness.routing.check_supported` first, so a manifest the oracle refuses is refused
 here with the same field path. What the oracle accepts but Envoy cannot be given (non-HTTP
-Gateway servers, wildcard DestinationRule hosts, unknown retry fields or balancer names)
+Gateway servers, unknown retry fields or balancer names)
 raises :class:`~harness.errors.UnsupportedField` naming the field, so a rule the translation
 would ignore can never make a verdict lie.
 
@@ -49,6 +49,7 @@ from harness.errors import ConfigError, UnsupportedField
 from harness.mesh.base import cluster_name
 from harness.routing import (
     check_supported,
+    destination_rules_for,
     endpoint_selector,
     exported_to,
     host_matches,
@@ -310,68 +311,46 @@ def _visible_to_gateway(dr: Mapping[str, Any], consumers: set[str]) -> bool:
 def upstreams(objects: Sequence[Mapping[str, Any]]) -> list[Upstream]:
     """Every cluster the objects define: each Service port, and each DestinationRule subset of it.
 
-    A DestinationRule applies to the Service its host names (a short name in the rule's
-    namespace, or the FQDN). Wildcard hosts (``*.ns.svc.cluster.local``) are refused with
-    UnsupportedField naming ``spec.host``: matching them needs Istio's most-specific-rule
-    choice, which only the oracle implements (privately).
+    A Service takes its subsets and traffic policy from the rules Istio applies to its host
+    (:func:`harness.routing.destination_rules_for`: the most specific host among the rules the
+    gateway sees, wildcards such as ``*.ns.svc.cluster.local`` included), the same lookup the
+    oracle makes; a subset's endpoints are the Service's own endpoints that carry its labels
+    (:func:`harness.routing.endpoint_selector`).
     """
     check_supported(objects)
     ports = _service_ports(objects)
     consumers = {server.gateway[0] for server in _served_gateways(objects)}
-    policies: dict[str, tuple[Mapping[str, Any], Any]] = {}  # fqdn -> (rule, its trafficPolicy)
-    subsets: list[tuple[Mapping[str, Any], int, str, Mapping[str, Any]]] = []
-    for dr in _of_kind(objects, "DestinationRule"):
-        namespace, _ = _meta(dr)
-        spec = dr.get("spec") or {}
-        raw_host = str(spec["host"])
-        if "*" in raw_host:
-            raise UnsupportedField(
-                _label(dr),
-                "spec.host",
-                f"{raw_host!r}: wildcard DestinationRule hosts are not translated; name the Service",
-            )
-        if not _visible_to_gateway(dr, consumers):
-            continue
-        host = resolve_host(raw_host, namespace)
-        if spec.get("trafficPolicy") is not None:
-            policies[host] = (dr, spec["trafficPolicy"])
-        subsets += [(dr, i, host, subset) for i, subset in enumerate(spec.get("subsets") or [])]
-
-    def lb(fqdn: str, port: int, subset: tuple[Mapping[str, Any], int, Mapping[str, Any]] | None) -> str:
-        if subset is not None:
-            dr, i, raw = subset
-            chosen = _lb_policy(dr, raw.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy", port)
-            if chosen is not None:
-                return chosen  # a subset's policy overrides the rule's (Istio merges it over)
-        if fqdn in policies:
-            dr, policy = policies[fqdn]
-            return _lb_policy(dr, policy, "spec.trafficPolicy", port) or "ROUND_ROBIN"
-        return "ROUND_ROBIN"
-
-    out = [
-        Upstream(p.fqdn, p.port, None, p.selector, p.target_port, lb(p.fqdn, p.port, None), p.service)
-        for p in ports
-    ]
-    seen = {u.key for u in out}
-    for dr, i, host, subset in subsets:
-        name = str(subset["name"])
-        labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
-        for p in ports:
-            if p.fqdn != host:
-                continue
-            upstream = Upstream(
-                p.fqdn,
-                p.port,
-                name,
-                endpoint_selector(p.selector, labels),
-                p.target_port,
-                lb(p.fqdn, p.port, (dr, i, subset)),
-                p.service,
-            )
-            if upstream.key in seen:
-                raise ConfigError(_label(dr), f"spec.subsets[{i}].name", f"subset {name!r} is defined twice")
-            seen.add(upstream.key)
-            out.append(upstream)
+    visible = [dr for dr in _of_kind(objects, "DestinationRule") if _visible_to_gateway(dr, consumers)]
+    out: list[Upstream] = []
+    seen: set[EndpointKey] = set()
+    for p in ports:
+        rules = destination_rules_for(visible, p.fqdn, None)
+        # Rules for one host merge; the first traffic policy given applies.
+        policy = next(((dr, (dr.get("spec") or {})["trafficPolicy"]) for dr in rules
+                       if (dr.get("spec") or {}).get("trafficPolicy") is not None), None)
+        service_lb = "ROUND_ROBIN"
+        if policy is not None:
+            service_lb = _lb_policy(policy[0], policy[1], "spec.trafficPolicy", p.port) or "ROUND_ROBIN"
+        out.append(Upstream(p.fqdn, p.port, None, p.selector, p.target_port, service_lb, p.service))
+        for dr in rules:
+            for i, subset in enumerate((dr.get("spec") or {}).get("subsets") or []):
+                name = str(subset["name"])
+                labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
+                # A subset's policy overrides the rule's (Istio merges it over).
+                lb = _lb_policy(dr, subset.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy", p.port)
+                upstream = Upstream(
+                    p.fqdn,
+                    p.port,
+                    name,
+                    endpoint_selector(p.selector, labels),
+                    p.target_port,
+                    lb or service_lb,
+                    p.service,
+                )
+                if upstream.key in seen:
+                    raise ConfigError(_label(dr), f"spec.subsets[{i}].name", f"subset {name!r} is defined twice")
+                seen.add(upstream.key)
+                out.append(upstream)
     return sorted(out, key=lambda u: u.name)
 
 
@@ -490,17 +469,19 @@ def _retry_policy(vs: Mapping[str, Any], retries: Any, path: str) -> dict[str, A
 def _string_match(value: Any) -> tuple[str, str]:
     """(kind, text) of an Istio StringMatch the oracle has checked; kind "present" is a presence test.
 
-    Istio (``isCatchAllHeaderMatch``) writes an empty match, ``prefix: ""`` and ``regex: "*"`` as
-    Envoy's ``present_match``: Envoy's StringMatcher refuses an empty prefix (min_len 1), and
-    every present value starts with "" (routing.string_matches agrees). ``exact: ""`` is an
-    exact match of the empty value, which Envoy accepts as written.
+    As Istio's ``canBeConvertedToPresentMatch`` (route.go): an empty match and ``regex: "*"``
+    become Envoy's ``present_match``; anything else is passed on as written (``exact: ""`` is
+    an exact match of the empty value; an empty ``prefix`` reaches here only for the uri,
+    where Envoy's path prefix "" matches every path). The oracle has refused what Istio's
+    validation refuses (an empty prefix on a header or method, ``regex: "*"`` outside
+    withoutHeaders).
     """
     kinds = [k for k in _STRING_MATCH_KINDS if (value or {}).get(k) is not None]
     if not kinds:
         return ("present", "")
     kind = kinds[0]
     text = str(value[kind])
-    if (kind == "regex" and text == "*") or (kind == "prefix" and not text):
+    if kind == "regex" and text == "*":
         return ("present", "")
     return (kind, text)
 
@@ -563,8 +544,11 @@ def _route_match(
 
 
 def _is_catch_all(match: Mapping[str, Any]) -> bool:
-    # Istio's IsCatchAllRoute: prefix "/" and no header condition.
-    return match.get("prefix") == "/" and not match.get("headers")
+    # Istio's IsCatchAllRoute (route.go): path prefix "/" (or path_separated_prefix "/", or
+    # regex ".*") and no header or query parameter condition.
+    regex = (match.get("safe_regex") or {}).get("regex")
+    path = match.get("prefix") == "/" or match.get("path_separated_prefix") == "/" or regex == ".*"
+    return path and not match.get("headers") and not match.get("query_parameters")
 
 
 def _route_action(
@@ -736,6 +720,11 @@ def build_listener(
         "@type": _HCM_TYPE,
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
+        # Istio's gateway at its default pathNormalization (listener_builder.go): RFC 3986
+        # normalization, no merging of slashes, escaped slashes left as they are. The oracle
+        # matches the same normalized path (harness.routing.normalize_path).
+        "normalize_path": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         "rds": {"route_config_name": route_name, "config_source": _config_source(rds_path)},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}}],
     }

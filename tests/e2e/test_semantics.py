@@ -24,7 +24,7 @@ from scipy.stats import binom
 from harness.mesh.envoy import UPSTREAM_CLUSTER_HEADER, UPSTREAM_HOST_HEADER
 from harness.mesh.local import LocalMesh
 from harness.mesh.workloads import ProcessRunner
-from harness.routing import NO_ENDPOINTS, STANDARD_CLASSES, Request, expected_distribution
+from harness.routing import NO_ENDPOINTS, NO_ROUTE, STANDARD_CLASSES, Request, expected_distribution
 from harness.traffic import Observation, run_load
 from tests.unit import objects as k8s
 
@@ -147,3 +147,39 @@ def test_relative_weights_3_to_1_route_75_25(mesh: LocalMesh) -> None:
     low, high = int(binom.ppf(0.5e-6, n, 0.75)), int(binom.isf(0.5e-6, n, 0.75))
     assert low <= seen["green"] <= high, f"green {seen['green']}/{n} outside [{low}, {high}] for 75%"
     assert not low <= n // 2 <= high, "the check could not tell 75% from 50%"
+
+
+@pytest.mark.parametrize(
+    ("path", "outcome"),
+    [
+        ("/score", "blue"),
+        ("/x/../sc%6fre", "blue"),  # dot segments removed, %6f decoded
+        ("/score/.", NO_ROUTE),  # "/score/": not the exact path
+        ("//score", NO_ROUTE),  # slashes are not merged
+        ("/sc%2fore", NO_ROUTE),  # escaped slashes kept as they are
+    ],
+)
+def test_paths_route_as_normalized(mesh: LocalMesh, path: str, outcome: str) -> None:
+    """The local gateway normalizes paths as Istio configures Envoy, and the oracle agrees."""
+    objects = _objects("blue")
+    objects[-1] = k8s.virtual_service(
+        [{"name": "exact", "match": [{"uri": {"exact": "/score"}}], "route": [k8s.destination("blue")]}]
+    )
+    assert expected_distribution(objects, Request("p", path=path)).certain == outcome
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=15)
+    status, headers = _get(mesh, path, {})
+    got = headers.get("x-model-version") or f"status:{status}"
+    assert got == outcome, (path, status, headers)
+
+
+@pytest.mark.parametrize(("host", "outcome"), [("model-svc-green", "green"), ("model-svc-blue", NO_ENDPOINTS)])
+def test_wildcard_destination_rule_subsets(mesh: LocalMesh, host: str, outcome: str) -> None:
+    """A rule for ``*.abtesting.svc.cluster.local`` gives every Service its subsets."""
+    objects = _objects("blue")
+    objects[5] = k8s.destination_rule(f"*.{k8s.NS}.svc.cluster.local", {"g": "green"}, name="wide")
+    objects[-1]["spec"]["http"][1]["route"] = [{"destination": {"host": host, "subset": "g"}}]
+    assert expected_distribution(objects, HEADER_GREEN).certain == outcome
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=15)
+    assert _outcomes(mesh, HEADER_GREEN) == Counter({outcome: N})

@@ -147,10 +147,9 @@ def test_header_matchers_lower_case_names_and_istio_presence_forms() -> None:
                     "headers": {
                         "X-Api-Version": {"prefix": "bl"},
                         "x-canary": {"regex": "yes|true"},
-                        "x-any": {"regex": "*"},
                         "x-empty": {},
                     },
-                    "withoutHeaders": {"x-debug": {"exact": "1"}},
+                    "withoutHeaders": {"x-debug": {"exact": "1"}, "x-any": {"regex": "*"}},
                     "method": {"exact": "POST"},
                 }
             ],
@@ -161,27 +160,28 @@ def test_header_matchers_lower_case_names_and_istio_presence_forms() -> None:
     by_name = {h["name"]: h for h in headers}
     assert by_name["x-api-version"]["string_match"] == {"prefix": "bl"}
     assert by_name["x-canary"]["string_match"] == {"safe_regex": {"regex": "yes|true"}}
-    assert by_name["x-any"] == {"name": "x-any", "present_match": True}, "Istio reads regex '*' as presence"
+    assert by_name["x-any"] == {"name": "x-any", "present_match": True, "invert_match": True}, (
+        "Istio reads regex '*' as presence, inverted in withoutHeaders, without missing-as-empty"
+    )
     assert by_name["x-empty"] == {"name": "x-empty", "present_match": True}
     assert by_name["x-debug"]["invert_match"] is True
     assert by_name["x-debug"]["treat_missing_header_as_empty"] is True
     assert by_name[":method"]["string_match"] == {"exact": "POST"}
 
 
-def test_empty_prefix_is_a_presence_match_as_istio_writes_it() -> None:
-    """Envoy refuses ``string_match: {prefix: ""}``; Istio and the oracle read it as "present"."""
-    http = [
-        {
-            "match": [{"headers": {"x-p": {"prefix": ""}, "x-e": {"exact": ""}}}],
-            "route": [{"destination": {"host": GREEN, "port": {"number": 5001}}}],
-        }
-    ]
-    by_name = {h["name"]: h for h in routes_of([gateway(), virtual_service(http)])[0]["match"]["headers"]}
-    assert by_name["x-p"] == {"name": "x-p", "present_match": True}, by_name
-    assert by_name["x-e"] == {"name": "x-e", "string_match": {"exact": ""}}, "exact '' is a valid matcher"
-    assert string_matches({"prefix": ""}, "anything") and not string_matches({"prefix": ""}, None), (
-        "the oracle's semantics of an empty prefix is presence too"
-    )
+def test_empty_prefix_on_the_uri_is_passed_on_and_refused_on_headers() -> None:
+    """Istio's validation allows ``prefix: ""`` on the uri only (Envoy's string matcher needs one
+    character); the route then carries path prefix "" as Istio writes it, matching every path."""
+    entry: dict[str, Any] = {"uri": {"prefix": ""}, "headers": {"x-e": {"exact": ""}}}
+    http = [{"match": [entry], "route": [{"destination": {"host": GREEN, "port": {"number": 5001}}}]}]
+    match = routes_of([gateway(), virtual_service(http)])[0]["match"]
+    assert match["prefix"] == ""
+    assert match["headers"] == [{"name": "x-e", "string_match": {"exact": ""}}], "exact '' is a valid matcher"
+    assert string_matches({"prefix": ""}, "/anything")
+    entry["headers"] = {"x-p": {"prefix": ""}}
+    with pytest.raises(ConfigError) as caught:
+        routes_of([gateway(), virtual_service(http)])
+    assert caught.value.field == "spec.http[0].match[0].headers.x-p.prefix", str(caught.value)
 
 
 def test_invalid_regex_is_a_config_error_naming_the_field() -> None:
@@ -347,16 +347,19 @@ def _subset_clusters(objects: list[dict[str, Any]]) -> dict[str | None, str]:
     return {u.subset: u.lb_policy for u in envoy.upstreams(objects) if u.fqdn == fqdn("model")}
 
 
-def test_wildcard_destination_rule_host_is_refused_naming_the_field() -> None:
-    objects = [
-        gateway(),
-        service(name="model", selector={"app": "model"}),
-        _model_rule(host=f"*.{NS}.svc.cluster.local"),
-    ]
-    with pytest.raises(UnsupportedField) as caught:
-        envoy.upstreams(objects)
-    assert caught.value.field == "spec.host", str(caught.value)
-    assert caught.value.obj == f"DestinationRule {NS}/model", str(caught.value)
+def test_wildcard_destination_rule_hosts_apply_to_each_service_they_match() -> None:
+    """Istio applies to a Service the rule with its most specific matching host, wildcards included."""
+    wide = _model_rule(host=f"*.{NS}.svc.cluster.local", trafficPolicy={"loadBalancer": {"simple": "RANDOM"}})
+    wide["metadata"]["name"] = "wide"
+    objects = [gateway(), service(name="model", selector={"app": "model"}), service("blue"), wide]
+    assert _subset_clusters(objects) == {None: "RANDOM", "v-green": "RANDOM", "v-blue": "RANDOM"}
+    blue = {u.subset: u for u in envoy.upstreams(objects) if u.fqdn == BLUE}
+    assert set(blue) == {None, "v-green", "v-blue"}
+    assert blue["v-green"].selector == {}, "subset v-green of the blue Service selects no pod"
+    # A rule naming the Service is more specific: the wildcard's subsets and policy do not apply.
+    narrow = k8s.destination_rule("model", {"only": "green"}, name="narrow")
+    assert _subset_clusters([*objects, narrow]) == {None: "ROUND_ROBIN", "only": "ROUND_ROBIN"}
+    assert {u.subset for u in envoy.upstreams([*objects, narrow]) if u.fqdn == BLUE} == {None, "v-green", "v-blue"}
 
 
 def test_destination_rule_the_gateway_cannot_see_defines_no_subset() -> None:

@@ -52,6 +52,7 @@ DR = "https://istio.io/latest/docs/reference/config/networking/destination-rule/
 ENVOY_ROUTE = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto"
 K8S_SVC = "https://kubernetes.io/docs/concepts/services-networking/service/"
 ISTIO_ROUTE_GO = "https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/route/route.go"
+ISTIO_VS_VALIDATION_GO = "https://github.com/istio/istio/blob/master/pkg/config/validation/virtualservice.go"
 ISTIO_VALIDATION_GO = "https://github.com/istio/istio/blob/master/pkg/config/validation/validation.go"
 ENDPOINT_BUILDER_GO = "https://github.com/istio/istio/blob/master/pilot/pkg/xds/endpoints/endpoint_builder.go"
 FQDN = "svc.cluster.local"
@@ -375,11 +376,66 @@ CASES: tuple[Case, ...] = (
         {"green": 0.5, "blue": 0.5},
     ),
     Case(
-        "header-regex-star-is-presence",
-        f'{ISTIO_ROUTE_GO} (canBeConvertedToPresentMatch): regex "*" is a presence test',
+        "header-regex-star-refused",
+        f'{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: regex "*" is exempt from the regex '
+        "check in withoutHeaders only; in headers it fails to compile",
         changed(put(match00, "headers", {"x-canary": {"regex": "*"}})),
         Request("any", headers={"x-canary": "x"}),
+        raises=(ConfigError, "spec.http[0].match[0].headers.x-canary.regex"),
+    ),
+    Case(
+        "header-empty-prefix-refused",
+        f'{ISTIO_VALIDATION_GO} validateStringMatch: "prefix string match should not be empty"',
+        changed(put(match00, "headers", {"x-canary": {"prefix": ""}})),
+        Request("any", headers={"x-canary": "x"}),
+        raises=(ConfigError, "spec.http[0].match[0].headers.x-canary.prefix"),
+    ),
+    Case(
+        "header-null-refused",
+        f'{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: "header match cannot be null"',
+        changed(put(match00, "headers", {"x-canary": None})),
+        Request("any", headers={"x-canary": "x"}),
+        raises=(ConfigError, "spec.http[0].match[0].headers.x-canary"),
+    ),
+    Case(
+        "without-headers-empty-prefix-refused",
+        f"{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: withoutHeaders values pass "
+        'validateStringMatch, which refuses an empty prefix (Envoy\'s string matcher needs one character)',
+        changed(both(put(match00, "headers", {}), put(match00, "withoutHeaders", {"x-opt-out": {"prefix": ""}}))),
+        PLAIN,
+        raises=(ConfigError, "spec.http[0].match[0].withoutHeaders.x-opt-out.prefix"),
+    ),
+    Case(
+        "without-headers-regex-star-means-absent",
+        f'{ISTIO_ROUTE_GO} TranslateRouteMatch: regex "*" in withoutHeaders is an inverted present_match '
+        "without treat_missing_header_as_empty: the route applies when the header is absent",
+        changed(both(put(match00, "headers", {}), put(match00, "withoutHeaders", {"x-opt-out": {"regex": "*"}}))),
+        PLAIN,
         {"blue": 1.0},
+        route="http[0]",
+    ),
+    Case(
+        "without-headers-regex-star-excludes-present",
+        f'{ISTIO_ROUTE_GO} TranslateRouteMatch: regex "*" in withoutHeaders excludes any value, even empty',
+        changed(both(put(match00, "headers", {}), put(match00, "withoutHeaders", {"x-opt-out": {"regex": "*"}}))),
+        Request("opted-out", headers={"x-opt-out": ""}),
+        {"green": 0.5, "blue": 0.5},
+    ),
+    Case(
+        "method-empty-prefix-refused",
+        f'{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: the method passes validateStringMatch',
+        changed(put(match00, "method", {"prefix": ""})),
+        BLUE,
+        raises=(ConfigError, "spec.http[0].match[0].method.prefix"),
+    ),
+    Case(
+        "uri-empty-prefix-matches-every-path",
+        f"{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: the uri allows an empty prefix; "
+        "Envoy's path prefix \"\" matches every path",
+        changed(put(match00, "uri", {"prefix": ""})),
+        Request("other", path="/other", headers={"x-api-version": "blue"}),
+        {"blue": 1.0},
+        route="http[0]",
     ),
     Case(
         "without-headers-excludes",
@@ -796,6 +852,31 @@ CASES: tuple[Case, ...] = (
         ),
         GREEN,
         {"green": 1.0},
+    ),
+    Case(
+        "wildcard-rule-subsets",
+        f"{DR}#DestinationRule-host: a wildcard host applies to every Service it matches "
+        "(the most specific matching rule applies)",
+        changed(
+            both(
+                add(k8s.destination_rule(f"*.{NS}.{FQDN}", {"g": "green"}, name="wide")),
+                put(route1, "route", [{"destination": {"host": "model-svc-green", "subset": "g"}}]),
+            )
+        ),
+        GREEN,
+        {"green": 1.0},
+    ),
+    Case(
+        "wildcard-rule-subset-clashing-503",
+        f"{DR}#Subset-labels with a wildcard host: the subset still selects among each Service's endpoints",
+        changed(
+            both(
+                add(k8s.destination_rule(f"*.{NS}.{FQDN}", {"g": "green"}, name="wide")),
+                put(route1, "route", [{"destination": {"host": "model-svc-blue", "subset": "g"}}]),
+            )
+        ),
+        GREEN,
+        {NO_ENDPOINTS: 1.0},
     ),
     Case(
         "no-deployment-503",
@@ -1368,3 +1449,62 @@ def test_versions_must_be_label_selectors(versions: Any) -> None:
     with pytest.raises(ConfigError) as info:
         expected_distribution(reference(), PLAIN, versions)
     assert info.value.obj == "versions"
+
+
+# --- path normalization ---------------------------------------------------------------------
+
+# Request path -> the :path the Envoy 1.40 binary routes on with Istio's default settings
+# (normalize_path: true, path_with_escaped_slashes_action: KEEP_UNCHANGED, no merge_slashes),
+# observed by echoing %REQ(:PATH)% from a direct response. Not derived from normalize_path.
+ENVOY_NORMALIZED = {
+    "/a/./b": "/a/b",
+    "/a/../a/b": "/a/b",
+    "/./a/b": "/a/b",
+    "/a/b/.": "/a/b/",
+    "/a/b/..": "/a/",
+    "/../a/b": "/a/b",
+    "/..": "/",
+    "/a/b/../../..": "/",
+    "/a/.../b": "/a/.../b",
+    "/a/..b": "/a/..b",
+    "/a//b": "/a//b",
+    "/%61/b": "/a/b",
+    "/%41": "/A",
+    "/a/%7e": "/a/~",
+    "/a/%2e/b": "/a/b",
+    "/a/%2E%2E/c": "/c",
+    "/a/.%2E/b": "/b",
+    "/a%2e/b": "/a./b",
+    "/a%2fb": "/a%2fb",
+    "/a%2Fb": "/a%2Fb",
+    "/a/..%2fb": "/a/..%2fb",
+    "/%2F..%2F": "/%2F..%2F",
+    "/a%20b": "/a%20b",
+    "/a%3ab": "/a%3ab",
+    "/a%zzb": "/a%zzb",
+    "/a%C3%A9": "/a%C3%A9",
+    "/a\\b": "/a/b",
+    "/%5C": "/%5C",
+    "/a:b@c": "/a:b@c",
+    "/a!$&'()*+,;=b": "/a!$&'()*+,;=b",
+}
+
+
+@pytest.mark.parametrize(("sent", "routed"), ENVOY_NORMALIZED.items(), ids=list(ENVOY_NORMALIZED))
+def test_paths_are_normalized_as_the_gateway_does(sent: str, routed: str) -> None:
+    assert Request("p", path=sent + "?q=/../x").route_path == routed
+
+
+@pytest.mark.parametrize("path", ["/a b", "/a|b", "/a{b}", "/\u00e9", "/a#frag", "/a\x00b"])
+def test_paths_envoy_reencodes_or_refuses_are_not_modelled(path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        expected_distribution(reference(), Request("odd", path=path))
+    assert (info.value.obj, info.value.field) == ("request odd", "path")
+
+
+def test_dot_segments_reach_the_exact_route() -> None:
+    objects = reference()
+    match00(objects)["uri"] = {"exact": "/score"}
+    pinned = {"x-api-version": "blue"}
+    assert expected_distribution(objects, Request("dots", path="/x/../sc%6fre", headers=pinned)).certain == "blue"
+    assert expected_distribution(objects, Request("slashes", path="//score", headers=pinned)).certain is None
