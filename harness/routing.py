@@ -30,7 +30,8 @@ plane against it, so it follows Istio's documented semantics and nothing looser:
 
 Anything in the routing path that this module does not implement raises
 :class:`~harness.errors.UnsupportedField` naming the object and the field, never silently
-ignored: a verdict computed against a half-understood manifest would lie.
+ignored: a verdict computed against a half-understood manifest would lie. Which fields are
+supported is :func:`harness.support.check_supported`, shared with the Envoy translation.
 
 Paths are matched as the gateway normalizes them (:func:`normalize_path`: RFC 3986 dot
 segments and unreserved escapes, as Istio configures Envoy); a path with characters Envoy
@@ -45,16 +46,25 @@ replicas > 0 counts as ready (readiness is the mesh's convergence check, not the
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import lru_cache
 from typing import Any, TypeVar
 
-import re2
-
 from harness.errors import ConfigError, UnsupportedField
-from harness.support import WeightProblem, destination_shares
+from harness.support import (
+    HTTP_PROTOCOLS,
+    MESH_GATEWAY,
+    STRING_MATCH_KINDS,
+    check_supported,
+    compile_regex,
+    destination_shares,
+    object_label,
+    object_name,
+    object_namespace,
+    object_spec,
+    route_weights,
+)
 
 __all__ = [
     "Backend",
@@ -70,6 +80,7 @@ __all__ = [
     "backends_behind",
     "check_supported",
     "check_versions",
+    "cluster_name",
     "declares_target_port",
     "destination_rules_for",
     "endpoint_selector",
@@ -100,8 +111,6 @@ CLUSTER_DOMAIN = "svc.cluster.local"
 #: The labels of the ingress gateway pods that serve the Gateways (Istio's default install,
 #: the same the local Envoy translation assumes).
 DEFAULT_GATEWAY_LABELS: Mapping[str, str] = {"istio": "ingressgateway", "app": "istio-ingressgateway"}
-#: The reserved gateway name that means "the sidecars", not an ingress gateway.
-MESH_GATEWAY = "mesh"
 #: Where a pod's version comes from: the container env first, the pod label as a fallback.
 VERSION_ENV = "MODEL_VERSION"
 VERSION_LABEL = "model_version"
@@ -272,6 +281,11 @@ STANDARD_CLASSES: tuple[Request, ...] = (
 )
 
 
+def cluster_name(fqdn: str, port: int, subset: str | None = None) -> str:
+    """Istio's outbound cluster name, which both backends use: ``outbound|5001||svc.ns.svc.cluster.local``."""
+    return f"outbound|{port}|{subset or ''}|{fqdn}"
+
+
 @dataclass(frozen=True)
 class Destination:
     """A routing destination after name resolution: Service FQDN, port and optional subset."""
@@ -283,7 +297,7 @@ class Destination:
     @property
     def cluster_name(self) -> str:
         """The Envoy cluster name Istio gives this destination."""
-        return f"outbound|{self.port}|{self.subset or ''}|{self.host}"
+        return cluster_name(self.host, self.port, self.subset)
 
     def __str__(self) -> str:
         subset = f" subset {self.subset}" if self.subset else ""
@@ -350,382 +364,6 @@ def _percent(share: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Field support. Each allow-list says which fields the oracle implements or has judged
-# harmless for the routing decision; any other field is refused with its path.
-
-# HTTPRoute: `name` only labels stats and logs. `timeout` and `retries` decide whether and
-# when a request fails, never which version answers a successful one: Envoy picks the
-# weighted cluster once per request and retries stay on that cluster, so they change the
-# error count (kept apart by the statistics), not the split.
-_HTTP_ROUTE_IMPLEMENTED = {"name", "match", "route", "timeout", "retries"}
-# Refused: each changes who answers or what the client sees. redirect/directResponse answer
-# at the gateway; delegate moves the routes elsewhere; rewrite changes the path the scorer
-# sees; fault aborts or delays; mirror* sends copies to another version; corsPolicy answers
-# preflights at the gateway; headers can set or strip response headers, including the
-# x-model-version header the harness classifies responses by.
-_HTTP_ROUTE_REFUSED = {
-    "redirect",
-    "directResponse",
-    "delegate",
-    "rewrite",
-    "fault",
-    "mirror",
-    "mirrors",
-    "mirrorPercent",
-    "mirror_percent",
-    "mirrorPercentage",
-    "corsPolicy",
-    "headers",
-}
-# HTTPMatchRequest: `statPrefix` and `name` only label stats/logs.
-_MATCH_IMPLEMENTED = {
-    "name",
-    "uri",
-    "method",
-    "headers",
-    "withoutHeaders",
-    "ignoreUriCase",
-    "port",
-    "gateways",
-    "statPrefix",
-}
-# Refused: scheme/authority depend on how the client connects (the harness does not model
-# them); queryParams are not modelled; sourceLabels/sourceNamespace select sidecar clients
-# and need the gateway pod's labels, which the manifests do not carry.
-_MATCH_REFUSED = {"scheme", "authority", "queryParams", "sourceLabels", "sourceNamespace"}
-_DESTINATION_WEIGHT_IMPLEMENTED = {"destination", "weight"}
-_DESTINATION_IMPLEMENTED = {"host", "subset", "port"}
-_VS_SPEC_IMPLEMENTED = {"hosts", "gateways", "http", "exportTo"}
-# tcp/tls routes belong to non-HTTP ports, which the oracle does not model.
-_VS_SPEC_REFUSED = {"tcp", "tls"}
-_STRING_MATCH_KINDS = ("exact", "prefix", "regex")
-# Header names Istio documents as ignored ("uri", "scheme", "method", "authority"), pseudo
-# headers, Host (Envoy matches it as :authority) and JWT claim routing: each would match
-# something else than a plain header of that name.
-_HEADER_NAMES_REFUSED = {"uri", "scheme", "method", "authority", "host"}
-_GATEWAY_SERVER_IMPLEMENTED = {"port", "hosts", "name"}
-_HTTP_PROTOCOLS = {"HTTP", "HTTP2", "GRPC"}
-# Objects that change routing or endpoints in ways the oracle does not model.
-_KINDS_REFUSED = {
-    "ServiceEntry",
-    "Sidecar",
-    "EnvoyFilter",
-    "WorkloadEntry",
-    "WorkloadGroup",
-    "AuthorizationPolicy",
-    "RequestAuthentication",
-    "WasmPlugin",
-    "HTTPRoute",
-    "GRPCRoute",
-    "Pod",
-    "ReplicaSet",
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicationController",
-    "Job",
-    "CronJob",
-    "Endpoints",
-    "EndpointSlice",
-    "Ingress",
-    "PeerAuthentication",
-    "ProxyConfig",
-    "Telemetry",
-    "TCPRoute",
-    "TLSRoute",
-    "UDPRoute",
-}
-
-
-def _name(obj: Mapping[str, Any]) -> str:
-    return str(obj.get("metadata", {}).get("name", "?"))
-
-
-def _namespace(obj: Mapping[str, Any]) -> str:
-    return str(obj.get("metadata", {}).get("namespace") or "default")
-
-
-def _label(obj: Mapping[str, Any]) -> str:
-    return f"{obj.get('kind', '?')} {_namespace(obj)}/{_name(obj)}"
-
-
-def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    spec = obj.get("spec") or {}
-    if not isinstance(spec, Mapping):
-        raise ConfigError(_label(obj), "spec", f"must be a mapping, not {type(spec).__name__}")
-    return spec
-
-
-def _check_keys(
-    obj: str,
-    path: str,
-    value: Any,
-    implemented: Collection[str],
-    refused: Collection[str] = (),
-) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(obj, path, f"must be a mapping, not {type(value).__name__}")
-    for key, item in value.items():
-        if key in implemented or item is None:
-            continue
-        where = f"{path}.{key}" if path else str(key)
-        if key in refused:
-            raise UnsupportedField(
-                obj,
-                where,
-                "changes routing in a way the oracle does not model; remove it "
-                "or extend harness.routing (and the Envoy translation) first",
-            )
-        raise UnsupportedField(obj, where, "unknown or unmodelled field; the oracle refuses to ignore it")
-    return value
-
-
-def _list(obj: str, path: str, value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError(obj, path, f"must be a list, not {type(value).__name__}")
-    return value
-
-
-@lru_cache(maxsize=512)
-def _compile(pattern: str) -> Any:
-    options = re2.Options()
-    options.log_errors = False  # the error goes into our ConfigError, not onto stderr
-    return re2.compile(pattern, options)
-
-
-def _check_regex(obj: str, path: str, pattern: Any) -> None:
-    if not isinstance(pattern, str):
-        raise ConfigError(obj, path, f"must be a string, not {type(pattern).__name__}")
-    try:
-        _compile(pattern)
-    except re2.error as exc:
-        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise ConfigError(obj, path, f"invalid RE2 regex {pattern!r}: {detail}") from None
-
-
-def _check_string_match(obj: str, path: str, spec: Any, *, where: str) -> None:
-    """A StringMatch as Istio's validation admits it (``pkg/config/validation/virtualservice.go``,
-    ``validateHTTPRouteMatchRequest``; ``validation.go``, ``validateStringMatch``).
-
-    At most one of exact/prefix/regex, strings, regexes valid RE2. ``where`` is ``uri``,
-    ``headers``, ``withoutHeaders`` or ``method``. An empty match is a presence test (for the
-    uri: every path). An empty ``prefix`` is refused except on the uri (Envoy's string
-    matcher needs one character; a route's path prefix may be empty). ``regex: "*"`` is
-    refused except in withoutHeaders, where Istio makes it a presence test (inverted: the
-    header is absent); elsewhere Istio compiles it as a regex, which fails.
-    """
-    spec = _check_keys(obj, path, spec, _STRING_MATCH_KINDS)
-    kinds = [k for k in _STRING_MATCH_KINDS if spec.get(k) is not None]
-    if len(kinds) > 1:
-        raise ConfigError(obj, path, f"sets {' and '.join(kinds)}; a StringMatch is exactly one of them")
-    if not kinds:
-        return
-    kind = kinds[0]
-    value = spec[kind]
-    if not isinstance(value, str):
-        raise ConfigError(obj, f"{path}.{kind}", f"must be a string, not {type(value).__name__}")
-    if kind == "prefix" and not value and where != "uri":
-        raise ConfigError(
-            obj, f"{path}.prefix", "empty: Istio refuses an empty prefix here (omit the value to test presence)"
-        )
-    if kind == "regex" and value == "*" and where == "withoutHeaders":
-        return  # Istio turns regex "*" into a presence match
-    if kind == "regex" and not value:
-        raise ConfigError(obj, f"{path}.regex", "empty: Istio refuses an empty regex")
-    if kind == "regex":
-        _check_regex(obj, f"{path}.regex", value)
-
-
-def _weights_of(route: Sequence[Any]) -> list[Any]:
-    return [dest.get("weight") if isinstance(dest, Mapping) else None for dest in route]
-
-
-def _check_weights(obj: str, path: str, route: list[Any]) -> None:
-    """Istio's weight rule (:func:`harness.support.destination_shares`), errors naming the field."""
-    if not route:
-        raise ConfigError(obj, f"{path}.route", "empty: the route sends traffic nowhere")
-    try:
-        destination_shares(_weights_of(route))
-    except WeightProblem as problem:
-        where = f"{path}.route" if problem.index is None else f"{path}.route[{problem.index}].weight"
-        raise ConfigError(obj, where, problem.message) from None
-
-
-def _check_virtual_service(vs: Mapping[str, Any]) -> None:
-    obj = _label(vs)
-    spec = _check_keys(obj, "spec", _spec(vs), _VS_SPEC_IMPLEMENTED, _VS_SPEC_REFUSED)
-    hosts = _list(obj, "spec.hosts", spec.get("hosts"))
-    if not hosts or not all(isinstance(h, str) and h for h in hosts):
-        raise ConfigError(obj, "spec.hosts", "required: at least one host name")
-    for i, route in enumerate(_list(obj, "spec.http", spec.get("http"))):
-        path = f"spec.http[{i}]"
-        route = _check_keys(obj, path, route, _HTTP_ROUTE_IMPLEMENTED, _HTTP_ROUTE_REFUSED)
-        for j, match in enumerate(_list(obj, f"{path}.match", route.get("match"))):
-            mpath = f"{path}.match[{j}]"
-            match = _check_keys(obj, mpath, match, _MATCH_IMPLEMENTED, _MATCH_REFUSED)
-            if not match:
-                raise ConfigError(
-                    obj,
-                    mpath,
-                    "empty match entry (Istio: HTTPMatchRequest cannot be empty); "
-                    "omit `match` to match every request",
-                )
-            if match.get("uri") is not None:
-                _check_string_match(obj, f"{mpath}.uri", match["uri"], where="uri")
-            if match.get("method") is not None:
-                _check_string_match(obj, f"{mpath}.method", match["method"], where="method")
-            for key in ("headers", "withoutHeaders"):
-                headers = match.get(key)
-                if headers is None:
-                    continue
-                if not isinstance(headers, Mapping):
-                    raise ConfigError(
-                        obj, f"{mpath}.{key}", "must be a mapping of header name to StringMatch"
-                    )
-                for name, string_match in headers.items():
-                    hpath = f"{mpath}.{key}.{name}"
-                    lowered = str(name).lower()
-                    if lowered in _HEADER_NAMES_REFUSED or lowered.startswith((":", "@")):
-                        raise UnsupportedField(
-                            obj,
-                            hpath,
-                            "matches a pseudo header, Host or JWT claim, not a plain "
-                            "request header; the oracle does not model it",
-                        )
-                    if string_match is None and key == "headers":
-                        raise ConfigError(obj, hpath, "null: Istio refuses a header match without a value")
-                    _check_string_match(obj, hpath, string_match, where=key)
-            port = match.get("port")
-            if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
-                raise ConfigError(obj, f"{mpath}.port", f"must be an integer, not {port!r}")
-            if match.get("ignoreUriCase") is not None and not isinstance(match["ignoreUriCase"], bool):
-                raise ConfigError(obj, f"{mpath}.ignoreUriCase", "must be true or false")
-        destinations = _list(obj, f"{path}.route", route.get("route"))
-        for k, dest in enumerate(destinations):
-            dpath = f"{path}.route[{k}]"
-            dest = _check_keys(obj, dpath, dest, _DESTINATION_WEIGHT_IMPLEMENTED, {"headers"})
-            inner = _check_keys(
-                obj, f"{dpath}.destination", dest.get("destination"), _DESTINATION_IMPLEMENTED
-            )
-            if not isinstance(inner.get("host"), str) or not inner.get("host"):
-                raise ConfigError(obj, f"{dpath}.destination.host", "required")
-            port = _check_keys(obj, f"{dpath}.destination.port", inner.get("port"), {"number"})
-            number = port.get("number")
-            if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
-                raise ConfigError(
-                    obj, f"{dpath}.destination.port.number", f"must be an integer, not {number!r}"
-                )
-        _check_weights(obj, path, destinations)
-
-
-def _check_gateway(gw: Mapping[str, Any]) -> None:
-    obj = _label(gw)
-    spec = _check_keys(obj, "spec", _spec(gw), {"selector", "servers"})
-    for i, server in enumerate(_list(obj, "spec.servers", spec.get("servers"))):
-        path = f"spec.servers[{i}]"
-        if not isinstance(server, Mapping):
-            raise ConfigError(obj, path, "must be a mapping")
-        port = _check_keys(
-            obj, f"{path}.port", server.get("port"), {"number", "protocol", "name", "targetPort"}
-        )
-        if isinstance(port.get("number"), bool) or not isinstance(port.get("number"), int):
-            raise ConfigError(obj, f"{path}.port.number", "required integer")
-        if str(port.get("protocol", "")).upper() not in _HTTP_PROTOCOLS:
-            # HTTPS/TLS/TCP servers carry no plain-HTTP routes; a request on such a port is
-            # refused when it is judged (_bindings), not here.
-            continue
-        # tls (httpsRedirect), bind and defaultEndpoint change how the port answers; the
-        # oracle models plain HTTP servers only.
-        _check_keys(obj, path, server, _GATEWAY_SERVER_IMPLEMENTED, {"tls", "bind", "defaultEndpoint"})
-        if not _list(obj, f"{path}.hosts", server.get("hosts")):
-            raise ConfigError(obj, f"{path}.hosts", "required: at least one host")
-
-
-def _check_destination_rule(dr: Mapping[str, Any]) -> None:
-    obj = _label(dr)
-    # workloadSelector scopes a rule to sidecars of some workloads, not the gateway.
-    spec = _check_keys(
-        obj, "spec", _spec(dr), {"host", "subsets", "trafficPolicy", "exportTo"}, {"workloadSelector"}
-    )
-    if not isinstance(spec.get("host"), str) or not spec.get("host"):
-        raise ConfigError(obj, "spec.host", "required")
-    _check_traffic_policy(obj, "spec.trafficPolicy", spec.get("trafficPolicy"))
-    names: set[str] = set()
-    for i, subset in enumerate(_list(obj, "spec.subsets", spec.get("subsets"))):
-        path = f"spec.subsets[{i}]"
-        subset = _check_keys(obj, path, subset, {"name", "labels", "trafficPolicy"})
-        name = subset.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(obj, f"{path}.name", "required")
-        if name in names:
-            raise ConfigError(obj, f"{path}.name", f"subset {name!r} defined twice")
-        names.add(name)
-        labels = subset.get("labels") or {}
-        if not isinstance(labels, Mapping):
-            raise ConfigError(obj, f"{path}.labels", "must be a mapping of label to value")
-        _check_traffic_policy(obj, f"{path}.trafficPolicy", subset.get("trafficPolicy"))
-
-
-def _check_traffic_policy(obj: str, path: str, policy: Any) -> None:
-    """Refuse consistent hashing anywhere in a traffic policy.
-
-    Hashing makes the pick of an endpoint sticky per client, so requests stop being
-    independent trials; the rest (connection pools, outlier detection, TLS, simple LB)
-    changes errors or which pod of a subset answers, not which version a destination is.
-    """
-
-    def walk(value: Any, where: str) -> None:
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                if key == "consistentHash":
-                    raise UnsupportedField(
-                        obj,
-                        f"{where}.{key}",
-                        "sticky endpoint choice breaks the independent-"
-                        "trials model of the split; the oracle does not model it",
-                    )
-                walk(item, f"{where}.{key}")
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                walk(item, f"{where}[{i}]")
-
-    walk(policy, path)
-
-
-def _check_service(svc: Mapping[str, Any]) -> None:
-    spec = _spec(svc)
-    if spec.get("type") == "ExternalName":
-        raise UnsupportedField(_label(svc), "spec.type", "ExternalName Services are not modelled")
-
-
-def check_supported(objects: Sequence[Mapping[str, Any]]) -> None:
-    """Raise UnsupportedField/ConfigError for anything in the objects the oracle cannot model.
-
-    Checks every Gateway, DestinationRule and Service, and every VirtualService bound to a
-    gateway (one bound only to ``mesh`` applies to sidecars, never to ingress traffic).
-    """
-    for obj in objects:
-        kind = obj.get("kind")
-        if kind in _KINDS_REFUSED:
-            raise UnsupportedField(
-                _label(obj), "kind", f"{kind} changes routing or endpoints in ways the oracle does not model"
-            )
-        if kind == "Gateway":
-            _check_gateway(obj)
-        elif kind == "VirtualService":
-            gateways = _spec(obj).get("gateways") or [MESH_GATEWAY]
-            if any(g != MESH_GATEWAY for g in gateways):
-                _check_virtual_service(obj)
-        elif kind == "DestinationRule":
-            _check_destination_rule(obj)
-        elif kind == "Service":
-            _check_service(obj)
-
-
-# --------------------------------------------------------------------------------------------
 # Matching primitives, shared with whoever needs Istio's exact semantics.
 
 
@@ -772,7 +410,7 @@ def string_matches(spec: Mapping[str, Any] | None, value: str | None, *, ignore_
     """
     if value is None:
         return False
-    if not spec or all(spec.get(k) is None for k in _STRING_MATCH_KINDS):
+    if not spec or all(spec.get(k) is None for k in STRING_MATCH_KINDS):
         return True
     if spec.get("exact") is not None:
         exact = str(spec["exact"])
@@ -783,7 +421,7 @@ def string_matches(spec: Mapping[str, Any] | None, value: str | None, *, ignore_
     pattern = str(spec["regex"])
     if pattern == "*":
         return True
-    return _compile(pattern).fullmatch(value) is not None
+    return compile_regex(pattern).fullmatch(value) is not None
 
 
 def resolve_gateway_name(name: str, vs_namespace: str) -> str:
@@ -838,7 +476,7 @@ def _service_for(objects: Sequence[Mapping[str, Any]], fqdn: str) -> Mapping[str
         return None
     name, namespace = parts
     for obj in objects:
-        if obj.get("kind") == "Service" and _name(obj) == name and _namespace(obj) == namespace:
+        if obj.get("kind") == "Service" and object_name(obj) == name and object_namespace(obj) == namespace:
             return obj
     return None
 
@@ -858,12 +496,12 @@ def destination_rules_for(
     for dr in objects:
         if dr.get("kind") != "DestinationRule":
             continue
-        spec = _spec(dr)
+        spec = object_spec(dr)
         if consumer_namespace is not None and not exported_to(
-            spec.get("exportTo"), _namespace(dr), consumer_namespace
+            spec.get("exportTo"), object_namespace(dr), consumer_namespace
         ):
             continue
-        host = resolve_service_host(str(spec.get("host", "")), _namespace(dr))
+        host = resolve_service_host(str(spec.get("host", "")), object_namespace(dr))
         if host_matches(host, fqdn):
             rules.append((_specificity(host), dr))
     if not rules:
@@ -882,15 +520,15 @@ def _subset_labels(
     found = [
         (dr, subset)
         for dr in rules
-        for subset in _spec(dr).get("subsets") or []
+        for subset in object_spec(dr).get("subsets") or []
         if subset.get("name") == destination.subset
     ]
     if not found:
-        names = ", ".join(_label(dr) for dr in rules)
+        names = ", ".join(object_label(dr) for dr in rules)
         return None, f"{names} defines no subset {destination.subset!r}"
     if len(found) > 1:
         raise ConfigError(
-            ", ".join(_label(dr) for dr, _ in found),
+            ", ".join(object_label(dr) for dr, _ in found),
             "spec.subsets",
             f"subset {destination.subset!r} of {destination.host} is defined "
             "more than once; Istio's merge order would decide",
@@ -908,7 +546,7 @@ def _deployment_version(obj: Mapping[str, Any]) -> str:
     if isinstance(label, str) and label:
         return label
     raise ConfigError(
-        _label(obj),
+        object_label(obj),
         "spec.template",
         f"no container env {VERSION_ENV} and no pod label "
         f"{VERSION_LABEL}: cannot tell which version its pods are",
@@ -942,13 +580,13 @@ def _spec_version(obj: Mapping[str, Any], versions: Versions) -> str:
     shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"
     if not found:
         raise ConfigError(
-            _label(obj),
+            object_label(obj),
             "spec.template.metadata.labels",
             f"pod labels ({shown}) match no version of the spec ({', '.join(versions)}): "
             "its answers could not be attributed",
         )
     raise ConfigError(
-        _label(obj),
+        object_label(obj),
         "spec.template.metadata.labels",
         f"pod labels ({shown}) match several versions of the spec ({', '.join(found)})",
     )
@@ -1020,14 +658,14 @@ def _backends(
     service = _service_for(objects, destination.host)
     if service is None:
         return (), f"no Service {destination.host} in the objects (Istio resolves only dot-free short names)"
-    spec = _spec(service)
+    spec = object_spec(service)
     ports = [p for p in spec.get("ports") or [] if p.get("port") == destination.port]
     if not ports:
-        return (), f"{_label(service)} has no port {destination.port}"
+        return (), f"{object_label(service)} has no port {destination.port}"
     target = ports[0].get("targetPort", destination.port)
     service_selector = dict(spec.get("selector") or {})
     if not service_selector:
-        return (), f"{_label(service)} has no selector, so no pod endpoints"
+        return (), f"{object_label(service)} has no selector, so no pod endpoints"
     labels: Mapping[str, str] | None = None
     if destination.subset is not None:
         labels, why = _subset_labels(objects, destination, consumer_namespace)
@@ -1042,39 +680,39 @@ def _backends(
         )
         return (), (
             f"subset {destination.subset!r} asks for {clash}, which no endpoint of "
-            f"{_label(service)} has (a subset selects among the Service's own endpoints)"
+            f"{object_label(service)} has (a subset selects among the Service's own endpoints)"
         )
     found = []
     undeclared: list[str] = []
     for obj in objects:
-        if obj.get("kind") != "Deployment" or _namespace(obj) != _namespace(service):
+        if obj.get("kind") != "Deployment" or object_namespace(obj) != object_namespace(service):
             continue
         replicas = obj.get("spec", {}).get("replicas", 1)
         replicas = 1 if replicas is None else replicas
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
             raise ConfigError(
-                _label(obj), "spec.replicas", f"must be a non-negative integer, not {replicas!r}"
+                object_label(obj), "spec.replicas", f"must be a non-negative integer, not {replicas!r}"
             )
         pod_labels = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {}
         if replicas == 0 or not selects(selector, pod_labels):
             continue
         # A targetPort that the pod does not declare (by name or number) leaves it out of the endpoints.
         if not declares_target_port(obj.get("spec", {}).get("template", {}).get("spec", {}), target):
-            undeclared.append(_name(obj))
+            undeclared.append(object_name(obj))
             continue
         version = _deployment_version(obj) if versions is None else _spec_version(obj, versions)
-        found.append(Backend(_namespace(obj), _name(obj), version, replicas))
+        found.append(Backend(object_namespace(obj), object_name(obj), version, replicas))
     if not found and undeclared:
         return (
             (),
-            f"{_label(service)} port {destination.port} targets {target!r}, which no container of "
+            f"{object_label(service)} port {destination.port} targets {target!r}, which no container of "
             f"Deployment {', '.join(undeclared)} declares (no endpoint; connections refused)",
         )
     if not found:
         wanted = ", ".join(f"{k}={v}" for k, v in selector.items())
         return (
             (),
-            f"no Deployment with replicas > 0 and pod labels {wanted} in namespace {_namespace(service)}",
+            f"no Deployment with replicas > 0 and pod labels {wanted} in namespace {object_namespace(service)}",
         )
     return tuple(found), ""
 
@@ -1115,7 +753,7 @@ class _Binding:
 
 
 def _gateway_applies(gw: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    selector = _spec(gw).get("selector")
+    selector = object_spec(gw).get("selector")
     # A Gateway without a selector applies to every gateway workload.
     return not selector or all(labels.get(k) == v for k, v in selector.items())
 
@@ -1137,18 +775,18 @@ def _bindings(
     for gw in objects:
         if gw.get("kind") != "Gateway" or not _gateway_applies(gw, labels):
             continue
-        for i, server in enumerate(_spec(gw).get("servers") or []):
+        for i, server in enumerate(object_spec(gw).get("servers") or []):
             port = server.get("port", {})
             if port.get("number") != request.port:
                 continue
-            if str(port.get("protocol", "")).upper() not in _HTTP_PROTOCOLS:
+            if str(port.get("protocol", "")).upper() not in HTTP_PROTOCOLS:
                 raise UnsupportedField(
-                    _label(gw),
+                    object_label(gw),
                     f"spec.servers[{i}].port.protocol",
                     f"{port.get('protocol')!r} "
                     f"on port {request.port}: the oracle models plain HTTP servers only",
                 )
-            servers.append((f"{_namespace(gw)}/{_name(gw)}", server))
+            servers.append((f"{object_namespace(gw)}/{object_name(gw)}", server))
     gateways = sorted({name for name, _ in servers})
     bindings: list[_Binding] = []
     for gateway, server in servers:
@@ -1156,8 +794,8 @@ def _bindings(
         for vs in objects:
             if vs.get("kind") != "VirtualService":
                 continue
-            spec = _spec(vs)
-            vs_ns = _namespace(vs)
+            spec = object_spec(vs)
+            vs_ns = object_namespace(vs)
             bound = {resolve_gateway_name(str(g), vs_ns) for g in spec.get("gateways") or [MESH_GATEWAY]}
             if gateway not in bound or not exported_to(spec.get("exportTo"), vs_ns, gw_namespace):
                 continue
@@ -1198,7 +836,7 @@ def _match_applies(match: Mapping[str, Any], request: Request, gateway: str, vs_
         # presence test, where a missing header is simply "not present".
         value = request.header(str(name))
         presence = (
-            not spec or all(spec.get(k) is None for k in _STRING_MATCH_KINDS) or spec.get("regex") == "*"
+            not spec or all(spec.get(k) is None for k in STRING_MATCH_KINDS) or spec.get("regex") == "*"
         )
         if value is None and not presence:
             value = ""
@@ -1215,7 +853,7 @@ def _resolve_destination(
     if number is None:
         # Istio: a Service with a single port needs none; otherwise the listener port is used.
         service = _service_for(objects, host)
-        ports = (_spec(service).get("ports") or []) if service is not None else []
+        ports = (object_spec(service).get("ports") or []) if service is not None else []
         number = ports[0].get("port") if len(ports) == 1 else listener_port
     subset = dest.get("subset")
     return Destination(host, int(number), str(subset) if subset else None)
@@ -1294,7 +932,7 @@ def _expected(
         )
     best = max(b.specificity for b in bindings)
     top = [b for b in bindings if b.specificity == best]
-    chosen = {(_namespace(b.vs), _name(b.vs)) for b in top}
+    chosen = {(object_namespace(b.vs), object_name(b.vs)) for b in top}
     if len(chosen) > 1:
         names = ", ".join(f"VirtualService {ns}/{n}" for ns, n in sorted(chosen))
         raise ConfigError(
@@ -1305,10 +943,10 @@ def _expected(
         )
     vs = top[0].vs
     vs_gateways = sorted({b.gateway for b in top})
-    obj = _label(vs)
-    vs_namespace = _namespace(vs)
+    obj = object_label(vs)
+    vs_namespace = object_namespace(vs)
     notes: list[str] = [f"virtual host {top[0].domain!r} on {', '.join(vs_gateways)}"]
-    for i, route in enumerate(_spec(vs).get("http") or []):
+    for i, route in enumerate(object_spec(vs).get("http") or []):
         matches = route.get("match") or []
         hit: int | None = None
         if matches:
@@ -1363,7 +1001,7 @@ def _route_outcome(
     destinations: dict[Destination, Fraction] = {}
     shares: dict[str, Fraction] = {}
     zero_versions: list[str] = []
-    picks = destination_shares(_weights_of(entries))  # checked by check_supported
+    picks = destination_shares(route_weights(entries))  # checked by check_supported
     for k, (entry, weight) in enumerate(zip(entries, picks, strict=True)):
         dest = _resolve_destination(entry["destination"], vs_namespace, objects, request.port)
         destinations[dest] = destinations.get(dest, Fraction(0)) + weight

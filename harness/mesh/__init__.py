@@ -2,20 +2,20 @@
 
 :class:`~harness.mesh.base.Mesh` is what the fixtures and ``abtest run`` drive;
 :class:`~harness.mesh.local.LocalMesh` is the embedded default. The convergence check
-(:func:`~harness.mesh.base.route_table_from_config_dump` against
-:func:`~harness.mesh.base.expected_route_table`) is shared by every backend.
+(:func:`~harness.mesh.routetable.route_table_from_config_dump` against
+:func:`~harness.mesh.routetable.expected_route_table`) is shared by every backend.
 """
 
 from __future__ import annotations
 
-from harness.mesh.base import (
-    Mesh,
+from harness.mesh.base import Mesh
+from harness.mesh.routetable import (
     RouteTable,
-    cluster_name,
     diff_route_tables,
     expected_route_table,
     route_table_from_config_dump,
 )
+from harness.routing import cluster_name
 
 __all__ = [
     "LocalMesh",

@@ -3,7 +3,7 @@
 Pure functions over plain dicts; no files, no processes. :func:`translate` gives the listener,
 route configuration, clusters and endpoint assignments that :mod:`harness.mesh.local` writes
 for its Envoy; :func:`build_route_configuration` alone is what the convergence check compares
-against (also on a real Istio gateway, through :mod:`harness.mesh.base`).
+against (also on a real Istio gateway, through :mod:`harness.mesh.routetable`).
 
 What follows Istio's gateway translation (``pilot/pkg/networking/core/route``):
 
@@ -27,13 +27,13 @@ What follows Istio's gateway translation (``pilot/pkg/networking/core/route``):
   the harness's addition, not Istio's; the route-table comparison ignores them.
 
 Which kinds and fields exist is the oracle's decision: every entry point runs
-:func:`harness.routing.check_supported` first, so a manifest the oracle refuses is refused
+:func:`harness.support.check_supported` first, so a manifest the oracle refuses is refused
 here with the same field path. What the oracle accepts but Envoy cannot be given (non-HTTP
 Gateway servers, unknown retry fields or balancer names)
 raises :class:`~harness.errors.UnsupportedField` naming the field, so a rule the translation
 would ignore can never make a verdict lie.
 
->>> from harness.mesh.base import cluster_name
+>>> from harness.routing import cluster_name
 >>> cluster_name("model-svc-blue.abtesting.svc.cluster.local", 5001)
 'outbound|5001||model-svc-blue.abtesting.svc.cluster.local'
 """
@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import ConfigError, UnsupportedField
-from harness.mesh.base import cluster_name
 from harness.routing import (
-    check_supported,
+    cluster_name,
     destination_rules_for,
     endpoint_selector,
     exported_to,
@@ -56,6 +55,7 @@ from harness.routing import (
     resolve_gateway_name,
     resolve_service_host,
 )
+from harness.support import check_supported
 
 __all__ = [
     "ATTRIBUTION_HEADERS",
@@ -120,7 +120,7 @@ DEFAULT_GATEWAY_PORT = 80
 #: (service FQDN, service port, subset or None): how live endpoints are keyed.
 EndpointKey = tuple[str, int, str | None]
 
-# Which fields exist is decided once, by the oracle (harness.routing.check_supported), which
+# Which fields exist is decided once, by the oracle (harness.support.check_supported), which
 # every entry point below runs first. What remains here are the fields the oracle accepts but
 # this translation cannot build; they raise UnsupportedField naming the field.
 _RETRIES = {"attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities"}
@@ -599,7 +599,7 @@ def _route_action(
 def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The RouteConfiguration ``http.<port>`` of the ingress gateway for these objects.
 
-    The objects pass :func:`harness.routing.check_supported` first, so the translation accepts
+    The objects pass :func:`harness.support.check_supported` first, so the translation accepts
     exactly what the oracle judges (one allow-list), and refuses with UnsupportedField only
     what it cannot build on top of that (non-HTTP servers, unknown retry fields).
     """

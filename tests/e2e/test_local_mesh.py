@@ -224,13 +224,15 @@ def test_untranslatable_objects_fail_before_anything_starts(mesh: LocalMesh) -> 
     assert mesh.workloads == ()
 
 
-@pytest.mark.parametrize("bad", ["wildcard-rule", "service-port"])
+@pytest.mark.parametrize("bad", ["untranslatable-rule", "service-port"])
 def test_a_bad_service_or_rule_fails_before_any_replica_starts(
     mesh: LocalMesh, monkeypatch: pytest.MonkeyPatch, bad: str
 ) -> None:
     objects = copy.deepcopy(BLUE_50)
-    if bad == "wildcard-rule":
-        objects.append(k8s.destination_rule(f"*.{NS}.svc.cluster.local", {"v-green": "green"}))
+    if bad == "untranslatable-rule":
+        rule = k8s.destination_rule(f"*.{NS}.svc.cluster.local", {"v-green": "green"})
+        rule["spec"]["trafficPolicy"] = {"loadBalancer": {"simple": "PASSTHROUGH"}}
+        objects.append(rule)
     else:
         next(o for o in objects if o["kind"] == "Service")["spec"]["ports"][0]["port"] = "http"
     started: list[str] = []

@@ -10,19 +10,18 @@ import pytest
 
 from harness.errors import ConfigError, UnsupportedField
 from harness.mesh import envoy
-from harness.mesh.base import (
+from harness.mesh.local import endpoints_for
+from harness.mesh.routetable import (
     HeaderMatch,
     PathMatch,
     RouteTable,
-    cluster_name,
     diff_route_tables,
     expected_route_table,
     route_table_from_config_dump,
     route_table_from_route_configs,
 )
-from harness.mesh.local import endpoints_for
 from harness.mesh.workloads import RunningWorkload, specs_from_objects
-from harness.routing import string_matches
+from harness.routing import cluster_name, string_matches
 from tests.unit import objects as k8s
 from tests.unit.objects import (
     NS,
