@@ -70,6 +70,8 @@ def _base_objects() -> list[dict[str, Any]]:
     objects.append(k8s.service("gone"))  # no pods: 503
     objects.append(k8s.service(name="model", selector={"app": "model"}))  # narrowed by the subsets below
     objects.append(k8s.destination_rule("model", {"v-green": "green", "v-blue": "blue", "v-none": "none"}))
+    # A subset of the red Service asking for green pods: it selects among red's endpoints, so none.
+    objects.append(k8s.destination_rule("model-svc-red", {"r-green": "green"}, name="red-subsets"))
     objects.append(k8s.gateway())
     return objects
 
@@ -82,6 +84,7 @@ _DESTINATIONS: tuple[dict[str, Any], ...] = (
     {"host": k8s.fqdn("model"), "port": {"number": 5001}, "subset": "v-green"},
     {"host": "model", "subset": "v-blue"},
     {"host": k8s.fqdn("model"), "subset": "v-none"},
+    {"host": "model-svc-red", "subset": "r-green"},
 )
 _WEIGHTS: tuple[tuple[int, ...], ...] = (
     (),

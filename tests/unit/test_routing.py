@@ -1,9 +1,11 @@
 """Conformance of the routing oracle to Istio's documented HTTP routing semantics.
 
-Each case of the table names the documentation rule it checks (``rule``: URL#section and
-the rule in words). The objects start from a hand-written copy of the reference charts
+Each case of the table names the rule it checks and where it comes from (``rule``: the Istio
+or Envoy documentation URL#section, or the Istio/Envoy source file and function that decide
+it, and the rule in words). The objects start from a hand-written copy of the reference charts
 (``reference()``) and change one thing; the reference manifests themselves, as rendered for
-every stage of the plan, are checked against the stage table of the design at the end.
+every stage of the plan, are checked at the end against what each stage's weights and running
+versions imply, computed from the plan without the oracle.
 """
 
 from __future__ import annotations
@@ -1162,7 +1164,7 @@ def rendered(stage: str) -> list[dict[str, Any]]:
 
 
 def stage_expectation(stage_name: str, request: Request) -> dict[str, float]:
-    """What the design's stage table says, computed from the plan independently of the oracle."""
+    """What a stage must do, computed from the plan independently of the oracle."""
     stage = PLAN.stage(stage_name)
     pinned = request.header("x-api-version")
     if pinned is not None:
@@ -1183,7 +1185,7 @@ STAGE_CASES = [(s.name, r) for s in PLAN.stages for r in STANDARD_CLASSES]
     ("stage", "request_class"), STAGE_CASES, ids=[f"{s}-{r.label}" for s, r in STAGE_CASES]
 )
 def test_reference_manifests(stage: str, request_class: Request) -> None:
-    """DESIGN.md's stage table and header pinning, on the rendered reference manifests.
+    """Each stage's split and header pinning, on the rendered reference manifests.
 
     Rules: VS#HTTPRouteDestination-weight (the split), VS#HTTPMatchRequest-headers (the pins),
     and 503 for a version whose Deployment does not run in the stage.
