@@ -17,16 +17,20 @@ plane against it, so it follows Istio's documented semantics and nothing looser:
   entries, AND inside one; no ``match`` matches everything);
 - ``uri``/``headers``/``method`` string matches: ``exact``, ``prefix`` (a plain string
   prefix, as Envoy's), ``regex`` (RE2, full match, via google-re2 like Envoy); header names
-  compare case-insensitively, values case-sensitively; an empty match (or ``regex: "*"``)
-  tests presence, as Istio translates it;
+  compare case-insensitively, values case-sensitively; an empty match tests presence, as
+  does ``regex: "*"`` in ``withoutHeaders`` (the only place Istio's validation admits it);
+  ``withoutHeaders`` inverts the match, reading a missing header as empty except for a
+  presence test; the path is matched as the gateway normalizes it (see below);
 - weights are relative (:func:`harness.support.destination_shares`): each request picks a
   destination independently with probability weight / (sum of the route's weights); a lone
   destination gets every request whatever its weight; weight 0 (or omitted) is never picked;
 - a destination is a Service (host: dot-free short name resolved in the VirtualService's
-  namespace, or ``name.ns.svc.cluster.local``) and port, optionally a DestinationRule subset
-  whose labels are added to the Service's selector; its endpoints are the pods of the
-  Deployments in the Service's namespace with ``replicas > 0`` whose template labels include
-  that selector. No such pod: 503.
+  namespace, or ``name.ns.svc.cluster.local``) and port, optionally a subset of the
+  DestinationRule that applies to the host (:func:`destination_rules_for`: the most specific
+  host, wildcards included). A subset selects among the Service's own endpoints
+  (:func:`endpoint_selector`): the pods of the Deployments in the Service's namespace with
+  ``replicas > 0`` whose template labels carry both the Service selector and the subset's
+  labels. No such pod: 503.
 
 Anything in the routing path that this module does not implement raises
 :class:`~harness.errors.UnsupportedField` naming the object and the field, never silently
