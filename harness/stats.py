@@ -103,16 +103,17 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-
-import numpy as np
-from scipy import special
-from scipy.stats import binom, norm
+from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MAX_CLASS_REQUESTS",
@@ -134,6 +135,8 @@ __all__ = [
     "wald_wolfowitz_bound",
     "zero_leak_n",
 ]
+
+_STANDARD_NORMAL = statistics.NormalDist()
 
 # Shares within this of 0 or 1 are treated as exactly 0 or 1 (weights are integers / 100).
 _SHARE_EPS = 1e-9
@@ -171,7 +174,7 @@ def _too_many(what: str, field_name: str, needed: float, *, obj: str = "StatsCon
 
 def _normal_n(p0: float, p1: float, alpha: float, beta: float) -> float:
     """Normal-approximation size of a one-sided test of p0 against p1 with errors (alpha, beta)."""
-    z_alpha, z_beta = float(norm.isf(alpha)), float(norm.isf(beta))
+    z_alpha, z_beta = -_STANDARD_NORMAL.inv_cdf(alpha), -_STANDARD_NORMAL.inv_cdf(beta)
     spread = z_alpha * math.sqrt(p0 * (1 - p0)) + z_beta * math.sqrt(p1 * (1 - p1))
     return (max(spread, 0.0) / abs(p1 - p0)) ** 2
 
@@ -306,6 +309,8 @@ def is_error_outcome(outcome: str, expected: Mapping[str, float] | None = None) 
 
 def _loglik(successes: np.ndarray, n: int, p: float) -> np.ndarray:
     """log L(p) of `successes` in n Bernoulli trials, without the binomial coefficient; -inf if impossible."""
+    import numpy as np
+
     s = successes.astype(float)
     if p <= 0.0:
         return np.where(successes == 0, 0.0, -np.inf)
@@ -337,6 +342,9 @@ def _fixed_sample_region(
     For every lower end lo with P(X < lo | p0) <= alpha, the upper end is the smallest hi with
     P(X > hi | p0) <= alpha - P(X < lo | p0): every way of splitting alpha between the tails.
     """
+    import numpy as np
+    from scipy.stats import binom
+
     k = np.arange(n + 1)
     below = np.concatenate(([0.0], binom.cdf(k[:-1], n, p0)))  # below[lo] = P(X < lo)
     above = binom.sf(k, n, p0)  # above[hi] = P(X > hi), decreasing in hi
@@ -375,6 +383,9 @@ def _fixed_sample_candidates(ns: np.ndarray, p0: float, alpha: float, beta: floa
     P(L <= X <= H | p). L and H come from the binomial quantile functions; taking L + 1 and
     H - 1 keeps the condition necessary even if a quantile is off by one in floating point.
     """
+    import numpy as np
+    from scipy.stats import binom
+
     lo = binom.ppf(alpha, ns, p0) + 1  # >= L
     hi = binom.isf(alpha, ns, p0) - 1  # <= H
     ok = np.ones(ns.size, dtype=bool)
@@ -400,6 +411,8 @@ def fixed_sample_test(p0: float, alpha: float, beta: float, delta: float) -> Fix
     >>> (t.n, t.accept_lo, t.accept_hi)
     (2291, 1029, 1262)
     """
+    import numpy as np
+
     if not 0.0 < p0 < 1.0:
         raise ConfigError("fixed_sample_test", "p0", f"must be strictly between 0 and 1, got {p0!r}")
     _check_tails(alpha, beta)
@@ -461,6 +474,8 @@ def zero_leak_n(beta: float, leak: float) -> int:
 
 def clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
     """Exact (Clopper-Pearson) two-sided interval for a binomial share k/n at confidence `level`."""
+    from scipy import special
+
     if n <= 0:
         return (0.0, 1.0)
     tail = (1.0 - level) / 2.0
@@ -527,6 +542,9 @@ def split_boundaries(
     p0: float, alpha: float, beta: float, delta: float, cap_share: float = 0.1, composite_weight: float = 0.1
 ) -> SplitBoundaries:
     """Boundaries of the split test for a tracked share p0 (see the module docstring for the rules)."""
+    import numpy as np
+    from scipy import special
+
     if not 0.0 < p0 < 1.0:
         raise ConfigError("split_boundaries", "p0", f"must be strictly between 0 and 1, got {p0!r}")
     alpha_seq, beta_seq = alpha * (1 - cap_share), beta * (1 - cap_share)
@@ -584,10 +602,14 @@ class OperatingPoint:
     @property
     def mean_n(self) -> float:
         """Expected responses to a decision."""
+        import numpy as np
+
         return float(np.dot(np.arange(self.stop.size), self.stop))
 
     def quantile_n(self, q: float) -> int:
         """The smallest n by which the test has decided with probability >= q."""
+        import numpy as np
+
         return int(np.searchsorted(np.cumsum(self.stop), q - 1e-12))
 
 
@@ -599,6 +621,8 @@ def operating_characteristic(bounds: SplitBoundaries, p: float, pass_floor: int 
     `pass_floor`: a PASS before this n is reported at it (`SequentialTest.min_pass_n`: the
     class also waits for its error rule, which needs that many clean responses).
     """
+    import numpy as np
+
     state = np.ones(1)
     fail = passed = 0.0
     stop = np.zeros(max(bounds.cap, pass_floor) + 1)
@@ -628,6 +652,8 @@ def operating_characteristic(bounds: SplitBoundaries, p: float, pass_floor: int 
 
 def _error_cap(e0: float, e1: float, alpha: float, beta: float) -> tuple[int, int]:
     """One-sided exact test: smallest (n, c) with P(Bin(n, e0) > c) <= alpha, P(Bin(n, e1) <= c) <= beta."""
+    from scipy.stats import binom
+
     _check_tails(alpha, beta)
     what = f"for the error rule at {e0:g}"
     if e1 < 1.0:
@@ -715,6 +741,8 @@ class ErrorBound:
 
     def _log_mixture(self, n: int, errors: int) -> float:
         """log of the mixture over e in (e0, 1] (uniform prior) of L(e) / L(e0)."""
+        from scipy import special
+
         e0 = self.max_error_rate
         a, b = errors + 1, n - errors + 1
         tail = float(special.betaincc(a, b, e0))  # P(Beta(a, b) > e0)

@@ -81,7 +81,7 @@ True
 from __future__ import annotations
 
 import difflib
-import importlib.resources
+import importlib.util
 import json
 import re
 from collections import Counter
@@ -309,8 +309,14 @@ def _schema_findings(obj: Mapping[str, Any], istio_version: str) -> list[Finding
     ]
 
 
-def _kubernetes_schema_dir() -> importlib.resources.abc.Traversable:
-    root = importlib.resources.files("kubernetes_validate").joinpath("kubernetes-json-schema")
+@lru_cache(maxsize=1)
+def _kubernetes_schema_dir() -> Path:
+    # Found without importing kubernetes_validate, whose import pulls in python-jsonschema.
+    spec = importlib.util.find_spec("kubernetes_validate")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise HarnessError("kubernetes-validate is not installed; install the release pinned in pyproject.toml")
+    root = Path(locations[0]) / "kubernetes-json-schema"
     schema_dir = root.joinpath(f"v{KUBERNETES_VERSION}-local-strict")
     if not schema_dir.is_dir():
         raise HarnessError(
@@ -349,7 +355,7 @@ def _compile_fast(schema: Mapping[str, Any], kubernetes: bool) -> Any:
     import jsonschema_rs
 
     registry = _kubernetes_fast_registry() if kubernetes else None
-    return jsonschema_rs.Draft202012Validator(schema, validate_formats=False, registry=registry)
+    return jsonschema_rs.Draft202012Validator(dict(schema), validate_formats=False, registry=registry)
 
 
 @cache
