@@ -3,100 +3,20 @@
 One `SequentialTest` judges one request class (no header, ``x-api-version: blue``, ...)
 against the share of each outcome the routing oracle expects. It takes one outcome at a
 time (`observe`, O(1): every boundary is computed once, when the test is built, and cached)
-and answers CONTINUE, PASS or FAIL. The error rates hold however often the load generator
-looks, because every rule is either a test-martingale crossing (Ville's inequality) or a
-fixed-sample rule applied once, at a cap.
+and answers CONTINUE, PASS or FAIL, with false-failure rate alpha and miss rate beta for a
+share off by delta, however often it is looked at.
 
-Rules (defaults alpha = beta = 1e-6, delta = 0.10; `StatsConfig`):
+The rules, by kind of expected share (docs/statistics.md states each with its derivation):
 
-Split, 0 < p0 < 1 (the share of one tracked outcome; responses pooled in arrival order)
-    FAIL when the mixture likelihood ratio against p0
+- a split (0 < p0 < 1): a mixture likelihood-ratio FAIL rule, PASS when two Wald SPRTs
+  reject p0 - d and p0 + d, and an exact fixed-sample rule at a cap (`split_boundaries`);
+  `operating_characteristic` computes its exact error rates by dynamic programming;
+- shares 0 and 1 (zero-leak): one wrong response fails, `zero_leak_n` clean ones pass;
+- error responses: counted apart, judged by `ErrorBound` against `max_error_rate`.
 
-        M_n = (1 - w)/2 * [L(p0 - d) + L(p0 + d)] / L(p0)  +  w * integral L(q) dq / L(p0)
-
-    reaches 1 / alpha_seq. M_n is a nonnegative martingale under p0 with M_0 = 1, so
-    P(it ever reaches 1/alpha_seq) <= alpha_seq (Ville). Most weight (1 - w = 0.9) sits on
-    the two shares the test must catch, which makes it almost as fast there as a one-sided
-    SPRT; the uniform-prior part (w = 0.1) makes it consistent against any share and quick
-    against gross misroutes (exact means: a swapped 90/10 split fails after 10 requests,
-    a 50/50 split sent all one way after 29, a 90/50 mix-up after 50).
-    PASS when both "share = p0 - d" and "share = p0 + d" are rejected by Wald's SPRT:
-    L(p0) / L(p0 -+ d) >= 1 / beta_seq. Each SPRT is run at the *whole* beta_seq, not
-    beta_seq / 2: a miss at share p0 - d needs the SPRT of "p0 - d" to reject its own true
-    hypothesis, which has probability <= beta_seq by Ville whatever the other SPRT does; the
-    two hypotheses are never true together, so nothing is spent twice. Shares beyond p0 - d
-    are rejected even less often (there L(p0)/L(p0 - d) is a supermartingale).
-    Cap: at n = N_cap (the smallest n where the exact fixed-sample test with errors
-    (alpha_cap, beta_cap) exists, `fixed_sample_test`) an undecided test passes iff the count
-    lies in that test's acceptance region. This bounds the worst case: a two-sided SPRT
-    alone has a fat tail near p0 +- d/2.
-    Allocation: alpha = alpha_seq + alpha_cap, beta = beta_seq + beta_cap with
-    alpha_cap = cap_share * alpha (default 10%): union bound, so the whole procedure keeps
-    P(FAIL | p0) <= alpha and P(PASS | p0 +- d) <= beta. A small cap share keeps the
-    sequential thresholds (and so the mean sample size) almost where they would be without
-    a cap (ln(1/0.9e-6) vs ln(1e6)), at the price of a cap about 1.2x the fixed-sample N.
-    `operating_characteristic` computes the exact error rates of the whole procedure by
-    dynamic programming over these boundaries; the tests check them.
-    An alternative beyond 0 or 1 is clipped to 0 or 1: a version expected at 5% that gets
-    nothing is a misroute (a weight that was never applied) whatever d is, so PASS needs the
-    tracked version seen at least once, and the cap is at least ln(alpha_cap) / ln(1 - p0)
-    (1604 requests at p0 = 0.01): expected shares far below d cost requests.
-    If a pass and a fail boundary are crossed at the same n, FAIL wins. Both guarantees hold
-    either way (the fail event stays inside the mixture crossing, the pass event inside the
-    SPRT rejections). It matters where an alternative sits at 0 or 1: expecting 10% with
-    d = 0.1, one response rejects "share = 0", so 1 of 237 (0.4%) already rejects both SPRT
-    hypotheses, while the mixture calls it overwhelming evidence against 10%. A share that
-    far from the manifests deserves a failure, even inside the tolerance.
-
-More than two outcomes with 0 < p < 1
-    k such outcomes: each one against the rest, each with alpha / k (union bound over the
-    k false-failure events) and the full beta (a misroute moves at least one share by d,
-    and PASS needs that outcome's test to pass: probability <= beta). FAIL as soon as one
-    fails, PASS when all have passed. Exactly two such outcomes need one test (the other
-    share is its complement): the one with the smaller share is tracked.
-
-Shares 0 and 1 (zero-leak)
-    A deterministic route: any response from an outcome whose expected share is 0 (or that
-    is not expected at all) fails at once. PASS after N = ceil(ln(beta) / ln(1 - leak))
-    expected responses: if a share >= leak went elsewhere, seeing none in N requests has
-    probability (1 - leak)^N <= beta. leak defaults to delta (132 requests at beta = 1e-6),
-    so "a misroute of d" means the same for splits and deterministic routes. The same
-    zero-share rule applies inside splits (a version that should get nothing).
-
-Errors ("status:NNN" / "error:KIND" outcomes that are not keys of `expected`)
-    Counted apart, never as a version, over all n responses of the class; an outcome that
-    is a key of `expected` ("status:503" with share 1 at a stage without endpoints) is a
-    normal outcome. The error rule is a test of "error rate <= e0 = max_error_rate" with the
-    same tolerance d as the split: it must fail a rate <= e0 with probability <= alpha and
-    pass a rate >= e1 = e0 + d with probability <= beta, however often it is looked at.
-    - e0 = 0 (the default: a converged mesh in front of healthy mocks answers every
-      request): the first error fails (never wrongly: at rate 0 there are none), and the
-      rule is satisfied after ceil(ln(beta) / ln(1 - d)) clean responses (132), as zero-leak.
-    - e0 > 0: FAIL when a mixture over error rates e in (e0, 1] (uniform prior) of
-      L(e) / L(e0) reaches 1 / alpha_seq. Each L(e)/L(e0) with e > e0 is a supermartingale
-      under every rate <= e0, so this holds for the whole composite hypothesis. Satisfied
-      once Wald's SPRT rejects "rate = e1" (L(e0)/L(e1) >= 1/beta_seq; rates above e1 are
-      rejected even less often), or at a cap by the exact one-sided fixed-sample test with
-      (alpha_cap, beta_cap), split as for the split test. The fail rule stays watched until
-      the class decides, which bounds the errors a class can take (`max_n`).
-    PASS needs both the split (or zero-leak) rule and the error rule. alpha: with e0 > 0
-    the error rule gets alpha / 2 and the split the other half (a zero-leak test cannot fail
-    wrongly, so there the error rule gets all of alpha); beta is not split, for the same
-    reason as between the two SPRTs: a share off by d and an error rate off by d are
-    different alternatives, and each alone is passed with probability <= beta.
-
-Responses observed after the decision (requests that were in flight) are counted in
-`late` and change nothing: the decision is final.
-
-Limits: no class may need more than MAX_CLASS_REQUESTS (20,000) requests, and no exact test
-gets an error probability below 1e-14 (double precision cannot resolve a miss below that).
-`StatsConfig` refuses settings beyond either at once (at the defaults, delta >= 0.0372
-is admitted); other shares and k-way splits are checked, with bounded searches, when their
-boundaries are built. So building is bounded: `python -m bench.bench_stats --build-times`.
-
-Reference sizes at the defaults (DESIGN.md), reproduced by `fixed_sample_test` and
-`wald_wolfowitz_bound` and checked in tests: fixed-sample N = 2291 at p0 = 0.5 (accept
-1029..1262), 1119 at p0 = 0.9; information bound about 677 and 377.
+`check_settings` is the one range rule for alpha, beta and delta that every front end
+applies before anything starts. numpy and scipy are imported where boundaries are computed,
+not at import, so commands that do not sample (``abtest validate``) do not load them.
 """
 
 from __future__ import annotations
@@ -541,7 +461,7 @@ class SplitBoundaries:
 def split_boundaries(
     p0: float, alpha: float, beta: float, delta: float, cap_share: float = 0.1, composite_weight: float = 0.1
 ) -> SplitBoundaries:
-    """Boundaries of the split test for a tracked share p0 (see the module docstring for the rules)."""
+    """Boundaries of the split test for a tracked share p0 (docs/statistics.md states the rules)."""
     import numpy as np
     from scipy import special
 
@@ -680,7 +600,7 @@ class ErrorBound:
     FAIL once the error count reaches `fail_threshold(n)` among n responses (any error when
     e0 = 0); the rule is satisfied (`check` says PASS, once and for good) when Wald's SPRT
     rejects "error rate = e1", or at the cap by the exact one-sided fixed-sample test. The fail
-    thresholds keep being watched after that. See the module docstring for the guarantees.
+    thresholds keep being watched after that. docs/statistics.md, "Errors", gives the guarantees.
     Fail thresholds are computed on first use and kept; extension takes a lock because one
     cached rule serves every test built with the same settings.
     """
@@ -807,7 +727,7 @@ class _Component:
 
 
 class SequentialTest:
-    """Judge one request class one response at a time; see the module docstring for the rules.
+    """Judge one request class one response at a time; docs/statistics.md states the rules.
 
     >>> t = SequentialTest({"blue": 1.0}, label="header-blue")
     >>> t.observe("green")

@@ -9,6 +9,7 @@ rate, vectorized over the precomputed boundaries, and a separate test proves tha
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 import pytest
@@ -119,6 +120,106 @@ def test_mean_requests_meet_the_goal_at_one_half() -> None:
     _, bounds = _bounds({"blue": 0.5, "green": 0.5}, DEFAULT)
     mean = operating_characteristic(bounds, 0.5).mean_n
     assert 677 < mean <= 0.4 * 2291, f"mean {mean:.0f} requests at p0=0.5 (goal <= 916, bound 677)"
+
+
+# --------------------------------------------------------------------------- the split rule, recomputed
+
+
+def _documented_split_rule(p0: float, alpha: float, beta: float, d: float, cap_share: float = 0.1,
+                           w: float = 0.1) -> tuple[list[np.ndarray], int, int, int]:
+    """The split rule's decision at every (n, s) as docs/statistics.md states it, computed here.
+
+    Returns per n (0..cap) an int array over s: -1 FAIL, 1 PASS, 0 continue; and the cap
+    with its acceptance region (from `fixed_sample_test`, whose region is checked below by
+    exact binomial tails). FAIL: the mixture (1-w)/2 [L(p0-d) + L(p0+d)]/L(p0) +
+    w B(s+1, n-s+1)/L(p0) reaches 1/alpha_seq; PASS: L(p0)/L(p0 -+ d) >= 1/beta_seq both; FAIL
+    wins a tie; at the cap an undecided count passes iff inside the region.
+    """
+    from scipy.special import betaln
+
+    alpha_seq, beta_seq = alpha * (1 - cap_share), beta * (1 - cap_share)
+    cap_test = fixed_sample_test(p0, alpha * cap_share, beta * cap_share, d)
+    n_cap, lo_cap, hi_cap = cap_test.n, cap_test.accept_lo, cap_test.accept_hi
+    for p, inside_at_most in ((p0, None), (p0 - d, beta * cap_share), (p0 + d, beta * cap_share)):
+        inside = binom.cdf(hi_cap, n_cap, p) - binom.cdf(lo_cap - 1, n_cap, p)
+        if inside_at_most is None:
+            assert 1 - inside <= alpha * cap_share
+        else:
+            assert inside <= inside_at_most
+    lo, hi = max(p0 - d, 0.0), min(p0 + d, 1.0)
+
+    def loglik(s: np.ndarray, n: int, p: float) -> np.ndarray:
+        if p in (0.0, 1.0):
+            ok = s == (0 if p == 0.0 else n)
+            return np.where(ok, 0.0, -np.inf)
+        return s * math.log(p) + (n - s) * math.log(1 - p)
+
+    decisions = [np.zeros(1, dtype=int)]
+    for n in range(1, n_cap + 1):
+        s = np.arange(n + 1)
+        l0, l_lo, l_hi = loglik(s, n, p0), loglik(s, n, lo), loglik(s, n, hi)
+        with np.errstate(divide="ignore"):
+            mixture = np.logaddexp(math.log((1 - w) / 2) + np.logaddexp(l_lo, l_hi),
+                                   math.log(w) + betaln(s + 1, n - s + 1)) - l0
+        fail = mixture >= math.log(1 / alpha_seq)
+        passing = (l0 - l_lo >= math.log(1 / beta_seq)) & (l0 - l_hi >= math.log(1 / beta_seq))
+        decision = np.where(fail, -1, np.where(passing, 1, 0))
+        if n == n_cap:
+            decision = np.where(decision == 0, np.where((s >= lo_cap) & (s <= hi_cap), 1, -1), decision)
+        decisions.append(decision)
+    return decisions, n_cap, lo_cap, hi_cap
+
+
+def _exact_run(decisions: list[np.ndarray], p: float) -> tuple[float, float, float]:
+    """(P(FAIL), P(PASS), mean n) at true share p: carry every undecided (n, s) forward."""
+    alive = np.ones(1)
+    failed = passed = mean = 0.0
+    for n in range(1, len(decisions)):
+        step = np.zeros(n + 1)
+        step[1:] += alive * p
+        step[:-1] += alive * (1 - p)
+        decision = decisions[n]
+        f, q = float(step[decision == -1].sum()), float(step[decision == 1].sum())
+        failed, passed, mean = failed + f, passed + q, mean + n * (f + q)
+        alive = np.where(decision == 0, step, 0.0)
+    assert float(alive.sum()) == 0.0, "the cap decides every path"
+    return failed, passed, mean
+
+
+@cache
+def _documented_at_one_half() -> tuple[list[np.ndarray], int, int, int]:
+    return _documented_split_rule(0.5, DEFAULT.alpha, DEFAULT.beta, DEFAULT.delta)
+
+
+def test_the_boundaries_are_the_documented_rule() -> None:
+    decisions, n_cap, lo_cap, hi_cap = _documented_at_one_half()
+    b = split_boundaries(0.5, 1e-6, 1e-6, 0.1)
+    assert (b.cap, b.cap_lo, b.cap_hi) == (n_cap, lo_cap, hi_cap)
+    as_int = {Decision.FAIL: -1, Decision.PASS: 1, Decision.CONTINUE: 0}
+    for n in range(1, n_cap):
+        s = np.arange(n + 1)
+        arrays = np.where((s <= b.fail_lo[n]) | (s >= b.fail_hi[n]), -1,
+                          np.where((s >= b.pass_lo[n]) & (s <= b.pass_hi[n]), 1, 0))
+        assert np.array_equal(arrays, decisions[n]), f"boundaries differ from the documented rule at n={n}"
+    for n in (1, 97, 682, 900, n_cap - 1, n_cap):  # and decide() reads them as stored
+        assert [as_int[b.decide(n, k)] for k in range(n + 1)] == decisions[n].tolist(), n
+
+
+def test_exact_error_rates_and_mean_recomputed_from_the_documented_rule() -> None:
+    # The headline claims, computed without stats.operating_characteristic: false failure
+    # <= 1e-6 at 50/50, a miss <= 1e-6 at 40/60 and 60/40, and 894 requests on average at
+    # 50/50 (docs/statistics.md). The computation is exact, so the tolerance on the mean is
+    # only the rounding of the documented figure: 0.5 requests.
+    decisions, _, _, _ = _documented_at_one_half()
+    failed, passed, mean = _exact_run(decisions, 0.5)
+    assert failed <= 1e-6 and math.isclose(failed + passed, 1.0, rel_tol=1e-9)
+    assert abs(mean - 894) <= 0.5, f"mean {mean:.2f} requests at 50/50, documented 894"
+    for wrong in (0.4, 0.6):
+        _, missed, _ = _exact_run(decisions, wrong)
+        assert missed <= 1e-6, f"miss {missed:.3g} at true share {wrong}"
+    # And the module's own dynamic programming agrees with this one.
+    oc = operating_characteristic(split_boundaries(0.5, 1e-6, 1e-6, 0.1), 0.5)
+    assert math.isclose(oc.fail, failed, rel_tol=1e-9) and math.isclose(oc.mean_n, mean, rel_tol=1e-12)
 
 
 def test_boundaries_are_cached_and_capped_by_the_fixed_sample_rule() -> None:
