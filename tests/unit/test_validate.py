@@ -876,10 +876,13 @@ def test_bad_input_files_are_one_line_config_errors(case: str, tmp_path: Path,
     with pytest.raises(ConfigError) as caught:
         load_manifests(path)
     assert caught.value.obj == str(path) and expected in caught.value.message
-    # The command line: one line on stderr, exit 2 (bad input), no traceback.
-    err = tmp_path / "stderr"
-    with open(err, "w") as stream:
-        monkeypatch.setattr("sys.stderr", stream)
-        assert cli.main(["validate", "--file", str(path)]) == 2
-    lines = err.read_text().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"abtest: error: {path}") and expected in lines[0], lines
+    # The command line, for a manifest file and for the plan: one line on stderr, exit 2
+    # (bad input), no traceback.
+    for argv, prefix in ((["validate", "--file", str(path)], str(path)),
+                         (["validate", "--plan", str(path)], f"plan {path}")):
+        err = tmp_path / "stderr"
+        with open(err, "w") as stream:
+            monkeypatch.setattr("sys.stderr", stream)
+            assert cli.main(argv) == 2, argv
+        lines = err.read_text().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"abtest: error: {prefix}") and expected in lines[0], lines
