@@ -886,3 +886,19 @@ def test_bad_input_files_are_one_line_config_errors(case: str, tmp_path: Path,
             assert cli.main(argv) == 2, argv
         lines = err.read_text().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"abtest: error: {prefix}") and expected in lines[0], lines
+
+
+def test_validation_and_stats_load_nothing_heavy_at_import() -> None:
+    # `abtest validate` must not pay for scipy, numpy, python-jsonschema (only needed to explain
+    # an invalid object), pydantic, matplotlib, docker or a mesh backend.
+    import sys
+
+    from harness import proc
+
+    code = ("import sys; import harness.validate, harness.stats, harness.yamlio, harness.istio_schemas; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    loaded = set(proc.run([sys.executable, "-c", code], timeout=60).stdout.split())
+    heavy = {"scipy", "numpy", "jsonschema", "pydantic", "matplotlib", "docker", "cloudcoil", "kubernetes"}
+    assert loaded & heavy == set(), sorted(loaded & heavy)
+    mesh = proc.run([sys.executable, "-c", code.replace("m.split('.')[0]", "m")], timeout=60).stdout.split()
+    assert not [m for m in mesh if m.startswith("harness.mesh")], mesh
