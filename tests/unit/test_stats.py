@@ -605,3 +605,46 @@ def test_the_range_rule_admits_the_edges_it_promises() -> None:
     assert SequentialTest({"blue": 0.5, "green": 0.5}, StatsConfig(alpha=0.4, beta=0.4, delta=0.49)).max_n > 0
     with pytest.raises(ConfigError, match="--delta: needs more than"):
         stats.check_settings(1e-6, 1e-6, 0.001)
+
+
+# --------------------------------------------------------------------------- the lower bound's machinery
+
+
+@pytest.mark.parametrize(("d", "lam", "lam0"), [(0.45, 10.0, 8.0), (0.45, 100.0, 60.0), (0.4, 20.0, 50.0)])
+def test_lagrangian_value_is_the_minimum_over_every_test(d: float, lam: float, lam0: float) -> None:
+    # docs/statistics.md bounds the mean of every test by a value found by backward induction
+    # (bench.bench_stats.lagrangian_value). Here that value is checked against brute force:
+    # every assignment of pass / fail / continue to the states (n, s) of a horizon-3 test,
+    # evaluated exactly, with multipliers where the best test samples before it decides (its
+    # value is below both deciding at once: 2 * lam to pass, lam0 to fail).
+    import itertools
+
+    from bench.bench_stats import lagrangian_value
+
+    p0, horizon = 0.5, 3
+    states = [(n, s) for n in range(horizon) for s in range(n + 1)]
+    finals = [(horizon, s) for s in range(horizon + 1)]
+
+    def cost(policy: dict[tuple[int, int], str]) -> float:
+        total = 0.0
+        for path in itertools.product((0, 1), repeat=horizon):
+            n = s = 0
+            while True:
+                action = policy[(n, s)]
+                if action != "continue":
+                    break
+                s, n = s + path[n], n + 1
+            def prob(p: float, n: int = n, s: int = s) -> float:
+                return float(p ** s * (1 - p) ** (n - s)) / 2 ** (horizon - n)  # paths sharing this prefix
+            total += prob(p0) * n
+            if action == "pass":
+                total += lam * (prob(p0 - d) + prob(p0 + d))
+            else:
+                total += lam0 * prob(p0)
+        return total
+
+    best = min(cost(dict(zip(states, inner, strict=True)) | dict(zip(finals, last, strict=True)))
+               for inner in itertools.product(("pass", "fail", "continue"), repeat=len(states))
+               for last in itertools.product(("pass", "fail"), repeat=len(finals)))
+    assert best < min(2 * lam, lam0), "the case must need sampling to be a check of the induction"
+    assert math.isclose(lagrangian_value(p0, d, lam, lam0, horizon), best, rel_tol=1e-12)
