@@ -648,3 +648,17 @@ def test_lagrangian_value_is_the_minimum_over_every_test(d: float, lam: float, l
                for last in itertools.product(("pass", "fail"), repeat=len(finals)))
     assert best < min(2 * lam, lam0), "the case must need sampling to be a check of the induction"
     assert math.isclose(lagrangian_value(p0, d, lam, lam0, horizon), best, rel_tol=1e-12)
+
+
+def test_abtest_run_refuses_a_bad_delta_before_it_starts_anything(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli, rollout
+
+    def started(*_: object, **__: object) -> None:
+        raise AssertionError("nothing may start with a bad setting")
+
+    monkeypatch.setattr(rollout, "open_mesh", started)
+    monkeypatch.setattr(cli, "validate_stages", started)
+    assert cli.main(["run", "--delta", "0.9"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "delta: must be strictly between 0 and 0.5, got 0.9" in err[0], err
