@@ -4,7 +4,8 @@ Run: ``python -m bench.bench_gate [--repeats 5] [--run-repeats 3] [--skip-run]``
 
 Each figure is the median of several runs, each in a fresh Python process (so imports and
 first-use caches count, as they do for a user), with the machine's load average printed
-before and after (on a shared machine the figures scale with it):
+before and after (on a shared machine wall times scale with it; the CPU time a command and
+its children used, also printed, does not):
 
 - ``abtest --help``: the command's wall time (goal: under 0.2 s);
 - the offline gate per stage: rendering (``kubectl kustomize``), schema and semantic
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -64,18 +66,24 @@ def _load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
-def _wall(argv: list[str], *, timeout: float, ok_codes: tuple[int, ...] = (0,)) -> float:
+def _wall(argv: list[str], *, timeout: float, ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its children: user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = proc.run(argv, timeout=timeout, check=False)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode not in ok_codes:
         raise CommandError(argv, result.returncode, result.stdout, result.stderr)
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _median_wall(argv: list[str], repeats: int, *, timeout: float, ok_codes: tuple[int, ...] = (0,)) -> str:
-    times = [_wall(argv, timeout=timeout, ok_codes=ok_codes) for _ in range(repeats)]
-    return f"{statistics.median(times):6.3f} s (min {min(times):.3f}, max {max(times):.3f}, n={repeats})"
+    runs = [_wall(argv, timeout=timeout, ok_codes=ok_codes) for _ in range(repeats)]
+    times = [wall for wall, _ in runs]
+    cpu = statistics.median(c for _, c in runs)
+    return (f"{statistics.median(times):6.3f} s (min {min(times):.3f}, max {max(times):.3f}, n={repeats}; "
+            f"CPU {cpu:.3f} s)")
 
 
 def _bomb(directory: Path) -> Path:
