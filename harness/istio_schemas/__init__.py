@@ -14,9 +14,9 @@ in step).
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
@@ -61,7 +61,7 @@ def for_version(version: str = DEFAULT_MINOR) -> IstioSchemas:
     if minor not in SUPPORTED_MINORS:
         raise ConfigError("Istio version", version,
                           f"no bundled schemas; supported: {', '.join(SUPPORTED_MINORS)}")
-    text = importlib.resources.files(__name__).joinpath(f"networking-{minor}.json").read_text()
+    text = (Path(__file__).resolve().parent / f"networking-{minor}.json").read_text(encoding="utf-8")
     data = json.loads(text)
     return IstioSchemas(minor, data["istio_version"], data["source"], data["source_sha256"], data["kinds"],
                         data["schemas"])
