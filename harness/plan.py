@@ -19,8 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
+from harness import yamlio
 from harness.errors import ConfigError
 from harness.support import WeightProblem, destination_shares
 
@@ -112,14 +111,10 @@ def repository_of(ref: str) -> str:
 def load_plan(path: str | Path | None = None) -> RolloutPlan:
     """Read and check a plan file (default ``manifests/stages.yaml``)."""
     source = Path(path) if path is not None else DEFAULT_PLAN
-    where = f"plan {source}"
-    try:
-        raw = yaml.safe_load(source.read_text())
-    except OSError as exc:
-        raise ConfigError(where, "", f"cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(where, "", f"not valid YAML: {exc}") from exc
-    return parse_plan(raw, source=str(source))
+    documents = yamlio.load_documents(source, what="plan")  # bounded; bad input is a one-line ConfigError
+    if len(documents) > 1:
+        raise ConfigError(f"plan {source}", "", f"holds {len(documents)} YAML documents; a plan is one")
+    return parse_plan(documents[0] if documents else None, source=str(source))
 
 
 def parse_plan(raw: Any, *, source: str = "<plan>") -> RolloutPlan:

@@ -3,116 +3,37 @@
 One `SequentialTest` judges one request class (no header, ``x-api-version: blue``, ...)
 against the share of each outcome the routing oracle expects. It takes one outcome at a
 time (`observe`, O(1): every boundary is computed once, when the test is built, and cached)
-and answers CONTINUE, PASS or FAIL. The error rates hold however often the load generator
-looks, because every rule is either a test-martingale crossing (Ville's inequality) or a
-fixed-sample rule applied once, at a cap.
+and answers CONTINUE, PASS or FAIL, with false-failure rate alpha and miss rate beta for a
+share off by delta, however often it is looked at.
 
-Rules (defaults alpha = beta = 1e-6, delta = 0.10; `StatsConfig`):
+The rules, by kind of expected share (docs/statistics.md states each with its derivation):
 
-Split, 0 < p0 < 1 (the share of one tracked outcome; responses pooled in arrival order)
-    FAIL when the mixture likelihood ratio against p0
+- a split (0 < p0 < 1): a mixture likelihood-ratio FAIL rule, PASS when two Wald SPRTs
+  reject p0 - d and p0 + d, and an exact fixed-sample rule at a cap (`split_boundaries`);
+  `operating_characteristic` computes its exact error rates by dynamic programming;
+- shares 0 and 1 (zero-leak): one wrong response fails, `zero_leak_n` clean ones pass;
+- error responses: counted apart, judged by `ErrorBound` against `max_error_rate`.
 
-        M_n = (1 - w)/2 * [L(p0 - d) + L(p0 + d)] / L(p0)  +  w * integral L(q) dq / L(p0)
-
-    reaches 1 / alpha_seq. M_n is a nonnegative martingale under p0 with M_0 = 1, so
-    P(it ever reaches 1/alpha_seq) <= alpha_seq (Ville). Most weight (1 - w = 0.9) sits on
-    the two shares the test must catch, which makes it almost as fast there as a one-sided
-    SPRT; the uniform-prior part (w = 0.1) makes it consistent against any share and quick
-    against gross misroutes (exact means: a swapped 90/10 split fails after 10 requests,
-    a 50/50 split sent all one way after 29, a 90/50 mix-up after 50).
-    PASS when both "share = p0 - d" and "share = p0 + d" are rejected by Wald's SPRT:
-    L(p0) / L(p0 -+ d) >= 1 / beta_seq. Each SPRT is run at the *whole* beta_seq, not
-    beta_seq / 2: a miss at share p0 - d needs the SPRT of "p0 - d" to reject its own true
-    hypothesis, which has probability <= beta_seq by Ville whatever the other SPRT does; the
-    two hypotheses are never true together, so nothing is spent twice. Shares beyond p0 - d
-    are rejected even less often (there L(p0)/L(p0 - d) is a supermartingale).
-    Cap: at n = N_cap (the smallest n where the exact fixed-sample test with errors
-    (alpha_cap, beta_cap) exists, `fixed_sample_test`) an undecided test passes iff the count
-    lies in that test's acceptance region. This bounds the worst case: a two-sided SPRT
-    alone has a fat tail near p0 +- d/2.
-    Allocation: alpha = alpha_seq + alpha_cap, beta = beta_seq + beta_cap with
-    alpha_cap = cap_share * alpha (default 10%): union bound, so the whole procedure keeps
-    P(FAIL | p0) <= alpha and P(PASS | p0 +- d) <= beta. A small cap share keeps the
-    sequential thresholds (and so the mean sample size) almost where they would be without
-    a cap (ln(1/0.9e-6) vs ln(1e6)), at the price of a cap about 1.2x the fixed-sample N.
-    `operating_characteristic` computes the exact error rates of the whole procedure by
-    dynamic programming over these boundaries; the tests check them.
-    An alternative beyond 0 or 1 is clipped to 0 or 1: a version expected at 5% that gets
-    nothing is a misroute (a weight that was never applied) whatever d is, so PASS needs the
-    tracked version seen at least once, and the cap is at least ln(alpha_cap) / ln(1 - p0)
-    (1604 requests at p0 = 0.01): expected shares far below d cost requests.
-    If a pass and a fail boundary are crossed at the same n, FAIL wins. Both guarantees hold
-    either way (the fail event stays inside the mixture crossing, the pass event inside the
-    SPRT rejections). It matters where an alternative sits at 0 or 1: expecting 10% with
-    d = 0.1, one response rejects "share = 0", so 1 of 237 (0.4%) already rejects both SPRT
-    hypotheses, while the mixture calls it overwhelming evidence against 10%. A share that
-    far from the manifests deserves a failure, even inside the tolerance.
-
-More than two outcomes with 0 < p < 1
-    k such outcomes: each one against the rest, each with alpha / k (union bound over the
-    k false-failure events) and the full beta (a misroute moves at least one share by d,
-    and PASS needs that outcome's test to pass: probability <= beta). FAIL as soon as one
-    fails, PASS when all have passed. Exactly two such outcomes need one test (the other
-    share is its complement): the one with the smaller share is tracked.
-
-Shares 0 and 1 (zero-leak)
-    A deterministic route: any response from an outcome whose expected share is 0 (or that
-    is not expected at all) fails at once. PASS after N = ceil(ln(beta) / ln(1 - leak))
-    expected responses: if a share >= leak went elsewhere, seeing none in N requests has
-    probability (1 - leak)^N <= beta. leak defaults to delta (132 requests at beta = 1e-6),
-    so "a misroute of d" means the same for splits and deterministic routes. The same
-    zero-share rule applies inside splits (a version that should get nothing).
-
-Errors ("status:NNN" / "error:KIND" outcomes that are not keys of `expected`)
-    Counted apart, never as a version, over all n responses of the class; an outcome that
-    is a key of `expected` ("status:503" with share 1 at a stage without endpoints) is a
-    normal outcome. The error rule is a test of "error rate <= e0 = max_error_rate" with the
-    same tolerance d as the split: it must fail a rate <= e0 with probability <= alpha and
-    pass a rate >= e1 = e0 + d with probability <= beta, however often it is looked at.
-    - e0 = 0 (the default: a converged mesh in front of healthy mocks answers every
-      request): the first error fails (never wrongly: at rate 0 there are none), and the
-      rule is satisfied after ceil(ln(beta) / ln(1 - d)) clean responses (132), as zero-leak.
-    - e0 > 0: FAIL when a mixture over error rates e in (e0, 1] (uniform prior) of
-      L(e) / L(e0) reaches 1 / alpha_seq. Each L(e)/L(e0) with e > e0 is a supermartingale
-      under every rate <= e0, so this holds for the whole composite hypothesis. Satisfied
-      once Wald's SPRT rejects "rate = e1" (L(e0)/L(e1) >= 1/beta_seq; rates above e1 are
-      rejected even less often), or at a cap by the exact one-sided fixed-sample test with
-      (alpha_cap, beta_cap), split as for the split test. The fail rule stays watched until
-      the class decides, which bounds the errors a class can take (`max_n`).
-    PASS needs both the split (or zero-leak) rule and the error rule. alpha: with e0 > 0
-    the error rule gets alpha / 2 and the split the other half (a zero-leak test cannot fail
-    wrongly, so there the error rule gets all of alpha); beta is not split, for the same
-    reason as between the two SPRTs: a share off by d and an error rate off by d are
-    different alternatives, and each alone is passed with probability <= beta.
-
-Responses observed after the decision (requests that were in flight) are counted in
-`late` and change nothing: the decision is final.
-
-Limits: no class may need more than MAX_CLASS_REQUESTS (20,000) requests, and no exact test
-gets an error probability below 1e-14 (double precision cannot resolve a miss below that).
-`StatsConfig` refuses settings beyond either at once (at the defaults, delta >= 0.0372
-is admitted); other shares and k-way splits are checked, with bounded searches, when their
-boundaries are built. So building is bounded: `python -m bench.bench_stats --build-times`.
-
-Reference sizes at the defaults (DESIGN.md), reproduced by `fixed_sample_test` and
-`wald_wolfowitz_bound` and checked in tests: fixed-sample N = 2291 at p0 = 0.5 (accept
-1029..1262), 1119 at p0 = 0.9; information bound about 677 and 377.
+`check_settings` is the one range rule for alpha, beta and delta that every front end
+applies before anything starts. numpy and scipy are imported where boundaries are computed,
+not at import, so commands that do not sample (``abtest validate``) do not load them.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import statistics
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-
-import numpy as np
-from scipy import special
-from scipy.stats import binom, norm
+from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MAX_CLASS_REQUESTS",
@@ -124,6 +45,7 @@ __all__ = [
     "SplitBoundaries",
     "StatsConfig",
     "Verdict",
+    "check_settings",
     "clopper_pearson",
     "error_bound",
     "fixed_sample_test",
@@ -133,6 +55,8 @@ __all__ = [
     "wald_wolfowitz_bound",
     "zero_leak_n",
 ]
+
+_STANDARD_NORMAL = statistics.NormalDist()
 
 # Shares within this of 0 or 1 are treated as exactly 0 or 1 (weights are integers / 100).
 _SHARE_EPS = 1e-9
@@ -150,27 +74,27 @@ MAX_CLASS_REQUESTS = 20_000
 _MIN_TAIL = 1e-14
 
 
-def _check_tails(alpha: float, beta: float) -> None:
+def _check_tails(alpha: float, beta: float, *, obj: str = "StatsConfig", prefix: str = "") -> None:
     """Refuse error probabilities below what double-precision binomial tails resolve."""
     for name, value in (("alpha", alpha), ("beta", beta)):
         if value < _MIN_TAIL:
-            raise ConfigError("StatsConfig", name,
+            raise ConfigError(obj, prefix + name,
                               f"gives an error probability of {value:.3g} to an exact binomial test "
                               f"(its share at the cap, per tracked outcome), below {_MIN_TAIL:g}, "
                               "which double precision does not resolve; choose a larger one")
 
 
-def _too_many(what: str, field_name: str, needed: float) -> ConfigError:
+def _too_many(what: str, field_name: str, needed: float, *, obj: str = "StatsConfig") -> ConfigError:
     """The refusal of settings under which one class would need more than MAX_CLASS_REQUESTS."""
     about = f" (about {needed:.0f} {what})" if math.isfinite(needed) else f" ({what})"
-    return ConfigError("StatsConfig", field_name,
+    return ConfigError(obj, field_name,
                        f"needs more than {MAX_CLASS_REQUESTS} requests per class{about}; "
                        "choose a larger delta or looser alpha/beta")
 
 
 def _normal_n(p0: float, p1: float, alpha: float, beta: float) -> float:
     """Normal-approximation size of a one-sided test of p0 against p1 with errors (alpha, beta)."""
-    z_alpha, z_beta = float(norm.isf(alpha)), float(norm.isf(beta))
+    z_alpha, z_beta = -_STANDARD_NORMAL.inv_cdf(alpha), -_STANDARD_NORMAL.inv_cdf(beta)
     spread = z_alpha * math.sqrt(p0 * (1 - p0)) + z_beta * math.sqrt(p1 * (1 - p1))
     return (max(spread, 0.0) / abs(p1 - p0)) ** 2
 
@@ -190,6 +114,37 @@ def _split_n_estimate(p0: float, alpha: float, beta: float, delta: float) -> flo
     if p0 + delta >= 1.0:
         needed = max(needed, math.log(alpha) / math.log(p0))
     return needed
+
+
+#: The open interval every one of alpha, beta and delta must lie in. An error probability of
+#: 0.5 or more is no better than a coin; a delta of 0.5 or more tolerates a 50/50 split sent
+#: all one way, and leaves a 50/50 split with no alternative inside [0, 1] to test against.
+SETTING_RANGE = (0.0, 0.5)
+
+
+def check_settings(
+    alpha: float, beta: float, delta: float, *, cap_share: float = 0.1, obj: str = "options", prefix: str = "--"
+) -> None:
+    """The one range rule for alpha, beta and delta, for every front end, before anything starts.
+
+    Each must lie strictly inside `SETTING_RANGE`; a ConfigError names the first one that does
+    not as ``<prefix><name>`` (``--delta`` for the command line and the pytest options,
+    ``delta`` for `StatsConfig`). Also refuses, by estimate, settings under which one class
+    would need more than MAX_CLASS_REQUESTS requests (see `StatsConfig`).
+
+    >>> check_settings(1e-6, 1e-6, 0.9)
+    Traceback (most recent call last):
+    ...
+    harness.errors.ConfigError: options: --delta: must be strictly between 0 and 0.5, got 0.9
+    """
+    low, high = SETTING_RANGE
+    for name, value in (("alpha", alpha), ("beta", beta), ("delta", delta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+            raise ConfigError(obj, prefix + name, f"must be strictly between {low:g} and {high:g}, got {value!r}")
+    _check_tails(alpha * cap_share, beta * cap_share, obj=obj, prefix=prefix)
+    needed = _split_n_estimate(0.5, alpha * cap_share, beta * cap_share, delta)
+    if needed > MAX_CLASS_REQUESTS:
+        raise _too_many("for a 50/50 split", prefix + "delta", needed, obj=obj)
 
 
 @dataclass(frozen=True)
@@ -214,10 +169,11 @@ class StatsConfig:
     composite_weight: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "delta", "cap_share", "composite_weight"):
+        for name in ("cap_share", "composite_weight"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError("StatsConfig", name, f"must be strictly between 0 and 1, got {value!r}")
+        check_settings(self.alpha, self.beta, self.delta, cap_share=self.cap_share, obj="StatsConfig", prefix="")
         if not 0.0 <= self.max_error_rate < 1.0:
             raise ConfigError("StatsConfig", "max_error_rate",
                               f"must be in [0, 1), got {self.max_error_rate!r}")
@@ -273,6 +229,8 @@ def is_error_outcome(outcome: str, expected: Mapping[str, float] | None = None) 
 
 def _loglik(successes: np.ndarray, n: int, p: float) -> np.ndarray:
     """log L(p) of `successes` in n Bernoulli trials, without the binomial coefficient; -inf if impossible."""
+    import numpy as np
+
     s = successes.astype(float)
     if p <= 0.0:
         return np.where(successes == 0, 0.0, -np.inf)
@@ -304,6 +262,9 @@ def _fixed_sample_region(
     For every lower end lo with P(X < lo | p0) <= alpha, the upper end is the smallest hi with
     P(X > hi | p0) <= alpha - P(X < lo | p0): every way of splitting alpha between the tails.
     """
+    import numpy as np
+    from scipy.stats import binom
+
     k = np.arange(n + 1)
     below = np.concatenate(([0.0], binom.cdf(k[:-1], n, p0)))  # below[lo] = P(X < lo)
     above = binom.sf(k, n, p0)  # above[hi] = P(X > hi), decreasing in hi
@@ -342,6 +303,9 @@ def _fixed_sample_candidates(ns: np.ndarray, p0: float, alpha: float, beta: floa
     P(L <= X <= H | p). L and H come from the binomial quantile functions; taking L + 1 and
     H - 1 keeps the condition necessary even if a quantile is off by one in floating point.
     """
+    import numpy as np
+    from scipy.stats import binom
+
     lo = binom.ppf(alpha, ns, p0) + 1  # >= L
     hi = binom.isf(alpha, ns, p0) - 1  # <= H
     ok = np.ones(ns.size, dtype=bool)
@@ -367,6 +331,8 @@ def fixed_sample_test(p0: float, alpha: float, beta: float, delta: float) -> Fix
     >>> (t.n, t.accept_lo, t.accept_hi)
     (2291, 1029, 1262)
     """
+    import numpy as np
+
     if not 0.0 < p0 < 1.0:
         raise ConfigError("fixed_sample_test", "p0", f"must be strictly between 0 and 1, got {p0!r}")
     _check_tails(alpha, beta)
@@ -428,6 +394,8 @@ def zero_leak_n(beta: float, leak: float) -> int:
 
 def clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
     """Exact (Clopper-Pearson) two-sided interval for a binomial share k/n at confidence `level`."""
+    from scipy import special
+
     if n <= 0:
         return (0.0, 1.0)
     tail = (1.0 - level) / 2.0
@@ -493,7 +461,10 @@ class SplitBoundaries:
 def split_boundaries(
     p0: float, alpha: float, beta: float, delta: float, cap_share: float = 0.1, composite_weight: float = 0.1
 ) -> SplitBoundaries:
-    """Boundaries of the split test for a tracked share p0 (see the module docstring for the rules)."""
+    """Boundaries of the split test for a tracked share p0 (docs/statistics.md states the rules)."""
+    import numpy as np
+    from scipy import special
+
     if not 0.0 < p0 < 1.0:
         raise ConfigError("split_boundaries", "p0", f"must be strictly between 0 and 1, got {p0!r}")
     alpha_seq, beta_seq = alpha * (1 - cap_share), beta * (1 - cap_share)
@@ -551,10 +522,14 @@ class OperatingPoint:
     @property
     def mean_n(self) -> float:
         """Expected responses to a decision."""
+        import numpy as np
+
         return float(np.dot(np.arange(self.stop.size), self.stop))
 
     def quantile_n(self, q: float) -> int:
         """The smallest n by which the test has decided with probability >= q."""
+        import numpy as np
+
         return int(np.searchsorted(np.cumsum(self.stop), q - 1e-12))
 
 
@@ -566,6 +541,8 @@ def operating_characteristic(bounds: SplitBoundaries, p: float, pass_floor: int 
     `pass_floor`: a PASS before this n is reported at it (`SequentialTest.min_pass_n`: the
     class also waits for its error rule, which needs that many clean responses).
     """
+    import numpy as np
+
     state = np.ones(1)
     fail = passed = 0.0
     stop = np.zeros(max(bounds.cap, pass_floor) + 1)
@@ -595,6 +572,8 @@ def operating_characteristic(bounds: SplitBoundaries, p: float, pass_floor: int 
 
 def _error_cap(e0: float, e1: float, alpha: float, beta: float) -> tuple[int, int]:
     """One-sided exact test: smallest (n, c) with P(Bin(n, e0) > c) <= alpha, P(Bin(n, e1) <= c) <= beta."""
+    from scipy.stats import binom
+
     _check_tails(alpha, beta)
     what = f"for the error rule at {e0:g}"
     if e1 < 1.0:
@@ -621,7 +600,7 @@ class ErrorBound:
     FAIL once the error count reaches `fail_threshold(n)` among n responses (any error when
     e0 = 0); the rule is satisfied (`check` says PASS, once and for good) when Wald's SPRT
     rejects "error rate = e1", or at the cap by the exact one-sided fixed-sample test. The fail
-    thresholds keep being watched after that. See the module docstring for the guarantees.
+    thresholds keep being watched after that. docs/statistics.md, "Errors", gives the guarantees.
     Fail thresholds are computed on first use and kept; extension takes a lock because one
     cached rule serves every test built with the same settings.
     """
@@ -682,6 +661,8 @@ class ErrorBound:
 
     def _log_mixture(self, n: int, errors: int) -> float:
         """log of the mixture over e in (e0, 1] (uniform prior) of L(e) / L(e0)."""
+        from scipy import special
+
         e0 = self.max_error_rate
         a, b = errors + 1, n - errors + 1
         tail = float(special.betaincc(a, b, e0))  # P(Beta(a, b) > e0)
@@ -746,7 +727,7 @@ class _Component:
 
 
 class SequentialTest:
-    """Judge one request class one response at a time; see the module docstring for the rules.
+    """Judge one request class one response at a time; docs/statistics.md states the rules.
 
     >>> t = SequentialTest({"blue": 1.0}, label="header-blue")
     >>> t.observe("green")

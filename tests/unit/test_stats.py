@@ -9,6 +9,7 @@ rate, vectorized over the precomputed boundaries, and a separate test proves tha
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 import pytest
@@ -119,6 +120,106 @@ def test_mean_requests_meet_the_goal_at_one_half() -> None:
     _, bounds = _bounds({"blue": 0.5, "green": 0.5}, DEFAULT)
     mean = operating_characteristic(bounds, 0.5).mean_n
     assert 677 < mean <= 0.4 * 2291, f"mean {mean:.0f} requests at p0=0.5 (goal <= 916, bound 677)"
+
+
+# --------------------------------------------------------------------------- the split rule, recomputed
+
+
+def _documented_split_rule(p0: float, alpha: float, beta: float, d: float, cap_share: float = 0.1,
+                           w: float = 0.1) -> tuple[list[np.ndarray], int, int, int]:
+    """The split rule's decision at every (n, s) as docs/statistics.md states it, computed here.
+
+    Returns per n (0..cap) an int array over s: -1 FAIL, 1 PASS, 0 continue; and the cap
+    with its acceptance region (from `fixed_sample_test`, whose region is checked below by
+    exact binomial tails). FAIL: the mixture (1-w)/2 [L(p0-d) + L(p0+d)]/L(p0) +
+    w B(s+1, n-s+1)/L(p0) reaches 1/alpha_seq; PASS: L(p0)/L(p0 -+ d) >= 1/beta_seq both; FAIL
+    wins a tie; at the cap an undecided count passes iff inside the region.
+    """
+    from scipy.special import betaln
+
+    alpha_seq, beta_seq = alpha * (1 - cap_share), beta * (1 - cap_share)
+    cap_test = fixed_sample_test(p0, alpha * cap_share, beta * cap_share, d)
+    n_cap, lo_cap, hi_cap = cap_test.n, cap_test.accept_lo, cap_test.accept_hi
+    for p, inside_at_most in ((p0, None), (p0 - d, beta * cap_share), (p0 + d, beta * cap_share)):
+        inside = binom.cdf(hi_cap, n_cap, p) - binom.cdf(lo_cap - 1, n_cap, p)
+        if inside_at_most is None:
+            assert 1 - inside <= alpha * cap_share
+        else:
+            assert inside <= inside_at_most
+    lo, hi = max(p0 - d, 0.0), min(p0 + d, 1.0)
+
+    def loglik(s: np.ndarray, n: int, p: float) -> np.ndarray:
+        if p in (0.0, 1.0):
+            ok = s == (0 if p == 0.0 else n)
+            return np.where(ok, 0.0, -np.inf)
+        return s * math.log(p) + (n - s) * math.log(1 - p)
+
+    decisions = [np.zeros(1, dtype=int)]
+    for n in range(1, n_cap + 1):
+        s = np.arange(n + 1)
+        l0, l_lo, l_hi = loglik(s, n, p0), loglik(s, n, lo), loglik(s, n, hi)
+        with np.errstate(divide="ignore"):
+            mixture = np.logaddexp(math.log((1 - w) / 2) + np.logaddexp(l_lo, l_hi),
+                                   math.log(w) + betaln(s + 1, n - s + 1)) - l0
+        fail = mixture >= math.log(1 / alpha_seq)
+        passing = (l0 - l_lo >= math.log(1 / beta_seq)) & (l0 - l_hi >= math.log(1 / beta_seq))
+        decision = np.where(fail, -1, np.where(passing, 1, 0))
+        if n == n_cap:
+            decision = np.where(decision == 0, np.where((s >= lo_cap) & (s <= hi_cap), 1, -1), decision)
+        decisions.append(decision)
+    return decisions, n_cap, lo_cap, hi_cap
+
+
+def _exact_run(decisions: list[np.ndarray], p: float) -> tuple[float, float, float]:
+    """(P(FAIL), P(PASS), mean n) at true share p: carry every undecided (n, s) forward."""
+    alive = np.ones(1)
+    failed = passed = mean = 0.0
+    for n in range(1, len(decisions)):
+        step = np.zeros(n + 1)
+        step[1:] += alive * p
+        step[:-1] += alive * (1 - p)
+        decision = decisions[n]
+        f, q = float(step[decision == -1].sum()), float(step[decision == 1].sum())
+        failed, passed, mean = failed + f, passed + q, mean + n * (f + q)
+        alive = np.where(decision == 0, step, 0.0)
+    assert float(alive.sum()) == 0.0, "the cap decides every path"
+    return failed, passed, mean
+
+
+@cache
+def _documented_at_one_half() -> tuple[list[np.ndarray], int, int, int]:
+    return _documented_split_rule(0.5, DEFAULT.alpha, DEFAULT.beta, DEFAULT.delta)
+
+
+def test_the_boundaries_are_the_documented_rule() -> None:
+    decisions, n_cap, lo_cap, hi_cap = _documented_at_one_half()
+    b = split_boundaries(0.5, 1e-6, 1e-6, 0.1)
+    assert (b.cap, b.cap_lo, b.cap_hi) == (n_cap, lo_cap, hi_cap)
+    as_int = {Decision.FAIL: -1, Decision.PASS: 1, Decision.CONTINUE: 0}
+    for n in range(1, n_cap):
+        s = np.arange(n + 1)
+        arrays = np.where((s <= b.fail_lo[n]) | (s >= b.fail_hi[n]), -1,
+                          np.where((s >= b.pass_lo[n]) & (s <= b.pass_hi[n]), 1, 0))
+        assert np.array_equal(arrays, decisions[n]), f"boundaries differ from the documented rule at n={n}"
+    for n in (1, 97, 682, 900, n_cap - 1, n_cap):  # and decide() reads them as stored
+        assert [as_int[b.decide(n, k)] for k in range(n + 1)] == decisions[n].tolist(), n
+
+
+def test_exact_error_rates_and_mean_recomputed_from_the_documented_rule() -> None:
+    # The headline claims, computed without stats.operating_characteristic: false failure
+    # <= 1e-6 at 50/50, a miss <= 1e-6 at 40/60 and 60/40, and 894 requests on average at
+    # 50/50 (docs/statistics.md). The computation is exact, so the tolerance on the mean is
+    # only the rounding of the documented figure: 0.5 requests.
+    decisions, _, _, _ = _documented_at_one_half()
+    failed, passed, mean = _exact_run(decisions, 0.5)
+    assert failed <= 1e-6 and math.isclose(failed + passed, 1.0, rel_tol=1e-9)
+    assert abs(mean - 894) <= 0.5, f"mean {mean:.2f} requests at 50/50, documented 894"
+    for wrong in (0.4, 0.6):
+        _, missed, _ = _exact_run(decisions, wrong)
+        assert missed <= 1e-6, f"miss {missed:.3g} at true share {wrong}"
+    # And the module's own dynamic programming agrees with this one.
+    oc = operating_characteristic(split_boundaries(0.5, 1e-6, 1e-6, 0.1), 0.5)
+    assert math.isclose(oc.fail, failed, rel_tol=1e-9) and math.isclose(oc.mean_n, mean, rel_tol=1e-12)
 
 
 def test_boundaries_are_cached_and_capped_by_the_fixed_sample_rule() -> None:
@@ -478,3 +579,86 @@ def test_exact_searches_stop_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(stats, "MAX_CLASS_REQUESTS", n - 1)
     with pytest.raises(ConfigError, match="for the error rule at 0.05"):
         stats._error_cap(0.05, 0.15, 1e-7, 1e-7)
+
+
+# --------------------------------------------------------------------------- one range rule
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("alpha", 0.0), ("alpha", 0.5), ("beta", -1e-6), ("beta", 0.7), ("delta", 0.5), ("delta", 0.9),
+    ("delta", float("nan")),
+])
+def test_one_range_rule_for_every_front_end(name: str, value: float) -> None:
+    settings = {"alpha": 1e-6, "beta": 1e-6, "delta": 0.1, name: value}
+    with pytest.raises(ConfigError) as options:
+        stats.check_settings(**settings)
+    assert (options.value.obj, options.value.field) == ("options", f"--{name}")
+    assert "strictly between 0 and 0.5" in options.value.message
+    with pytest.raises(ConfigError) as config:
+        StatsConfig(**settings)
+    assert (config.value.obj, config.value.field) == ("StatsConfig", name)
+
+
+def test_the_range_rule_admits_the_edges_it_promises() -> None:
+    # Just inside the range, a 50/50 split still builds (delta = 0.49: both alternatives in (0, 1)).
+    stats.check_settings(0.49, 0.49, 0.49)
+    assert SequentialTest({"blue": 0.5, "green": 0.5}, StatsConfig(alpha=0.4, beta=0.4, delta=0.49)).max_n > 0
+    with pytest.raises(ConfigError, match="--delta: needs more than"):
+        stats.check_settings(1e-6, 1e-6, 0.001)
+
+
+# --------------------------------------------------------------------------- the lower bound's machinery
+
+
+@pytest.mark.parametrize(("d", "lam", "lam0"), [(0.45, 10.0, 8.0), (0.45, 100.0, 60.0), (0.4, 20.0, 50.0)])
+def test_lagrangian_value_is_the_minimum_over_every_test(d: float, lam: float, lam0: float) -> None:
+    # docs/statistics.md bounds the mean of every test by a value found by backward induction
+    # (bench.bench_stats.lagrangian_value). Here that value is checked against brute force:
+    # every assignment of pass / fail / continue to the states (n, s) of a horizon-3 test,
+    # evaluated exactly, with multipliers where the best test samples before it decides (its
+    # value is below both deciding at once: 2 * lam to pass, lam0 to fail).
+    import itertools
+
+    from bench.bench_stats import lagrangian_value
+
+    p0, horizon = 0.5, 3
+    states = [(n, s) for n in range(horizon) for s in range(n + 1)]
+    finals = [(horizon, s) for s in range(horizon + 1)]
+
+    def cost(policy: dict[tuple[int, int], str]) -> float:
+        total = 0.0
+        for path in itertools.product((0, 1), repeat=horizon):
+            n = s = 0
+            while True:
+                action = policy[(n, s)]
+                if action != "continue":
+                    break
+                s, n = s + path[n], n + 1
+            def prob(p: float, n: int = n, s: int = s) -> float:
+                return float(p ** s * (1 - p) ** (n - s)) / 2 ** (horizon - n)  # paths sharing this prefix
+            total += prob(p0) * n
+            if action == "pass":
+                total += lam * (prob(p0 - d) + prob(p0 + d))
+            else:
+                total += lam0 * prob(p0)
+        return total
+
+    best = min(cost(dict(zip(states, inner, strict=True)) | dict(zip(finals, last, strict=True)))
+               for inner in itertools.product(("pass", "fail", "continue"), repeat=len(states))
+               for last in itertools.product(("pass", "fail"), repeat=len(finals)))
+    assert best < min(2 * lam, lam0), "the case must need sampling to be a check of the induction"
+    assert math.isclose(lagrangian_value(p0, d, lam, lam0, horizon), best, rel_tol=1e-12)
+
+
+def test_abtest_run_refuses_a_bad_delta_before_it_starts_anything(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli, rollout
+
+    def started(*_: object, **__: object) -> None:
+        raise AssertionError("nothing may start with a bad setting")
+
+    monkeypatch.setattr(rollout, "open_mesh", started)
+    monkeypatch.setattr(cli, "validate_stages", started)
+    assert cli.main(["run", "--delta", "0.9"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "delta: must be strictly between 0 and 0.5, got 0.9" in err[0], err

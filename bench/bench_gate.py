@@ -1,0 +1,149 @@
+"""Start-up and the offline gate: what a user waits for before (and instead of) any traffic.
+
+Run: ``python -m bench.bench_gate [--repeats 5] [--run-repeats 3] [--skip-run]``.
+
+Each figure is the median of several runs, each in a fresh Python process (so imports and
+first-use caches count, as they do for a user), with the machine's load average printed
+before and after (on a shared machine wall times scale with it; the CPU time a command and
+its children used, also printed, does not):
+
+- ``abtest --help``: the command's wall time (goal: under 0.2 s);
+- the offline gate per stage: rendering (``kubectl kustomize``), schema and semantic
+  validation, and the plan/manifest agreement check, timed inside one process that runs
+  ``validate_stages`` for every stage of the plan, plus that process's imports;
+- ``abtest validate --all``: the whole gate as a command (goal: under 1 s for the sample's
+  six stages);
+- ``abtest validate --file`` on a 300-byte YAML alias bomb: the time to refuse it;
+- ``abtest run``: the whole rollout on the local mesh as a command (goal: under 3.5 s);
+  ``--skip-run`` leaves it out.
+
+Which modules ``abtest validate`` imports is printed too: scipy, matplotlib, docker and
+the mesh are not needed to validate and should not appear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import proc, yamlio
+from harness.errors import CommandError, ConfigError
+
+# One process: import the CLI, then time each stage of the gate; prints JSON on stdout.
+_PER_STAGE = r"""
+import io, json, sys, time
+t0 = time.perf_counter()
+from harness import cli, plan as plan_mod, render, validate, rollout, routing
+t1 = time.perf_counter()
+plan = plan_mod.load_plan()
+rows = []
+for stage in plan.stages:
+    a = time.perf_counter()
+    objects = render.render_stage(plan, stage)
+    b = time.perf_counter()
+    findings = validate.validate_objects(objects)
+    c = time.perf_counter()
+    if not validate.has_errors(findings):
+        rollout.manifest_mismatches(objects, stage, routing.STANDARD_CLASSES)
+    d = time.perf_counter()
+    rows.append([stage.name, b - a, c - b, d - c])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("scipy", "matplotlib", "docker", "numpy", "pydantic")
+               or m.startswith("harness.mesh."))
+print(json.dumps({"imports": t1 - t0, "stages": rows, "heavy": sorted({m.split(".")[0] if not m.startswith("harness")
+                                                                      else m for m in heavy})}))
+"""
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def _wall(argv: list[str], *, timeout: float, ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its children: user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = proc.run(argv, timeout=timeout, check=False)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode not in ok_codes:
+        raise CommandError(argv, result.returncode, result.stdout, result.stderr)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _median_wall(argv: list[str], repeats: int, *, timeout: float, ok_codes: tuple[int, ...] = (0,)) -> str:
+    runs = [_wall(argv, timeout=timeout, ok_codes=ok_codes) for _ in range(repeats)]
+    times = [wall for wall, _ in runs]
+    cpu = statistics.median(c for _, c in runs)
+    return (f"{statistics.median(times):6.3f} s (min {min(times):.3f}, max {max(times):.3f}, n={repeats}; "
+            f"CPU {cpu:.3f} s)")
+
+
+def _bomb(directory: Path) -> Path:
+    lines = [f"a0: &a0 [{', '.join(['lol'] * 9)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = directory / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def per_stage(repeats: int) -> None:
+    runs = []
+    for _ in range(repeats):
+        out = proc.run([sys.executable, "-c", _PER_STAGE], timeout=120).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    names = [row[0] for row in runs[0]["stages"]]
+    print(f"offline gate per stage, in one process (median of {repeats} processes):")
+    print(f"  {'stage':<12} {'render':>8} {'validate':>9} {'agree':>8} {'total':>8}")
+    totals = [0.0, 0.0, 0.0]
+    for i, name in enumerate(names):
+        cols = [statistics.median(run["stages"][i][k] for run in runs) for k in (1, 2, 3)]
+        totals = [t + c for t, c in zip(totals, cols, strict=True)]
+        print(f"  {name:<12} {cols[0]:>7.3f}s {cols[1]:>8.3f}s {cols[2]:>7.3f}s {sum(cols):>7.3f}s")
+    imports = statistics.median(run["imports"] for run in runs)
+    print(f"  {'all stages':<12} {totals[0]:>7.3f}s {totals[1]:>8.3f}s {totals[2]:>7.3f}s {sum(totals):>7.3f}s"
+          f"  (+ imports {imports:.3f}s)")
+    heavy = runs[0]["heavy"]
+    print(f"  heavy modules imported by the gate: {', '.join(heavy) if heavy else 'none'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--run-repeats", type=int, default=3)
+    parser.add_argument("--skip-run", action="store_true", help="leave out `abtest run` (about 5 s a run)")
+    args = parser.parse_args(argv)
+    abtest = [sys.executable, "-m", "harness.cli"]
+    print(f"before: {_load()}")
+    print(f"abtest --help:            {_median_wall([*abtest, '--help'], args.repeats, timeout=60)}")
+    per_stage(args.repeats)
+    print(f"abtest validate --all:    {_median_wall([*abtest, 'validate', '--all'], args.repeats, timeout=120)}")
+    with tempfile.TemporaryDirectory(prefix="abtest-bench-gate-") as tmp:
+        bomb = _bomb(Path(tmp))
+        refused = _median_wall([*abtest, "validate", "--file", str(bomb)], args.repeats, timeout=60, ok_codes=(2,))
+        print(f"alias bomb refused:       {refused}  ({bomb.stat().st_size} bytes, exit 2)")
+        inside = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            try:
+                yamlio.load_documents(bomb)
+            except ConfigError:
+                inside.append(time.perf_counter() - started)
+        print(f"  of which the refusal itself (in-process): {1000 * statistics.median(inside):.2f} ms")
+        if not args.skip_run:
+            artifacts = Path(tmp) / "artifacts"
+            wall = _median_wall([*abtest, "run", "--artifacts-dir", str(artifacts)], args.run_repeats, timeout=300)
+            print(f"abtest run (local mesh):  {wall}")
+    print(f"after:  {_load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
