@@ -85,7 +85,7 @@ def validate_stages(plan: RolloutPlan, stages: Sequence[Stage], out: TextIO) -> 
 
 
 def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.traffic import load_command
+    from harness.loadcmd import load_command
 
     return load_command(
         args.url, args.n, args.version, args.concurrency, out, deadline_s=args.deadline, timeout_s=args.timeout
