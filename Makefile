@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit e2e bench lint types tox validate render base-image clean
+.PHONY: help venv run test unit e2e bench lint types cycles tox validate render base-image clean
 
 help:
 	@echo "make run         run the whole rollout on the local Envoy mesh (the main job)"
@@ -15,6 +15,7 @@ help:
 	@echo "make e2e         run the rollout suite on a real kind cluster with Istio"
 	@echo "make bench       print the benchmark figures"
 	@echo "make lint types  ruff and mypy"
+	@echo "make cycles      fail on any import cycle among harness/ and fixtures/ modules"
 	@echo "make validate    render and validate every stage offline"
 	@echo "make base-image  build the local Debian base image (no registry needed)"
 
@@ -59,6 +60,10 @@ lint: $(STAMP)
 
 types: $(STAMP)
 	$(VENV)/bin/mypy
+
+# Any import cycle among harness/ and fixtures/ modules, function-level imports included.
+cycles:
+	$(PYTHON) tools/check_import_cycles.py
 
 tox: $(STAMP)
 	$(PY) -m pip install --quiet tox
