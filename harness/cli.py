@@ -144,9 +144,12 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             target = args.artifacts_dir / "run"
             session.mesh.dump(target)
             progress(f"verdicts failed: mesh state dumped to {target}")
-    from harness.report import write_report
+    from harness.report import run_metadata, write_report
 
-    for path in write_report(result, args.artifacts_dir):
+    settings = {"plan": args.plan, "stages": [s.name for s in stages], "alpha": args.alpha, "beta": args.beta,
+                "delta": args.delta}
+    meta = run_metadata(settings, mesh=args.mesh, workloads=args.workloads)
+    for path in write_report(result, args.artifacts_dir, meta=meta):
         progress(f"wrote {path}")
     timings = ", ".join(
         f"{s.stage.name} {s.apply_s + s.converge_s:.2f}+{s.sample_s:.2f}s" for s in result.stages
