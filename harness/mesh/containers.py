@@ -20,10 +20,9 @@ import itertools
 import logging
 import os
 import secrets
-import signal
 import threading
 import time
-from types import FrameType, TracebackType
+from types import TracebackType
 
 import docker
 import docker.errors
@@ -32,6 +31,7 @@ from docker.models.containers import Container
 from harness.errors import HarnessError, WaitTimeout
 from harness.images import docker_client
 from harness.mesh.workloads import RunningWorkload, WorkloadSpec, wait_http_ok
+from harness.signals import teardown_on_sigterm
 from harness.wait import wait_until
 
 __all__ = [
@@ -96,6 +96,7 @@ class DockerRunner:
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
+        self._sigterm = teardown_on_sigterm()  # activated by register_cleanup()
 
     # -- WorkloadRunner --------------------------------------------------------------------------
 
@@ -204,9 +205,12 @@ class DockerRunner:
     def close(self) -> None:
         """Remove every container of this run id (also ones this object lost track of); idempotent."""
         self._closed = True
-        with self._lock:
-            self._containers.clear()
-        reap(self.run_id, client=self._client)
+        try:
+            with self._lock:
+                self._containers.clear()
+            reap(self.run_id, client=self._client)
+        finally:
+            self._sigterm.deactivate()
 
     def __enter__(self) -> DockerRunner:
         return self
@@ -336,16 +340,11 @@ def _creator_alive(container: Container) -> bool:
 def register_cleanup(runner: DockerRunner) -> None:
     """Make sure `runner` is closed when the process ends: normal exit, Ctrl-C, or SIGTERM.
 
-    Ctrl-C already unwinds as KeyboardInterrupt (``with`` blocks and atexit run); SIGTERM's
-    default is to die at once, so it is turned into SystemExit(143) when no other handler is
-    set. Call it from the main thread of the program that owns the process lifecycle.
+    Ctrl-C unwinds as KeyboardInterrupt (``with`` blocks and atexit run). SIGTERM unwinds as
+    ``SystemExit(143)`` from now until :meth:`DockerRunner.close` has finished, through the one
+    mechanism every backend shares (:func:`harness.signals.teardown_on_sigterm`); the handler
+    that was there before is restored by close(). Call it from the main thread of the program
+    that owns the process lifecycle (elsewhere only the atexit part applies).
     """
     atexit.register(runner.close)
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-
-        def terminate(signum: int, frame: FrameType | None) -> None:
-            raise SystemExit(128 + signum)
-
-        signal.signal(signal.SIGTERM, terminate)
+    runner._sigterm.activate()

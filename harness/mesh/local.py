@@ -10,7 +10,7 @@ waits for their ``/healthz``, switches endpoints and routes, waits until Envoy r
 new state, and only then stops the replicas nothing routes to any more. :meth:`converge`
 waits until the live route table (admin ``/config_dump``) equals the one the objects promise
 and every cluster has exactly its endpoints. :meth:`down` stops what the mesh started (also
-at interpreter exit and on SIGTERM); it is safe to call twice.
+at interpreter exit, and on SIGTERM through :mod:`harness.signals`); it is safe to call twice.
 
 >>> from harness.mesh.local import LocalMesh  # doctest: +SKIP
 >>> with LocalMesh() as mesh:                 # doctest: +SKIP
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -37,7 +36,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -63,6 +62,7 @@ from harness.mesh.workloads import (
     stop_process,
     tail,
 )
+from harness.signals import teardown_on_sigterm
 from harness.wait import wait_until
 
 if TYPE_CHECKING:
@@ -150,9 +150,8 @@ def _addresses(endpoints: Sequence[tuple[str, int]]) -> str:
 # --------------------------------------------------------------------------- teardown on exit/signal
 
 _LIVE: weakref.WeakSet[LocalMesh] = weakref.WeakSet()
-_HANDLERS_LOCK = threading.Lock()
-_handlers_installed = False
-_previous_sigterm: Any = None
+_ATEXIT_LOCK = threading.Lock()
+_atexit_registered = False
 
 
 def _down_all() -> None:
@@ -161,34 +160,14 @@ def _down_all() -> None:
             mesh.down()
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    previous = _previous_sigterm
-    if previous == signal.SIG_IGN:
-        return  # the program chose to ignore SIGTERM; so do we
-    # Stop our processes first, whatever happens next. The mesh lock is reentrant, so this
-    # works even when the signal lands inside apply() on the main thread.
-    _down_all()
-    if callable(previous):
-        previous(signum, frame)  # a test runner's or the CLI's own handler decides the rest
-        return
-    # Then die of the signal, as without us: an exception raised here could be caught by the
-    # code it interrupts (pytest reports a SystemExit in a test as a failure and goes on).
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
-def _install_handlers() -> None:
-    global _handlers_installed, _previous_sigterm
-    with _HANDLERS_LOCK:
-        if _handlers_installed:
-            return
-        atexit.register(_down_all)
-        # Ctrl-C raises KeyboardInterrupt, which unwinds through __exit__/finally and atexit;
-        # SIGTERM needs a handler, and only the main thread may install one.
-        if threading.current_thread() is threading.main_thread():
-            _previous_sigterm = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, _on_sigterm)
-        _handlers_installed = True
+def _register_atexit() -> None:
+    # Ctrl-C and SIGTERM (see harness.signals) unwind through __exit__/finally; a mesh brought
+    # up without a with block is still stopped when the interpreter exits.
+    global _atexit_registered
+    with _ATEXIT_LOCK:
+        if not _atexit_registered:
+            atexit.register(_down_all)
+            _atexit_registered = True
 
 
 # --------------------------------------------------------------------------- the mesh
@@ -261,6 +240,7 @@ class LocalMesh:
         self.concurrency = concurrency
         self._lock = threading.RLock()
         self._session = loopback_session()
+        self._sigterm = teardown_on_sigterm()
         self._reset()
 
     def _reset(self) -> None:
@@ -339,7 +319,9 @@ class LocalMesh:
             if self._up:
                 return
             self._reset()
-            _install_handlers()
+            _register_atexit()
+            # From here until down() has finished, SIGTERM unwinds as SystemExit(143) (once).
+            self._sigterm.activate()
             _LIVE.add(self)
             self.workdir = self._workdir_given or Path(tempfile.mkdtemp(prefix="abtest-localmesh-"))
             self._up = True  # from here on, down() has something to clean up (the directory)
@@ -453,6 +435,13 @@ class LocalMesh:
         with self._lock:
             if not self._up:
                 return
+            try:
+                self._down()
+            finally:
+                self._sigterm.deactivate()
+
+    def _down(self) -> None:
+        with self._lock:
             self._up = False
             _LIVE.discard(self)
             errors: list[str] = []

@@ -25,6 +25,7 @@ from harness.mesh.containers import (
     DockerRunner,
     ImageNotPresent,
     reap,
+    register_cleanup,
 )
 from harness.mesh.workloads import WorkloadRunner, WorkloadSpec
 
@@ -212,7 +213,28 @@ def test_an_interrupted_run_removes_its_containers(
             child.kill()
         child.communicate(timeout=10)
     assert child.returncode != 0, "an interrupted run must not report success"
+    if signum == signal.SIGTERM:
+        assert child.returncode == 143, f"SIGTERM must end the run as SystemExit(143), got {child.returncode}"
     assert containers_of(run_id) == [], f"the {signum.name} handler left containers behind"
+
+
+def test_register_cleanup_holds_sigterm_until_close_then_restores_the_previous_handler(
+    docker_engine: docker.DockerClient, run_id: str
+) -> None:
+    def theirs(signum: int, frame: object) -> None:  # never called: no signal is sent here
+        raise AssertionError("not expected")
+
+    previous = signal.signal(signal.SIGTERM, theirs)
+    try:
+        runner = DockerRunner(run_id=run_id, client=docker_engine)
+        register_cleanup(runner)
+        assert signal.getsignal(signal.SIGTERM) is not theirs, "SIGTERM must tear the runner down"
+        runner.close()
+        assert signal.getsignal(signal.SIGTERM) is theirs, "close() must restore the previous handler"
+        runner.close()
+        assert signal.getsignal(signal.SIGTERM) is theirs
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_reap_removes_what_a_killed_run_left(

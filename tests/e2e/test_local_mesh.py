@@ -389,52 +389,64 @@ def test_proxy_variables_never_divert_loopback_polls(tmp_path: Path, monkeypatch
         dead.close()
 
 
-@pytest.mark.parametrize("previous", ["default", "custom"])
-def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path, previous: str) -> None:
-    """SIGTERM stops envoy and the workloads, then does what the program's own handling says.
+@pytest.mark.parametrize("how", ["with-block", "up-only"])
+def test_sigterm_stops_everything_the_mesh_started_and_exits_143(tmp_path: Path, how: str) -> None:
+    """SIGTERM unwinds the program as SystemExit(143): envoy, every workload and the mesh's own
+    directory are gone, whether the mesh was a ``with`` block or only up() (atexit's turn).
 
-    With a custom handler that keeps the program alive, only the mesh's handler can have
-    stopped the processes (their die-with-parent safety net never fires), and the custom
-    handler must still be called.
+    The program's own SIGTERM handler is put aside while the mesh is up (harness.signals) and
+    back once it is down; the child checks that after a normal down().
     """
     script = textwrap.dedent(f"""
-        import json, signal, sys, time
+        import json, signal, sys, threading
         sys.path.insert(0, {str(ROOT)!r})
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        if {previous == "custom"!r}:
-            signal.signal(signal.SIGTERM, lambda n, f: print("custom handler", flush=True))
+        def theirs(n, f):
+            print("their handler", flush=True)
+        signal.signal(signal.SIGTERM, theirs)
         from harness.mesh.local import LocalMesh
         from harness.mesh.workloads import ProcessRunner
         from test_local_mesh import GREEN_100, IMAGES
+        first = LocalMesh(runner=ProcessRunner(IMAGES, log_dir=__import__("pathlib").Path({str(tmp_path)!r})))
+        first.up(); first.down()
+        assert signal.getsignal(signal.SIGTERM) is theirs, "down() must restore the program's handler"
         mesh = LocalMesh(runner=ProcessRunner(IMAGES, log_dir=__import__("pathlib").Path({str(tmp_path)!r})))
-        mesh.up()
-        mesh.apply(GREEN_100)
-        pids = [w.handle.pid for w in mesh.workloads] + [mesh.envoy_pid]
-        print(json.dumps(pids), flush=True)
-        for _ in range(600):
-            time.sleep(0.1)
+
+        def report():
+            pids = [w.handle.pid for w in mesh.workloads] + [mesh.envoy_pid]
+            print(json.dumps([pids, str(mesh.workdir)]), flush=True)
+            threading.Event().wait(60)   # bounded: the parent signals within seconds
+
+        if {how == "with-block"!r}:
+            with mesh:
+                mesh.apply(GREEN_100)
+                report()
+        else:
+            mesh.up()
+            mesh.apply(GREEN_100)
+            report()
     """)
     child = subprocess.Popen(  # noqa: S603 - this interpreter and a script written above
         [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
-        assert line, "the child mesh did not come up"
-        pids = json.loads(line)
+        assert line, f"the child mesh did not come up: {child.communicate(timeout=20)[1]}"
+        pids, workdir = json.loads(line)
         assert all(_alive(p) for p in pids)
         child.send_signal(signal.SIGTERM)
-        if previous == "default":
-            assert child.wait(timeout=20) == -signal.SIGTERM, "the child must die of SIGTERM after cleaning up"
-        else:
-            assert child.stdout.readline().strip() == "custom handler", "the previous handler must be chained"
-            assert child.poll() is None, "the custom handler keeps the program running"
+        out, err = child.communicate(timeout=30)
+        assert child.returncode == 143, f"SIGTERM must end the program with 143, got {child.returncode}:\n{err}"
+        assert "their handler" not in out, "while the mesh is up, SIGTERM is the mesh's"
         with contextlib.suppress(WaitTimeout):  # the assertion below says which are left
             wait_until(lambda: not any(_alive(p) for p in pids), what="the child's processes to end", timeout=5)
         assert not [p for p in pids if _alive(p)], "SIGTERM must stop envoy and every workload"
+        assert not Path(workdir).exists(), f"SIGTERM left the mesh directory {workdir}"
     finally:
         if child.poll() is None:
             child.kill()
