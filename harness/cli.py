@@ -1,4 +1,4 @@
-"""The ``abtest`` command: render, validate, run, load.
+"""The ``abtest`` command: render, validate, run, mutate, load.
 
 Exit codes: 0 success; 1 a check failed (finding, verdict); 2 bad input or a harness error.
 """
@@ -82,6 +82,25 @@ def validate_stages(plan: RolloutPlan, stages: Sequence[Stage], out: TextIO) -> 
         for finding in findings:
             out.write(f"    {finding}\n")
     return rendered if valid else None
+
+
+def cmd_mutate(args: argparse.Namespace, out: TextIO) -> int:
+    from harness import mutate, rollout
+    from harness.stats import StatsConfig
+
+    plan = load_plan(args.plan)
+    config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
+    options = rollout.MeshOptions(mesh="local", workloads=args.workloads, artifacts_dir=args.artifacts_dir,
+                                  base_image=args.base_image)
+
+    def progress(line: str) -> None:
+        print(f"[abtest] {line}", file=sys.stderr, flush=True)
+
+    return mutate.mutate_command(
+        plan, args.stage, out, run=not args.offline, confirm_equivalent=args.confirm_equivalent,
+        open_session=lambda: rollout.open_mesh(plan, options, progress=progress), config=config,
+        jobs=args.jobs, deadline_s=args.deadline, progress=progress,
+    )
 
 
 def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
@@ -200,6 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cluster-name", default="abtest")
     run.add_argument("--base-image", default=None)
     run.set_defaults(func=cmd_run)
+
+    mutate = sub.add_parser("mutate", help="one-edit mutants of every stage: which check catches each")
+    with_plan(mutate)
+    mutate.add_argument("--stage", action="append", default=[], help="only these stages (repeatable; default all)")
+    mutate.add_argument("--offline", action="store_true", help="validate and oracle only; no mesh runs")
+    mutate.add_argument("--confirm-equivalent", action="store_true",
+                        help="also run the mutants the oracle calls equivalent on the mesh")
+    mutate.add_argument("--workloads", choices=("process", "docker"), default="process")
+    mutate.add_argument("--jobs", type=int, default=1, help="meshes run in parallel (default 1)")
+    mutate.add_argument("--deadline", type=float, default=900.0, help="stop after this many seconds (default 900)")
+    mutate.add_argument("--alpha", type=float, default=1e-6)
+    mutate.add_argument("--beta", type=float, default=1e-6)
+    mutate.add_argument("--delta", type=float, default=0.10)
+    mutate.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
+    mutate.add_argument("--base-image", default=None)
+    mutate.set_defaults(func=cmd_mutate)
 
     load = sub.add_parser("load", help="send N requests and print each answer, then counts per version")
     load.add_argument("url", help="e.g. http://127.0.0.1:8080/score (loopback only)")
