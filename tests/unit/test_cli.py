@@ -38,7 +38,7 @@ def test_validate_all_prints_one_valid_line_per_stage() -> None:
     stages = ["baseline", "Blue_0", "Blue_50", "Blue_100", "Blue_Green", "Green_100"]
     assert [line.split()[0] for line in lines] == stages
     assert all(line.endswith("valid") and "INVALID" not in line for line in lines)
-    assert "green 50 (A) / blue 50 (B)" in text
+    assert "green 50 (scorer-a:dev) / blue 50 (scorer-b:dev)" in text
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_run_with_a_bad_plan_starts_nothing(tmp_path: Path, capsys: pytest.Captu
     plan = tmp_path / "stages.yaml"
     text = (Path(__file__).parents[2] / "manifests" / "stages.yaml").read_text()
     plan.write_text(text.replace("weights: {green: 50, blue: 50}", "weights: {green: 60, blue: 50}"))
-    code, out = _run("run", "--plan", str(plan), "--artifacts-dir", str(tmp_path))
+    code, out = _run("run", "--spec", str(plan), "--artifacts-dir", str(tmp_path))
     assert code == 2
     assert out == ""
     assert "Stage Blue_50: weights: sum to 110, not 100" in capsys.readouterr().err
@@ -77,11 +77,13 @@ def test_run_refuses_manifests_that_route_otherwise_than_the_plan(
 ) -> None:
     import copy
 
-    from harness import cli, rollout
-    from harness.render import render_stage
+    from harness import render as render_module
+    from harness import rollout
 
-    def swapped(plan: object, stage: object, **kwargs: object) -> list[dict[str, object]]:
-        objects = copy.deepcopy(render_stage(plan, stage, **kwargs))  # type: ignore[arg-type]
+    real_render = render_module.render
+
+    def swapped(spec: object, stage: object, **kwargs: object) -> list[dict[str, object]]:
+        objects = copy.deepcopy(real_render(spec, stage, **kwargs))  # type: ignore[arg-type]
         http = next(o for o in objects if o["kind"] == "VirtualService")["spec"]["http"]  # type: ignore[index]
         http[0]["route"], http[1]["route"] = http[1]["route"], http[0]["route"]
         return objects
@@ -89,10 +91,10 @@ def test_run_refuses_manifests_that_route_otherwise_than_the_plan(
     def no_mesh(*args: object, **kwargs: object) -> None:
         raise AssertionError("a mesh was opened for invalid manifests")
 
-    monkeypatch.setattr(cli, "render_stage", swapped)
+    monkeypatch.setattr(render_module, "render", swapped)
     monkeypatch.setattr(rollout, "open_mesh", no_mesh)
     code, text = _run("run", "--stage", "Blue_0", "--artifacts-dir", str(tmp_path))
     assert code == 1, text
-    assert "Blue_0      green 100 (A) / blue 0 (B)" in text and "INVALID" in text
-    assert "error PLAN Blue_0 header-blue: manifests route green 100%, the plan says blue 100%" in text
+    assert "Blue_0      kustomize " in text and "INVALID" in text
+    assert "error EXPECT Blue_0 header-blue: manifests route green 100%, the spec expects blue 100%" in text
     assert "FAIL: invalid manifests; nothing was started" in text
