@@ -309,6 +309,11 @@ def _check_schema(raw: Any, source: Path) -> None:
             name = None
         if isinstance(name, str):
             obj = f"{obj} stage {name}"
+    if best.validator == "additionalProperties" and isinstance(best.instance, dict):
+        known = (best.schema if isinstance(best.schema, dict) else {}).get("properties", {})
+        unknown = sorted(str(k) for k in best.instance if k not in known)
+        if unknown and known:
+            raise ConfigError(obj, _field([*path, unknown[0]]), f"unknown key (allowed: {', '.join(sorted(known))})")
     raise ConfigError(obj, _field(path) or "(top level)", _message(best))
 
 
@@ -323,11 +328,6 @@ def _message(error: Any) -> str:
     """A schema error in words: unknown keys and missing keys named, long instances cut."""
     validator = error.validator
     schema_part = error.schema if isinstance(error.schema, dict) else {}
-    if validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted(schema_part.get("properties", {}))
-        unknown = sorted(str(k) for k in error.instance if k not in schema_part.get("properties", {}))
-        if allowed:
-            return f"unknown key {', '.join(repr(u) for u in unknown)} (allowed: {', '.join(allowed)})"
     if validator == "required":
         return str(error.message).replace("is a required property", "is missing")
     if validator in ("minProperties", "maxProperties") and "files" in schema_part.get("properties", {}):
