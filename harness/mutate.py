@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from harness.errors import ConfigError, HarnessError
-from harness.plan import RolloutPlan, Stage
-from harness.routing import STANDARD_CLASSES, Request, expected_distributions
+from harness.routing import STANDARD_CLASSES, Request
 
 Objects = list[dict[str, Any]]
 Expectation = Mapping[str, Mapping[str, float]]  # request class label -> outcome -> share
@@ -104,10 +103,11 @@ def _name(obj: Mapping[str, Any]) -> str:
 class _Builder:
     """Collects mutants of one stage: each edit works on a deep copy of the objects."""
 
-    def __init__(self, stage: str, objects: Objects) -> None:
+    def __init__(self, stage: str, objects: Objects, version_env_reason: str = "") -> None:
         self.stage = stage
         self.objects = objects
         self.mutants: list[Mutant] = []
+        self.version_env_reason = version_env_reason
 
     def add(self, operator: str, description: str, edit: Callable[[Objects], None], *, routing: bool = True,
             equivalent: str = "") -> None:
@@ -352,7 +352,7 @@ def _deployment_mutants(b: _Builder, versions: Sequence[str], images: Sequence[s
                 def rename(objs: Objects, e: int = e, new: str = new) -> None:
                     _container(objs[d])["env"][e]["value"] = new
                 b.add("version-name", f"Deployment {name} MODEL_VERSION {env['value']} -> {new}", rename,
-                      routing=False)
+                      routing=False, equivalent=b.version_env_reason)
         image = str(container.get("image", ""))
         other = _other_value(image, images)
 
@@ -402,15 +402,20 @@ def _destination_rule_mutants(b: _Builder, versions: Sequence[str]) -> None:
 
 
 def generate(stage: str, objects: Objects, *, versions: Sequence[str], images: Sequence[str],
-             delta: float = 0.10) -> list[Mutant]:
+             delta: float = 0.10, by_selector: bool = False) -> list[Mutant]:
     """Every one-edit mutant of one stage's objects.
 
     Weights move by the smallest multiple of 5 points above `delta` (15 at d = 0.10), so a
     shift is one the statistics must catch. `versions` and `images` are what a selector,
-    version name or image is changed to (another version's, another image's).
+    version name or image is changed to (another version's, another image's). With
+    `by_selector` (versions are pod label selectors, answers attributed by the endpoint the
+    gateway chose), a changed ``MODEL_VERSION`` is equivalent: it only renames the scorer's own
+    ``x-model-version`` header.
     """
     shift = 5 * (math.floor(100 * delta / 5) + 1)
-    b = _Builder(stage, objects)
+    reason = ("MODEL_VERSION only sets the scorer's own x-model-version header; versions are the spec's "
+              "pod selectors, answers are credited by endpoint") if by_selector else ""
+    b = _Builder(stage, objects, reason)
     _virtual_service_mutants(b, shift)
     _gateway_mutants(b)
     _destination_rule_mutants(b, versions)
@@ -428,8 +433,11 @@ def _findings(objects: Objects) -> set[str]:
     return {f"{f.severity} {f.code} {f.obj} {f.path}" for f in validate_objects(objects)}
 
 
-def _shares(objects: Objects, classes: Sequence[Request]) -> dict[str, dict[str, float]]:
-    expected = expected_distributions(objects, classes)
+def _shares(objects: Objects, classes: Sequence[Request],
+            versions: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, float]]:
+    from harness.rollout import oracle
+
+    expected = oracle(objects, classes, versions)
     return {r.label: {k: v for k, v in expected[r].shares.items() if v > 0} for r in classes}
 
 
@@ -445,26 +453,29 @@ def _fmt(shares: Mapping[str, float]) -> str:
 class StageCheck:
     """What one stage's mutants are judged against: the expectation and the unmutated readings."""
 
-    stage: Stage
+    stage: Any  # a spec's StageSpec, or a plan's Stage
     objects: Objects
-    expectation: Expectation
+    expectation: Expectation | None  # None: the stage has no table; the oracle is its expectation
     classes: Sequence[Request]
     baseline_findings: frozenset[str]
     baseline_shares: Mapping[str, Mapping[str, float]]
+    versions: Mapping[str, Mapping[str, str]] | None = None
 
 
-def prepare_stage(stage: Stage, objects: Objects, expectation: Expectation,
-                  classes: Sequence[Request] = STANDARD_CLASSES) -> StageCheck:
+def prepare_stage(stage: Any, objects: Objects, expectation: Expectation | None,
+                  classes: Sequence[Request] = STANDARD_CLASSES, *,
+                  versions: Mapping[str, Mapping[str, str]] | None = None) -> StageCheck:
     """Read the unmutated stage once; refuse it if it already fails the offline checks."""
     findings = _findings(objects)
-    shares = _shares(objects, classes)
-    for request in classes:
+    shares = _shares(objects, classes, versions)
+    for request in classes if expectation is not None else ():
+        assert expectation is not None
         if _differs(shares[request.label], expectation[request.label]):
             raise HarnessError(
                 f"stage {stage.name} {request.label}: the unmutated manifests route {_fmt(shares[request.label])}, "
                 f"the expectation says {_fmt(expectation[request.label])}; fix that before mutating"
             )
-    return StageCheck(stage, objects, expectation, classes, frozenset(findings), shares)
+    return StageCheck(stage, objects, expectation, classes, frozenset(findings), shares, versions)
 
 
 def check_offline(check: StageCheck, mutant: Mutant) -> Outcome | None:
@@ -476,10 +487,11 @@ def check_offline(check: StageCheck, mutant: Mutant) -> Outcome | None:
     if new:
         return Outcome(mutant, CAUGHT, "validate", new[0] + (f" (+{len(new) - 1} more)" if len(new) > 1 else ""))
     try:
-        shares = _shares(mutant.objects, check.classes)
+        shares = _shares(mutant.objects, check.classes, check.versions)
     except ConfigError as exc:
         return Outcome(mutant, CAUGHT, "oracle", f"refused: {exc}")
-    for request in check.classes:
+    for request in check.classes if check.expectation is not None else ():
+        assert check.expectation is not None
         wanted = check.expectation[request.label]
         if _differs(shares[request.label], wanted):
             return Outcome(mutant, CAUGHT, "oracle",
@@ -561,41 +573,57 @@ def _run_all(to_run: Sequence[Mutant], by_stage: Mapping[str, StageCheck], facto
             future.result()
 
 
-# --------------------------------------------------------------------------------- the sample
+# ------------------------------------------------------------------------------ a rollout spec
 
 
-def plan_expectation(stage: Stage, classes: Sequence[Request] = STANDARD_CLASSES) -> dict[str, dict[str, float]]:
-    """The plan's promise per request class (weights, and pinning or 503)."""
-    from harness.rollout import intended_distribution
+def _attributes_by_endpoint() -> bool:
+    """True when versions are the spec's pod selectors for the oracle too (not ``MODEL_VERSION``)."""
+    import inspect
 
-    return {r.label: intended_distribution(stage, r) for r in classes}
+    from harness.routing import expected_distributions
+
+    return "versions" in inspect.signature(expected_distributions).parameters
 
 
-def plan_mutants(plan: RolloutPlan, stages: Sequence[Stage], *, delta: float = 0.10,
-                 render: Callable[[RolloutPlan, Stage], Objects] | None = None
-                 ) -> tuple[list[StageCheck], list[Mutant]]:
-    """Render each stage of a plan, read it, and generate its mutants."""
+def spec_mutants(spec: Any, stages: Sequence[Any], *, delta: float = 0.10,
+                 render: Callable[[Any, Any], Objects] | None = None) -> tuple[list[StageCheck], list[Mutant]]:
+    """Render each stage of a rollout spec (or a ``stages.yaml`` plan), read it, generate its mutants.
+
+    The expectation is the stage's ``expect`` table (for a plan: what the plan promises); a
+    stage without one has none, and then only validate and the oracle's refusals can catch a
+    routing edit offline.
+    """
+    from harness.rollout import as_spec
+
+    spec = as_spec(spec)
+    stages = [spec.stage(s if isinstance(s, str) else s.name) for s in stages]
     if render is None:
-        from harness.render import render_stage
+        from harness.render import render as render_spec
 
-        def render(p: RolloutPlan, s: Stage) -> Objects:
-            return render_stage(p, s)
-    images = sorted({str(_container(dep).get("image")) for s in stages for _, dep in
-                     _objects_of(render(plan, s), "Deployment")})
+        def render(s: Any, stage: Any) -> Objects:
+            return render_spec(s, stage)
+    rendered = {stage.name: render(spec, stage) for stage in stages}
+    images = sorted({str(_container(dep).get("image")) for objects in rendered.values()
+                     for _, dep in _objects_of(objects, "Deployment")
+                     if dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers")})
+    labels = sorted({*spec.versions, *(str(v) for sel in spec.versions.values() for v in sel.values())})
     checks, mutants = [], []
     for stage in stages:
-        objects = render(plan, stage)
-        checks.append(prepare_stage(stage, objects, plan_expectation(stage)))
-        mutants += generate(stage.name, objects, versions=list(plan.versions), images=images, delta=delta)
+        objects = rendered[stage.name]
+        expect = stage.expect if stage.expect is not None and all(
+            c.label in stage.expect for c in spec.classes) else None
+        checks.append(prepare_stage(stage, objects, expect, spec.classes, versions=spec.versions))
+        mutants += generate(stage.name, objects, versions=labels, images=images, delta=delta,
+                            by_selector=_attributes_by_endpoint())
     return checks, mutants
 
 
 class MeshRunCheck:
     """Run mutants on one mesh of its own: apply, converge, sample, judge against the expectation."""
 
-    def __init__(self, plan: RolloutPlan, config: Any, open_session: Callable[[], Any],
+    def __init__(self, spec: Any, config: Any, open_session: Callable[[], Any],
                  converge_timeout: float = 10.0, deadline_s: float = 60.0) -> None:
-        self.plan = plan
+        self.spec = spec
         self.config = config
         self.session = open_session()
         self.session.__enter__()
@@ -606,7 +634,7 @@ class MeshRunCheck:
         from harness.rollout import check_stage
 
         try:
-            result = check_stage(self.session.mesh, self.plan, check.stage, self.config, classes=check.classes,
+            result = check_stage(self.session.mesh, self.spec, check.stage, self.config, classes=check.classes,
                                  expected=check.expectation, objects=mutant.objects,
                                  converge_timeout=self.converge_timeout, deadline_s=self.deadline_s)
         except HarnessError as exc:
@@ -649,7 +677,7 @@ def write_table(report: MutationReport, out: TextIO) -> None:
 
 
 def mutate_command(
-    plan: RolloutPlan,
+    spec: Any,
     stage_names: Sequence[str],
     out: TextIO,
     *,
@@ -661,16 +689,22 @@ def mutate_command(
     deadline_s: float = 600.0,
     progress: Callable[[str], None] | None = None,
 ) -> int:
-    """``abtest mutate``: generate, judge, print the table; 0 when no mutant survived, else 1."""
+    """``abtest mutate``: generate, judge, print the table; 0 when no mutant survived, else 1.
+
+    `spec` is a rollout spec or a ``stages.yaml`` plan.
+    """
+    from harness.rollout import as_spec
+
+    spec = as_spec(spec)
     delta = float(getattr(config, "delta", 0.10))
-    stages = [plan.stage(name) for name in stage_names] or list(plan.stages)
-    checks, mutants = plan_mutants(plan, stages, delta=delta)
+    stages = [spec.stage(name) for name in stage_names] or list(spec.stages)
+    checks, mutants = spec_mutants(spec, stages, delta=delta)
     if progress:
         progress(f"{len(mutants)} mutants of {len(stages)} stages")
     factory: Callable[[], RunCheck] | None = None
     if run and open_session is not None and config is not None:
         def factory() -> RunCheck:
-            return MeshRunCheck(plan, config, open_session)
+            return MeshRunCheck(spec, config, open_session)
     report = mutate(checks, mutants, run_check=factory, confirm_equivalent=confirm_equivalent, jobs=jobs,
                     deadline_s=deadline_s, progress=progress)
     write_table(report, out)

@@ -104,8 +104,8 @@ def to_data(result: RolloutResult, meta: Mapping[str, Any] | None = None) -> dic
             {
                 "stage": s.stage.name,
                 "description": s.stage.description,
-                "weights": dict(s.stage.weights),
-                "images": dict(s.stage.images),
+                "weights": dict(s.weights),
+                "images": dict(s.images),
                 "passed": s.passed,
                 "apply_s": _duration(s.apply_s),
                 "converge_s": _duration(s.converge_s),
@@ -173,7 +173,7 @@ def outcome_colours(outcomes: list[str]) -> dict[str, str]:
 
     Green and blue get the colours their names say, so the sample rollout reads at a glance.
     """
-    versions = sorted(o for o in set(outcomes) if not o.startswith(("status:", "error:")) and o != "unattributed")
+    versions = sorted(o for o in set(outcomes) if not o.startswith(("status:", "error:")))
     named = {"green": "#2ca02c", "blue": "#1f77b4"}
     palette = itertools.cycle([c for c in _VERSION_COLOURS if c not in named.values()])
     colours = {version: named.get(version) or next(palette) for version in versions}

@@ -18,8 +18,10 @@ The default classifier, `by_version_header`, reads the answer's ``x-model-versio
 status < 400 with the header gives the version, anything else ``status:NNN`` (a 4xx/5xx is an
 error even when it names a version). Another reading, such as attributing the answer by the
 endpoint the gateway chose, plugs in as `classify` without this module knowing about
-versions. An outcome is a version's unless it starts with ``status:`` or ``error:`` or is
-``unattributed``; only a version's answers are kept in `LoadResult.answers`.
+versions. `by_attribution` builds that classifier from a ``harness.attribution`` mapping (``attribute=``
+on `run_load` is a shorthand for it). An outcome is a version's unless it starts with
+``status:`` or ``error:`` (``error:unattributed:<host>`` for an answer no version can be
+credited with); only a version's answers are kept in `LoadResult.answers`.
 
 Each outcome is fed live to the class's sequential test (`harness.stats.SequentialTest`) and
 the run stops as soon as every class has decided; a decided class gets no more requests (the
@@ -54,9 +56,9 @@ from harness.http1 import (
 )
 
 __all__ = [
-    "CLASS_HEADER", "OUTCOME_CONNECTION", "OUTCOME_OTHER", "OUTCOME_TIMEOUT", "OUTCOME_UNATTRIBUTED",
-    "VERSION_HEADER", "Classifier", "LiveTest", "LoadResult", "NotLoopback", "Observation", "RequestClass",
-    "Target", "by_version_header", "is_version", "loopback_target", "run_load",
+    "CLASS_HEADER", "OUTCOME_CONNECTION", "OUTCOME_OTHER", "OUTCOME_TIMEOUT", "UPSTREAM_HOST_HEADER",
+    "VERSION_HEADER", "Attribute", "Classifier", "LiveTest", "LoadResult", "NotLoopback", "Observation",
+    "RequestClass", "Target", "by_attribution", "by_version_header", "is_version", "loopback_target", "run_load",
 ]
 
 VERSION_HEADER = "x-model-version"
@@ -65,8 +67,8 @@ VERSION_HEADER = "x-model-version"
 CLASS_HEADER = "x-api-version"
 """Request header that pins a request to one version (the VirtualService's header routes)."""
 
-OUTCOME_UNATTRIBUTED = "unattributed"
-"""An answer a classifier could not give to any version (kept apart, as errors are)."""
+UPSTREAM_HOST_HEADER = "x-abtest-upstream-host"
+"""Response header the harness's gateway adds: the ``ip:port`` of the endpoint it chose."""
 
 _MAX_DETAILS = 20
 _ANSWER_CACHE = 256
@@ -90,9 +92,26 @@ def by_version_header(status: int, headers: Mapping[str, str]) -> str:
     return f"status:{status}"
 
 
+Attribute = Callable[[str | None, str | None], str | None]
+"""``attribute(upstream_host, version_header) -> version``, an ``error:...`` outcome, or None."""
+
+
+def by_attribution(attribute: Attribute) -> Classifier:
+    """The classifier of an attribution: a status < 400 is credited as `attribute` says
+    (None: ``status:NNN``); a 4xx/5xx stays ``status:NNN``."""
+
+    def classify(status: int, headers: Mapping[str, str]) -> str:
+        if status >= 400:
+            return f"status:{status}"
+        found = attribute(headers.get(UPSTREAM_HOST_HEADER), headers.get(VERSION_HEADER))
+        return found if found is not None else f"status:{status}"
+
+    return classify
+
+
 def is_version(outcome: str) -> bool:
-    """True when `outcome` names a version (not ``status:``, ``error:`` or ``unattributed``)."""
-    return not outcome.startswith(("status:", "error:")) and outcome != OUTCOME_UNATTRIBUTED
+    """True when `outcome` names a version (it does not start with ``status:`` or ``error:``)."""
+    return not outcome.startswith(("status:", "error:"))
 
 
 class LiveTest(Protocol):
@@ -305,6 +324,7 @@ def run_load(
     timeout_s: float = 2.0,
     on_response: Callable[[Observation], None] | None = None,
     classify: Classifier = by_version_header,
+    attribute: Attribute | None = None,
 ) -> LoadResult:
     """Send the request classes round-robin to `base_url` until decided or out of budget.
 
@@ -314,9 +334,14 @@ def run_load(
     `deadline_s` seconds, whichever comes first: a request's timeout is cut to the time left,
     and a request cut off that way is dropped (counted in `abandoned`). `concurrency`
     requests are in flight at once, each on its own keep-alive connection. `classify` turns
-    an answer's status and headers into its outcome. `on_response` is called once per
-    answer, in the calling thread, one call at a time.
+    an answer's status and headers into its outcome (`attribute`, if given, instead: see
+    `by_attribution`). `on_response` is called once per answer, in the calling thread, one call
+    at a time.
     """
+    if attribute is not None:
+        if classify is not by_version_header:
+            raise ValueError("give classify or attribute, not both")
+        classify = by_attribution(attribute)
     target = loopback_target(base_url)
     if max_requests < 0:
         raise ValueError(f"max_requests must be >= 0, got {max_requests}")

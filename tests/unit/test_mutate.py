@@ -35,7 +35,7 @@ def plan() -> RolloutPlan:
 @pytest.fixture(scope="module")
 def judged(plan: RolloutPlan) -> tuple[list[mutate.Mutant], dict[str, mutate.Outcome]]:
     stages = [plan.stage("Blue_50"), plan.stage("Green_100")]
-    checks, mutants = mutate.plan_mutants(plan, stages)
+    checks, mutants = mutate.spec_mutants(plan, stages)
     report = mutate.mutate(checks, mutants)
     return mutants, {o.mutant.ident: o for o in report.outcomes}
 
@@ -138,7 +138,7 @@ def test_what_the_offline_checks_cannot_see_survives_them(
 
 
 def test_survivors_go_to_the_run_check_and_its_verdict_decides(plan: RolloutPlan) -> None:
-    checks, mutants = mutate.plan_mutants(plan, [plan.stage("Blue_50")])
+    checks, mutants = mutate.spec_mutants(plan, [plan.stage("Blue_50")])
     ran: list[str] = []
 
     def factory() -> mutate.RunCheck:
@@ -159,7 +159,7 @@ def test_survivors_go_to_the_run_check_and_its_verdict_decides(plan: RolloutPlan
 
 
 def test_the_deadline_bounds_the_run(plan: RolloutPlan) -> None:
-    checks, mutants = mutate.plan_mutants(plan, [plan.stage("Blue_50")])
+    checks, mutants = mutate.spec_mutants(plan, [plan.stage("Blue_50")])
     report = mutate.mutate(checks, mutants, deadline_s=0.0)
     assert report.count(mutate.NOT_RUN) == len(mutants) and not report.passed
 

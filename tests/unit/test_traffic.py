@@ -244,14 +244,16 @@ def test_a_classifier_decides_the_outcome_from_status_and_headers(server: _Serve
         seen.append((status, headers.get("x-abtest-upstream-host")))
         if status >= 400:
             return f"status:{status}"
-        return endpoints.get(headers.get("x-abtest-upstream-host", ""), "unattributed")
+        host = headers.get("x-abtest-upstream-host", "")
+        return endpoints.get(host, f"error:unattributed:{host}")
 
     classes = [_cls("known", "/upstream/10.0.0.7:5001"), _cls("unknown", "/upstream/10.0.0.9:5001"),
                _cls("down", "/status/503")]
     result = run_load(server.url, classes, max_requests=9, deadline_s=10, concurrency=1, classify=by_endpoint)
-    assert result.counts == {"known": {"blue": 3}, "unknown": {"unattributed": 3}, "down": {"status:503": 3}}
+    unattributed = "error:unattributed:10.0.0.9:5001"
+    assert result.counts == {"known": {"blue": 3}, "unknown": {unattributed: 3}, "down": {"status:503": 3}}
     assert result.answers == {"blue": {"New Model B": 3}}, "only a version's answers are kept as answers"
-    assert result.errors == {"unattributed": 3, "status:503": 3}
+    assert result.errors == {unattributed: 3, "status:503": 3}
     assert sorted(seen) == sorted([(200, "10.0.0.7:5001")] * 3 + [(200, "10.0.0.9:5001")] * 3
                                   + [(503, None)] * 3), "the classifier sees every answer's status and headers"
 
