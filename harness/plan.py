@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from harness.errors import ConfigError
+from harness.support import WeightProblem, destination_shares
 
 MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
 DEFAULT_PLAN = MANIFESTS_DIR / "stages.yaml"
@@ -216,17 +217,21 @@ def _parse_stage(
     for version in versions:
         if version not in weights:
             raise ConfigError(obj, f"weights.{version}", "missing: every version needs a weight (0 for none)")
-        weight = weights[version]
-        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-            raise ConfigError(obj, f"weights.{version}", f"must be a whole number from 0 to 100, got {weight!r}")
-        if weight > 0 and version not in stage_images:
-            raise ConfigError(
-                obj, f"weights.{version}", f"is {weight} but {version} does not run in this stage (images)"
-            )
-    total = sum(weights.values())
-    if total != 100:
+    try:
+        # The one weights rule (harness.support), in the plan's own format: whole percents.
+        destination_shares([weights[v] for v in versions], percent=True)
+    except WeightProblem as problem:
+        if problem.index is not None:
+            version = versions[problem.index]
+            raise ConfigError(obj, f"weights.{version}", problem.message) from None
+        total = sum(weights.values())
         shown = " + ".join(f"{v} {weights[v]}" for v in versions)
-        raise ConfigError(obj, "weights", f"sum to {total}, not 100 ({shown})")
+        raise ConfigError(obj, "weights", f"sum to {total}, not 100 ({shown})") from None
+    for version in versions:
+        if weights[version] > 0 and version not in stage_images:
+            raise ConfigError(
+                obj, f"weights.{version}", f"is {weights[version]} but {version} does not run in this stage (images)"
+            )
     return Stage(
         name=name,
         description=description,

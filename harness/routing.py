@@ -3,7 +3,8 @@
 Given the rendered objects of a stage (Gateway, VirtualService, DestinationRule, Service,
 Deployment, Namespace as plain dicts) and a request (method, path, headers, Host, port),
 :func:`expected_distribution` returns the probability of each outcome: a version name (the
-``MODEL_VERSION`` of the pods that answer), ``status:404`` (no VirtualService or route) or
+version whose pod label selector, from the rollout spec, the answering pods satisfy; without
+a spec, their ``MODEL_VERSION``), ``status:404`` (no VirtualService or route) or
 ``status:503`` (a destination without ready endpoints). The statistics judge the live data
 plane against it, so it follows Istio's documented semantics and nothing looser:
 
@@ -18,8 +19,9 @@ plane against it, so it follows Istio's documented semantics and nothing looser:
   prefix, as Envoy's), ``regex`` (RE2, full match, via google-re2 like Envoy); header names
   compare case-insensitively, values case-sensitively; an empty match (or ``regex: "*"``)
   tests presence, as Istio translates it;
-- weights are integers summing to 100 (one destination may omit it); each request picks a
-  destination independently with probability weight/100; weight 0 is never picked;
+- weights are relative (:func:`harness.support.destination_shares`): each request picks a
+  destination independently with probability weight / (sum of the route's weights); a lone
+  destination gets every request whatever its weight; weight 0 (or omitted) is never picked;
 - a destination is a Service (host: dot-free short name resolved in the VirtualService's
   namespace, or ``name.ns.svc.cluster.local``) and port, optionally a DestinationRule subset
   whose labels are added to the Service's selector; its endpoints are the pods of the
@@ -30,10 +32,11 @@ Anything in the routing path that this module does not implement raises
 :class:`~harness.errors.UnsupportedField` naming the object and the field, never silently
 ignored: a verdict computed against a half-understood manifest would lie.
 
-Deliberate limits, all outside what the harness sends or the reference charts use: paths
-are matched as sent (the gateway's RFC 3986 normalization of ``/a/../score`` is not
-modelled), a header appears at most once per request, and a Deployment with replicas > 0
-counts as ready (readiness is the mesh's convergence check, not the manifests').
+Paths are matched as the gateway normalizes them (:func:`normalize_path`: RFC 3986 dot
+segments and unreserved escapes, as Istio configures Envoy); a path with characters Envoy
+re-encodes or refuses is not modelled. Deliberate limits, outside what the harness sends or
+the reference charts use: a header appears at most once per request, and a Deployment with
+replicas > 0 counts as ready (readiness is the mesh's convergence check, not the manifests').
 
 >>> from harness.routing import STANDARD_CLASSES, expected_distribution
 >>> # expected_distribution(render_stage(load_plan(), "Blue_50"), STANDARD_CLASSES[0]).shares
@@ -51,6 +54,7 @@ from typing import Any, TypeVar
 import re2
 
 from harness.errors import ConfigError, UnsupportedField
+from harness.support import WeightProblem, destination_shares
 
 __all__ = [
     "Backend",
@@ -62,16 +66,22 @@ __all__ = [
     "NO_ROUTE",
     "Request",
     "STANDARD_CLASSES",
+    "Versions",
     "backends_behind",
     "check_supported",
+    "check_versions",
     "declares_target_port",
+    "destination_rules_for",
+    "endpoint_selector",
     "expected_distribution",
     "expected_distributions",
     "exported_to",
     "host_matches",
     "hosts_overlap",
+    "normalize_path",
     "resolve_gateway_name",
     "resolve_service_host",
+    "selects",
     "server_host_parts",
     "string_matches",
     "versions_behind",
@@ -178,13 +188,79 @@ class Request:
 
     @property
     def route_path(self) -> str:
-        """The path Envoy's route matchers see: the query string is not part of it."""
-        return self.path.split("?", 1)[0].split("#", 1)[0]
+        """The path the gateway's route matchers see: :func:`normalize_path` of the path
+        without its query string. ConfigError for a path the oracle does not model."""
+        try:
+            return normalize_path(self.path.split("?", 1)[0])
+        except ValueError as exc:
+            raise ConfigError(f"request {self.label}", "path", str(exc)) from None
 
     def describe(self) -> str:
         """One line, e.g. ``header-blue: GET /score x-api-version: blue``."""
         headers = "".join(f" {k}: {v}" for k, v in self.headers.items())
         return f"{self.label}: {self.method} {self.path}{headers}"
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# RFC 3986 pchar without pct-encoded, plus "/": what Envoy's normalization leaves as it is.
+_PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def normalize_path(path: str) -> str:
+    """The path as Istio's gateway routes it: Envoy's ``normalize_path`` (RFC 3986).
+
+    Istio sets ``normalize_path: true``, no ``merge_slashes`` and
+    ``path_with_escaped_slashes_action: KEEP_UNCHANGED`` on the gateway's connection manager
+    at its default ``pathNormalization`` (``pilot/pkg/networking/core/listener_builder.go``);
+    the local gateway is configured the same. Modelled, as the Envoy 1.40 binary does it:
+    percent-encoded unreserved characters are decoded (``%61`` -> ``a``, ``%2E`` -> ``.``),
+    other escapes are kept as written (``%2F`` stays, so does its case), a backslash is a
+    slash, and dot segments are removed (``/a/../b`` -> ``/b``, ``/..`` -> ``/``); repeated
+    slashes stay. Characters Envoy re-encodes or refuses (space, ``"<>^`{|}``, ``#``,
+    control and non-ASCII characters) are not modelled: ValueError.
+
+    >>> normalize_path("/x/../sc%6Fre"), normalize_path("/a//b/./"), normalize_path("/a%2fb")
+    ('/score', '/a//b/', '/a%2fb')
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(path):
+        char = path[i]
+        if char == "%" and i + 2 < len(path) and path[i + 1] in _HEX and path[i + 2] in _HEX:
+            decoded = chr(int(path[i + 1 : i + 3], 16))
+            out.append(decoded if decoded in _UNRESERVED else path[i : i + 3])
+            i += 3
+            continue
+        if char == "\\":
+            out.append("/")
+        elif char in _PATH_CHARS or char == "%":
+            out.append(char)
+        else:
+            raise ValueError(
+                f"{path!r} has {char!r}, which the gateway re-encodes or refuses; the oracle does not model it"
+            )
+        i += 1
+    return _remove_dot_segments("".join(out))
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4 on an absolute path."""
+    output: list[str] = []
+    segments = path.split("/")[1:] if path.startswith("/") else path.split("/")
+    for k, segment in enumerate(segments):
+        last = k == len(segments) - 1
+        if segment == ".":
+            if last:
+                output.append("")
+        elif segment == "..":
+            if output:
+                output.pop()
+            if last:
+                output.append("")
+        else:
+            output.append(segment)
+    return "/" + "/".join(output)
 
 
 #: The three request classes of the A/B test: no header (the weighted route), and one
@@ -430,12 +506,16 @@ def _check_regex(obj: str, path: str, pattern: Any) -> None:
         raise ConfigError(obj, path, f"invalid RE2 regex {pattern!r}: {detail}") from None
 
 
-def _check_string_match(obj: str, path: str, spec: Any, *, header: bool) -> None:
-    """A StringMatch: at most one of exact/prefix/regex, strings, regexes valid RE2.
+def _check_string_match(obj: str, path: str, spec: Any, *, where: str) -> None:
+    """A StringMatch as Istio's validation admits it (``pkg/config/validation/virtualservice.go``,
+    ``validateHTTPRouteMatchRequest``; ``validation.go``, ``validateStringMatch``).
 
-    Empty is allowed: for a header (or method) Istio makes it a presence test, for the uri it
-    leaves Envoy's catch-all prefix "/". ``regex: "*"`` is a presence test for headers only;
-    on the uri Istio passes it to Envoy as a regex, which RE2 rejects.
+    At most one of exact/prefix/regex, strings, regexes valid RE2. ``where`` is ``uri``,
+    ``headers``, ``withoutHeaders`` or ``method``. An empty match is a presence test (for the
+    uri: every path). An empty ``prefix`` is refused except on the uri (Envoy's string
+    matcher needs one character; a route's path prefix may be empty). ``regex: "*"`` is
+    refused except in withoutHeaders, where Istio makes it a presence test (inverted: the
+    header is absent); elsewhere Istio compiles it as a regex, which fails.
     """
     spec = _check_keys(obj, path, spec, _STRING_MATCH_KINDS)
     kinds = [k for k in _STRING_MATCH_KINDS if spec.get(k) is not None]
@@ -444,44 +524,34 @@ def _check_string_match(obj: str, path: str, spec: Any, *, header: bool) -> None
     if not kinds:
         return
     kind = kinds[0]
-    if kind == "regex" and spec[kind] == "*" and header:
+    value = spec[kind]
+    if not isinstance(value, str):
+        raise ConfigError(obj, f"{path}.{kind}", f"must be a string, not {type(value).__name__}")
+    if kind == "prefix" and not value and where != "uri":
+        raise ConfigError(
+            obj, f"{path}.prefix", "empty: Istio refuses an empty prefix here (omit the value to test presence)"
+        )
+    if kind == "regex" and value == "*" and where == "withoutHeaders":
         return  # Istio turns regex "*" into a presence match
+    if kind == "regex" and not value:
+        raise ConfigError(obj, f"{path}.regex", "empty: Istio refuses an empty regex")
     if kind == "regex":
-        _check_regex(obj, f"{path}.regex", spec[kind])
-    elif not isinstance(spec[kind], str):
-        raise ConfigError(obj, f"{path}.{kind}", f"must be a string, not {type(spec[kind]).__name__}")
+        _check_regex(obj, f"{path}.regex", value)
+
+
+def _weights_of(route: Sequence[Any]) -> list[Any]:
+    return [dest.get("weight") if isinstance(dest, Mapping) else None for dest in route]
 
 
 def _check_weights(obj: str, path: str, route: list[Any]) -> None:
+    """Istio's weight rule (:func:`harness.support.destination_shares`), errors naming the field."""
     if not route:
         raise ConfigError(obj, f"{path}.route", "empty: the route sends traffic nowhere")
-    weights: list[int | None] = []
-    for k, dest in enumerate(route):
-        where = f"{path}.route[{k}].weight"
-        weight = dest.get("weight") if isinstance(dest, Mapping) else None
-        if weight is None:
-            weights.append(None)
-            continue
-        if isinstance(weight, bool) or not isinstance(weight, int):
-            raise ConfigError(obj, where, f"must be an integer, not {weight!r}")
-        if weight < 0:
-            raise ConfigError(obj, where, f"must not be negative, is {weight}")
-        weights.append(weight)
-    if len(route) == 1:
-        # Istio assumes 100 for a lone destination and ignores any other value, so a
-        # different value is a manifest that does not say what it does.
-        if weights[0] not in (None, 100):
-            raise ConfigError(
-                obj,
-                f"{path}.route[0].weight",
-                f"is {weights[0]} on the only destination, which "
-                "Istio ignores (it gets 100%); omit it or set 100",
-            )
-        return
-    total = sum(w or 0 for w in weights)
-    if total != 100:
-        listed = ", ".join("omitted" if w is None else str(w) for w in weights)
-        raise ConfigError(obj, f"{path}.route", f"weights ({listed}) sum to {total}, not 100")
+    try:
+        destination_shares(_weights_of(route))
+    except WeightProblem as problem:
+        where = f"{path}.route" if problem.index is None else f"{path}.route[{problem.index}].weight"
+        raise ConfigError(obj, where, problem.message) from None
 
 
 def _check_virtual_service(vs: Mapping[str, Any]) -> None:
@@ -504,9 +574,9 @@ def _check_virtual_service(vs: Mapping[str, Any]) -> None:
                     "omit `match` to match every request",
                 )
             if match.get("uri") is not None:
-                _check_string_match(obj, f"{mpath}.uri", match["uri"], header=False)
+                _check_string_match(obj, f"{mpath}.uri", match["uri"], where="uri")
             if match.get("method") is not None:
-                _check_string_match(obj, f"{mpath}.method", match["method"], header=True)
+                _check_string_match(obj, f"{mpath}.method", match["method"], where="method")
             for key in ("headers", "withoutHeaders"):
                 headers = match.get(key)
                 if headers is None:
@@ -525,7 +595,9 @@ def _check_virtual_service(vs: Mapping[str, Any]) -> None:
                             "matches a pseudo header, Host or JWT claim, not a plain "
                             "request header; the oracle does not model it",
                         )
-                    _check_string_match(obj, hpath, string_match, header=True)
+                    if string_match is None and key == "headers":
+                        raise ConfigError(obj, hpath, "null: Istio refuses a header match without a value")
+                    _check_string_match(obj, hpath, string_match, where=key)
             port = match.get("port")
             if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
                 raise ConfigError(obj, f"{mpath}.port", f"must be an integer, not {port!r}")
@@ -771,13 +843,16 @@ def _service_for(objects: Sequence[Mapping[str, Any]], fqdn: str) -> Mapping[str
     return None
 
 
-def _subset_labels(
-    objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
-) -> tuple[Mapping[str, str] | None, str]:
-    """Labels of the destination's subset, or None (with why) if no visible rule defines it.
+def destination_rules_for(
+    objects: Sequence[Mapping[str, Any]], fqdn: str, consumer_namespace: str | None
+) -> list[Mapping[str, Any]]:
+    """The DestinationRules Istio applies to a Service host, as seen from `consumer_namespace`.
 
-    Istio applies one rule per host: the one whose host matches most specifically (rules for
-    the same host are merged). A subset defined only in a less specific rule is not found.
+    Of the rules exported to that namespace (None: every rule) whose host (a short name in the
+    rule's namespace, an FQDN, or a wildcard such as ``*.ns.svc.cluster.local``) matches
+    `fqdn`, those with the most specific host: Istio applies one rule per host, merging rules
+    written for the same host. A less specific rule (a wildcard) does not add to a more
+    specific one. The oracle and the Envoy translation both take a host's rules from here.
     """
     rules: list[tuple[tuple[int, int], Mapping[str, Any]]] = []
     for dr in objects:
@@ -789,20 +864,29 @@ def _subset_labels(
         ):
             continue
         host = resolve_service_host(str(spec.get("host", "")), _namespace(dr))
-        if host_matches(host, destination.host):
+        if host_matches(host, fqdn):
             rules.append((_specificity(host), dr))
     if not rules:
-        return None, f"no DestinationRule for {destination.host}, so no subset {destination.subset!r}"
+        return []
     best = max(r[0] for r in rules)
+    return [dr for specificity, dr in rules if specificity == best]
+
+
+def _subset_labels(
+    objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
+) -> tuple[Mapping[str, str] | None, str]:
+    """Labels of the destination's subset, or None (with why) if no visible rule defines it."""
+    rules = destination_rules_for(objects, destination.host, consumer_namespace)
+    if not rules:
+        return None, f"no DestinationRule for {destination.host}, so no subset {destination.subset!r}"
     found = [
         (dr, subset)
-        for specificity, dr in rules
-        if specificity == best
+        for dr in rules
         for subset in _spec(dr).get("subsets") or []
         if subset.get("name") == destination.subset
     ]
     if not found:
-        names = ", ".join(_label(dr) for specificity, dr in rules if specificity == best)
+        names = ", ".join(_label(dr) for dr in rules)
         return None, f"{names} defines no subset {destination.subset!r}"
     if len(found) > 1:
         raise ConfigError(
@@ -831,6 +915,45 @@ def _deployment_version(obj: Mapping[str, Any]) -> str:
     )
 
 
+#: Version name -> pod label selector, as a rollout spec defines its versions.
+Versions = Mapping[str, Mapping[str, str]]
+
+
+def check_versions(versions: Versions) -> None:
+    """Refuse a version map the harness cannot attribute by: each selector a non-empty mapping."""
+    if not isinstance(versions, Mapping) or not versions:
+        raise ConfigError("versions", "(all)", "must map each version name to a pod label selector")
+    for name, selector in versions.items():
+        if not isinstance(selector, Mapping) or not selector:
+            raise ConfigError(
+                "versions",
+                str(name),
+                "must be a non-empty mapping of pod label to value (an empty one selects every pod)",
+            )
+
+
+def _spec_version(obj: Mapping[str, Any], versions: Versions) -> str:
+    """The version of a Deployment's pods by the spec's selectors: exactly one must select them."""
+    template = obj.get("spec", {}).get("template", {})
+    labels = template.get("metadata", {}).get("labels") or {}
+    found = [name for name, selector in versions.items() if selects(endpoint_selector(selector), labels)]
+    if len(found) == 1:
+        return str(found[0])
+    shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"
+    if not found:
+        raise ConfigError(
+            _label(obj),
+            "spec.template.metadata.labels",
+            f"pod labels ({shown}) match no version of the spec ({', '.join(versions)}): "
+            "its answers could not be attributed",
+        )
+    raise ConfigError(
+        _label(obj),
+        "spec.template.metadata.labels",
+        f"pod labels ({shown}) match several versions of the spec ({', '.join(found)})",
+    )
+
+
 def declares_target_port(pod_spec: Mapping[str, Any], target: Any) -> bool:
     """Whether a pod with this spec backs a Service port with this targetPort.
 
@@ -853,8 +976,46 @@ def declares_target_port(pod_spec: Mapping[str, Any], target: Any) -> bool:
     return any(p.get("containerPort") == number for p in ports)
 
 
+def endpoint_selector(
+    service_selector: Mapping[str, Any], subset_labels: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The labels a pod needs to be an endpoint of a Service port, optionally narrowed to a subset.
+
+    Kubernetes lists the pods the Service selector picks (an empty selector picks none); Istio
+    keeps, for a subset's cluster, those of them whose labels include the subset's labels
+    (``pilot/pkg/xds/endpoints/endpoint_builder.go``, ``BuildClusterLoadAssignment``:
+    ``subsetLabels.SubsetOf(ep.Labels)``). A subset therefore selects among the Service's own
+    endpoints: both sets of labels must hold. Where they set one label to different values no
+    pod can satisfy both, and the result is empty, which selects no pod (status 503).
+
+    The oracle (:func:`backends_behind`) and the Envoy translation
+    (``harness.mesh.envoy.upstreams``) both take a destination's endpoints from here.
+
+    >>> endpoint_selector({"app": "model", "v": "blue"}, {"v": "green"})
+    {}
+    >>> endpoint_selector({"app": "model"}, {"v": "green"})
+    {'app': 'model', 'v': 'green'}
+    """
+    selector = {str(k): str(v) for k, v in service_selector.items()}
+    for key, value in (subset_labels or {}).items():
+        if selector.setdefault(str(key), str(value)) != str(value):
+            return {}
+    return selector
+
+
+def selects(selector: Mapping[str, str], pod_labels: Mapping[str, Any]) -> bool:
+    """Whether a pod with these labels is an endpoint for this :func:`endpoint_selector` result.
+
+    An empty selector selects nothing, as a Service without selector gets no pod endpoints.
+    """
+    return bool(selector) and all(pod_labels.get(k) == v for k, v in selector.items())
+
+
 def _backends(
-    objects: Sequence[Mapping[str, Any]], destination: Destination, consumer_namespace: str | None
+    objects: Sequence[Mapping[str, Any]],
+    destination: Destination,
+    consumer_namespace: str | None,
+    versions: Versions | None = None,
 ) -> tuple[tuple[Backend, ...], str]:
     service = _service_for(objects, destination.host)
     if service is None:
@@ -864,14 +1025,25 @@ def _backends(
     if not ports:
         return (), f"{_label(service)} has no port {destination.port}"
     target = ports[0].get("targetPort", destination.port)
-    selector = dict(spec.get("selector") or {})
-    if not selector:
+    service_selector = dict(spec.get("selector") or {})
+    if not service_selector:
         return (), f"{_label(service)} has no selector, so no pod endpoints"
+    labels: Mapping[str, str] | None = None
     if destination.subset is not None:
         labels, why = _subset_labels(objects, destination, consumer_namespace)
         if labels is None:
             return (), why
-        selector.update(labels)
+    selector = endpoint_selector(service_selector, labels)
+    if not selector:
+        clash = ", ".join(
+            f"{k}={v} (Service: {service_selector[k]})"
+            for k, v in (labels or {}).items()
+            if k in service_selector and str(service_selector[k]) != str(v)
+        )
+        return (), (
+            f"subset {destination.subset!r} asks for {clash}, which no endpoint of "
+            f"{_label(service)} has (a subset selects among the Service's own endpoints)"
+        )
     found = []
     undeclared: list[str] = []
     for obj in objects:
@@ -884,13 +1056,14 @@ def _backends(
                 _label(obj), "spec.replicas", f"must be a non-negative integer, not {replicas!r}"
             )
         pod_labels = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {}
-        if replicas == 0 or any(pod_labels.get(k) != v for k, v in selector.items()):
+        if replicas == 0 or not selects(selector, pod_labels):
             continue
         # A targetPort that the pod does not declare (by name or number) leaves it out of the endpoints.
         if not declares_target_port(obj.get("spec", {}).get("template", {}).get("spec", {}), target):
             undeclared.append(_name(obj))
             continue
-        found.append(Backend(_namespace(obj), _name(obj), _deployment_version(obj), replicas))
+        version = _deployment_version(obj) if versions is None else _spec_version(obj, versions)
+        found.append(Backend(_namespace(obj), _name(obj), version, replicas))
     if not found and undeclared:
         return (
             (),
@@ -906,15 +1079,23 @@ def _backends(
     return tuple(found), ""
 
 
-def backends_behind(objects: Sequence[Mapping[str, Any]], destination: Destination) -> tuple[Backend, ...]:
-    """The Deployments whose pods are the ready endpoints of a destination (empty: 503)."""
-    return _backends(objects, destination, None)[0]
+def backends_behind(
+    objects: Sequence[Mapping[str, Any]], destination: Destination, versions: Versions | None = None
+) -> tuple[Backend, ...]:
+    """The Deployments whose pods are the ready endpoints of a destination (empty: 503).
+
+    ``versions`` (name -> pod label selector) names each Deployment's version; None reads it
+    from the pods' ``MODEL_VERSION`` env (or ``model_version`` label).
+    """
+    return _backends(objects, destination, None, versions)[0]
 
 
-def versions_behind(objects: Sequence[Mapping[str, Any]], destination: Destination) -> dict[str, int]:
+def versions_behind(
+    objects: Sequence[Mapping[str, Any]], destination: Destination, versions: Versions | None = None
+) -> dict[str, int]:
     """Version -> ready replicas behind a destination; empty when it would answer 503."""
     out: dict[str, int] = {}
-    for backend in backends_behind(objects, destination):
+    for backend in backends_behind(objects, destination, versions):
         out[backend.version] = out.get(backend.version, 0) + backend.replicas
     return out
 
@@ -1043,26 +1224,35 @@ def _resolve_destination(
 def expected_distribution(
     objects: Sequence[Mapping[str, Any]],
     request: Request,
+    versions: Versions | None = None,
     *,
     gateway_labels: Mapping[str, str] = DEFAULT_GATEWAY_LABELS,
 ) -> Expected:
     """The outcome distribution Istio's ingress gateway promises for a request class.
 
+    ``versions`` maps each version name to the pod label selector that defines it (a rollout
+    spec's versions): a pod is of the one version whose selector its labels satisfy, and a
+    destination whose endpoints span several versions is a ConfigError naming it, since a
+    response is attributed by the endpoint that answered and the destination's share could
+    not be split between its versions. ``None`` reads the version from each pod's
+    ``MODEL_VERSION`` env (or ``model_version`` label), and a destination over several
+    versions shares its weight between them by replicas, an approximation: Istio's default
+    balancer (least request, round robin at equal load) spreads requests evenly over
+    endpoints rather than at random.
+
     ``gateway_labels`` are the labels of the gateway workload: only Gateways whose selector
     they satisfy apply. Raises UnsupportedField/ConfigError for manifests it cannot judge.
-
-    When several Deployments (versions) back one destination, each gets a share proportional
-    to its replicas. That is an approximation: Istio's default balancer (least request, which
-    reduces to round robin at equal load) spreads requests evenly over endpoints, not
-    randomly, so per-request picks are not exactly independent within a destination.
     """
     check_supported(objects)
-    return _expected(objects, request, gateway_labels)
+    if versions is not None:
+        check_versions(versions)
+    return _expected(objects, request, gateway_labels, versions)
 
 
 def expected_distributions(
     objects: Sequence[Mapping[str, Any]],
     requests: Iterable[Request] = STANDARD_CLASSES,
+    versions: Versions | None = None,
     *,
     gateway_labels: Mapping[str, str] = DEFAULT_GATEWAY_LABELS,
 ) -> dict[Request, Expected]:
@@ -1072,11 +1262,16 @@ def expected_distributions(
     about a quarter of the cost of one `expected_distribution` on the reference charts.
     """
     check_supported(objects)
-    return {request: _expected(objects, request, gateway_labels) for request in requests}
+    if versions is not None:
+        check_versions(versions)
+    return {request: _expected(objects, request, gateway_labels, versions) for request in requests}
 
 
 def _expected(
-    objects: Sequence[Mapping[str, Any]], request: Request, gateway_labels: Mapping[str, str]
+    objects: Sequence[Mapping[str, Any]],
+    request: Request,
+    gateway_labels: Mapping[str, str],
+    versions: Versions | None = None,
 ) -> Expected:
     """`expected_distribution` of objects that passed `check_supported`."""
     bindings, gateways = _bindings(objects, request, gateway_labels)
@@ -1141,6 +1336,7 @@ def _expected(
             vs_namespace,
             vs_gateways,
             notes,
+            versions,
         )
     return Expected(
         {NO_ROUTE: 1.0},
@@ -1160,18 +1356,28 @@ def _route_outcome(
     vs_namespace: str,
     gateways: list[str],
     notes: list[str],
+    versions: Versions | None = None,
 ) -> Expected:
     entries = route.get("route") or []
     consumer_namespace = gateways[0].split("/", 1)[0]
     destinations: dict[Destination, Fraction] = {}
     shares: dict[str, Fraction] = {}
     zero_versions: list[str] = []
-    for entry in entries:
+    picks = destination_shares(_weights_of(entries))  # checked by check_supported
+    for k, (entry, weight) in enumerate(zip(entries, picks, strict=True)):
         dest = _resolve_destination(entry["destination"], vs_namespace, objects, request.port)
-        # A lone destination gets everything (its weight is checked to be omitted or 100).
-        weight = Fraction(100 if len(entries) == 1 else entry.get("weight") or 0, 100)
         destinations[dest] = destinations.get(dest, Fraction(0)) + weight
-        backends, why = _backends(objects, dest, consumer_namespace)
+        backends, why = _backends(objects, dest, consumer_namespace, versions)
+        spanned = sorted({b.version for b in backends})
+        if versions is not None and weight > 0 and len(spanned) > 1:
+            deployments = ", ".join(f"{b.deployment} ({b.version})" for b in backends)
+            raise ConfigError(
+                obj,
+                f"{path}.route[{k}].destination",
+                f"{dest} has endpoints of several versions ({deployments}); a response is "
+                "attributed by the endpoint that answered, so this destination's share cannot be "
+                "split between its versions: route to one version per destination (a subset)",
+            )
         if weight == 0:
             # Istio drops weight-0 clusters: they never answer. Name their versions with share 0.
             zero_versions += [b.version for b in backends]

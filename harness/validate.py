@@ -50,7 +50,9 @@ IST0130   error    VirtualServiceUnreachableRule: an HTTP route after a catch-al
                    route that silently stops pinning requests, so error.
 IST0132   warning  VirtualServiceHostNotFoundInGateway: a VirtualService host that no server
                    of its Gateways admits: the ingress answers 404 for it.
-ABT001    error    The weights of one route do not sum to 100.
+ABT001    error    The weights of one route do not sum to 100. Istio gives each destination
+                   weight / sum (the oracle does too); this is the harness's own policy:
+                   weights written as percents, so a 60/50 typo is caught.
 ABT002    error    A weight that is not a non-negative integer, or a weight left out in a
                    route with more than one destination (Istio reads it as 0).
 ABT003    error    An upper-case header name in a match: Istio's API requires lower-case.
@@ -100,6 +102,7 @@ from referencing import Registry, Resource
 
 from harness import routing
 from harness.errors import ConfigError, HarnessError
+from harness.support import WeightProblem, destination_shares
 
 #: The Kubernetes version whose API schemas every object must match (bundled with
 #: kubernetes-validate; kind clusters of the e2e path run this minor version).
@@ -667,26 +670,31 @@ def _route_lists(spec: Mapping[str, Any]) -> Iterator[tuple[list[str | int], lis
 
 
 def _check_weights(index: _Index) -> Iterator[Finding]:
+    """Istio's weight rule (support.destination_shares, shared with the oracle), then this
+    harness's own policy: weights written as percents summing to 100 (ABT001)."""
     for vs, spec in _virtual_services(index):
         for rule_path, route in _route_lists(spec):
-            given: list[int] = []
-            for j, dest in enumerate(route):
-                raw = _mapping(dest).get("weight")
-                where = _path(["spec", *rule_path, "route", j, "weight"])
-                if raw is None:
-                    if len(route) > 1:
-                        yield Finding("ABT002", "error", _label(vs), where,
-                                      f"weight missing in a route with {len(route)} destinations "
-                                      "(Istio reads it as 0); give every destination a weight")
-                elif isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-                    yield Finding("ABT002", "error", _label(vs), where,
-                                  f"weight {raw!r} is not a non-negative integer")
-                else:
-                    given.append(raw)
+            weights = [_mapping(dest).get("weight") for dest in route]
+            given = [w for w in weights if isinstance(w, int) and not isinstance(w, bool) and w >= 0]
+            for j, raw in enumerate(weights):
+                if raw is None and len(route) > 1:
+                    yield Finding("ABT002", "error", _label(vs), _path(["spec", *rule_path, "route", j, "weight"]),
+                                  f"weight missing in a route with {len(route)} destinations "
+                                  "(Istio reads it as 0); give every destination a weight")
+            try:
+                shares = destination_shares(weights) if route else ()
+            except WeightProblem as problem:
+                where = ["spec", *rule_path, "route"]
+                if problem.index is not None:
+                    where += [problem.index, "weight"]
+                yield Finding("ABT002", "error", _label(vs), _path(where), f"weight: {problem.message}")
+                continue
             if given and sum(given) != 100:
                 terms = " + ".join(str(w) for w in given)
+                split = " / ".join(f"{float(share):.1%}" for share in shares)
                 yield Finding("ABT001", "error", _label(vs), _path(["spec", *rule_path, "route"]),
-                              f"weights {terms} = {sum(given)}, must sum to 100")
+                              f"weights {terms} = {sum(given)}: Istio would split {split} "
+                              "(weight / sum); this harness asks for percents summing to 100")
 
 
 def _check_destinations(index: _Index) -> Iterator[Finding]:
@@ -899,8 +907,14 @@ def _check_selectors(index: _Index) -> Iterator[Finding]:
                 continue
             selector = _mapping(_mapping(service.get("spec")).get("selector"))
             for i, subset in enumerate(_list(spec.get("subsets"))):
-                labels = {**selector, **_mapping(_mapping(subset).get("labels"))}
-                if labels and not index.selects_pods(target[0], labels):
+                subset_labels = _mapping(_mapping(subset).get("labels"))
+                # A subset selects among the Service's endpoints (one rule with the oracle).
+                labels = routing.endpoint_selector(selector, subset_labels)
+                if selector and not labels:
+                    yield Finding("IST0127", "warning", _label(obj), _path(["spec", "subsets", i, "labels"]),
+                                  f"labels {_labels(subset_labels)} contradict the selector {_labels(selector)} "
+                                  "of its Service: no endpoint, requests to this subset get 503")
+                elif labels and not index.selects_pods(target[0], labels):
                     yield Finding("IST0127", "warning", _label(obj), _path(["spec", "subsets", i, "labels"]),
                                   f"no workload in {target[0]} has pods labelled {_labels(labels)}: "
                                   "requests to this subset get 503")

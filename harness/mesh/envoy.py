@@ -20,12 +20,16 @@ What follows Istio's gateway translation (``pilot/pkg/networking/core/route``):
 - clusters are named ``outbound|<port>|<subset>|<fqdn>``, one per Service port and one per
   DestinationRule subset and port; a short destination host is completed with the
   VirtualService's namespace; a destination without endpoints has a cluster without
-  endpoints (Envoy answers 503); nothing matched is Envoy's 404.
+  endpoints (Envoy answers 503); nothing matched is Envoy's 404;
+- every route configuration adds the response headers ``x-abtest-upstream-host``
+  (``%UPSTREAM_HOST%``, the endpoint that answered) and ``x-abtest-upstream-cluster``
+  (``%UPSTREAM_CLUSTER%``), by which the harness attributes a response to a version. They are
+  the harness's addition, not Istio's; the route-table comparison ignores them.
 
 Which kinds and fields exist is the oracle's decision: every entry point runs
 :func:`harness.routing.check_supported` first, so a manifest the oracle refuses is refused
 here with the same field path. What the oracle accepts but Envoy cannot be given (non-HTTP
-Gateway servers, wildcard DestinationRule hosts, unknown retry fields or balancer names)
+Gateway servers, unknown retry fields or balancer names)
 raises :class:`~harness.errors.UnsupportedField` naming the field, so a rule the translation
 would ignore can never make a verdict lie.
 
@@ -36,6 +40,7 @@ would ignore can never make a verdict lie.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +49,8 @@ from harness.errors import ConfigError, UnsupportedField
 from harness.mesh.base import cluster_name
 from harness.routing import (
     check_supported,
+    destination_rules_for,
+    endpoint_selector,
     exported_to,
     host_matches,
     resolve_gateway_name,
@@ -51,11 +58,14 @@ from harness.routing import (
 )
 
 __all__ = [
+    "ATTRIBUTION_HEADERS",
     "CLUSTER_TYPE",
     "ENDPOINT_TYPE",
     "GATEWAY_LABELS",
     "LISTENER_TYPE",
     "ROUTE_TYPE",
+    "UPSTREAM_CLUSTER_HEADER",
+    "UPSTREAM_HOST_HEADER",
     "EndpointKey",
     "Upstream",
     "XdsResources",
@@ -83,6 +93,23 @@ _ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Rout
 _FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _PREVIOUS_HOSTS_TYPE = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+
+#: Response headers the gateway adds to every answer it routed to an upstream: the endpoint
+#: (``ip:port``) and the cluster that answered. A response is attributed to a version by the
+#: endpoint, not by anything the workload says about itself. Envoy leaves a header out when
+#: its value is empty: no upstream host on a 503 without endpoints, neither on a 404.
+UPSTREAM_HOST_HEADER = "x-abtest-upstream-host"
+UPSTREAM_CLUSTER_HEADER = "x-abtest-upstream-cluster"
+ATTRIBUTION_HEADERS: tuple[dict[str, Any], ...] = (
+    {
+        "header": {"key": UPSTREAM_HOST_HEADER, "value": "%UPSTREAM_HOST%"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    },
+    {
+        "header": {"key": UPSTREAM_CLUSTER_HEADER, "value": "%UPSTREAM_CLUSTER%"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    },
 )
 
 #: The labels of Istio's ingress gateway pods; a Gateway whose selector is a subset applies.
@@ -171,8 +198,11 @@ def resolve_host(host: str, namespace: str) -> str:
 class Upstream:
     """One cluster: a Service port, optionally narrowed to a DestinationRule subset.
 
-    ``selector`` is the Service selector merged with the subset's labels; ``target_port`` is the
-    Service port's targetPort (a number or a container port name).
+    ``selector`` is what a pod's labels must include to be an endpoint: the Service selector and
+    the subset's labels (:func:`harness.routing.endpoint_selector`, which the oracle uses too);
+    empty selects no pod (a Service without selector, or a subset asking a label the Service
+    selector sets otherwise). ``target_port`` is the Service port's targetPort (a number or a
+    container port name).
     """
 
     fqdn: str
@@ -281,68 +311,46 @@ def _visible_to_gateway(dr: Mapping[str, Any], consumers: set[str]) -> bool:
 def upstreams(objects: Sequence[Mapping[str, Any]]) -> list[Upstream]:
     """Every cluster the objects define: each Service port, and each DestinationRule subset of it.
 
-    A DestinationRule applies to the Service its host names (a short name in the rule's
-    namespace, or the FQDN). Wildcard hosts (``*.ns.svc.cluster.local``) are refused with
-    UnsupportedField naming ``spec.host``: matching them needs Istio's most-specific-rule
-    choice, which only the oracle implements (privately).
+    A Service takes its subsets and traffic policy from the rules Istio applies to its host
+    (:func:`harness.routing.destination_rules_for`: the most specific host among the rules the
+    gateway sees, wildcards such as ``*.ns.svc.cluster.local`` included), the same lookup the
+    oracle makes; a subset's endpoints are the Service's own endpoints that carry its labels
+    (:func:`harness.routing.endpoint_selector`).
     """
     check_supported(objects)
     ports = _service_ports(objects)
     consumers = {server.gateway[0] for server in _served_gateways(objects)}
-    policies: dict[str, tuple[Mapping[str, Any], Any]] = {}  # fqdn -> (rule, its trafficPolicy)
-    subsets: list[tuple[Mapping[str, Any], int, str, Mapping[str, Any]]] = []
-    for dr in _of_kind(objects, "DestinationRule"):
-        namespace, _ = _meta(dr)
-        spec = dr.get("spec") or {}
-        raw_host = str(spec["host"])
-        if "*" in raw_host:
-            raise UnsupportedField(
-                _label(dr),
-                "spec.host",
-                f"{raw_host!r}: wildcard DestinationRule hosts are not translated; name the Service",
-            )
-        if not _visible_to_gateway(dr, consumers):
-            continue
-        host = resolve_host(raw_host, namespace)
-        if spec.get("trafficPolicy") is not None:
-            policies[host] = (dr, spec["trafficPolicy"])
-        subsets += [(dr, i, host, subset) for i, subset in enumerate(spec.get("subsets") or [])]
-
-    def lb(fqdn: str, port: int, subset: tuple[Mapping[str, Any], int, Mapping[str, Any]] | None) -> str:
-        if subset is not None:
-            dr, i, raw = subset
-            chosen = _lb_policy(dr, raw.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy", port)
-            if chosen is not None:
-                return chosen  # a subset's policy overrides the rule's (Istio merges it over)
-        if fqdn in policies:
-            dr, policy = policies[fqdn]
-            return _lb_policy(dr, policy, "spec.trafficPolicy", port) or "ROUND_ROBIN"
-        return "ROUND_ROBIN"
-
-    out = [
-        Upstream(p.fqdn, p.port, None, p.selector, p.target_port, lb(p.fqdn, p.port, None), p.service)
-        for p in ports
-    ]
-    seen = {u.key for u in out}
-    for dr, i, host, subset in subsets:
-        name = str(subset["name"])
-        labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
-        for p in ports:
-            if p.fqdn != host:
-                continue
-            upstream = Upstream(
-                p.fqdn,
-                p.port,
-                name,
-                {**p.selector, **labels},
-                p.target_port,
-                lb(p.fqdn, p.port, (dr, i, subset)),
-                p.service,
-            )
-            if upstream.key in seen:
-                raise ConfigError(_label(dr), f"spec.subsets[{i}].name", f"subset {name!r} is defined twice")
-            seen.add(upstream.key)
-            out.append(upstream)
+    visible = [dr for dr in _of_kind(objects, "DestinationRule") if _visible_to_gateway(dr, consumers)]
+    out: list[Upstream] = []
+    seen: set[EndpointKey] = set()
+    for p in ports:
+        rules = destination_rules_for(visible, p.fqdn, None)
+        # Rules for one host merge; the first traffic policy given applies.
+        policy = next(((dr, (dr.get("spec") or {})["trafficPolicy"]) for dr in rules
+                       if (dr.get("spec") or {}).get("trafficPolicy") is not None), None)
+        service_lb = "ROUND_ROBIN"
+        if policy is not None:
+            service_lb = _lb_policy(policy[0], policy[1], "spec.trafficPolicy", p.port) or "ROUND_ROBIN"
+        out.append(Upstream(p.fqdn, p.port, None, p.selector, p.target_port, service_lb, p.service))
+        for dr in rules:
+            for i, subset in enumerate((dr.get("spec") or {}).get("subsets") or []):
+                name = str(subset["name"])
+                labels = {str(k): str(v) for k, v in (subset.get("labels") or {}).items()}
+                # A subset's policy overrides the rule's (Istio merges it over).
+                lb = _lb_policy(dr, subset.get("trafficPolicy"), f"spec.subsets[{i}].trafficPolicy", p.port)
+                upstream = Upstream(
+                    p.fqdn,
+                    p.port,
+                    name,
+                    endpoint_selector(p.selector, labels),
+                    p.target_port,
+                    lb or service_lb,
+                    p.service,
+                )
+                if upstream.key in seen:
+                    raise ConfigError(_label(dr), f"spec.subsets[{i}].name", f"subset {name!r} is defined twice")
+                seen.add(upstream.key)
+                out.append(upstream)
     return sorted(out, key=lambda u: u.name)
 
 
@@ -461,17 +469,19 @@ def _retry_policy(vs: Mapping[str, Any], retries: Any, path: str) -> dict[str, A
 def _string_match(value: Any) -> tuple[str, str]:
     """(kind, text) of an Istio StringMatch the oracle has checked; kind "present" is a presence test.
 
-    Istio (``isCatchAllHeaderMatch``) writes an empty match, ``prefix: ""`` and ``regex: "*"`` as
-    Envoy's ``present_match``: Envoy's StringMatcher refuses an empty prefix (min_len 1), and
-    every present value starts with "" (routing.string_matches agrees). ``exact: ""`` is an
-    exact match of the empty value, which Envoy accepts as written.
+    As Istio's ``canBeConvertedToPresentMatch`` (route.go): an empty match and ``regex: "*"``
+    become Envoy's ``present_match``; anything else is passed on as written (``exact: ""`` is
+    an exact match of the empty value; an empty ``prefix`` reaches here only for the uri,
+    where Envoy's path prefix "" matches every path). The oracle has refused what Istio's
+    validation refuses (an empty prefix on a header or method, ``regex: "*"`` outside
+    withoutHeaders).
     """
     kinds = [k for k in _STRING_MATCH_KINDS if (value or {}).get(k) is not None]
     if not kinds:
         return ("present", "")
     kind = kinds[0]
     text = str(value[kind])
-    if (kind == "regex" and text == "*") or (kind == "prefix" and not text):
+    if kind == "regex" and text == "*":
         return ("present", "")
     return (kind, text)
 
@@ -534,8 +544,11 @@ def _route_match(
 
 
 def _is_catch_all(match: Mapping[str, Any]) -> bool:
-    # Istio's IsCatchAllRoute: prefix "/" and no header condition.
-    return match.get("prefix") == "/" and not match.get("headers")
+    # Istio's IsCatchAllRoute (route.go): path prefix "/" (or path_separated_prefix "/", or
+    # regex ".*") and no header or query parameter condition.
+    regex = (match.get("safe_regex") or {}).get("regex")
+    path = match.get("prefix") == "/" or match.get("path_separated_prefix") == "/" or regex == ".*"
+    return path and not match.get("headers") and not match.get("query_parameters")
 
 
 def _route_action(
@@ -549,8 +562,10 @@ def _route_action(
 ) -> dict[str, Any]:
     namespace, _ = _meta(vs)
     picks: list[tuple[str, int]] = []
-    # check_supported has refused routes without destinations and weights that are not whole
-    # numbers summing to 100 (a lone destination: omitted or 100), as Istio's validation does.
+    # check_supported has applied Istio's weight rule (harness.support.destination_shares). As
+    # Istio's applyHTTPRouteDestination does, the weights go to Envoy unscaled (Envoy picks a
+    # cluster with probability weight / sum), a lone destination is a plain cluster whatever
+    # its weight, and weight-0 destinations are dropped.
     for entry in route:
         destination = entry["destination"]
         fqdn = resolve_host(str(destination["host"]), namespace)
@@ -560,7 +575,7 @@ def _route_action(
             known = services.get(fqdn, [])
             number = known[0].port if len(known) == 1 else port
         subset = destination.get("subset") or None
-        weight = 100 if len(route) == 1 else int(entry.get("weight") or 0)
+        weight = 1 if len(route) == 1 else int(entry.get("weight") or 0)
         picks.append((cluster_name(fqdn, number, subset), weight))
     action: dict[str, Any] = {"timeout": "0s", "retry_policy": _RETRY_POLICY}
     if timeout is not None:
@@ -641,6 +656,9 @@ def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str,
         "@type": ROUTE_TYPE,
         "name": route_config_name(port),
         "virtual_hosts": virtual_hosts,
+        # On every response, whichever route (or none) decided it; an upstream's own header of
+        # the same name is overwritten, so a workload cannot claim another endpoint.
+        "response_headers_to_add": copy.deepcopy(list(ATTRIBUTION_HEADERS)),
         # The local listener is not on port 80, so a Host header carries another port.
         "ignore_port_in_host_matching": True,
         "validate_clusters": False,
@@ -702,6 +720,11 @@ def build_listener(
         "@type": _HCM_TYPE,
         "stat_prefix": "gateway",
         "codec_type": "AUTO",
+        # Istio's gateway at its default pathNormalization (listener_builder.go): RFC 3986
+        # normalization, no merging of slashes, escaped slashes left as they are. The oracle
+        # matches the same normalized path (harness.routing.normalize_path).
+        "normalize_path": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         "rds": {"route_config_name": route_name, "config_source": _config_source(rds_path)},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}}],
     }

@@ -1,7 +1,8 @@
 """The routing oracle and the real Envoy data plane agree, on generated VirtualServices.
 
-Seeded random VirtualServices (weights including 0 and 100, header exact/prefix/regex and
-presence matches, uri prefix/exact/regex, method, several match entries, any route order,
+Seeded random VirtualServices (weights including 0 and 100 and sums other than 100, header
+exact/prefix/regex and presence matches, withoutHeaders, uri prefix/exact/regex, method,
+several match entries, any route order,
 DestinationRule subsets, a Service without endpoints, a route table with no catch-all) are
 applied to a LocalMesh; for every request class, real traffic through Envoy must agree with
 ``harness.routing.expected_distribution``:
@@ -93,6 +94,9 @@ _WEIGHTS: tuple[tuple[int, ...], ...] = (
     (0, 50, 50),
     (100, 0, 0),
     (1, 99),
+    (3, 1),  # relative weights: 75/25
+    (60, 50),
+    (1, 1, 2),
 )
 _URIS: tuple[dict[str, str] | None, ...] = (
     None,
@@ -111,7 +115,9 @@ _VERSION_HEADERS = (
     {"regex": "blue(-beta)?"},
     {"regex": "gr.*"},
 )
-_CANARY_HEADERS: tuple[dict[str, str], ...] = ({"exact": "yes-please"}, {"prefix": "yes"}, {"regex": "*"}, {})
+_CANARY_HEADERS: tuple[dict[str, str], ...] = ({"exact": "yes-please"}, {"prefix": "yes"}, {})
+# regex "*" is a presence test in withoutHeaders only (Istio's validation refuses it in headers).
+_CANARY_ABSENT: tuple[dict[str, str], ...] = ({"regex": "*"}, {"exact": "yes-please"}, {"prefix": "no"}, {})
 
 
 def generated_virtual_service(seed: int) -> dict[str, Any]:
@@ -137,6 +143,8 @@ def generated_virtual_service(seed: int) -> dict[str, Any]:
                     headers["x-canary"] = rng.choice(_CANARY_HEADERS)
                 if headers:
                     entry["headers"] = headers
+                if "x-canary" not in headers and rng.random() < 0.2:
+                    entry["withoutHeaders"] = {"x-canary": rng.choice(_CANARY_ABSENT)}
                 if rng.random() < 0.15:
                     entry["method"] = {"exact": "POST"}
                 entries.append(entry or {"uri": {"prefix": "/"}})  # Istio rejects an empty entry
@@ -277,6 +285,10 @@ def _reversed_routes(vs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _split(green: int, blue: int) -> dict[str, Any]:
+    return k8s.virtual_service([k8s.weighted_route(green, blue)], name="split")
+
+
 def _pinned_then_split() -> dict[str, Any]:
     return k8s.virtual_service(
         [
@@ -293,7 +305,7 @@ def _pinned_then_split() -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("vs", "mutate"),
-    [(generated_virtual_service(8), _reversed_weights), (_pinned_then_split(), _reversed_routes)],
+    [(_split(10, 90), _reversed_weights), (_pinned_then_split(), _reversed_routes)],
     ids=["weights-reversed", "routes-reversed"],
 )
 def test_the_check_catches_a_misroute(mesh: LocalMesh, vs: dict[str, Any], mutate: Any) -> None:

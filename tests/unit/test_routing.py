@@ -39,6 +39,7 @@ from harness.routing import (
     server_host_parts,
     versions_behind,
 )
+from harness.validate import validate_objects
 from tests.unit import objects as k8s
 from tests.unit.objects import NS
 
@@ -51,6 +52,9 @@ DR = "https://istio.io/latest/docs/reference/config/networking/destination-rule/
 ENVOY_ROUTE = "https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto"
 K8S_SVC = "https://kubernetes.io/docs/concepts/services-networking/service/"
 ISTIO_ROUTE_GO = "https://github.com/istio/istio/blob/master/pilot/pkg/networking/core/route/route.go"
+ISTIO_VS_VALIDATION_GO = "https://github.com/istio/istio/blob/master/pkg/config/validation/virtualservice.go"
+ISTIO_VALIDATION_GO = "https://github.com/istio/istio/blob/master/pkg/config/validation/validation.go"
+ENDPOINT_BUILDER_GO = "https://github.com/istio/istio/blob/master/pilot/pkg/xds/endpoints/endpoint_builder.go"
 FQDN = "svc.cluster.local"
 
 
@@ -170,6 +174,21 @@ def extra_vs(name: str, hosts: list[str], version: str, namespace: str = NS, **s
         gateways=[f"{NS}/mlmodel-gateway"],
         **spec,
     )
+
+
+def route1(objects: list[Obj]) -> Obj:
+    """The green-header route (``spec.http[1]``)."""
+    return http(objects)[1]
+
+
+def green_subset_rule(host: str = "model-svc-blue") -> Obj:
+    """DestinationRule on ``host`` with a subset ``green`` = pods labelled model_version: green."""
+    return k8s.destination_rule(host, {"green": "green"}, name="subset-green")
+
+
+def green_subset_of_blue() -> Obj:
+    """A destination: subset ``green`` of the blue Service, whose selector says model_version: blue."""
+    return {"destination": {"host": "model-svc-blue", "subset": "green", "port": {"number": 5001}}}
 
 
 def one_service_with_subsets(objects: list[Obj]) -> None:
@@ -357,11 +376,66 @@ CASES: tuple[Case, ...] = (
         {"green": 0.5, "blue": 0.5},
     ),
     Case(
-        "header-regex-star-is-presence",
-        f'{ISTIO_ROUTE_GO} (canBeConvertedToPresentMatch): regex "*" is a presence test',
+        "header-regex-star-refused",
+        f'{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: regex "*" is exempt from the regex '
+        "check in withoutHeaders only; in headers it fails to compile",
         changed(put(match00, "headers", {"x-canary": {"regex": "*"}})),
         Request("any", headers={"x-canary": "x"}),
+        raises=(ConfigError, "spec.http[0].match[0].headers.x-canary.regex"),
+    ),
+    Case(
+        "header-empty-prefix-refused",
+        f'{ISTIO_VALIDATION_GO} validateStringMatch: "prefix string match should not be empty"',
+        changed(put(match00, "headers", {"x-canary": {"prefix": ""}})),
+        Request("any", headers={"x-canary": "x"}),
+        raises=(ConfigError, "spec.http[0].match[0].headers.x-canary.prefix"),
+    ),
+    Case(
+        "header-null-refused",
+        f'{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: "header match cannot be null"',
+        changed(put(match00, "headers", {"x-canary": None})),
+        Request("any", headers={"x-canary": "x"}),
+        raises=(ConfigError, "spec.http[0].match[0].headers.x-canary"),
+    ),
+    Case(
+        "without-headers-empty-prefix-refused",
+        f"{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: withoutHeaders values pass "
+        'validateStringMatch, which refuses an empty prefix (Envoy\'s string matcher needs one character)',
+        changed(both(put(match00, "headers", {}), put(match00, "withoutHeaders", {"x-opt-out": {"prefix": ""}}))),
+        PLAIN,
+        raises=(ConfigError, "spec.http[0].match[0].withoutHeaders.x-opt-out.prefix"),
+    ),
+    Case(
+        "without-headers-regex-star-means-absent",
+        f'{ISTIO_ROUTE_GO} TranslateRouteMatch: regex "*" in withoutHeaders is an inverted present_match '
+        "without treat_missing_header_as_empty: the route applies when the header is absent",
+        changed(both(put(match00, "headers", {}), put(match00, "withoutHeaders", {"x-opt-out": {"regex": "*"}}))),
+        PLAIN,
         {"blue": 1.0},
+        route="http[0]",
+    ),
+    Case(
+        "without-headers-regex-star-excludes-present",
+        f'{ISTIO_ROUTE_GO} TranslateRouteMatch: regex "*" in withoutHeaders excludes any value, even empty',
+        changed(both(put(match00, "headers", {}), put(match00, "withoutHeaders", {"x-opt-out": {"regex": "*"}}))),
+        Request("opted-out", headers={"x-opt-out": ""}),
+        {"green": 0.5, "blue": 0.5},
+    ),
+    Case(
+        "method-empty-prefix-refused",
+        f'{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: the method passes validateStringMatch',
+        changed(put(match00, "method", {"prefix": ""})),
+        BLUE,
+        raises=(ConfigError, "spec.http[0].match[0].method.prefix"),
+    ),
+    Case(
+        "uri-empty-prefix-matches-every-path",
+        f"{ISTIO_VS_VALIDATION_GO} validateHTTPRouteMatchRequest: the uri allows an empty prefix; "
+        "Envoy's path prefix \"\" matches every path",
+        changed(put(match00, "uri", {"prefix": ""})),
+        Request("other", path="/other", headers={"x-api-version": "blue"}),
+        {"blue": 1.0},
+        route="http[0]",
     ),
     Case(
         "without-headers-excludes",
@@ -448,35 +522,73 @@ CASES: tuple[Case, ...] = (
     # Weights.
     Case(
         "weight-zero-never-picked",
-        f"{VS}#HTTPRouteDestination-weight: a destination's share is weight/100, 0 gets none",
+        f"{VS}#HTTPRouteDestination-weight: if weight is 0, the destination will not receive any traffic",
         changed(lambda o: None, green=100, blue=0),
         PLAIN,
         {"green": 1.0, "blue": 0.0},
     ),
     Case(
         "omitted-weight-single-destination",
-        f"{VS}#HTTPRouteDestination-weight: one destination is assumed 100",
+        f"{VS}#HTTPRouteDestination-weight: a lone destination receives all traffic",
         changed(put(weighted, "route", [to("blue")])),
         PLAIN,
         {"blue": 1.0},
     ),
     Case(
         "weights-80-20",
-        f"{VS}#HTTPRouteDestination-weight: proportion of traffic forwarded",
+        f"{VS}#HTTPRouteDestination-weight: a destination receives weight/(sum of all weights)",
         changed(lambda o: None, green=80, blue=20),
         PLAIN,
         {"green": 0.8, "blue": 0.2},
     ),
     Case(
-        "weights-sum-not-100",
-        f"{VS}#HTTPRouteDestination-weight: weights across destinations sum to 100",
+        "weights-relative-3-1",
+        f"{VS}#HTTPRouteDestination-weight: weight/(sum of all weights); {ISTIO_ROUTE_GO} "
+        "applyHTTPRouteDestination writes the weights unscaled into weighted_clusters",
+        changed(lambda o: None, green=3, blue=1),
+        PLAIN,
+        {"green": 0.75, "blue": 0.25},
+    ),
+    Case(
+        "weights-sum-over-100",
+        f"{VS}#HTTPRouteDestination-weight: weight/(sum of all weights), any sum",
         changed(lambda o: None, green=60, blue=50),
+        PLAIN,
+        {"green": 60 / 110, "blue": 50 / 110},
+    ),
+    Case(
+        "weights-omitted-among-several-is-zero",
+        f"{VS}#HTTPRouteDestination-weight: int32, so an omitted weight is 0; 0 gets no traffic",
+        changed(put(weighted, "route", [to("green"), to("blue", 7)])),
+        PLAIN,
+        {"green": 0.0, "blue": 1.0},
+    ),
+    Case(
+        "weights-total-zero",
+        f"{ISTIO_VALIDATION_GO} validateHTTPRouteDestinations: several destinations with a total "
+        "weight of 0 are refused",
+        changed(lambda o: None, green=0, blue=0),
+        PLAIN,
+        raises=(ConfigError, "spec.http[2].route"),
+    ),
+    Case(
+        "weights-total-at-uint32-limit",
+        f"{VS}#HTTPRouteDestination-weight: int32 weights; Envoy accepts a total up to 4294967295",
+        changed(lambda o: None, green=2**31 - 1, blue=2**31 - 1),
+        PLAIN,
+        {"green": 0.5, "blue": 0.5},
+    ),
+    Case(
+        "weights-total-above-uint32",
+        "https://github.com/envoyproxy/envoy/blob/main/source/common/router/weighted_cluster_specifier.cc: Envoy "
+        "refuses a route whose weighted clusters sum above 4294967295 (checked on the 1.40 binary)",
+        changed(put(weighted, "route", [to("green", 2**31 - 1), to("blue", 2**31 - 1), to("green", 2)])),
         PLAIN,
         raises=(ConfigError, "spec.http[2].route"),
     ),
     Case(
         "weight-negative",
-        f"{VS}#HTTPRouteDestination-weight: a proportion 0-100",
+        f"{ISTIO_VALIDATION_GO} validateWeight: a weight below 0 is refused",
         changed(lambda o: None, green=110, blue=-10),
         PLAIN,
         raises=(ConfigError, "spec.http[2].route[1].weight"),
@@ -489,12 +601,12 @@ CASES: tuple[Case, ...] = (
         raises=(ConfigError, "spec.http[2].route[0].weight"),
     ),
     Case(
-        "weight-single-destination-not-100",
-        f"{VS}#HTTPRouteDestination-weight: a lone destination gets 100 whatever "
-        "its weight, so any other value is refused",
+        "weight-single-destination-ignored",
+        f"{VS}#HTTPRouteDestination-weight: if there is only one destination it receives all traffic; "
+        f"{ISTIO_ROUTE_GO} processDestination writes a plain cluster and never reads the weight",
         changed(put(weighted, "route", [to("blue", 50)])),
         PLAIN,
-        raises=(ConfigError, "spec.http[2].route[0].weight"),
+        {"blue": 1.0},
     ),
     # Hosts and Gateway binding.
     Case(
@@ -718,6 +830,52 @@ CASES: tuple[Case, ...] = (
             )
         ),
         PLAIN,
+        {NO_ENDPOINTS: 1.0},
+    ),
+    Case(
+        "subset-clashing-with-service-selector-503",
+        f"{DR}#Subset-labels: labels filter the endpoints of the host's service; "
+        f"{ENDPOINT_BUILDER_GO} BuildClusterLoadAssignment keeps an endpoint only if "
+        "subsetLabels.SubsetOf(ep.Labels), so a subset never reaches pods its Service does not select",
+        changed(both(add(green_subset_rule()), put(route1, "route", [green_subset_of_blue()]))),
+        GREEN,
+        {NO_ENDPOINTS: 1.0},
+    ),
+    Case(
+        "subset-within-service-selector",
+        f"{DR}#Subset-labels: a subset agreeing with the Service's selector keeps its endpoints",
+        changed(
+            both(
+                add(green_subset_rule(host="model-svc-green")),
+                put(route1, "route", [{"destination": {"host": "model-svc-green", "subset": "green"}}]),
+            )
+        ),
+        GREEN,
+        {"green": 1.0},
+    ),
+    Case(
+        "wildcard-rule-subsets",
+        f"{DR}#DestinationRule-host: a wildcard host applies to every Service it matches "
+        "(the most specific matching rule applies)",
+        changed(
+            both(
+                add(k8s.destination_rule(f"*.{NS}.{FQDN}", {"g": "green"}, name="wide")),
+                put(route1, "route", [{"destination": {"host": "model-svc-green", "subset": "g"}}]),
+            )
+        ),
+        GREEN,
+        {"green": 1.0},
+    ),
+    Case(
+        "wildcard-rule-subset-clashing-503",
+        f"{DR}#Subset-labels with a wildcard host: the subset still selects among each Service's endpoints",
+        changed(
+            both(
+                add(k8s.destination_rule(f"*.{NS}.{FQDN}", {"g": "green"}, name="wide")),
+                put(route1, "route", [{"destination": {"host": "model-svc-blue", "subset": "g"}}]),
+            )
+        ),
+        GREEN,
         {NO_ENDPOINTS: 1.0},
     ),
     Case(
@@ -1208,3 +1366,145 @@ def test_kinds_that_add_pods_or_routes_the_oracle_does_not_model_are_refused(kin
     objects = [*reference(), {"apiVersion": "v1", "kind": kind, "metadata": {"name": "x", "namespace": NS}}]
     with pytest.raises(UnsupportedField, match=rf"{kind} abtesting/x: kind: {kind} changes routing"):
         routing.check_supported(objects)
+
+
+def test_offline_validation_reads_subsets_as_the_oracle_does() -> None:
+    """`abtest validate` warns (IST0127) about the subset the oracle answers 503 for."""
+    objects = reference()
+    objects.append(green_subset_rule())
+    route1(objects)["route"] = [green_subset_of_blue()]
+    assert expected_distribution(objects, GREEN).certain == NO_ENDPOINTS
+    findings = [f for f in validate_objects(objects) if f.code == "IST0127"]
+    assert [(f.obj, f.path) for f in findings] == [
+        (f"DestinationRule {NS}/subset-green", "spec.subsets[0].labels")
+    ], findings
+    assert "contradict" in findings[0].message
+
+
+# --- versions from the spec ---------------------------------------------------------------------
+
+BY_LABEL = {"green": {"model_version": "green"}, "blue": {"model_version": "blue"}}
+
+
+def test_versions_from_selectors_agree_with_the_env_reading() -> None:
+    for request in STANDARD_CLASSES:
+        objects = reference(80, 20)
+        assert expected_distribution(objects, request, BY_LABEL) == expected_distribution(objects, request)
+
+
+def test_versions_are_named_by_the_spec() -> None:
+    renamed = {"current": {"model_version": "green"}, "candidate": {"model_version": "blue"}}
+    got = expected_distribution(reference(70, 30), PLAIN, renamed)
+    assert dict(got.shares) == pytest.approx({"current": 0.7, "candidate": 0.3})
+    together = routing.expected_distributions(reference(70, 30), [PLAIN, BLUE], renamed)
+    assert together[BLUE].certain == "candidate"
+
+
+def _one_destination_over_both_versions() -> list[Obj]:
+    objects = reference()
+    objects.append(k8s.service(name="model-svc", selector={"app": "model"}))
+    weighted(objects)["route"] = [{"destination": {"host": "model-svc"}}]
+    return objects
+
+
+def test_a_destination_spanning_versions_is_an_error_naming_it() -> None:
+    objects = _one_destination_over_both_versions()
+    # Without the spec's versions, replicas share the destination's weight (an approximation).
+    assert dict(expected_distribution(objects, PLAIN).shares) == {"green": 0.5, "blue": 0.5}
+    with pytest.raises(ConfigError) as info:
+        expected_distribution(objects, PLAIN, BY_LABEL)
+    assert info.value.obj == f"VirtualService {NS}/mlmodel-virtualservice"
+    assert info.value.field == "spec.http[2].route[0].destination"
+    assert "model-green (green)" in info.value.message and "model-blue (blue)" in info.value.message
+    # The header routes' destinations each hold one version: those classes are fine.
+    assert expected_distribution(objects, BLUE, BY_LABEL).certain == "blue"
+
+
+def test_a_weight_zero_destination_may_span_versions() -> None:
+    objects = _one_destination_over_both_versions()
+    weighted(objects)["route"] = [
+        {"destination": {"host": "model-svc"}, "weight": 0},
+        {**k8s.destination("green"), "weight": 100},
+    ]
+    assert dict(expected_distribution(objects, PLAIN, BY_LABEL).shares) == {"green": 1.0, "blue": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("versions", "message"),
+    [
+        ({"green": {"model_version": "green"}}, "match no version of the spec (green)"),
+        ({**BY_LABEL, "any-model": {"app": "model"}}, "match several versions of the spec (blue, any-model)"),
+    ],
+    ids=["unmatched", "ambiguous"],
+)
+def test_pods_must_match_exactly_one_version(versions: dict[str, dict[str, str]], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        expected_distribution(reference(), BLUE, versions)
+    assert info.value.field == "spec.template.metadata.labels"
+    assert message in info.value.message, info.value
+
+
+@pytest.mark.parametrize("versions", [{}, {"green": {}}, {"green": "model_version=green"}])
+def test_versions_must_be_label_selectors(versions: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        expected_distribution(reference(), PLAIN, versions)
+    assert info.value.obj == "versions"
+
+
+# --- path normalization ---------------------------------------------------------------------
+
+# Request path -> the :path the Envoy 1.40 binary routes on with Istio's default settings
+# (normalize_path: true, path_with_escaped_slashes_action: KEEP_UNCHANGED, no merge_slashes),
+# observed by echoing %REQ(:PATH)% from a direct response. Not derived from normalize_path.
+ENVOY_NORMALIZED = {
+    "/a/./b": "/a/b",
+    "/a/../a/b": "/a/b",
+    "/./a/b": "/a/b",
+    "/a/b/.": "/a/b/",
+    "/a/b/..": "/a/",
+    "/../a/b": "/a/b",
+    "/..": "/",
+    "/a/b/../../..": "/",
+    "/a/.../b": "/a/.../b",
+    "/a/..b": "/a/..b",
+    "/a//b": "/a//b",
+    "/%61/b": "/a/b",
+    "/%41": "/A",
+    "/a/%7e": "/a/~",
+    "/a/%2e/b": "/a/b",
+    "/a/%2E%2E/c": "/c",
+    "/a/.%2E/b": "/b",
+    "/a%2e/b": "/a./b",
+    "/a%2fb": "/a%2fb",
+    "/a%2Fb": "/a%2Fb",
+    "/a/..%2fb": "/a/..%2fb",
+    "/%2F..%2F": "/%2F..%2F",
+    "/a%20b": "/a%20b",
+    "/a%3ab": "/a%3ab",
+    "/a%zzb": "/a%zzb",
+    "/a%C3%A9": "/a%C3%A9",
+    "/a\\b": "/a/b",
+    "/%5C": "/%5C",
+    "/a:b@c": "/a:b@c",
+    "/a!$&'()*+,;=b": "/a!$&'()*+,;=b",
+}
+
+
+@pytest.mark.parametrize(("sent", "routed"), ENVOY_NORMALIZED.items(), ids=list(ENVOY_NORMALIZED))
+def test_paths_are_normalized_as_the_gateway_does(sent: str, routed: str) -> None:
+    assert Request("p", path=sent + "?q=/../x").route_path == routed
+
+
+@pytest.mark.parametrize("path", ["/a b", "/a|b", "/a{b}", "/\u00e9", "/a#frag", "/a\x00b"])
+def test_paths_envoy_reencodes_or_refuses_are_not_modelled(path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        expected_distribution(reference(), Request("odd", path=path))
+    assert (info.value.obj, info.value.field) == ("request odd", "path")
+
+
+def test_dot_segments_reach_the_exact_route() -> None:
+    objects = reference()
+    match00(objects)["uri"] = {"exact": "/score"}
+    pinned = {"x-api-version": "blue"}
+    assert expected_distribution(objects, Request("dots", path="/x/../sc%6fre", headers=pinned)).certain == "blue"
+    assert expected_distribution(objects, Request("slashes", path="//score", headers=pinned)).certain is None
