@@ -103,11 +103,18 @@ def _name(obj: Mapping[str, Any]) -> str:
 class _Builder:
     """Collects mutants of one stage: each edit works on a deep copy of the objects."""
 
-    def __init__(self, stage: str, objects: Objects, version_env_reason: str = "") -> None:
+    def __init__(self, stage: str, objects: Objects, version_env_reason: str = "",
+                 label_values: Mapping[str, Sequence[str]] | None = None) -> None:
         self.stage = stage
         self.objects = objects
         self.mutants: list[Mutant] = []
         self.version_env_reason = version_env_reason
+        self.label_values = label_values or {}
+
+    def relabel(self, key: str, value: str, versions: Sequence[str]) -> str:
+        """What a label is changed to: another version's value of that key, else a near miss."""
+        pool = self.label_values.get(key) or versions
+        return _other_value(value, pool) if value in pool else f"{value}-x"
 
     def add(self, operator: str, description: str, edit: Callable[[Objects], None], *, routing: bool = True,
             equivalent: str = "") -> None:
@@ -287,7 +294,7 @@ def _service_mutants(b: _Builder, versions: Sequence[str]) -> None:
         name = _name(svc)
         selector = svc.get("spec", {}).get("selector") or {}
         for key, value in sorted(selector.items()):
-            new = _other_value(str(value), versions) if str(value) in versions else f"{value}-x"
+            new = b.relabel(key, str(value), versions)
 
             def select(objs: Objects, key: str = key, new: str = new) -> None:
                 objs[s]["spec"]["selector"][key] = new
@@ -334,7 +341,7 @@ def _deployment_mutants(b: _Builder, versions: Sequence[str], images: Sequence[s
         b.add("workload-remove", f"Deployment {name} removed", remove)
         labels = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {}
         for key, value in sorted(labels.items()):
-            new = _other_value(str(value), versions) if str(value) in versions else f"{value}-x"
+            new = b.relabel(key, str(value), versions)
 
             def relabel(objs: Objects, key: str = key, new: str = new) -> None:
                 spec = objs[d]["spec"]
@@ -389,7 +396,7 @@ def _destination_rule_mutants(b: _Builder, versions: Sequence[str]) -> None:
         name = _name(rule)
         for s, subset in enumerate(rule.get("spec", {}).get("subsets") or []):
             for key, value in sorted((subset.get("labels") or {}).items()):
-                new = _other_value(str(value), versions) if str(value) in versions else f"{value}-x"
+                new = b.relabel(key, str(value), versions)
 
                 def relabel(objs: Objects, s: int = s, key: str = key, new: str = new) -> None:
                     objs[r]["spec"]["subsets"][s]["labels"][key] = new
@@ -402,7 +409,8 @@ def _destination_rule_mutants(b: _Builder, versions: Sequence[str]) -> None:
 
 
 def generate(stage: str, objects: Objects, *, versions: Sequence[str], images: Sequence[str],
-             delta: float = 0.10, by_selector: bool = False) -> list[Mutant]:
+             delta: float = 0.10, by_selector: bool = False,
+             label_values: Mapping[str, Sequence[str]] | None = None) -> list[Mutant]:
     """Every one-edit mutant of one stage's objects.
 
     Weights move by the smallest multiple of 5 points above `delta` (15 at d = 0.10), so a
@@ -415,7 +423,7 @@ def generate(stage: str, objects: Objects, *, versions: Sequence[str], images: S
     shift = 5 * (math.floor(100 * delta / 5) + 1)
     reason = ("MODEL_VERSION only sets the scorer's own x-model-version header; versions are the spec's "
               "pod selectors, answers are credited by endpoint") if by_selector else ""
-    b = _Builder(stage, objects, reason)
+    b = _Builder(stage, objects, reason, label_values or {})
     _virtual_service_mutants(b, shift)
     _gateway_mutants(b)
     _destination_rule_mutants(b, versions)
@@ -606,7 +614,12 @@ def spec_mutants(spec: Any, stages: Sequence[Any], *, delta: float = 0.10,
     images = sorted({str(_container(dep).get("image")) for objects in rendered.values()
                      for _, dep in _objects_of(objects, "Deployment")
                      if dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers")})
-    labels = sorted({*spec.versions, *(str(v) for sel in spec.versions.values() for v in sel.values())})
+    labels = list(spec.versions)
+    by_key: dict[str, list[str]] = {}
+    for selector in spec.versions.values():
+        for key, value in selector.items():
+            if str(value) not in by_key.setdefault(key, []):
+                by_key[key].append(str(value))
     checks, mutants = [], []
     for stage in stages:
         objects = rendered[stage.name]
@@ -614,7 +627,7 @@ def spec_mutants(spec: Any, stages: Sequence[Any], *, delta: float = 0.10,
             c.label in stage.expect for c in spec.classes) else None
         checks.append(prepare_stage(stage, objects, expect, spec.classes, versions=spec.versions))
         mutants += generate(stage.name, objects, versions=labels, images=images, delta=delta,
-                            by_selector=_attributes_by_endpoint())
+                            by_selector=_attributes_by_endpoint(), label_values=by_key)
     return checks, mutants
 
 

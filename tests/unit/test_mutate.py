@@ -170,3 +170,21 @@ def test_a_stage_that_already_disagrees_is_refused(plan: RolloutPlan) -> None:
     wrong = {"weighted": {"green": 0.7, "blue": 0.3}, "header-blue": {"blue": 1.0}, "header-green": {"green": 1.0}}
     with pytest.raises(HarnessError, match="Blue_50 weighted: the unmutated manifests route blue 50%, green 50%"):
         mutate.prepare_stage(stage, objects, wrong)
+
+
+def test_a_spec_example_with_subsets_and_selectors() -> None:
+    """Istio's Bookinfo reviews rollout: versions are pod selectors, routes go to subsets."""
+    from pathlib import Path
+
+    from harness.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "bookinfo-reviews" / "rollout.yaml")
+    checks, mutants = mutate.spec_mutants(spec, [spec.stage("all-v1"), spec.stage("shift-80-20")])
+    assert all(n >= 50 for n in Counter(m.stage for m in mutants).values())
+    outcomes = {o.mutant.ident: o for o in mutate.mutate(checks, mutants).outcomes}
+    # Subset v1 relabelled to select v2's pods: everything for v1 now reaches v2.
+    moved = outcomes[_one(mutants, "all-v1", "subset", "subset v1 version: v1 -> v2").ident]
+    assert (moved.status, moved.check) == (mutate.CAUGHT, "oracle") and "anonymous: v2 100%" in moved.detail
+    # 80/20 moved by 15 points is 65/35 or 95/5: outside 80 +- 10 for v1.
+    shifted = [outcomes[m.ident] for m in mutants if m.stage == "shift-80-20" and m.operator == "weights-shift"]
+    assert shifted and all((o.status, o.check) == (mutate.CAUGHT, "oracle") for o in shifted), shifted
