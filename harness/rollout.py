@@ -30,7 +30,7 @@ from harness.mesh.base import Mesh
 from harness.plan import RolloutPlan, Stage, repository_of
 from harness.render import render
 from harness.routing import Expected, Request, expected_distributions
-from harness.spec import RolloutSpec, StageSpec, spec_from_plan
+from harness.spec import PlanSource, RolloutSpec, StageSpec, spec_from_plan
 from harness.stats import SequentialTest, StatsConfig, Verdict
 from harness.traffic import LoadResult, run_load
 
@@ -273,6 +273,14 @@ def intended_answers(spec: SpecLike, stage: StageSpec | Stage | Sequence[Mapping
     return {v: next(iter(a)) for v, a in answers.items() if len(a) == 1 and v not in unknown}
 
 
+def _stage_answers(spec: RolloutSpec, stage: StageSpec, objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The answers a stage's versions must give: a plan stage says (its images), else the objects' images."""
+    source = stage.source
+    if isinstance(source, PlanSource):
+        return intended_answers(source.plan, source.plan.stage(source.stage))
+    return intended_answers(spec, objects)
+
+
 def wrong_answers(intended: Mapping[str, str], given: Mapping[str, Mapping[str, int]]) -> list[str]:
     """Each (version, answer) seen that is not the answer that version's image must give."""
     return [
@@ -357,7 +365,7 @@ def check_stage(
     result.sample_s = time.monotonic() - started
     result.requests = load.requests
     result.answers = load.answers
-    result.wrong_answers = wrong_answers(intended_answers(spec, objects), load.answers)
+    result.wrong_answers = wrong_answers(_stage_answers(spec, stage, objects), load.answers)
     for request in classes:
         result.classes.append(ClassResult(stage.name, request, load.verdicts[request.label]))
     return result
