@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -557,28 +558,40 @@ def mutate(
 
 def _run_all(to_run: Sequence[Mutant], by_stage: Mapping[str, StageCheck], factory: Callable[[], RunCheck],
              jobs: int, deadline: float, outcomes: dict[str, Outcome]) -> None:
+    """Each job opens its own mesh, runs its share of the mutants, and always closes the mesh.
+
+    On an interrupt (Ctrl-C, SIGTERM in the main thread) the jobs stop after their current
+    mutant and tear down before the interrupt goes on.
+    """
     shards = [list(to_run[i::jobs]) for i in range(jobs)]
+    stop = threading.Event()
 
     def work(shard: list[Mutant]) -> None:
         run_check = factory()
-        for mutant in shard:
-            if time.monotonic() > deadline:
-                outcomes.setdefault(mutant.ident, Outcome(mutant, NOT_RUN, "", "deadline"))
-                continue
-            failed = run_check(by_stage[mutant.stage], mutant)
-            if failed is not None:
-                outcomes[mutant.ident] = Outcome(mutant, CAUGHT, "run", failed)
-            elif mutant.ident in outcomes and outcomes[mutant.ident].status == EQUIVALENT:
-                continue
-            else:
-                outcomes[mutant.ident] = Outcome(mutant, SURVIVED, "", "no check failed it, the run passed")
-        close = getattr(run_check, "close", None)
-        if callable(close):
-            close()
+        try:
+            for mutant in shard:
+                if stop.is_set() or time.monotonic() > deadline:
+                    outcomes.setdefault(mutant.ident, Outcome(mutant, NOT_RUN, "", "deadline"))
+                    continue
+                failed = run_check(by_stage[mutant.stage], mutant)
+                if failed is not None:
+                    outcomes[mutant.ident] = Outcome(mutant, CAUGHT, "run", failed)
+                elif mutant.ident not in outcomes or outcomes[mutant.ident].status != EQUIVALENT:
+                    outcomes[mutant.ident] = Outcome(mutant, SURVIVED, "", "no check failed it, the run passed")
+        finally:
+            close = getattr(run_check, "close", None)
+            if callable(close):
+                close()
 
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mutate") as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mutate")
+    try:
         for future in [pool.submit(work, shard) for shard in shards if shard]:
             future.result()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 # ------------------------------------------------------------------------------ a rollout spec
