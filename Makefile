@@ -57,7 +57,7 @@ bench: $(STAMP)
 	done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check harness fixtures tests bench
+	$(VENV)/bin/ruff check harness fixtures tests bench tools
 
 types: $(STAMP)
 	$(VENV)/bin/mypy
