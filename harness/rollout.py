@@ -145,7 +145,7 @@ def oracle(
     env (or ``model_version`` label): the same names when the manifests follow that rule.
     """
     if versions is not None and _oracle_accepts_versions():
-        found: dict[Request, Expected] = expected_distributions(objects, classes, versions=versions)  # type: ignore[call-arg]
+        found: dict[Request, Expected] = expected_distributions(objects, classes, versions=versions)  # type: ignore[call-arg,unused-ignore]
         return found
     return expected_distributions(objects, classes)
 
