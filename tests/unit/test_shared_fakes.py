@@ -9,7 +9,7 @@ import docker.errors
 import pytest
 
 from harness.errors import WaitTimeout
-from harness.mesh.base import expected_route_table, route_table_from_config_dump
+from harness.mesh import expected_route_table, route_table_from_config_dump
 from harness.plan import load_plan
 from harness.render import render_stage
 from harness.wait import wait_until
