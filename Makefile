@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit e2e bench lint types tox validate render base-image clean
+.PHONY: help venv run test unit e2e bench lint types cycles mutate tox validate render base-image clean
 
 help:
 	@echo "make run         run the whole rollout on the local Envoy mesh (the main job)"
@@ -15,6 +15,8 @@ help:
 	@echo "make e2e         run the rollout suite on a real kind cluster with Istio"
 	@echo "make bench       print the benchmark figures"
 	@echo "make lint types  ruff and mypy"
+	@echo "make mutate      one-edit mutants of every stage and which check catches each"
+	@echo "make cycles      fail on any import cycle among harness/ and fixtures/ modules"
 	@echo "make validate    render and validate every stage offline"
 	@echo "make base-image  build the local Debian base image (no registry needed)"
 
@@ -55,10 +57,18 @@ bench: $(STAMP)
 	done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check harness fixtures tests bench
+	$(VENV)/bin/ruff check harness fixtures tests bench tools
 
 types: $(STAMP)
 	$(VENV)/bin/mypy
+
+# One-edit mutants of every stage: which check catches each (exit 1 if one survives).
+mutate: $(STAMP)
+	$(PY) -m harness.cli mutate --artifacts-dir $(ARTIFACTS)
+
+# Any import cycle among harness/ and fixtures/ modules, function-level imports included.
+cycles:
+	$(PYTHON) tools/check_import_cycles.py
 
 tox: $(STAMP)
 	$(PY) -m pip install --quiet tox
