@@ -106,6 +106,11 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         keep_cluster=args.keep_cluster,
         cluster_name=args.cluster_name,
         base_image=args.base_image,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        namespace=args.namespace,
+        gateway_url=args.gateway_url,
+        judge_live=args.judge_live,
     )
 
     def progress(line: str) -> None:
@@ -186,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="drive every stage on a mesh and judge the routing statistically")
     with_plan(run)
-    run.add_argument("--mesh", choices=("local", "kind"), default="local")
+    run.add_argument("--mesh", choices=("local", "kind", "cluster"), default="local")
     run.add_argument("--workloads", choices=("process", "docker"), default="process")
     run.add_argument("--stage", action="append", default=[], help="only these stages (repeatable; default all)")
     run.add_argument("--alpha", type=float, default=1e-6)
@@ -196,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-cluster", action="store_true")
     run.add_argument("--cluster-name", default="abtest")
     run.add_argument("--base-image", default=None)
+    existing = run.add_argument_group("--mesh cluster (a cluster you already run, with Istio)")
+    existing.add_argument("--kubeconfig", type=Path, default=None, help="kubeconfig file (required)")
+    existing.add_argument("--context", default=None, help="its context to use (required; never guessed)")
+    existing.add_argument("--namespace", default=None, help="existing namespace each stage is applied into")
+    existing.add_argument("--gateway-url", default=None, help="where requests go, e.g. http://gw.example:80")
+    existing.add_argument("--judge-live", action="store_true",
+                          help="apply nothing; only judge the stage the cluster serves now")
     run.set_defaults(func=cmd_run)
 
     load = sub.add_parser("load", help="send N requests and print each answer, then counts per version")

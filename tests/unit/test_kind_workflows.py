@@ -249,3 +249,23 @@ def test_the_e2e_prerequisite_check_runs_as_a_non_root_user_and_names_what_is_mi
     assert "MISSING  Docker daemon" in out, out
     assert "ok       kind" in out and "ok       kubectl" in out, out
     assert "MISSING  network (proxy)" in out, out
+
+
+def test_actionlint_and_zizmor_report_nothing() -> None:
+    """The linters tools/lint-workflows installs into .cache/ (it builds them on first use;
+    this test never downloads anything, so it skips until they are there)."""
+    actionlint = ROOT / ".cache" / "bin" / "actionlint"
+    zizmor = ROOT / ".cache" / "lint-venv" / "bin" / "zizmor"
+    missing = [str(p.relative_to(ROOT)) for p in (actionlint, zizmor) if not p.exists()]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not built: run tools/lint-workflows once")
+    workflows = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
+    lint = subprocess.run(  # noqa: S603 - the linter built from its pinned release
+        [str(actionlint), *workflows], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    audit = subprocess.run(  # noqa: S603 - the auditor from its pinned release, offline
+        [str(zizmor), "--offline", str(WORKFLOWS)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "No findings" in audit.stdout + audit.stderr
