@@ -195,8 +195,6 @@ class ClusterMesh(KubeMesh):
         self.namespace = namespace
         self.judge_live = judge_live
         self._gateway_url = check_gateway_url(gateway_url)
-        #: What this run applied, by REST path: teardown deletes these and nothing else.
-        self.applied_paths: set[str] = set()
 
     # ------------------------------------------------------------------ Mesh protocol surface
 
@@ -255,13 +253,11 @@ class ClusterMesh(KubeMesh):
             self._say("judge-live: nothing applied; converge checks the gateway already serves the stage")
             return
         try:
-            self._refuse_foreign([o for o in self._prepare(objects)])
+            self._refuse_foreign(self._prepare(objects))
         except Exception as exc:
             where = self._dump_failure("apply")
             raise self.step_error("apply", exc, where) from exc
         super().apply(objects)
-        for obj in self._prepare(objects):
-            self.applied_paths.add(object_path(obj))
 
     def _prepare(self, objects: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         source = str(getattr(self._plan, "namespace", None) or _stage_namespace(objects) or self.namespace)
@@ -364,7 +360,6 @@ class ClusterMesh(KubeMesh):
                 )
             except HarnessError as exc:
                 log.error("teardown: %s", exc)
-        self.applied_paths.clear()
 
 
 def _stage_namespace(objects: Sequence[Mapping[str, Any]]) -> str | None:
