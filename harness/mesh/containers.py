@@ -1,15 +1,16 @@
 """Run Deployment replicas as Docker containers of their real images (``--workloads=docker``).
 
-Each replica is one container of the Deployment's image with the Deployment's environment.
-Its port is published on 127.0.0.1 only, on a port Docker picks, so nothing is exposed beyond
-the machine and parallel runs never collide. Every container carries two labels: the
+Each replica is one container of the Deployment's image, with its command, args and env
+over the image's, as the kubelet runs it. Every declared containerPort (and a probe's
+numbered port) is published on 127.0.0.1 only, on a port Docker picks, so nothing is exposed
+beyond the machine and parallel runs never collide. Images are never pulled. Every container carries two labels: the
 ``app.kubernetes.io/managed-by=abtest-harness`` of everything the harness creates, and
 ``abtest-harness/run-id=<run id>``; teardown removes exactly the containers of its run id,
 and :func:`reap` finds what a killed run left behind.
 
 >>> with DockerRunner() as runner:                                    # doctest: +SKIP
 ...     workload = runner.start(spec)
-...     runner.wait_ready(workload, timeout=30)
+...     runner.wait_ready(workload, timeout=30)                       # the readinessProbe
 ...     host, port = workload.endpoint                                 # ("127.0.0.1", 49153)
 """
 

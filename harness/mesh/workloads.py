@@ -1,9 +1,14 @@
 """Workload runners: how a Deployment replica becomes something listening on loopback.
 
-A runner starts one replica from a :class:`WorkloadSpec`, waits for its ``/healthz``, stops it
-and returns its log. :class:`ProcessRunner` (the default of the local mesh) runs the mock
-scorer as a local process, with the answer the plan bakes into the image; Docker's runner
-(``harness.mesh.containers.DockerRunner``) runs the real image and follows the same protocol.
+A runner starts one replica from a :class:`WorkloadSpec` (the Deployment's container as the
+kubelet reads it: image, command, args, env, ports, readinessProbe), waits until its
+readiness probe passes, stops it and returns its log. :class:`ProcessRunner` (the default of
+the local mesh) runs the sample scorer as a local process; Docker's runner
+(``harness.mesh.containers.DockerRunner``) runs any image and follows the same protocol.
+
+A replica that can never become ready raises :class:`ReplicaNotReady` at once, naming the
+probe; one that does not within the timeout raises it then; one that exits raises
+:class:`ReplicaDied`. Both are :class:`WorkloadFailed`, which names Deployment and replica.
 """
 
 from __future__ import annotations
