@@ -68,6 +68,8 @@ _WORKLOAD_LABEL = "abtest-harness/workload"
 # The process that created it: a container whose creator is gone on this host is an orphan.
 _CREATOR_PID_LABEL = "abtest-harness/creator-pid"
 _LOG_TAIL_LINES = 40
+#: A label only the sample scorer's image carries (images/scorer/Dockerfile).
+SCORER_IMAGE_LABEL = "abtest-harness/answer"
 
 
 class ImageNotPresent(HarnessError):
@@ -241,6 +243,18 @@ class DockerRunner:
                 waited=0.0,
                 timeout=timeout,
             )
+        scorer_port = self._scorer_listen_port(spec)
+        if scorer_port is not None and number != scorer_port:
+            # The sample scorer's image listens on its PORT and nothing else: known, not guessed.
+            raise ReplicaNotReady(
+                spec,
+                what,
+                f"nothing listens on container port {number}: the scorer image listens on {scorer_port} "
+                "(its PORT)",
+                final=True,
+                waited=time.monotonic() - started,
+                timeout=timeout,
+            )
         address = workload.address(number)
         assert address is not None, "every probe port is published"
         host, port = address
@@ -257,6 +271,15 @@ class DockerRunner:
                     passed, seen["last"] = probe_tcp(host, port)
                     return passed
                 passed, seen["last"] = probe_http(host, port, probe.path, probe.headers)
+                if not passed and scorer_port is not None and seen["last"].startswith("HTTP 404"):
+                    raise ReplicaNotReady(
+                        spec,
+                        what,
+                        f"{seen['last']}: the sample scorer serves /healthz and /score",
+                        final=True,
+                        waited=time.monotonic() - started,
+                        timeout=timeout,
+                    )
                 return passed
             except HEALTH_TRANSIENT as exc:
                 listening = _listening_ports(container)
@@ -279,6 +302,19 @@ class DockerRunner:
             )
             error.add_note(f"container logs:{self._logs_note(container)}")
             raise error from None
+
+    def _scorer_listen_port(self, spec: WorkloadSpec) -> int | None:
+        """The port a sample scorer image listens on (its PORT: the Deployment's, else the
+        image's); None for any other image, whose ports the harness cannot know in advance."""
+        try:
+            config = self._client.images.get(spec.image).attrs.get("Config") or {}
+        except docker.errors.APIError:
+            return None
+        if SCORER_IMAGE_LABEL not in (config.get("Labels") or {}):
+            return None
+        image_env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+        raw = spec.env.get("PORT", image_env.get("PORT", "5001"))
+        return int(raw) if raw.isdigit() else None
 
     def exit_code(self, workload: RunningWorkload) -> int | None:
         """None while the container runs; its exit code once it has exited (-1 if Docker lost it)."""

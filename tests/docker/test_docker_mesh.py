@@ -160,9 +160,30 @@ def test_docker_honours_the_deployments_answer_and_a_wrong_port_never_gets_ready
     _container(wrong, "model-green")["env"].append({"name": "PORT", "value": "5002"})
     with pytest.raises(ReplicaNotReady) as caught:
         docker_mesh.apply(wrong)
-    assert caught.value.probe == "readinessProbe httpGet /healthz on port http (5001)"
-    assert "listens on [5002]" in caught.value.last_seen, caught.value.last_seen
+    assert caught.value.probe == "readinessProbe httpGet /healthz on port http (5001)" and caught.value.final
+    assert "the scorer image listens on 5002" in caught.value.last_seen, caught.value.last_seen
     docker_mesh.converge(objects, timeout=10)  # the old replica still serves
+
+
+def test_an_own_image_whose_probe_port_has_no_listener_times_out_naming_what_it_listens_on(
+    docker_mesh: LocalMesh, own_image: str
+) -> None:
+    objects = _stage({"green": own_image})
+    _container(objects, "model-green").update(
+        command=["python3", "/srv/serve.py"],
+        args=["8080", "x"],
+        env=[{"name": "MODEL_NAME", "value": "m"}],
+        readinessProbe={"httpGet": {"path": "/ready", "port": "http"}},  # http is 5001; it listens on 8080
+    )
+    with pytest.raises(ReplicaNotReady) as caught:
+        docker_mesh.apply(objects)
+    error = caught.value
+    assert not error.final and error.timeout == docker_mesh.ready_timeout
+    assert error.probe == "readinessProbe httpGet /ready on port http (5001)"
+    assert "the container listens on [8080]" in error.last_seen, error.last_seen
+    notes = "\n".join(getattr(error, "__notes__", []))
+    assert "container logs:" in notes, notes
+    assert docker_mesh.endpoint_labels() == {}
 
 
 def test_a_dead_container_is_named_not_reused(
