@@ -392,7 +392,9 @@ def tail(path: Path, lines: int = 20) -> str:
 
 #: Variables the process runner takes from the harness's own environment; everything else a
 #: replica sees comes from its Deployment (a shell's PORT or MODEL_VERSION must not leak in).
-_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "VIRTUAL_ENV")
+_INHERITED_ENV = (
+    "PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "VIRTUAL_ENV", "PYTHONHOME", "LD_LIBRARY_PATH",
+)
 
 
 def probe_http(host: str, port: int, path: str, headers: Sequence[tuple[str, str]] = ()) -> tuple[bool, str]:
