@@ -822,3 +822,31 @@ def specs_from_objects(objects: Sequence[Mapping[str, Any]]) -> list[WorkloadSpe
                 )
             )
     return specs
+
+
+# --------------------------------------------------------------------------- pods -> endpoint labels
+
+
+def endpoint_labels_of_pods(pods: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """``"podIP:containerPort"`` -> pod labels, for every Ready pod with an IP, as endpoints list them.
+
+    For a cluster backend: the gateway reports the endpoint it chose as ``podIP:port``, where
+    the port is the container port a Service's targetPort reaches; every declared port of
+    every container is listed. Pods that are not Ready get no endpoints, so they are left out.
+    """
+    labels: dict[str, dict[str, str]] = {}
+    for pod in pods:
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+        )
+        if not ip or not ready or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        pod_labels = {str(k): str(v) for k, v in ((pod.get("metadata") or {}).get("labels") or {}).items()}
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            for port in container.get("ports") or []:
+                number = port.get("containerPort")
+                if isinstance(number, int) and (port.get("protocol") or "TCP") == "TCP":
+                    labels[f"{ip}:{number}"] = dict(pod_labels)
+    return labels
