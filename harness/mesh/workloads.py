@@ -227,14 +227,15 @@ class RunningWorkload:
     def address(self, container_port: int) -> tuple[str, int] | None:
         """The loopback address of `container_port`, or None when nothing listens on it."""
         if not self.ports:
-            return self.endpoint if container_port == self.spec.container_port else None
+            served = container_port == self.spec.container_port and self.endpoint[1] > 0
+            return self.endpoint if served else None
         host_port = self.ports.get(container_port)
         return (self.endpoint[0], host_port) if host_port else None
 
     def addresses(self) -> list[tuple[str, int]]:
         """Every loopback address of this replica."""
         if not self.ports:
-            return [self.endpoint]
+            return [self.endpoint] if self.endpoint[1] > 0 else []
         return sorted((self.endpoint[0], p) for p in set(self.ports.values()))
 
 

@@ -155,3 +155,12 @@ def test_endpoint_labels_of_pods_lists_ready_pods_by_ip_and_port_only() -> None:
         "10.244.0.7:9090": green,
         "10.244.0.8:5001": blue,
     }
+
+
+def test_a_replica_without_ports_has_no_address() -> None:
+    (spec,) = specs_from_objects([_blue(ports=None, readinessProbe=None)])
+    portless = RunningWorkload(spec, ("127.0.0.1", 0))
+    assert portless.addresses() == [] and portless.address(0) is None and portless.address(5001) is None
+    mapped = RunningWorkload(spec, ("127.0.0.1", 42000), ports={5001: 42000, 9090: 42001})
+    assert mapped.addresses() == [("127.0.0.1", 42000), ("127.0.0.1", 42001)]
+    assert mapped.address(9090) == ("127.0.0.1", 42001) and mapped.address(7000) is None
