@@ -43,7 +43,7 @@ from harness.mesh.workloads import (
     probe_http,
     probe_tcp,
 )
-from harness.signals import teardown_on_sigterm
+from harness.signals import shielded, teardown_on_sigterm
 from harness.wait import wait_until
 
 __all__ = [
@@ -363,9 +363,10 @@ class DockerRunner:
         """Remove every container of this run id (also ones this object lost track of); idempotent."""
         self._closed = True
         try:
-            with self._lock:
-                self._containers.clear()
-            reap(self.run_id, client=self._client)
+            with shielded():  # a SIGTERM now waits until every container is removed
+                with self._lock:
+                    self._containers.clear()
+                reap(self.run_id, client=self._client)
         finally:
             self._sigterm.deactivate()
 

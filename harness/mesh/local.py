@@ -63,7 +63,7 @@ from harness.mesh.workloads import (
     stop_process,
     tail,
 )
-from harness.signals import teardown_on_sigterm
+from harness.signals import shielded, teardown_on_sigterm
 from harness.wait import wait_until
 
 if TYPE_CHECKING:
@@ -446,7 +446,8 @@ class LocalMesh:
             if not self._up:
                 return
             try:
-                self._down()
+                with shielded():  # a SIGTERM now waits until everything is stopped
+                    self._down()
             finally:
                 self._sigterm.deactivate()
 
