@@ -137,6 +137,7 @@ class DockerRunner:
         self._lock = threading.Lock()
         self._closed = False
         self._sigterm = teardown_on_sigterm()  # activated by register_cleanup()
+        self._ready: set[int] = set()  # ids of workloads whose readiness passed
 
     # -- WorkloadRunner --------------------------------------------------------------------------
 
@@ -230,6 +231,7 @@ class DockerRunner:
         probe = spec.probe
         if probe is None:
             alive()
+            self._mark_ready(workload)
             return
         what = probe.describe(spec)
         number = spec.port_number(probe.port)
@@ -302,6 +304,11 @@ class DockerRunner:
             )
             error.add_note(f"container logs:{self._logs_note(container)}")
             raise error from None
+        self._mark_ready(workload)
+
+    def _mark_ready(self, workload: RunningWorkload) -> None:
+        with self._lock:
+            self._ready.add(id(workload))
 
     def _scorer_listen_port(self, spec: WorkloadSpec) -> int | None:
         """The port a sample scorer image listens on (its PORT: the Deployment's, else the
@@ -335,14 +342,20 @@ class DockerRunner:
         return None
 
     def stop(self, workload: RunningWorkload) -> None:
-        """Stop (SIGTERM, then SIGKILL after `stop_timeout`) and remove the container; idempotent."""
+        """Stop (SIGTERM, then SIGKILL after `stop_timeout`) and remove the container; idempotent.
+
+        A replica that never became ready serves nothing to drain and may not handle SIGTERM
+        yet (a process that is PID 1 ignores it until it installs a handler): it is killed.
+        """
         with self._lock:
             entry = self._containers.pop(id(workload), None)
+            was_ready = id(workload) in self._ready
+            self._ready.discard(id(workload))
         if entry is None:
             return
         _, container = entry
         try:
-            container.stop(timeout=max(1, round(self.stop_timeout)))
+            container.stop(timeout=max(1, round(self.stop_timeout)) if was_ready else 0)
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,9 @@ def _container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def docker_mesh(docker_engine: docker.DockerClient, run_id: str, containers_of: ContainersOf) -> Iterator[LocalMesh]:
-    runner = DockerRunner(run_id=run_id, client=docker_engine)
+    # A long stop timeout: a ready scorer stops on SIGTERM at once, so only a stop that waits
+    # for a container that cannot handle it yet would take this long.
+    runner = DockerRunner(run_id=run_id, client=docker_engine, stop_timeout=30.0)
     mesh = LocalMesh(runner=runner, ready_timeout=3.0)
     try:
         with mesh:
@@ -158,8 +161,11 @@ def test_docker_honours_the_deployments_answer_and_a_wrong_port_never_gets_ready
 
     wrong = copy.deepcopy(objects)
     _container(wrong, "model-green")["env"].append({"name": "PORT", "value": "5002"})
+    started = time.monotonic()
     with pytest.raises(ReplicaNotReady) as caught:
         docker_mesh.apply(wrong)
+    took = time.monotonic() - started
+    assert took < 10, f"the never-ready container must be known at once and killed, not drained: {took:.1f}s"
     assert caught.value.probe == "readinessProbe httpGet /healthz on port http (5001)" and caught.value.final
     assert "the scorer image listens on 5002" in caught.value.last_seen, caught.value.last_seen
     docker_mesh.converge(objects, timeout=10)  # the old replica still serves
