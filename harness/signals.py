@@ -23,19 +23,31 @@ objects with ``up()``/``down()`` rather than a ``with`` statement::
     ...
     guard.deactivate()    # at the end of down(); idempotent
 
+A teardown that must not be cut short by the first SIGTERM runs under :func:`shielded`: the
+signal is held until the teardown ends, then raised.
+
 :func:`sigterm_received` tells a caller that caught the exception (a test runner reports an
 exception in a test and goes on) that the run was terminated and should stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
-__all__ = ["EXIT_SIGTERM", "Terminated", "TeardownOnSigterm", "sigterm_received", "teardown_on_sigterm"]
+__all__ = [
+    "EXIT_SIGTERM",
+    "TeardownOnSigterm",
+    "Terminated",
+    "shielded",
+    "sigterm_received",
+    "teardown_on_sigterm",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +73,16 @@ class _State:
     previous: Any = None
     fired = False  # a SIGTERM arrived during the current outermost block
     received = False  # a SIGTERM arrived at any time since import (for sigterm_received)
+    shielding = 0  # depth of shielded() blocks: a teardown under way
+    held = False  # a SIGTERM arrived during a shielded() block and is raised at its end
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     _State.received = True
+    if _State.shielding and not _State.fired:
+        _State.held = True
+        log.warning("SIGTERM during a teardown: it finishes first, then the run ends with %d", EXIT_SIGTERM)
+        return
     if _State.fired:
         log.warning("SIGTERM again while tearing down: ignored, the teardown goes on")
         return
@@ -108,6 +126,7 @@ class TeardownOnSigterm:
             return
         previous, _State.previous = _State.previous, None
         _State.fired = False
+        _State.held = False
         if signal.getsignal(signal.SIGTERM) is _handler:
             # None means a handler not installed from Python; the default is the closest.
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
@@ -127,6 +146,30 @@ class TeardownOnSigterm:
 def teardown_on_sigterm() -> TeardownOnSigterm:
     """A block during which SIGTERM raises :class:`Terminated` (``SystemExit(143)``) once."""
     return TeardownOnSigterm()
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Run a teardown to its end even when SIGTERM arrives meanwhile.
+
+    A first SIGTERM during the block is held and raised as :class:`Terminated` when the
+    block ends (so the run still ends as terminated, with its teardown complete); a SIGTERM
+    that already fired before the block means later ones are ignored, as anywhere else.
+    Inert where no :func:`teardown_on_sigterm` block is active or outside the main thread.
+    """
+    if _State.depth == 0 or not _in_main_thread():
+        yield
+        return
+    _State.shielding += 1
+    try:
+        yield
+    finally:
+        _State.shielding -= 1
+        if _State.shielding == 0 and _State.held:
+            _State.held = False
+            if not _State.fired:
+                _State.fired = True
+                raise Terminated()
 
 
 def sigterm_received() -> bool:

@@ -1,15 +1,16 @@
 """Run Deployment replicas as Docker containers of their real images (``--workloads=docker``).
 
-Each replica is one container of the Deployment's image with the Deployment's environment.
-Its port is published on 127.0.0.1 only, on a port Docker picks, so nothing is exposed beyond
-the machine and parallel runs never collide. Every container carries two labels: the
+Each replica is one container of the Deployment's image, with its command, args and env
+over the image's, as the kubelet runs it. Every declared containerPort (and a probe's
+numbered port) is published on 127.0.0.1 only, on a port Docker picks, so nothing is exposed
+beyond the machine and parallel runs never collide. Images are never pulled. Every container carries two labels: the
 ``app.kubernetes.io/managed-by=abtest-harness`` of everything the harness creates, and
 ``abtest-harness/run-id=<run id>``; teardown removes exactly the containers of its run id,
 and :func:`reap` finds what a killed run left behind.
 
 >>> with DockerRunner() as runner:                                    # doctest: +SKIP
 ...     workload = runner.start(spec)
-...     runner.wait_ready(workload, timeout=30)
+...     runner.wait_ready(workload, timeout=30)                       # the readinessProbe
 ...     host, port = workload.endpoint                                 # ("127.0.0.1", 49153)
 """
 
@@ -42,7 +43,7 @@ from harness.mesh.workloads import (
     probe_http,
     probe_tcp,
 )
-from harness.signals import teardown_on_sigterm
+from harness.signals import shielded, teardown_on_sigterm
 from harness.wait import wait_until
 
 __all__ = [
@@ -67,6 +68,8 @@ _WORKLOAD_LABEL = "abtest-harness/workload"
 # The process that created it: a container whose creator is gone on this host is an orphan.
 _CREATOR_PID_LABEL = "abtest-harness/creator-pid"
 _LOG_TAIL_LINES = 40
+#: A label only the sample scorer's image carries (images/scorer/Dockerfile).
+SCORER_IMAGE_LABEL = "abtest-harness/answer"
 
 
 class ImageNotPresent(HarnessError):
@@ -134,6 +137,7 @@ class DockerRunner:
         self._lock = threading.Lock()
         self._closed = False
         self._sigterm = teardown_on_sigterm()  # activated by register_cleanup()
+        self._ready: set[int] = set()  # ids of workloads whose readiness passed
 
     # -- WorkloadRunner --------------------------------------------------------------------------
 
@@ -227,6 +231,7 @@ class DockerRunner:
         probe = spec.probe
         if probe is None:
             alive()
+            self._mark_ready(workload)
             return
         what = probe.describe(spec)
         number = spec.port_number(probe.port)
@@ -238,6 +243,18 @@ class DockerRunner:
                 f"the container declares no port named {probe.port!r} (named ports: {declared})",
                 final=True,
                 waited=0.0,
+                timeout=timeout,
+            )
+        scorer_port = self._scorer_listen_port(spec)
+        if scorer_port is not None and number != scorer_port:
+            # The sample scorer's image listens on its PORT and nothing else: known, not guessed.
+            raise ReplicaNotReady(
+                spec,
+                what,
+                f"nothing listens on container port {number}: the scorer image listens on {scorer_port} "
+                "(its PORT)",
+                final=True,
+                waited=time.monotonic() - started,
                 timeout=timeout,
             )
         address = workload.address(number)
@@ -256,6 +273,15 @@ class DockerRunner:
                     passed, seen["last"] = probe_tcp(host, port)
                     return passed
                 passed, seen["last"] = probe_http(host, port, probe.path, probe.headers)
+                if not passed and scorer_port is not None and seen["last"].startswith("HTTP 404"):
+                    raise ReplicaNotReady(
+                        spec,
+                        what,
+                        f"{seen['last']}: the sample scorer serves /healthz and /score",
+                        final=True,
+                        waited=time.monotonic() - started,
+                        timeout=timeout,
+                    )
                 return passed
             except HEALTH_TRANSIENT as exc:
                 listening = _listening_ports(container)
@@ -278,6 +304,24 @@ class DockerRunner:
             )
             error.add_note(f"container logs:{self._logs_note(container)}")
             raise error from None
+        self._mark_ready(workload)
+
+    def _mark_ready(self, workload: RunningWorkload) -> None:
+        with self._lock:
+            self._ready.add(id(workload))
+
+    def _scorer_listen_port(self, spec: WorkloadSpec) -> int | None:
+        """The port a sample scorer image listens on (its PORT: the Deployment's, else the
+        image's); None for any other image, whose ports the harness cannot know in advance."""
+        try:
+            config = self._client.images.get(spec.image).attrs.get("Config") or {}
+        except docker.errors.APIError:
+            return None
+        if SCORER_IMAGE_LABEL not in (config.get("Labels") or {}):
+            return None
+        image_env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+        raw = spec.env.get("PORT", image_env.get("PORT", "5001"))
+        return int(raw) if raw.isdigit() else None
 
     def exit_code(self, workload: RunningWorkload) -> int | None:
         """None while the container runs; its exit code once it has exited (-1 if Docker lost it)."""
@@ -298,14 +342,20 @@ class DockerRunner:
         return None
 
     def stop(self, workload: RunningWorkload) -> None:
-        """Stop (SIGTERM, then SIGKILL after `stop_timeout`) and remove the container; idempotent."""
+        """Stop (SIGTERM, then SIGKILL after `stop_timeout`) and remove the container; idempotent.
+
+        A replica that never became ready serves nothing to drain and may not handle SIGTERM
+        yet (a process that is PID 1 ignores it until it installs a handler): it is killed.
+        """
         with self._lock:
             entry = self._containers.pop(id(workload), None)
+            was_ready = id(workload) in self._ready
+            self._ready.discard(id(workload))
         if entry is None:
             return
         _, container = entry
         try:
-            container.stop(timeout=max(1, round(self.stop_timeout)))
+            container.stop(timeout=max(1, round(self.stop_timeout)) if was_ready else 0)
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:
@@ -326,9 +376,10 @@ class DockerRunner:
         """Remove every container of this run id (also ones this object lost track of); idempotent."""
         self._closed = True
         try:
-            with self._lock:
-                self._containers.clear()
-            reap(self.run_id, client=self._client)
+            with shielded():  # a SIGTERM now waits until every container is removed
+                with self._lock:
+                    self._containers.clear()
+                reap(self.run_id, client=self._client)
         finally:
             self._sigterm.deactivate()
 

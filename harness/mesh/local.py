@@ -6,7 +6,7 @@ files (listeners, clusters, routes and one endpoint file per cluster), each repl
 atomic rename because Envoy reloads a watched path only when a file is moved onto it.
 
 :meth:`LocalMesh.apply` reconciles make-before-break: it starts the replicas that are new,
-waits for their ``/healthz``, switches endpoints and routes, waits until Envoy reports the
+waits for their readiness probes, switches endpoints and routes, waits until Envoy reports the
 new state, and only then stops the replicas nothing routes to any more. :meth:`converge`
 waits until the live route table (admin ``/config_dump``) equals the one the objects promise
 and every cluster has exactly its endpoints. :meth:`down` stops what the mesh started (also
@@ -63,7 +63,7 @@ from harness.mesh.workloads import (
     stop_process,
     tail,
 )
-from harness.signals import teardown_on_sigterm
+from harness.signals import shielded, teardown_on_sigterm
 from harness.wait import wait_until
 
 if TYPE_CHECKING:
@@ -446,7 +446,8 @@ class LocalMesh:
             if not self._up:
                 return
             try:
-                self._down()
+                with shielded():  # a SIGTERM now waits until everything is stopped
+                    self._down()
             finally:
                 self._sigterm.deactivate()
 
@@ -535,7 +536,8 @@ class LocalMesh:
         """Reconcile to `objects`, make-before-break.
 
         1. check every object translates (nothing starts if one does not);
-        2. start the replicas that are new or changed and wait for their ``/healthz``;
+        2. start the replicas that are new or changed and wait for their readiness probes
+           (a replica that exited since the last apply is named, ReplicaDied, never reused);
         3. make: add their endpoints (the old replicas' stay), add clusters, switch the routes;
            wait until Envoy serves that;
         4. break: drop the old replicas' endpoints and unused clusters; wait until Envoy serves

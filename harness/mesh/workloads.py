@@ -1,9 +1,14 @@
 """Workload runners: how a Deployment replica becomes something listening on loopback.
 
-A runner starts one replica from a :class:`WorkloadSpec`, waits for its ``/healthz``, stops it
-and returns its log. :class:`ProcessRunner` (the default of the local mesh) runs the mock
-scorer as a local process, with the answer the plan bakes into the image; Docker's runner
-(``harness.mesh.containers.DockerRunner``) runs the real image and follows the same protocol.
+A runner starts one replica from a :class:`WorkloadSpec` (the Deployment's container as the
+kubelet reads it: image, command, args, env, ports, readinessProbe), waits until its
+readiness probe passes, stops it and returns its log. :class:`ProcessRunner` (the default of
+the local mesh) runs the sample scorer as a local process; Docker's runner
+(``harness.mesh.containers.DockerRunner``) runs any image and follows the same protocol.
+
+A replica that can never become ready raises :class:`ReplicaNotReady` at once, naming the
+probe; one that does not within the timeout raises it then; one that exits raises
+:class:`ReplicaDied`. Both are :class:`WorkloadFailed`, which names Deployment and replica.
 """
 
 from __future__ import annotations
@@ -222,14 +227,15 @@ class RunningWorkload:
     def address(self, container_port: int) -> tuple[str, int] | None:
         """The loopback address of `container_port`, or None when nothing listens on it."""
         if not self.ports:
-            return self.endpoint if container_port == self.spec.container_port else None
+            served = container_port == self.spec.container_port and self.endpoint[1] > 0
+            return self.endpoint if served else None
         host_port = self.ports.get(container_port)
         return (self.endpoint[0], host_port) if host_port else None
 
     def addresses(self) -> list[tuple[str, int]]:
         """Every loopback address of this replica."""
         if not self.ports:
-            return [self.endpoint]
+            return [self.endpoint] if self.endpoint[1] > 0 else []
         return sorted((self.endpoint[0], p) for p in set(self.ports.values()))
 
 
@@ -387,7 +393,9 @@ def tail(path: Path, lines: int = 20) -> str:
 
 #: Variables the process runner takes from the harness's own environment; everything else a
 #: replica sees comes from its Deployment (a shell's PORT or MODEL_VERSION must not leak in).
-_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "VIRTUAL_ENV")
+_INHERITED_ENV = (
+    "PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "VIRTUAL_ENV", "PYTHONHOME", "LD_LIBRARY_PATH",
+)
 
 
 def probe_http(host: str, port: int, path: str, headers: Sequence[tuple[str, str]] = ()) -> tuple[bool, str]:
@@ -815,3 +823,31 @@ def specs_from_objects(objects: Sequence[Mapping[str, Any]]) -> list[WorkloadSpe
                 )
             )
     return specs
+
+
+# --------------------------------------------------------------------------- pods -> endpoint labels
+
+
+def endpoint_labels_of_pods(pods: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """``"podIP:containerPort"`` -> pod labels, for every Ready pod with an IP, as endpoints list them.
+
+    For a cluster backend: the gateway reports the endpoint it chose as ``podIP:port``, where
+    the port is the container port a Service's targetPort reaches; every declared port of
+    every container is listed. Pods that are not Ready get no endpoints, so they are left out.
+    """
+    labels: dict[str, dict[str, str]] = {}
+    for pod in pods:
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+        )
+        if not ip or not ready or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        pod_labels = {str(k): str(v) for k, v in ((pod.get("metadata") or {}).get("labels") or {}).items()}
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            for port in container.get("ports") or []:
+                number = port.get("containerPort")
+                if isinstance(number, int) and (port.get("protocol") or "TCP") == "TCP":
+                    labels[f"{ip}:{number}"] = dict(pod_labels)
+    return labels

@@ -34,6 +34,7 @@ def _child(body: str) -> subprocess.Popen[str]:
     ) + textwrap.dedent(body)
     return subprocess.Popen(  # noqa: S603 - our own interpreter and script; Popen to signal it mid-run
         [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -182,3 +183,39 @@ def test_terminated_is_a_system_exit_with_the_shell_code() -> None:
     assert isinstance(exc, SystemExit)
     assert exc.code == 143
     assert "SIGTERM" in str(exc)
+
+
+def test_a_sigterm_during_a_shielded_teardown_waits_for_its_end_then_ends_the_run() -> None:
+    child = _child(
+        """
+        from harness.signals import shielded
+        with teardown_on_sigterm():
+            with shielded():
+                say("tearing down")
+                sys.stdin.readline()  # a teardown step: the parent signals, then lets it finish
+                say("teardown step after the signal")
+                os.kill(os.getpid(), signal.SIGTERM)  # a second one is ignored
+                say("teardown finished")
+            say("not reached: the held SIGTERM is raised when the shield ends")
+        """
+    )
+    _expect(child, ["tearing down"])
+    child.send_signal(signal.SIGTERM)
+    assert child.stdin is not None
+    child.stdin.write("go on\n")
+    child.stdin.flush()
+    code, lines, err = _finish(child)
+    assert code == 143, err
+    assert lines == [["teardown step after the signal"], ["teardown finished"]], err
+    assert "SIGTERM during a teardown" in err
+
+
+def test_a_shield_without_a_signal_changes_nothing_and_is_inert_outside_a_block() -> None:
+    from harness.signals import shielded
+
+    with shielded():
+        pass
+    with teardown_on_sigterm():
+        with shielded():
+            pass
+    assert signals._State.shielding == 0 and not signals._State.held

@@ -9,7 +9,14 @@ import pytest
 from harness.errors import ConfigError, UnsupportedField
 from harness.mesh import envoy
 from harness.mesh.local import endpoints_for
-from harness.mesh.workloads import Probe, ProcessRunner, ReplicaNotReady, RunningWorkload, specs_from_objects
+from harness.mesh.workloads import (
+    Probe,
+    ProcessRunner,
+    ReplicaNotReady,
+    RunningWorkload,
+    endpoint_labels_of_pods,
+    specs_from_objects,
+)
 from tests.unit.objects import deployment, fqdn, service
 
 BLUE = fqdn("model-svc-blue")
@@ -121,3 +128,39 @@ def test_not_ready_names_deployment_replica_probe_and_what_was_seen() -> None:
         "did not pass within 30s (after 30.0s); last seen: HTTP 500."
     )
     assert (error.deployment, error.replica, error.workload) == ("model-blue", 0, "abtesting/model-blue-0")
+
+
+def _pod(ip: str | None, ready: str, labels: dict[str, str], *ports: int, deleting: bool = False) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": "p", "labels": labels}
+    if deleting:
+        metadata["deletionTimestamp"] = "2026-11-30T13:00:00Z"
+    return {
+        "metadata": metadata,
+        "spec": {"containers": [{"name": "model", "ports": [{"containerPort": p} for p in ports]}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]},
+    }
+
+
+def test_endpoint_labels_of_pods_lists_ready_pods_by_ip_and_port_only() -> None:
+    green, blue = {"app": "model", "version": "v1"}, {"app": "model", "version": "v2"}
+    pods = [
+        _pod("10.244.0.7", "True", green, 5001, 9090),
+        _pod("10.244.0.8", "True", blue, 5001),
+        _pod("10.244.0.9", "False", blue, 5001),  # not Ready: no endpoints
+        _pod(None, "True", blue, 5001),  # no IP yet
+        _pod("10.244.0.10", "True", blue, 5001, deleting=True),  # terminating
+    ]
+    assert endpoint_labels_of_pods(pods) == {
+        "10.244.0.7:5001": green,
+        "10.244.0.7:9090": green,
+        "10.244.0.8:5001": blue,
+    }
+
+
+def test_a_replica_without_ports_has_no_address() -> None:
+    (spec,) = specs_from_objects([_blue(ports=None, readinessProbe=None)])
+    portless = RunningWorkload(spec, ("127.0.0.1", 0))
+    assert portless.addresses() == [] and portless.address(0) is None and portless.address(5001) is None
+    mapped = RunningWorkload(spec, ("127.0.0.1", 42000), ports={5001: 42000, 9090: 42001})
+    assert mapped.addresses() == [("127.0.0.1", 42000), ("127.0.0.1", 42001)]
+    assert mapped.address(9090) == ("127.0.0.1", 42001) and mapped.address(7000) is None
