@@ -174,3 +174,30 @@ def test_abtest_up_serves_one_stage_until_interrupted(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
             child.wait(timeout=10.0)
+
+
+def test_answers_are_credited_by_the_endpoint_even_when_the_image_lies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every reviews pod claims to be v1 (MODEL_VERSION); the endpoints tell v1 from v2 anyway."""
+    import inspect
+
+    from harness import attribution
+    from harness.mesh.local import LocalMesh
+    from harness.routing import expected_distributions
+
+    if not hasattr(LocalMesh, "endpoint_labels") or "versions" not in inspect.signature(
+        expected_distributions
+    ).parameters:
+        pytest.skip("needs the local mesh's endpoint_labels() and the oracle's versions= (attribution by endpoint)")
+    monkeypatch.setattr(attribution, "VERSION_HEADER_FALLBACK", False)
+    example = tmp_path / "bookinfo-reviews"
+    shutil.copytree(EXAMPLES / "bookinfo-reviews", example)
+    base = example / "base" / "reviews.yaml"
+    text = base.read_text()
+    base.write_text(text.replace("value: v2", "value: v1").replace("value: v3", "value: v1"))
+    spec = load_spec(example / "rollout.yaml")
+    with open_mesh(spec, MeshOptions(artifacts_dir=tmp_path)) as session:
+        result = run_rollout(session.mesh, spec, StatsConfig(), stages=[spec.stage("jason-v2")])
+    assert result.passed, [c.verdict.message for s in result.stages for c in s.classes]
+    assert _verdict(result, "jason-v2", "jason").startswith("jason: PASS v2 100.0%")
