@@ -77,14 +77,19 @@ class Attribution:
         versions: Mapping[str, Labels] | None,
         endpoints: EndpointLabels | Callable[[], EndpointLabels] | None,
         *,
-        fallback: bool = VERSION_HEADER_FALLBACK,
+        fallback: bool | None = None,
     ) -> None:
         self.versions = versions
         self._source = endpoints
         self._endpoints: dict[str, str | None] = {}
         self._loaded = False
         self._lock = threading.Lock()
-        self.fallback = fallback
+        self._fallback = fallback
+
+    @property
+    def fallback(self) -> bool:
+        """Whether the version header decides when the gateway names no upstream host."""
+        return VERSION_HEADER_FALLBACK if self._fallback is None else self._fallback
 
     def _load(self) -> None:
         source = self._source

@@ -135,3 +135,12 @@ def test_run_load_counts_by_upstream_host_and_unattributed_answers_as_errors(gat
 def test_run_load_without_attribution_keeps_the_version_header(gateway: str) -> None:
     result = run_load(gateway, [Request("all", path="/score")], max_requests=9, deadline_s=20.0, concurrency=1)
     assert result.counts["all"] == {"v2": 9}
+
+
+def test_the_module_switch_decides_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import attribution
+
+    monkeypatch.setattr(attribution, "VERSION_HEADER_FALLBACK", False)
+    assert Attribution(VERSIONS, ENDPOINTS).outcome(None, "v2") == "error:unattributed:-"
+    monkeypatch.setattr(attribution, "VERSION_HEADER_FALLBACK", True)
+    assert Attribution(VERSIONS, ENDPOINTS).outcome(None, "v2") == "v2"
