@@ -10,7 +10,9 @@ named:
    have;
 2. ``oracle``: the routing oracle refuses the objects, or routes some request class otherwise
    than the expectation (the plan's weights and pinning, or an expectation table);
-3. ``run``: the stage with the mutant, on a mesh, judged by the sequential tests against the
+3. ``images``: a version runs another image than the stage's ``images`` say, or a version
+   runs that the stage does not name, or one it names does not run;
+4. ``run``: the stage with the mutant, on a mesh, judged by the sequential tests against the
    expectation, and every version's answer against the image it must run (what ``abtest run``
    does), when a mesh is given.
 
@@ -450,6 +452,16 @@ def _shares(objects: Objects, classes: Sequence[Request],
     return {r.label: {k: v for k, v in expected[r].shares.items() if v > 0} for r in classes}
 
 
+def _image_findings(stage: Any, objects: Objects, versions: Mapping[str, Mapping[str, str]] | None) -> list[str]:
+    """Where the objects run other images or versions than the stage's ``images`` say (none declared: [])."""
+    from harness.rollout import image_mismatches
+    from harness.spec import StageSpec
+
+    if not isinstance(stage, StageSpec) or stage.images is None or versions is None:
+        return []
+    return image_mismatches(objects, stage, versions)
+
+
 def _differs(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
     return set(a) != set(b) or any(abs(a[k] - b[k]) > 1e-9 for k in a)
 
@@ -464,7 +476,7 @@ class StageCheck:
 
     stage: Any  # a spec's StageSpec, or a plan's Stage
     objects: Objects
-    expectation: Expectation | None  # None: the stage has no table; the oracle is its expectation
+    expectation: Expectation | None  # None: no table; classes it leaves out: the oracle is their expectation
     classes: Sequence[Request]
     baseline_findings: frozenset[str]
     baseline_shares: Mapping[str, Mapping[str, float]]
@@ -477,13 +489,17 @@ def prepare_stage(stage: Any, objects: Objects, expectation: Expectation | None,
     """Read the unmutated stage once; refuse it if it already fails the offline checks."""
     findings = _findings(objects)
     shares = _shares(objects, classes, versions)
-    for request in classes if expectation is not None else ():
+    for request in (r for r in classes if expectation is not None and r.label in expectation):
         assert expectation is not None
         if _differs(shares[request.label], expectation[request.label]):
             raise HarnessError(
                 f"stage {stage.name} {request.label}: the unmutated manifests route {_fmt(shares[request.label])}, "
                 f"the expectation says {_fmt(expectation[request.label])}; fix that before mutating"
             )
+    wrong_images = _image_findings(stage, objects, versions)
+    if wrong_images:
+        raise HarnessError(f"stage {stage.name}: the unmutated manifests disagree with the spec: {wrong_images[0]}; "
+                           "fix that before mutating")
     return StageCheck(stage, objects, expectation, classes, frozenset(findings), shares, versions)
 
 
@@ -499,12 +515,16 @@ def check_offline(check: StageCheck, mutant: Mutant) -> Outcome | None:
         shares = _shares(mutant.objects, check.classes, check.versions)
     except ConfigError as exc:
         return Outcome(mutant, CAUGHT, "oracle", f"refused: {exc}")
-    for request in check.classes if check.expectation is not None else ():
+    for request in (r for r in check.classes if check.expectation is not None and r.label in check.expectation):
         assert check.expectation is not None
         wanted = check.expectation[request.label]
         if _differs(shares[request.label], wanted):
             return Outcome(mutant, CAUGHT, "oracle",
                            f"{request.label}: {_fmt(shares[request.label])}, expected {_fmt(wanted)}")
+    wrong_images = _image_findings(check.stage, mutant.objects, check.versions)
+    if wrong_images:
+        return Outcome(mutant, CAUGHT, "images", wrong_images[0].split(" images: ", 1)[-1]
+                       + (f" (+{len(wrong_images) - 1} more)" if len(wrong_images) > 1 else ""))
     if mutant.equivalent:
         return Outcome(mutant, EQUIVALENT, "", mutant.equivalent)
     if mutant.routing and all(not _differs(shares[r.label], check.baseline_shares[r.label]) for r in check.classes):
@@ -610,9 +630,9 @@ def spec_mutants(spec: Any, stages: Sequence[Any], *, delta: float = 0.10,
                  render: Callable[[Any, Any], Objects] | None = None) -> tuple[list[StageCheck], list[Mutant]]:
     """Render each stage of a rollout spec (or a ``stages.yaml`` plan), read it, generate its mutants.
 
-    The expectation is the stage's ``expect`` table (for a plan: what the plan promises); a
-    stage without one has none, and then only validate and the oracle's refusals can catch a
-    routing edit offline.
+    The expectation is the stage's ``expect`` table (for a plan: what the plan promises); for a
+    class the table leaves out (or a stage without one) there is none, and then only validate
+    and the oracle's refusals can catch a routing edit of that class offline.
     """
     from harness.rollout import as_spec
 
@@ -636,8 +656,8 @@ def spec_mutants(spec: Any, stages: Sequence[Any], *, delta: float = 0.10,
     checks, mutants = [], []
     for stage in stages:
         objects = rendered[stage.name]
-        expect = stage.expect if stage.expect is not None and all(
-            c.label in stage.expect for c in spec.classes) else None
+        expect = ({c.label: stage.expect[c.label] for c in spec.classes if c.label in stage.expect}
+                  if stage.expect else None)
         checks.append(prepare_stage(stage, objects, expect, spec.classes, versions=spec.versions))
         mutants += generate(stage.name, objects, versions=labels, images=images, delta=delta,
                             by_selector=_attributes_by_endpoint(), label_values=by_key)
@@ -660,8 +680,10 @@ class MeshRunCheck:
         from harness.rollout import check_stage
 
         try:
+            # A partial table: check_stage takes the table's classes from it, the rest from the oracle.
+            full = check.expectation is not None and all(c.label in check.expectation for c in check.classes)
             result = check_stage(self.session.mesh, self.spec, check.stage, self.config, classes=check.classes,
-                                 expected=check.expectation, objects=mutant.objects,
+                                 expected=check.expectation if full else None, objects=mutant.objects,
                                  converge_timeout=self.converge_timeout, deadline_s=self.deadline_s)
         except HarnessError as exc:
             return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
@@ -670,7 +692,7 @@ class MeshRunCheck:
         for cls in result.classes:
             if not cls.passed:
                 return cls.verdict.message[:160]
-        return "; ".join(result.wrong_answers)[:160] or "stage failed"
+        return "; ".join([*result.wrong_answers, *result.manifest_mismatches])[:160] or "stage failed"
 
     def close(self) -> None:
         self.session.__exit__(None, None, None)

@@ -182,11 +182,15 @@ def manifest_mismatches(
     """Request classes for which the rendered manifests route otherwise than the stage expects.
 
     A spec stage without an ``expect`` table has nothing to disagree with (the oracle is the
-    expectation); a plan stage expects what the plan promises.
+    expectation); a plan stage expects what the plan promises. A stage that declares its
+    ``images`` is also checked for the image each version runs (:func:`image_mismatches`).
     """
+    found: list[str] = []
     if isinstance(stage, StageSpec):
+        if stage.images is not None and versions is not None:
+            found += image_mismatches(objects, stage, versions)
         if stage.expect is None:
-            return []
+            return found
         table: Mapping[str, Mapping[str, float]] = stage.expect
         says = "the spec expects"
     else:
@@ -194,9 +198,8 @@ def manifest_mismatches(
         says = "the plan says"
     checked = [r for r in classes if r.label in table]
     if not checked:
-        return []
+        return found
     expected = oracle(objects, checked, versions)
-    found = []
     for request in checked:
         intended = {k: v for k, v in table[request.label].items() if v > 0}
         routed = {k: v for k, v in expected[request].shares.items() if v > 0}
@@ -226,6 +229,38 @@ def _pods(objects: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, str],
         images = [str(c.get("image")) for c in (template.get("spec") or {}).get("containers") or []]
         out.append(({str(k): str(v) for k, v in labels.items()}, images))
     return out
+
+
+def image_mismatches(
+    objects: Sequence[Mapping[str, Any]], stage: StageSpec, versions: Mapping[str, Mapping[str, str]]
+) -> list[str]:
+    """Where the rendered workloads run other versions or images than the stage's ``images`` say.
+
+    Each workload with replicas > 0 whose pod labels select a version must run (in one of its
+    containers) the image the stage names for that version; a version the stage does not name
+    must not run, and a version it names must run. Nothing is checked without ``images``.
+    """
+    from harness.attribution import version_of
+
+    if stage.images is None:
+        return []
+    found: list[str] = []
+    running: set[str] = set()
+    for labels, images in _pods(objects):
+        version = version_of(labels, versions)
+        if version is None:
+            continue
+        running.add(version)
+        shown = ", ".join(images) or "no container"
+        wanted = stage.images.get(version)
+        if wanted is None:
+            found.append(f"{stage.name} images: {version} runs {shown}, the stage's images do not name {version}")
+        elif not any(wanted.matches(image) for image in images):
+            found.append(f"{stage.name} images: {version} runs {shown}, the spec says {wanted.describe()}")
+    for version, wanted in stage.images.items():
+        if version not in running:
+            found.append(f"{stage.name} images: no workload runs {version}, the spec says {wanted.describe()}")
+    return found
 
 
 def version_images(spec: SpecLike, objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -274,7 +309,9 @@ def intended_answers(spec: SpecLike, stage: StageSpec | Stage | Sequence[Mapping
 
 
 def _stage_answers(spec: RolloutSpec, stage: StageSpec, objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """The answers a stage's versions must give: a plan stage says (its images), else the objects' images."""
+    """The answers a stage's versions must give: what its ``images`` say, else the objects' images."""
+    if stage.images is not None:
+        return {v: image.answer for v, image in stage.images.items() if image.answer is not None}
     source = stage.source
     if isinstance(source, PlanSource):
         return intended_answers(source.plan, source.plan.stage(source.stage))

@@ -49,6 +49,7 @@ __all__ = [
     "KustomizeSource",
     "PlanSource",
     "RolloutSpec",
+    "StageImage",
     "StageSpec",
     "load_spec",
     "parse_spec",
@@ -140,6 +141,31 @@ class GatewaySpec:
 
 
 @dataclass(frozen=True)
+class StageImage:
+    """The image a version must run in a stage, and the answer it must give if known.
+
+    Named by a key of the spec's ``images`` (`key` set, `ref` its repository: any tag, since
+    ``--workloads docker`` and kind retag by content), or by an image reference (`key` None;
+    with a tag or digest the pods must run exactly it, without one any tag of it).
+    """
+
+    ref: str
+    key: str | None = None
+    answer: str | None = None
+
+    def matches(self, image: str) -> bool:
+        """True when a container image reference is this image."""
+        from harness.plan import repository_of
+
+        if self.key is not None or repository_of(self.ref) == self.ref:
+            return repository_of(image) == repository_of(self.ref)
+        return image == self.ref
+
+    def describe(self) -> str:
+        return f"image {self.key} ({self.ref})" if self.key is not None else self.ref
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """One stage: where its objects come from and, optionally, what each class must get."""
 
@@ -148,6 +174,9 @@ class StageSpec:
     description: str = ""
     #: class name -> outcome (version or ``status:NNN``) -> share; None: the oracle decides.
     expect: Mapping[str, Mapping[str, float]] | None = None
+    #: version -> the image it runs; the versions that run in this stage, exactly.
+    #: None: not declared (answers are checked against the images the manifests name).
+    images: Mapping[str, StageImage] | None = None
 
 
 @dataclass(frozen=True)
@@ -277,7 +306,10 @@ def parse_spec(raw: Any, *, source: Path) -> RolloutSpec:
         expect = None
         if "expect" in entry:
             expect = _parse_expect(entry["expect"], obj, versions, [c.label for c in classes])
-        stages.append(StageSpec(name, stage_source, str(entry.get("description", "")), expect))
+        stage_images = None
+        if "images" in entry:
+            stage_images = _parse_stage_images(entry["images"], obj, versions, images)
+        stages.append(StageSpec(name, stage_source, str(entry.get("description", "")), expect, stage_images))
 
     return RolloutSpec(
         name=str(raw.get("name") or source.stem),
@@ -434,6 +466,30 @@ def _parse_expect(
     return MappingProxyType(out)
 
 
+def _parse_stage_images(
+    raw: Mapping[str, str], obj: str, versions: Mapping[str, Any], images: Mapping[str, ImageSpec]
+) -> Mapping[str, StageImage]:
+    out: dict[str, StageImage] = {}
+    for version, value in raw.items():
+        if version not in versions:
+            raise ConfigError(obj, f"images.{version}", f"not a version ({', '.join(versions)})")
+        value = str(value)
+        if value in images:
+            image = images[value]
+            out[str(version)] = StageImage(image.repository, key=value, answer=image.answer)
+        elif "/" in value or ":" in value or "@" in value:
+            out[str(version)] = StageImage(value)
+        else:
+            known = ", ".join(images) or "none"
+            raise ConfigError(
+                obj,
+                f"images.{version}",
+                f"{value!r} is not a key of the spec's images (known: {known}) nor an image reference "
+                "with a '/', ':' or '@' (e.g. docker.io/library/nginx:1.27)",
+            )
+    return MappingProxyType(out)
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
@@ -453,7 +509,7 @@ def spec_from_plan(plan: RolloutPlan) -> RolloutSpec:
     Each stage renders the plan's kustomize base with that stage's images and weights
     (:func:`harness.render.render_stage`); its expectation is what the plan promises: the
     weights for a request without a pin, and ``x-api-version: V`` pinned to V (503 where V
-    does not run).
+    does not run); its ``images`` are the plan stage's.
     """
     versions = {v: MappingProxyType({**_PLAN_APP_LABEL, _PLAN_VERSION_LABEL: v}) for v in plan.versions}
     classes = (Request("weighted"),) + tuple(
@@ -466,8 +522,13 @@ def spec_from_plan(plan: RolloutPlan) -> RolloutSpec:
         }
         for v in plan.versions:
             expect[f"header-{v}"] = MappingProxyType({v: 1.0} if v in stage.running else {"status:503": 1.0})
+        runs = {
+            v: StageImage(plan.images[key].repository, key=key, answer=plan.images[key].answer)
+            for v, key in stage.images.items()
+        }
         stages.append(
-            StageSpec(stage.name, PlanSource(plan, stage.name), stage.description, MappingProxyType(expect))
+            StageSpec(stage.name, PlanSource(plan, stage.name), stage.description, MappingProxyType(expect),
+                      MappingProxyType(runs))
         )
     return RolloutSpec(
         name=Path(plan.source).stem,

@@ -128,13 +128,24 @@ def test_equivalent_mutants_say_why(judged: tuple[list[mutate.Mutant], dict[str,
     assert all(o.detail for o in outcomes.values() if o.status == mutate.EQUIVALENT)
 
 
+def test_an_image_swap_is_caught_by_the_stage_images(
+    judged: tuple[list[mutate.Mutant], dict[str, mutate.Outcome]],
+) -> None:
+    """The plan says blue runs image B in Blue_50: blue's pods running scorer-a contradict it."""
+    mutants, outcomes = judged
+    image = outcomes[_one(mutants, "Blue_50", "image", "model-blue image").ident]
+    assert (image.status, image.check) == (mutate.CAUGHT, "images"), image
+    assert image.detail.startswith("blue runs abtest/scorer-a:"), image.detail
+    assert "image B (abtest/scorer-b)" in image.detail
+
+
 def test_what_the_offline_checks_cannot_see_survives_them(
     judged: tuple[list[mutate.Mutant], dict[str, mutate.Outcome]],
 ) -> None:
-    """An image swap changes the answers, not the routing: only a run can catch it."""
+    """A readiness probe on a path nothing serves changes no object the oracle reads: only a run sees it."""
     mutants, outcomes = judged
-    image = outcomes[_one(mutants, "Blue_50", "image", "model-blue image").ident]
-    assert image.status == mutate.SURVIVED
+    probe = outcomes[_one(mutants, "Blue_50", "probe", "model-blue readinessProbe path").ident]
+    assert probe.status == mutate.SURVIVED
 
 
 def test_survivors_go_to_the_run_check_and_its_verdict_decides(plan: RolloutPlan) -> None:
@@ -144,14 +155,14 @@ def test_survivors_go_to_the_run_check_and_its_verdict_decides(plan: RolloutPlan
     def factory() -> mutate.RunCheck:
         def run_check(check: mutate.StageCheck, mutant: mutate.Mutant) -> str | None:
             ran.append(mutant.operator)
-            return "blue answered 'New Model A'" if mutant.operator == "image" else None
+            return "blue: no endpoint became ready" if "readinessProbe path" in mutant.description else None
         return run_check
 
     report = mutate.mutate(checks, mutants, run_check=factory)
     offline = {o.mutant.ident: o for o in mutate.mutate(checks, mutants).outcomes}
     assert len(ran) == sum(o.status == mutate.SURVIVED for o in offline.values()), "only offline survivors run"
-    by_op = Counter((o.mutant.operator, o.status) for o in report.outcomes)
-    assert by_op[("image", mutate.CAUGHT)] == 2 and by_op[("image", mutate.SURVIVED)] == 0
+    by_op = Counter((o.mutant.operator, o.check or o.status) for o in report.outcomes)
+    assert by_op[("probe", "run")] == 2, by_op
     assert not report.passed, "a mutant the run passes and nothing else caught is a survivor"
     out = io.StringIO()
     mutate.write_table(report, out)

@@ -119,7 +119,15 @@ def test_each_sample_overlay_renders_exactly_what_the_plan_renders(stage: str) -
         (lambda d: d.pop("gateway"), "spec {path}: (top level): 'gateway' is missing"),
         (lambda d: d.update(apiVersion="v2"), "spec {path}: apiVersion: must be 'abtest-harness/v1', got 'v2'"),
         (lambda d: d["stages"][0].update(weights={}),
-         "spec {path} stage canary-10: stages[0].weights: unknown key (allowed: description, expect, name, source)"),
+         "spec {path} stage canary-10: stages[0].weights: unknown key (allowed: description, expect, images, name, "
+         "source)"),
+        (lambda d: d["stages"][0].update(images={"newest": "shop/cart:2"}),
+         "spec {path} stage canary-10: images.newest: not a version (old, new)"),
+        (lambda d: d["stages"][0].update(images={"new": "B"}),
+         "spec {path} stage canary-10: images.new: 'B' is not a key of the spec's images (known: none) nor an "
+         "image reference"),
+        (lambda d: d["stages"][0].update(images={"new": 2}),
+         "spec {path} stage canary-10: stages[0].images.new: 2 is not of type 'string'"),
         (lambda d: d["stages"][0]["source"].update(kustomize="."),
          "spec {path} stage canary-10: stages[0].source: give exactly one of: files, kustomize, helm"),
         (lambda d: d["stages"][0]["expect"].update(plain={"old": 0.9, "new": 0.2}),
