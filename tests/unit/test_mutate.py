@@ -199,3 +199,30 @@ def test_a_spec_example_with_subsets_and_selectors() -> None:
     # 80/20 moved by 15 points is 65/35 or 95/5: outside 80 +- 10 for v1.
     shifted = [outcomes[m.ident] for m in mutants if m.stage == "shift-80-20" and m.operator == "weights-shift"]
     assert shifted and all((o.status, o.check) == (mutate.CAUGHT, "oracle") for o in shifted), shifted
+
+
+def test_a_partial_table_still_judges_the_classes_it_names(tmp_path: Any) -> None:
+    """A table that names only `anonymous`: a weight moved for it is caught by the oracle, while
+    the jason route removed (jason then gets what anonymous gets: v1, not v2) is an unchecked
+    change, so it survives the offline checks rather than being called equivalent."""
+    from pathlib import Path
+
+    import yaml
+
+    from harness.spec import load_spec
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "bookinfo-reviews" / "rollout.yaml"
+    raw = yaml.safe_load(example.read_text(encoding="utf-8"))
+    for entry in raw["stages"]:
+        entry["source"]["files"] = [str(example.parent / p) for p in entry["source"]["files"]]
+        entry["expect"].pop("jason")
+    path = tmp_path / "rollout.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    spec = load_spec(path)
+    checks, mutants = mutate.spec_mutants(spec, [spec.stage("jason-v2"), spec.stage("shift-80-20")])
+    outcomes = {o.mutant.ident: o for o in mutate.mutate(checks, mutants).outcomes}
+    shifted = [outcomes[m.ident] for m in mutants if m.stage == "shift-80-20" and m.operator == "weights-shift"]
+    assert shifted and all((o.status, o.check) == (mutate.CAUGHT, "oracle") for o in shifted), shifted
+    assert all("anonymous:" in o.detail for o in shifted), shifted
+    removed = outcomes[_one(mutants, "jason-v2", "route-remove", "http[0]: removed").ident]
+    assert removed.status == mutate.SURVIVED, removed
