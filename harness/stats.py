@@ -124,6 +124,7 @@ __all__ = [
     "SplitBoundaries",
     "StatsConfig",
     "Verdict",
+    "check_settings",
     "clopper_pearson",
     "error_bound",
     "fixed_sample_test",
@@ -150,20 +151,20 @@ MAX_CLASS_REQUESTS = 20_000
 _MIN_TAIL = 1e-14
 
 
-def _check_tails(alpha: float, beta: float) -> None:
+def _check_tails(alpha: float, beta: float, *, obj: str = "StatsConfig", prefix: str = "") -> None:
     """Refuse error probabilities below what double-precision binomial tails resolve."""
     for name, value in (("alpha", alpha), ("beta", beta)):
         if value < _MIN_TAIL:
-            raise ConfigError("StatsConfig", name,
+            raise ConfigError(obj, prefix + name,
                               f"gives an error probability of {value:.3g} to an exact binomial test "
                               f"(its share at the cap, per tracked outcome), below {_MIN_TAIL:g}, "
                               "which double precision does not resolve; choose a larger one")
 
 
-def _too_many(what: str, field_name: str, needed: float) -> ConfigError:
+def _too_many(what: str, field_name: str, needed: float, *, obj: str = "StatsConfig") -> ConfigError:
     """The refusal of settings under which one class would need more than MAX_CLASS_REQUESTS."""
     about = f" (about {needed:.0f} {what})" if math.isfinite(needed) else f" ({what})"
-    return ConfigError("StatsConfig", field_name,
+    return ConfigError(obj, field_name,
                        f"needs more than {MAX_CLASS_REQUESTS} requests per class{about}; "
                        "choose a larger delta or looser alpha/beta")
 
@@ -192,6 +193,37 @@ def _split_n_estimate(p0: float, alpha: float, beta: float, delta: float) -> flo
     return needed
 
 
+#: The open interval every one of alpha, beta and delta must lie in. An error probability of
+#: 0.5 or more is no better than a coin; a delta of 0.5 or more tolerates a 50/50 split sent
+#: all one way, and leaves a 50/50 split with no alternative inside [0, 1] to test against.
+SETTING_RANGE = (0.0, 0.5)
+
+
+def check_settings(
+    alpha: float, beta: float, delta: float, *, cap_share: float = 0.1, obj: str = "options", prefix: str = "--"
+) -> None:
+    """The one range rule for alpha, beta and delta, for every front end, before anything starts.
+
+    Each must lie strictly inside `SETTING_RANGE`; a ConfigError names the first one that does
+    not as ``<prefix><name>`` (``--delta`` for the command line and the pytest options,
+    ``delta`` for `StatsConfig`). Also refuses, by estimate, settings under which one class
+    would need more than MAX_CLASS_REQUESTS requests (see `StatsConfig`).
+
+    >>> check_settings(1e-6, 1e-6, 0.9)
+    Traceback (most recent call last):
+    ...
+    harness.errors.ConfigError: options: --delta: must be strictly between 0 and 0.5, got 0.9
+    """
+    low, high = SETTING_RANGE
+    for name, value in (("alpha", alpha), ("beta", beta), ("delta", delta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+            raise ConfigError(obj, prefix + name, f"must be strictly between {low:g} and {high:g}, got {value!r}")
+    _check_tails(alpha * cap_share, beta * cap_share, obj=obj, prefix=prefix)
+    needed = _split_n_estimate(0.5, alpha * cap_share, beta * cap_share, delta)
+    if needed > MAX_CLASS_REQUESTS:
+        raise _too_many("for a 50/50 split", prefix + "delta", needed, obj=obj)
+
+
 @dataclass(frozen=True)
 class StatsConfig:
     """Error rates and tolerances of every verdict.
@@ -214,10 +246,11 @@ class StatsConfig:
     composite_weight: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "delta", "cap_share", "composite_weight"):
+        for name in ("cap_share", "composite_weight"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ConfigError("StatsConfig", name, f"must be strictly between 0 and 1, got {value!r}")
+        check_settings(self.alpha, self.beta, self.delta, cap_share=self.cap_share, obj="StatsConfig", prefix="")
         if not 0.0 <= self.max_error_rate < 1.0:
             raise ConfigError("StatsConfig", "max_error_rate",
                               f"must be in [0, 1), got {self.max_error_rate!r}")

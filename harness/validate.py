@@ -13,13 +13,13 @@ Three layers, run in this order on every object:
    and every error is reported (``kubernetes_validate.validate()`` stops at the first one
    and re-reads its 1.8 MB definitions file on every call).
 2. Istio ``networking.istio.io`` kinds (VirtualService, DestinationRule, Gateway, ... in
-   v1, v1beta1 and v1alpha3) against the pydantic models of ``cloudcoil.models.istio``,
-   generated from Istio's CRDs. Those models ignore unknown fields by default, so they
-   are run with ``extra="forbid"``, ``strict=True`` (no "5" for an int) and aliases only
-   (``exportTo``, never ``export_to``). A one-time probe checks that a misspelled
-   ``mtach:`` really is rejected, so a dependency upgrade cannot quietly turn the check off.
-   Their ``metadata`` is Kubernetes' ObjectMeta and is checked against that schema (the
-   strict models would reject timestamps given as strings); ``status`` is not checked.
+   every API version the release serves) against the schemas of the Istio release in use,
+   taken from that release's own CRDs (`harness.istio_schemas`), with unknown fields
+   refused wherever the CRD does not preserve them (``mtach:``). Their ``metadata`` is
+   Kubernetes' ObjectMeta and is checked against that schema; ``status`` is not checked.
+   CEL rules of the CRDs (``x-kubernetes-validations``) are not evaluated.
+   Every schema is compiled once with jsonschema-rs, which decides valid objects in
+   microseconds; an invalid one is walked again by ``jsonschema`` to name each field.
 3. Semantic checks across objects, in the spirit of ``istioctl analyze``. Where the
    meaning matches an istioctl message, its code is reused; the others are ``ABT0xx``.
 
@@ -81,7 +81,6 @@ True
 from __future__ import annotations
 
 import difflib
-import importlib
 import importlib.resources
 import json
 import re
@@ -92,13 +91,9 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import jsonschema
-import pydantic
 import re2
-import yaml
-from referencing import Registry, Resource
 
-from harness import routing
+from harness import istio_schemas, routing, yamlio
 from harness.errors import ConfigError, HarnessError
 
 #: The Kubernetes version whose API schemas every object must match (bundled with
@@ -110,12 +105,6 @@ CLUSTER_DOMAIN = "cluster.local"
 Severity = Literal["error", "warning"]
 
 ISTIO_NETWORKING_GROUP = "networking.istio.io"
-#: apiVersion -> module of cloudcoil's Istio models. Each module holds the same kinds.
-_ISTIO_MODULES = {
-    f"{ISTIO_NETWORKING_GROUP}/v1": "cloudcoil.models.istio.networking.v1",
-    f"{ISTIO_NETWORKING_GROUP}/v1beta1": "cloudcoil.models.istio.networking.v1beta1",
-    f"{ISTIO_NETWORKING_GROUP}/v1alpha3": "cloudcoil.models.istio.networking.v1alpha3",
-}
 _CLUSTER_SCOPED = frozenset(
     {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass",
      "StorageClass", "PersistentVolume", "Node", "IngressClass", "MutatingWebhookConfiguration",
@@ -156,10 +145,14 @@ class InvalidObjects(ConfigError):
         super().__init__(first.obj, first.path, f"{first.code} {first.message}{more} in {what}")
 
 
-def validate_objects(objects: Sequence[Mapping[str, Any]]) -> list[Finding]:
+def validate_objects(
+    objects: Sequence[Mapping[str, Any]], *, istio_version: str = istio_schemas.DEFAULT_MINOR
+) -> list[Finding]:
     """Validate rendered objects: schemas of every object, then checks across them.
 
     Pure: reads only the objects and the bundled schemas (cached after the first call).
+    Istio objects are checked against the schemas of ``istio_version`` (a release such as
+    "1.30.4" or a minor; default: the one the kind backend installs).
     Findings come in object order, schema findings before semantic ones.
     """
     findings: list[Finding] = []
@@ -170,7 +163,7 @@ def validate_objects(objects: Sequence[Mapping[str, Any]]) -> list[Finding]:
             findings.append(Finding("ABT006", "error", f"object #{position}", "", problem))
             continue
         wellformed.append(obj)
-        findings.extend(_schema_findings(obj))
+        findings.extend(_schema_findings(obj, istio_version))
     findings.extend(_duplicate_findings(wellformed))
     index = _Index.build(wellformed)
     for check in _SEMANTIC_CHECKS:
@@ -182,15 +175,11 @@ def load_manifests(path: Path) -> list[Any]:
     """The documents of a YAML manifest file, for validating files rather than stages.
 
     Empty documents are dropped and ``kind: List`` documents are flattened into their
-    items, as ``kubectl apply -f`` treats them. A YAML syntax error is a ConfigError naming
-    the file and line.
+    items, as ``kubectl apply -f`` treats them. The file is read with `harness.yamlio`'s
+    bounds: a missing path, a directory, bytes that are not UTF-8, a YAML syntax error or an
+    alias bomb is a one-line ConfigError naming the file (and the line where there is one).
     """
-    try:
-        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "YAML"
-        raise ConfigError(str(path), where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    documents = yamlio.load_documents(path)
     objects: list[Any] = []
     for doc in documents:
         if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
@@ -302,16 +291,17 @@ def _did_you_mean(word: str, vocabulary: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- schemas
 
 
-def _schema_findings(obj: Mapping[str, Any]) -> list[Finding]:
+def _schema_findings(obj: Mapping[str, Any], istio_version: str) -> list[Finding]:
     api_version, kind = obj["apiVersion"], obj["kind"]
     if api_version.split("/")[0] == ISTIO_NETWORKING_GROUP:
-        return _istio_schema_findings(obj)
+        return _istio_schema_findings(obj, istio_version)
     validator = _kubernetes_validator(kind, api_version)
     if validator is None:
         return [
             Finding("ABT005", "error", _label(obj), "apiVersion",
                     f"no schema for {kind} {api_version} in Kubernetes {KUBERNETES_VERSION} "
-                    f"or Istio {', '.join(sorted(_ISTIO_MODULES))}: cannot be validated offline")
+                    f"or Istio {istio_schemas.minor_of(istio_version)} ({ISTIO_NETWORKING_GROUP}): "
+                    "cannot be validated offline")
         ]
     return [
         Finding("IST0106", "error", _label(obj), path, message)
@@ -331,16 +321,39 @@ def _kubernetes_schema_dir() -> importlib.resources.abc.Traversable:
 
 
 @lru_cache(maxsize=1)
-def _kubernetes_registry() -> Registry[Any]:
+def _kubernetes_definitions() -> dict[str, Any]:
     """The shared definitions every per-kind schema refers to, parsed once (1.8 MB)."""
-    definitions = json.loads(_kubernetes_schema_dir().joinpath("_definitions.json").read_text())
-    uri: str = definitions["$id"]
-    registry: Registry[Any] = Registry().with_resource(uri, Resource.from_contents(definitions))
-    return registry
+    definitions: dict[str, Any] = json.loads(_kubernetes_schema_dir().joinpath("_definitions.json").read_text())
+    return definitions
+
+
+@lru_cache(maxsize=1)
+def _kubernetes_registry() -> Any:
+    """The definitions as a ``referencing`` registry, for the detailed (python-jsonschema) walk."""
+    from referencing import Registry, Resource
+
+    definitions = _kubernetes_definitions()
+    return Registry().with_resource(definitions["$id"], Resource.from_contents(definitions))
+
+
+@lru_cache(maxsize=1)
+def _kubernetes_fast_registry() -> Any:
+    import jsonschema_rs
+
+    definitions = _kubernetes_definitions()
+    return jsonschema_rs.Registry([(definitions["$id"], definitions)])
+
+
+def _compile_fast(schema: Mapping[str, Any], kubernetes: bool) -> Any:
+    """A compiled jsonschema-rs validator (Draft 2020-12, formats not asserted, as in python-jsonschema)."""
+    import jsonschema_rs
+
+    registry = _kubernetes_fast_registry() if kubernetes else None
+    return jsonschema_rs.Draft202012Validator(schema, validate_formats=False, registry=registry)
 
 
 @cache
-def _kubernetes_validator(kind: str, api_version: str) -> Any:
+def _kubernetes_validator(kind: str, api_version: str) -> _Validator | None:
     """A strict validator for one kind, or None when the pinned version has no such kind.
 
     The bundled files are named ``<kind>-<group prefix>-<version>.json``, e.g.
@@ -350,207 +363,93 @@ def _kubernetes_validator(kind: str, api_version: str) -> Any:
     schema_file = _kubernetes_schema_dir().joinpath(f"{kind.lower()}-{group_version}.json")
     if not schema_file.is_file():
         return None
-    schema = json.loads(schema_file.read_text())
-    return jsonschema.Draft202012Validator(schema, registry=_kubernetes_registry())
+    return _Validator(json.loads(schema_file.read_text()), kubernetes=True)
 
 
 @lru_cache(maxsize=1)
-def _object_meta_validator() -> Any:
+def _object_meta_validator() -> _Validator:
     """Kubernetes' strict ObjectMeta schema, for the metadata of Istio objects."""
-    registry = _kubernetes_registry()
-    definitions_uri = next(iter(registry))  # the registry holds only the shared definitions
+    definitions_uri = _kubernetes_definitions()["$id"]
     schema = {"$ref": f"{definitions_uri}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
-    return jsonschema.Draft202012Validator(schema, registry=registry)
+    return _Validator(schema, kubernetes=True)
+
+
+class _Validator:
+    """A strict JSON Schema check: a compiled fast check first, the detailed walk only on failure.
+
+    Valid objects (nearly all of them) cost one call of the compiled jsonschema-rs validator;
+    an invalid one is walked again by the reference ``jsonschema`` implementation, whose
+    errors carry the schema and instance needed to name each field.
+    """
+
+    def __init__(self, schema: Mapping[str, Any], *, kubernetes: bool = False) -> None:
+        self._schema = schema
+        self._kubernetes = kubernetes
+        self._fast: Any = None
+        self._detailed: Any = None
+
+    def iter_errors(self, instance: Any) -> Iterator[Any]:
+        if self._fast is None:
+            self._fast = _compile_fast(self._schema, self._kubernetes)
+        if self._fast.is_valid(instance):
+            return iter(())
+        if self._detailed is None:
+            import jsonschema
+
+            registry = _kubernetes_registry() if self._kubernetes else None
+            self._detailed = (jsonschema.Draft202012Validator(self._schema, registry=registry) if registry
+                              else jsonschema.Draft202012Validator(self._schema))
+        return iter(self._detailed.iter_errors(instance))
 
 
 def _jsonschema_problems(
-    validator: Any, obj: Mapping[str, Any], prefix: Sequence[str | int] = ()
-) -> Iterator[tuple[str, str]]:
-    """(path, message) for every schema error, unknown fields reported at their own path."""
-    errors = sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
-    for error in errors:
+    validator: _Validator, obj: Mapping[str, Any], prefix: Sequence[str | int] = (), *, unknown_where: str = ""
+) -> list[tuple[str, str]]:
+    """(path, message) for every schema error, sorted by path; unknown fields reported at their own path."""
+    problems: list[tuple[str, str]] = []
+    for error in validator.iter_errors(obj):
         where = [*prefix, *error.absolute_path]
         if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
             known = error.schema.get("properties", {})
-            for key in error.instance:
-                if key not in known:
-                    yield _path([*where, key]), f"unknown field {key!r}{_did_you_mean(key, known)}"
+            problems += [(_path([*where, key]), f"unknown field {key!r}{unknown_where}{_did_you_mean(key, known)}")
+                         for key in error.instance if key not in known]
         elif error.validator == "required" and isinstance(error.instance, Mapping):
-            for key in error.validator_value:
-                if key not in error.instance:
-                    yield _path([*where, key]), "required field missing"
+            problems += [(_path([*where, key]), "required field missing")
+                         for key in error.validator_value if key not in error.instance]
         else:
-            yield _path(where), _short(error.message)
+            problems.append((_path(where), _short(error.message)))
+    return sorted(problems)
 
 
-def _istio_schema_findings(obj: Mapping[str, Any]) -> list[Finding]:
+def _istio_schema_findings(obj: Mapping[str, Any], istio_version: str) -> list[Finding]:
     api_version, kind = obj["apiVersion"], obj["kind"]
-    model = _istio_model(api_version, kind)
-    if model is None:
+    schemas = istio_schemas.for_version(istio_version)
+    validator = _istio_validator(schemas.minor, api_version, kind)
+    if validator is None:
         return [
             Finding("ABT005", "error", _label(obj), "apiVersion",
-                    f"no Istio schema for {kind} {api_version}; known versions: "
-                    f"{', '.join(sorted(_ISTIO_MODULES))}")
+                    f"no Istio {schemas.minor} schema for {kind} {api_version}; known versions: "
+                    f"{', '.join(schemas.api_versions)}")
         ]
-    # metadata is Kubernetes' ObjectMeta: checked against the Kubernetes schema, where
-    # timestamps are strings as in YAML (the strict models want datetime objects). status is
-    # written by the server and not checked.
+    # metadata is Kubernetes' ObjectMeta, checked against the Kubernetes schema; status is
+    # written by the server and not checked; the CRD schema covers the rest (spec).
     findings = [
         Finding("IST0106", "error", _label(obj), path, message)
         for path, message in _jsonschema_problems(_object_meta_validator(), obj["metadata"], ["metadata"])
     ]
-    body = {k: v for k, v in obj.items() if k != "status"}
-    body["metadata"] = {k: obj["metadata"][k] for k in ("name", "namespace") if k in obj["metadata"]}
-    problems = _pydantic_problems(model, body)
-    # A misspelled required field shows up twice: unknown here, missing there. The missing
-    # sibling is the best suggestion; otherwise any field name of this Istio version.
-    missing: dict[str, list[str]] = {}
-    for path, error_type, field_name, _ in problems:
-        if error_type == "missing":
-            missing.setdefault(_parent(path, field_name), []).append(field_name)
-    vocabulary = _istio_field_names(api_version)
-    for path, error_type, field_name, message in problems:
-        if error_type == "extra_forbidden":
-            hint = _did_you_mean(field_name, missing.get(_parent(path, field_name), []))
-            message = (f"unknown field {field_name!r} in the Istio {api_version} {kind} schema"
-                       f"{hint or _did_you_mean(field_name, vocabulary)}")
-        findings.append(Finding("IST0106", "error", _label(obj), path, message))
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+    where = f" in the Istio {schemas.minor} {api_version} {kind} schema"
+    findings += [
+        Finding("IST0106", "error", _label(obj), path, message)
+        for path, message in _jsonschema_problems(validator, body, unknown_where=where)
+    ]
     return findings
 
 
-def _parent(path: str, name: str) -> str:
-    return path[: len(path) - len(name)] if path.endswith(name) else path
-
-
-# The options that make cloudcoil's generated models as strict as the Istio CRDs' schemas.
-_STRICT_ISTIO = {"strict": True, "extra": "forbid", "by_alias": True, "by_name": False}
-
-
 @cache
-def _istio_model(api_version: str, kind: str) -> type[pydantic.BaseModel] | None:
-    module_name = _ISTIO_MODULES.get(api_version)
-    if module_name is None:
-        return None
-    _check_istio_models_are_strict()
-    model = getattr(importlib.import_module(module_name), kind, None)
-    if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
-        return None
-    if "spec" not in model.model_fields:  # a nested message type, not a resource kind
-        return None
-    return model
-
-
-@lru_cache(maxsize=1)
-def _check_istio_models_are_strict() -> None:
-    """Fail loudly if the models accept a misspelled field (an upgrade changed defaults)."""
-    from cloudcoil.models.istio.networking import v1
-
-    probe = {
-        "apiVersion": f"{ISTIO_NETWORKING_GROUP}/v1", "kind": "VirtualService",
-        "metadata": {"name": "probe"},
-        "spec": {"hosts": ["*"], "http": [{"mtach": [], "route": [{"destination": {"host": "x"}}]}]},
-    }
-    try:
-        v1.VirtualService.model_validate(probe, **_STRICT_ISTIO)  # type: ignore[arg-type]
-    except pydantic.ValidationError:
-        return
-    raise HarnessError(
-        "cloudcoil.models.istio accepted a VirtualService with a misspelled 'mtach:' field; "
-        "the Istio schema check would miss typos (needs pydantic >= 2.12 for extra='forbid')"
-    )
-
-
-@cache
-def _istio_field_names(api_version: str) -> frozenset[str]:
-    """Every field name of the Istio models of one version: the vocabulary for suggestions."""
-    module = importlib.import_module(_ISTIO_MODULES[api_version])
-    names: set[str] = set()
-    for value in vars(module).values():
-        if isinstance(value, type) and issubclass(value, pydantic.BaseModel):
-            names.update(f.alias or n for n, f in value.model_fields.items())
-    return frozenset(names)
-
-
-@dataclass
-class _Problem:
-    segments: list[tuple[str, str | int]]  # ("key", name) | ("index", i) | ("tag", union member)
-    error_type: str
-    message: str
-
-
-def _pydantic_problems(
-    model: type[pydantic.BaseModel], obj: Mapping[str, Any]
-) -> list[tuple[str, str, str, str]]:
-    """(path, error type, field name, message) of each schema error, deduplicated.
-
-    Pydantic reports a failed union once per member (``uri`` -> Uri, UriModel, ...). The
-    location is walked against the data to tell member names from field names, and only
-    the member that fits best (fewest errors) is kept: ``uri: {prefx: /}`` gives one
-    "unknown field 'prefx'", not four.
-    """
-    try:
-        model.model_validate(obj, **_STRICT_ISTIO)  # type: ignore[arg-type]
-    except pydantic.ValidationError as exc:
-        problems = [_locate(obj, err) for err in exc.errors()]
-    else:
-        return []
-    out: list[tuple[str, str, str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for problem in _best_union_members(problems, 0):
-        parts = [value for kind, value in problem.segments if kind != "tag"]
-        path = _path(parts)
-        if (path, problem.error_type) in seen:
-            continue
-        seen.add((path, problem.error_type))
-        name = str(parts[-1]) if parts else ""
-        out.append((path, problem.error_type, name, problem.message))
-    return out
-
-
-def _locate(data: Any, err: Mapping[str, Any]) -> _Problem:
-    loc = list(err["loc"])
-    segments: list[tuple[str, str | int]] = []
-    current = data
-    for position, element in enumerate(loc):
-        last = position == len(loc) - 1
-        if isinstance(element, int) and isinstance(current, list) and 0 <= element < len(current):
-            segments.append(("index", element))
-            current = current[element]
-        elif isinstance(element, str) and isinstance(current, Mapping) and element in current:
-            segments.append(("key", element))
-            current = current[element]
-        elif last and isinstance(element, str):
-            segments.append(("key", element))  # a required field that is missing
-        else:
-            segments.append(("tag", str(element)))
-    error_type = str(err["type"])
-    if error_type == "missing":
-        message = "required field missing"
-    else:
-        shown = repr(err.get("input"))
-        message = _short(f"{err['msg']} (got {shown})")
-    return _Problem(segments, error_type, message)
-
-
-def _best_union_members(problems: list[_Problem], start: int) -> list[_Problem]:
-    """Keep, at each union in the location, only the errors of the best-fitting member."""
-    plain: list[_Problem] = []
-    by_union: dict[tuple[Any, ...], dict[str, list[_Problem]]] = {}
-    tag_at: dict[tuple[Any, ...], int] = {}
-    for problem in problems:
-        tag = next((i for i in range(start, len(problem.segments))
-                    if problem.segments[i][0] == "tag"), None)
-        if tag is None:
-            plain.append(problem)
-            continue
-        key = tuple(problem.segments[:tag])
-        tag_at[key] = tag
-        by_union.setdefault(key, {}).setdefault(str(problem.segments[tag][1]), []).append(problem)
-    result = plain
-    for key, members in by_union.items():
-        best = min(members.values(), key=len)  # dicts keep pydantic's order: ties go to the first
-        result.extend(_best_union_members(best, tag_at[key] + 1))
-    return result
+def _istio_validator(minor: str, api_version: str, kind: str) -> _Validator | None:
+    schema = istio_schemas.for_version(minor).schema(api_version, kind)
+    return None if schema is None else _Validator(schema)
 
 
 # --------------------------------------------------------------------------- semantics

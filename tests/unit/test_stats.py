@@ -478,3 +478,29 @@ def test_exact_searches_stop_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(stats, "MAX_CLASS_REQUESTS", n - 1)
     with pytest.raises(ConfigError, match="for the error rule at 0.05"):
         stats._error_cap(0.05, 0.15, 1e-7, 1e-7)
+
+
+# --------------------------------------------------------------------------- one range rule
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("alpha", 0.0), ("alpha", 0.5), ("beta", -1e-6), ("beta", 0.7), ("delta", 0.5), ("delta", 0.9),
+    ("delta", float("nan")),
+])
+def test_one_range_rule_for_every_front_end(name: str, value: float) -> None:
+    settings = {"alpha": 1e-6, "beta": 1e-6, "delta": 0.1, name: value}
+    with pytest.raises(ConfigError) as options:
+        stats.check_settings(**settings)
+    assert (options.value.obj, options.value.field) == ("options", f"--{name}")
+    assert "strictly between 0 and 0.5" in options.value.message
+    with pytest.raises(ConfigError) as config:
+        StatsConfig(**settings)
+    assert (config.value.obj, config.value.field) == ("StatsConfig", name)
+
+
+def test_the_range_rule_admits_the_edges_it_promises() -> None:
+    # Just inside the range, a 50/50 split still builds (delta = 0.49: both alternatives in (0, 1)).
+    stats.check_settings(0.49, 0.49, 0.49)
+    assert SequentialTest({"blue": 0.5, "green": 0.5}, StatsConfig(alpha=0.4, beta=0.4, delta=0.49)).max_n > 0
+    with pytest.raises(ConfigError, match="--delta: needs more than"):
+        stats.check_settings(1e-6, 1e-6, 0.001)

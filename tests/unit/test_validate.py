@@ -740,3 +740,146 @@ def test_summaries_and_the_gate() -> None:
     assert isinstance(caught.value, ConfigError)
     assert caught.value.field == "spec.http[2].route" and "stage Blue_50" in str(caught.value)
     assert [f.code for f in caught.value.findings] == ["ABT001"]
+
+
+# --------------------------------------------------------------------------- Istio schemas by version
+
+
+def _retries(objects: Objects, **fields: Any) -> None:
+    http(objects)[2]["retries"] = {"attempts": 2, **fields}
+
+
+def test_a_field_added_after_istio_1_24_validates_against_the_pinned_release() -> None:
+    # spec.http[].retries.retryIgnorePreviousHosts is in Istio 1.30's VirtualService CRD and
+    # not in 1.24's: the pinned release accepts it, 1.24's schemas refuse it as unknown.
+    objects = reference()
+    _retries(objects, retryIgnorePreviousHosts=True)
+    assert with_code(validate_objects(objects), "IST0106") == []
+    assert with_code(validate_objects(objects, istio_version="1.30.4"), "IST0106") == []
+    old = the_one(validate_objects(objects, istio_version="1.24"), "IST0106")
+    assert (old.obj, old.path) == (VS, "spec.http[2].retries.retryIgnorePreviousHosts")
+    assert "unknown field" in old.message and "Istio 1.24" in old.message
+
+
+@pytest.mark.parametrize("version", ["1.24", "1.30"])
+def test_a_field_in_neither_release_is_refused(version: str) -> None:
+    objects = reference()
+    _retries(objects, retryIgnoreAllHosts=True)
+    finding = the_one(validate_objects(objects, istio_version=version), "IST0106")
+    assert finding.path == "spec.http[2].retries.retryIgnoreAllHosts"
+
+
+def test_the_default_istio_schemas_are_those_the_kind_backend_installs() -> None:
+    from harness import istio_schemas, istioctl
+
+    assert istio_schemas.minor_of(istioctl.ISTIO_VERSION) == istio_schemas.DEFAULT_MINOR
+    bundled = istio_schemas.for_version(istioctl.ISTIO_VERSION)
+    assert bundled.release.startswith(istio_schemas.DEFAULT_MINOR + ".")
+    assert len(bundled.source_sha256) == 64
+    with pytest.raises(ConfigError, match="supported: 1.24, 1.30"):
+        istio_schemas.for_version("1.19.0")
+
+
+def test_the_bundled_schemas_reproduce_from_the_crds_in_the_go_module_cache() -> None:
+    # The Istio module the translation builds on carries the same CRD file: where it is in the
+    # module cache with the recorded checksum, extracting it again gives exactly the data bundled.
+    import glob
+    import hashlib
+
+    from harness import istio_schemas
+    from harness.istio_schemas import extract
+
+    bundled = istio_schemas.for_version()
+    cache_root = Path.home() / "go" / "pkg" / "mod" / "istio.io"
+    candidates = glob.glob(str(cache_root / "istio@*" / "manifests/charts/base/files/crd-all.gen.yaml"))
+    matching = [Path(c) for c in candidates
+                if hashlib.sha256(Path(c).read_bytes()).hexdigest() == bundled.source_sha256]
+    if not matching:
+        pytest.skip(f"no istio.io/istio module with the CRDs of {bundled.release} under {cache_root}")
+    fresh = extract.extract(matching[0].read_text(encoding="utf-8"))
+    for api_version, kinds in bundled.kinds.items():
+        for kind in kinds:
+            assert bundled.schema(api_version, kind) == fresh[api_version][kind], (api_version, kind)
+
+
+def test_conversion_refuses_unknown_fields_unless_the_crd_preserves_them() -> None:
+    from harness.istio_schemas.extract import to_json_schema
+
+    crd = {"type": "object", "properties": {
+        "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "port": {"x-kubernetes-int-or-string": True},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "maybe": {"type": "string", "nullable": True, "format": "int32", "description": "x"},
+    }}
+    assert to_json_schema(crd) == {"type": "object", "additionalProperties": False, "properties": {
+        "open": {"type": "object"},
+        "port": {"type": ["integer", "string"]},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "maybe": {"type": ["string", "null"]},
+    }}
+
+
+# --------------------------------------------------------------------------- bad input files
+
+
+def _bomb(levels: int = 9, width: int = 9) -> str:
+    """The classic alias bomb: each line is `width` aliases of the line before it."""
+    lines = [f"a0: &a0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import yamlio
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_bomb())
+    assert len(bomb.read_bytes()) < 700, "a few hundred bytes that stand for 9^9 = 387 million strings"
+    constructed: list[object] = []
+    real = yamlio._Loader.construct_document
+    monkeypatch.setattr(yamlio._Loader, "construct_document",
+                        lambda self, node: constructed.append(node) or real(self, node))
+    with pytest.raises(ConfigError) as caught:
+        load_manifests(bomb)
+    assert caught.value.obj == str(bomb) and caught.value.field == "document 1"
+    assert "alias" in caught.value.message and "refused" in caught.value.message
+    assert constructed == [], "no Python object may be built from the bomb"
+    assert "\n" not in str(caught.value)
+
+
+def test_small_aliases_are_fine_and_a_cycle_is_refused(tmp_path: Path) -> None:
+    from harness import yamlio
+
+    assert yamlio.parse_documents("base: &b {k: v}\nother: *b\n") == [{"base": {"k": "v"}, "other": {"k": "v"}}]
+    with pytest.raises(ConfigError, match="expands without end"):
+        yamlio.parse_documents("a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match="nested more than"):
+        yamlio.parse_documents("[" * (yamlio.MAX_DEPTH + 5) + "]" * (yamlio.MAX_DEPTH + 5))
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not-utf8", "too-large"])
+def test_bad_input_files_are_one_line_config_errors(case: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import cli, yamlio
+
+    path = tmp_path / "x.yaml"
+    expected = {"missing": "no such file", "directory": "is a directory",
+                "not-utf8": "not UTF-8 (byte 0xff at offset 14)", "too-large": "larger than 64"}[case]
+    if case == "directory":
+        path.mkdir()
+    elif case == "not-utf8":
+        path.write_bytes(b"kind: Service\n\xff\n")
+    elif case == "too-large":
+        monkeypatch.setattr(yamlio, "MAX_BYTES", 64)
+        path.write_text("a: " + "x" * 100 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_manifests(path)
+    assert caught.value.obj == str(path) and expected in caught.value.message
+    # The command line: one line on stderr, exit 2 (bad input), no traceback.
+    err = tmp_path / "stderr"
+    with open(err, "w") as stream:
+        monkeypatch.setattr("sys.stderr", stream)
+        assert cli.main(["validate", "--file", str(path)]) == 2
+    lines = err.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"abtest: error: {path}") and expected in lines[0], lines
