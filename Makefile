@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit e2e bench lint types tox validate render base-image clean
+.PHONY: help venv run test unit e2e install-check bench lint types tox validate render base-image clean
 
 help:
 	@echo "make run         run the whole rollout on the local Envoy mesh (the main job)"
@@ -46,8 +46,13 @@ unit: $(STAMP)
 e2e:
 	@if [ -x $(PY) ]; then $(PY) -m harness.prereqs kind; else $(PYTHON) -m harness.prereqs kind; fi
 	@$(MAKE) --no-print-directory venv
-	$(PY) -m pytest tests/e2e --mesh=kind --artifacts-dir $(ARTIFACTS) \
-	  $(if $(KEEP_CLUSTER),--keep-cluster) $(if $(CLUSTER),--cluster-name $(CLUSTER)) $(PYTEST_ARGS)
+	$(PY) -m pytest tests/e2e --abtest-mesh=kind --abtest-artifacts-dir $(ARTIFACTS) \
+	  $(if $(KEEP_CLUSTER),--abtest-keep-cluster) $(if $(CLUSTER),--abtest-cluster-name $(CLUSTER)) $(PYTEST_ARGS)
+
+# A new user's view: pip install this checkout into a fresh virtualenv (beside pytest-kind) and
+# run pytest in a directory outside the repository; installs every dependency, so minutes.
+install-check: $(STAMP)
+	ABTEST_INSTALL_CHECK=1 $(PY) -m pytest tests/e2e/test_plugin.py -m install $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@set -e; for f in bench/bench_*.py; do \
