@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit e2e install-check bench lint types tox validate render base-image clean
+.PHONY: help venv run test unit e2e install-check bench lint types tox validate render base-image clean helm examples
 
 help:
 	@echo "make run         run the whole rollout on the local Envoy mesh (the main job)"
@@ -17,6 +17,8 @@ help:
 	@echo "make lint types  ruff and mypy"
 	@echo "make validate    render and validate every stage offline"
 	@echo "make base-image  build the local Debian base image (no registry needed)"
+	@echo "make helm        build helm into .cache/bin (for Helm chart sources in a rollout spec)"
+	@echo "make examples    run every example rollout (examples/*/rollout.yaml) on the local mesh"
 
 venv: $(STAMP)
 
@@ -27,13 +29,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(PY) -m harness.cli run --mesh local --artifacts-dir $(ARTIFACTS)
+	$(PY) -m harness.cli run $(if $(SPEC),--spec $(SPEC)) --mesh local --artifacts-dir $(ARTIFACTS)
 
 validate: $(STAMP)
-	$(PY) -m harness.cli validate --all
+	$(PY) -m harness.cli validate $(if $(SPEC),--spec $(SPEC)) --all
 
 render: $(STAMP)
-	$(PY) -m harness.cli render --stage $(or $(STAGE),Blue_50)
+	$(PY) -m harness.cli render $(if $(SPEC),--spec $(SPEC)) --stage $(or $(STAGE),Blue_50)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -71,6 +73,20 @@ tox: $(STAMP)
 
 base-image:
 	images/base/build-base-image
+
+# Helm renders the Helm sources of a rollout spec (`helm template`); built from the Go module
+# proxy, so only Go is needed. The harness finds it on PATH or in .cache/bin.
+HELM_VERSION ?= v3.22.0
+helm: .cache/bin/helm
+
+.cache/bin/helm:
+	mkdir -p .cache/bin
+	GOBIN=$(CURDIR)/.cache/bin go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+examples: $(STAMP) .cache/bin/helm
+	@set -e; for spec in examples/*/rollout.yaml; do \
+	  $(PY) -m harness.cli run --spec $$spec --artifacts-dir $(ARTIFACTS)/$$(basename $$(dirname $$spec)); \
+	done
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

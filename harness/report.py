@@ -27,8 +27,8 @@ def to_data(result: RolloutResult) -> dict[str, Any]:
             {
                 "stage": s.stage.name,
                 "description": s.stage.description,
-                "weights": dict(s.stage.weights),
-                "images": dict(s.stage.images),
+                "weights": dict(s.weights),
+                "images": dict(s.images),
                 "passed": s.passed,
                 "apply_s": round(s.apply_s, 3),
                 "converge_s": round(s.converge_s, 3),

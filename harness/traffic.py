@@ -272,6 +272,7 @@ class _Answer:
     status: int
     version: str | None
     body: bytes
+    upstream: str | None = None  # x-abtest-upstream-host: the endpoint the gateway chose
 
 
 def _prepare(target: Target, request: RequestClass) -> _Prepared:
@@ -323,6 +324,7 @@ def _parse_answer(buf: bytes, bodyless: bool, eof: bool) -> tuple[_Answer, int, 
         chunked = False
         close = status_line[0] == b"HTTP/1.0"
         version: str | None = None
+        upstream: str | None = None
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             key = name.strip().lower()
@@ -333,6 +335,8 @@ def _parse_answer(buf: bytes, bodyless: bool, eof: bool) -> tuple[_Answer, int, 
                     raise _Failure(OUTCOME_OTHER, f"bad content-length {value[:40]!r}") from None
             elif key == b"x-model-version":
                 version = value.strip().decode("latin-1")
+            elif key == b"x-abtest-upstream-host":
+                upstream = value.strip().decode("latin-1")
             elif key == b"transfer-encoding":
                 chunked = value.strip().lower().endswith(b"chunked")
             elif key == b"connection":
@@ -346,27 +350,27 @@ def _parse_answer(buf: bytes, bodyless: bool, eof: bool) -> tuple[_Answer, int, 
             start = pos  # interim answer (100 Continue, 103 Early Hints): the real one follows
             continue
         if status == 101:  # switching protocols: nothing more this parser can read
-            return _Answer(status, version, b""), pos, True
+            return _Answer(status, version, b"", upstream), pos, True
         if bodyless or status in (204, 304):
-            return _Answer(status, version, b""), pos, close
+            return _Answer(status, version, b"", upstream), pos, close
         if chunked:
             found = _parse_chunked(buf, pos)
             if found is None:
                 return None
             body, end = found
-            return _Answer(status, version, body), end, close
+            return _Answer(status, version, body, upstream), end, close
         if length is not None:
             if length > _MAX_BODY:
                 raise _Failure(OUTCOME_OTHER, f"body of {length} bytes is over {_MAX_BODY}")
             if len(buf) < pos + length:
                 return None
-            return _Answer(status, version, buf[pos:pos + length]), pos + length, close
+            return _Answer(status, version, buf[pos:pos + length], upstream), pos + length, close
         # No framing: the body runs to the end of the connection.
         if len(buf) - pos > _MAX_BODY:
             raise _Failure(OUTCOME_OTHER, f"body over {_MAX_BODY} bytes")
         if not eof:
             return None
-        return _Answer(status, version, buf[pos:]), len(buf), True
+        return _Answer(status, version, buf[pos:], upstream), len(buf), True
 
 
 def _parse_chunked(buf: bytes, pos: int) -> tuple[bytes, int] | None:
@@ -434,7 +438,8 @@ class _RequestsTransport:
             raise _Failure(OUTCOME_CONNECTION, str(exc)) from None
         except requests.RequestException as exc:
             raise _Failure(OUTCOME_OTHER, f"{type(exc).__name__}: {exc}") from None
-        return _Answer(response.status_code, response.headers.get(VERSION_HEADER), body)
+        return _Answer(response.status_code, response.headers.get(VERSION_HEADER), body,
+                       response.headers.get("x-abtest-upstream-host"))
 
 
 TRANSPORTS = ("socket", "requests")
@@ -484,8 +489,10 @@ class _Run:
         deadline: float,
         timeout_s: float,
         on_response: Callable[[Observation], None] | None,
+        attribute: Callable[[str | None, str | None], str | None] | None = None,
     ) -> None:
         self.prepared = prepared
+        self.attribute = attribute
         self.tests = tests
         self.max_requests = max_requests
         self.deadline = deadline
@@ -572,8 +579,14 @@ def _record(run: _Run, tally: _Tally, request: _Prepared, started: float, budget
         assert answer is not None
         status = answer.status
         version = answer.version
+        if run.attribute is not None and status < 400:
+            version = run.attribute(answer.upstream, answer.version)
         text = tally.answer_text(answer.body)
-        if version is not None and status < 400:
+        if version is not None and status < 400 and version.startswith("error:"):
+            outcome = version  # an answer no version can be credited with is an error
+            if len(tally.details) < _MAX_DETAILS:
+                tally.details.append(f"{request.label}: {outcome}: {text[:200]}")
+        elif version is not None and status < 400:
             outcome = version
             per_version = tally.answers.get(version)
             if per_version is None:
@@ -903,6 +916,7 @@ def run_load(
     timeout_s: float = 2.0,
     on_response: Callable[[Observation], None] | None = None,
     transport: Literal["socket", "requests"] = "socket",
+    attribute: Callable[[str | None, str | None], str | None] | None = None,
 ) -> LoadResult:
     """Send the request classes round-robin to `base_url` until decided or out of budget.
 
@@ -913,7 +927,10 @@ def run_load(
     and a request cut off that way is dropped (counted in `abandoned`). `concurrency`
     requests are in flight at once, each on its own keep-alive connection. `on_response` is
     called once per answer, one call at a time (in the calling thread for the socket
-    transport, from worker threads for the requests transport).
+    transport, from worker threads for the requests transport). `attribute` maps an answer's
+    (``x-abtest-upstream-host``, ``x-model-version``) to its outcome (a version, or an
+    ``error:...`` outcome); without it the ``x-model-version`` header names the version
+    (see ``harness.attribution``).
     """
     target = loopback_target(base_url)
     if max_requests < 0:
@@ -938,7 +955,7 @@ def run_load(
     prepared = {c.label: _prepare(target, c) for c in classes}
 
     started = time.monotonic()
-    run = _Run(prepared, tests, max_requests, started + deadline_s, timeout_s, on_response)
+    run = _Run(prepared, tests, max_requests, started + deadline_s, timeout_s, on_response, attribute)
     if max_requests == 0:
         run.stop("max_requests")
     workers = max(1, min(concurrency, max_requests))
