@@ -1084,6 +1084,12 @@ class KindIstioMesh:
         """The namespace the stages deploy to."""
         return str(getattr(self._plan, "namespace", None) or "abtesting")
 
+    def endpoint_labels(self) -> dict[str, dict[str, str]]:
+        """``"podIP:port"`` -> pod labels of every Ready pod in the stages' namespace."""
+        from harness.mesh.workloads import endpoint_labels_of_pods
+
+        return endpoint_labels_of_pods(self._require_api().list(f"/api/v1/namespaces/{self.plan_namespace()}/pods"))
+
     # ------------------------------------------------------------------ helpers
 
     def _say(self, message: str) -> None:
