@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 from harness.signals import EXIT_SIGTERM
 
 TIMEOUT_S = 180
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -39,7 +41,7 @@ def test_the_entry_point_loads_the_plugin_outside_the_repository(pytester: pytes
 
 
 def test_help_lists_every_option_under_its_prefix(pytester: pytest.Pytester) -> None:
-    from fixtures.options import OPTIONS
+    from harness.options import OPTIONS
 
     result = _run(pytester, "--help")
     assert result.ret == pytest.ExitCode.OK
@@ -52,10 +54,11 @@ def test_help_lists_every_option_under_its_prefix(pytester: pytest.Pytester) -> 
 
 def test_the_default_settings_pass_the_range_rule() -> None:
     # The plugin does not check its defaults (it would import the statistics for nothing).
-    from fixtures.options import OPTIONS, SETTINGS
+    from fixtures.options import SETTINGS
+    from harness.options import OPTIONS
     from harness.stats import check_settings
 
-    defaults = {o.name: o.kwargs["default"] for o in OPTIONS if o.name in SETTINGS}
+    defaults = {o.name: o.default for o in OPTIONS if o.name in SETTINGS}
     assert set(defaults) == {"alpha", "beta", "delta"}
     check_settings(**defaults)
 
@@ -135,20 +138,20 @@ def test_2_after(traffic):
     result.assert_outcomes(passed=2)
 
 
-# A conftest for the throw-away session that breaks one stage as rendered, where the suite's
-# fixtures render it (`target`), the way a broken manifest would.
+# A conftest for the throw-away session that breaks one stage as rendered, the way a broken
+# manifest would.
 _BREAK = """
-import {module} as target
+import harness.render as target
 
-_render = target.render_stage
+_render = target.render
 
-def render_stage(plan, stage, **kwargs):
-    objects = _render(plan, stage, **kwargs)
+def render(spec, stage, **kwargs):
+    objects = _render(spec, stage, **kwargs)
     if getattr(stage, "name", stage) == "Blue_50":
         {edit}
     return objects
 
-target.render_stage = render_stage
+target.render = render
 """
 
 _STAGE_TESTS = """
@@ -166,25 +169,39 @@ def test_blue_0(check_stage):
 """
 
 
+def _sample_spec(pytester: pytest.Pytester) -> Path:
+    """A copy of the sample rollout (spec, kustomize base and stages) in the session's directory."""
+    target = pytester.path / "rollout"
+    for name in ("rollout.yaml", "base", "stages"):
+        source = REPO / "manifests" / name
+        if source.is_dir():
+            shutil.copytree(source, target / name)
+        else:
+            target.mkdir(exist_ok=True)
+            shutil.copy(source, target / name)
+    return target / "rollout.yaml"
+
+
 def test_a_stage_failing_the_offline_gate_fails_once_and_sends_no_traffic(pytester: pytest.Pytester) -> None:
-    # Istio's validation rejects upper-case header names; the gate is `abtest run`'s checks.
-    edit = textwrap.dedent("""
-        vs = next(o for o in objects if o["kind"] == "VirtualService")
-        headers = vs["spec"]["http"][0]["match"][0]["headers"]
-        headers["X-Api-Version"] = headers.pop("x-api-version")
-    """).strip().replace("\n", "\n        ")
-    pytester.makeconftest(_BREAK.format(module="harness.cli", edit=edit))
+    spec = _sample_spec(pytester)
+    # An upper-case header name, which Istio's validation rejects; Envoy matches header names
+    # case-insensitively, so on the local mesh this stage would pass every traffic check.
+    overlay = spec.parent / "stages" / "Blue_50" / "kustomization.yaml"
+    overlay.write_text(overlay.read_text() + (
+        "  - target: {kind: VirtualService, name: mlmodel-virtualservice}\n"
+        "    patch: |-\n"
+        "      - {op: move, from: /spec/http/0/match/0/headers/x-api-version,"
+        " path: /spec/http/0/match/0/headers/X-Api-Version}\n"
+    ))
     pytester.makepyfile(test_stages=_STAGE_TESTS.format())
-    result = _run(pytester, "--abtest-workloads=process", "-rs")
-    # Only the gate sees the edit (the mesh gets the stage as rendered): without the gate the
-    # Blue_50 tests would pass.
+    result = _run(pytester, "--abtest-workloads=process", f"--abtest-spec={spec}", "-rs")
     result.assert_outcomes(passed=1, failed=1, skipped=2)
     result.stdout.fnmatch_lines([
         "*Blue_50: the offline gate failed; no traffic sent:*",
-        "*X-Api-Version*",
+        "*X-Api-Version*must be lower-case*",
         "SKIPPED*Blue_50 failed its offline gate in test_stages.py::test_blue_50?process-weighted?*",
     ])
-    assert "Blue_50: weighted:" not in result.stdout.str(), "traffic was sent to a stage that failed its gate"
+    assert "Blue_50     weighted:" not in result.stdout.str(), "traffic was sent to a stage that failed its gate"
 
 
 def test_a_stage_that_cannot_be_set_up_fails_once(pytester: pytest.Pytester) -> None:
@@ -193,7 +210,7 @@ def test_a_stage_that_cannot_be_set_up_fails_once(pytester: pytest.Pytester) -> 
         blue = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "model-blue")
         blue["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "SCORER_ERROR_RATE", "value": "2"})
     """).strip().replace("\n", "\n        ")
-    pytester.makeconftest(_BREAK.format(module="harness.render", edit=edit))
+    pytester.makeconftest(_BREAK.format(edit=edit))
     pytester.makepyfile(test_stages=_STAGE_TESTS.format())
     result = _run(pytester, "--abtest-workloads=process", "-rs")
     result.assert_outcomes(passed=1, failed=1, skipped=2)
@@ -298,7 +315,6 @@ def test_sigterm_ends_the_session_as_an_interruption(pytester: pytest.Pytester, 
 
 # --------------------------------------------------------------------------- a user's install
 
-REPO = Path(__file__).resolve().parents[2]
 INSTALL_CHECK = "ABTEST_INSTALL_CHECK"
 
 

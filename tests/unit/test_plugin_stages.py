@@ -8,12 +8,12 @@ import pytest
 
 from fixtures.stages import StageGuard, gate_findings
 from harness.errors import HarnessError, WaitTimeout
-from harness.plan import RolloutPlan, load_plan
+from harness.spec import RolloutSpec, load_spec
 
 
 @pytest.fixture(scope="module")
-def plan() -> RolloutPlan:
-    return load_plan()
+def plan() -> RolloutSpec:
+    return load_spec()
 
 
 def _outcome(action: Any) -> tuple[str, str]:
@@ -27,14 +27,14 @@ def _outcome(action: Any) -> tuple[str, str]:
     return "ok", ""
 
 
-def test_the_gate_passes_the_sample_rollout(plan: RolloutPlan) -> None:
+def test_the_gate_passes_the_sample_rollout(plan: RolloutSpec) -> None:
     assert all(gate_findings(plan, stage.name) is None for stage in plan.stages)
 
 
-def test_a_gate_failure_fails_the_first_test_of_the_stage_then_skips_the_rest(plan: RolloutPlan) -> None:
+def test_a_gate_failure_fails_the_first_test_of_the_stage_then_skips_the_rest(plan: RolloutSpec) -> None:
     calls: list[str] = []
 
-    def gate(_: RolloutPlan, stage: str) -> list[str] | None:
+    def gate(_: RolloutSpec, stage: str) -> list[str] | None:
         calls.append(stage)
         return ["Blue_50 ... INVALID", "error VS001 VirtualService/x: spec.http[0]: upper-case header"] \
             if stage == "Blue_50" else None
@@ -49,7 +49,7 @@ def test_a_gate_failure_fails_the_first_test_of_the_stage_then_skips_the_rest(pl
     assert calls == ["Blue_50", "Blue_0"], "each stage is gated once per session"
 
 
-def test_a_setup_failure_fails_once_per_mesh_and_names_the_error(plan: RolloutPlan) -> None:
+def test_a_setup_failure_fails_once_per_mesh_and_names_the_error(plan: RolloutSpec) -> None:
     guard = StageGuard(plan, gate=lambda _plan, _stage: None)
 
     def never_ready() -> None:
@@ -65,7 +65,7 @@ def test_a_setup_failure_fails_once_per_mesh_and_names_the_error(plan: RolloutPl
     assert _outcome(lambda: guard.require("t.py::d", "Blue_0", "docker")) == ("ok", "")
 
 
-def test_only_harness_errors_count_as_setup_failures(plan: RolloutPlan) -> None:
+def test_only_harness_errors_count_as_setup_failures(plan: RolloutSpec) -> None:
     guard = StageGuard(plan, gate=lambda _plan, _stage: None)
 
     def bug() -> None:
