@@ -202,6 +202,7 @@ def test_a_stage_failing_the_offline_gate_fails_once_and_sends_no_traffic(pytest
         "SKIPPED*Blue_50 failed its offline gate in test_stages.py::test_blue_50?process-weighted?*",
     ])
     assert "Blue_50     weighted:" not in result.stdout.str(), "traffic was sent to a stage that failed its gate"
+    assert not (pytester.path / "artifacts").exists(), "a dump of a mesh the failure did not touch"
 
 
 def test_a_stage_that_cannot_be_set_up_fails_once(pytester: pytest.Pytester) -> None:
@@ -321,9 +322,10 @@ INSTALL_CHECK = "ABTEST_INSTALL_CHECK"
 @pytest.mark.install
 def test_a_fresh_virtualenv_outside_the_repository_gets_the_plugin(tmp_path: Path) -> None:
     """``pip install <checkout>`` into a new virtualenv, beside pytest-kind; then pytest in a
-    directory holding only the user's files: no conftest.py, no ``-p``.
+    directory holding only an example's files and a test that uses the fixtures: no
+    conftest.py, no ``-p``.
 
-    It installs every dependency (minutes, PyPI or pip's cache), so it runs only with
+    It installs every dependency (minutes, from PyPI or pip's cache), so it runs only with
     ABTEST_INSTALL_CHECK=1 (``make install-check``); the entry point itself is checked in
     every run by the tests above, through this checkout's own (editable) install.
     """
@@ -333,34 +335,47 @@ def test_a_fresh_virtualenv_outside_the_repository_gets_the_plugin(tmp_path: Pat
     from harness import proc
 
     venv = tmp_path / "venv"
-    python = venv / "bin" / "python"
+    python = str(venv / "bin" / "python")
     proc.run([sys.executable, "-m", "venv", str(venv)], timeout=120)
-    proc.run([str(python), "-m", "pip", "install", "--quiet", str(REPO), "pytest-kind"], timeout=1800)
+    proc.run([python, "-m", "pip", "install", "--quiet", str(REPO), "pytest-kind"], timeout=1800)
     project = tmp_path / "project"
-    project.mkdir()
-    for name in _USER_FILES:
-        (project / name).write_text(_USER_FILES[name])
-    # No file of the checkout on the path: the installed package only.
+    shutil.copytree(REPO / "examples" / "bookinfo-reviews", project, ignore=shutil.ignore_patterns("README.md"))
+    (project / "test_my_rollout.py").write_text(_USER_TEST)
+    before = sorted(p.name for p in project.iterdir())
+    # Nothing of the checkout on the path: the installed package only.
     env = {"PYTHONPATH": "", "PYTHONNOUSERSITE": "1", "CI": ""}
-    helped = proc.run([str(python), "-m", "pytest", "--help"], timeout=120, cwd=project, env=env)
-    for flag in ("--abtest-mesh", "--abtest-workloads", "--abtest-delta", "--abtest-keep-cluster",
+
+    def pytest_in_project(*args: str) -> str:
+        done = proc.run([python, "-m", "pytest", "-p", "no:cacheprovider", *args], timeout=600, cwd=project,
+                        env=env, check=False)
+        return f"exit {done.returncode}\n{done.stdout}{done.stderr}"
+
+    helped = pytest_in_project("--help")
+    for flag in ("--abtest-spec", "--abtest-mesh", "--abtest-delta", "--abtest-keep-cluster",
                  "--abtest-cluster-name", "--cluster-name", "--keep-cluster"):  # the last two: pytest-kind's
-        assert flag in helped.stdout, flag
-    ran = proc.run([str(python), "-m", "pytest", "-p", "no:cloudcoil", "-v"], timeout=600, cwd=project, env=env,
-                   check=False)
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert "passed" in ran.stdout and "failed" not in ran.stdout, ran.stdout
-    located = proc.run([str(python), "-c", "import fixtures.plugin as p; print(p.__file__)"], timeout=60,
-                       cwd=project, env=env)
-    assert str(venv) in located.stdout and str(REPO) not in located.stdout, located.stdout
+        assert f"  {flag}" in helped, flag
+    ran = pytest_in_project("--abtest-spec", "rollout.yaml")
+    assert ran.startswith("exit 0") and "5 passed" in ran, ran
+    assert sorted(p.name for p in project.iterdir()) == before, "the run left files in the user's directory"
+    # One weight edited by mistake: that stage fails, at its offline gate, naming both shares.
+    route = project / "routes" / "shift-80-20.yaml"
+    route.write_text(route.read_text().replace("weight: 80", "weight: 70").replace("weight: 20", "weight: 30"))
+    broken = pytest_in_project("--abtest-spec", "rollout.yaml", "--abtest-artifacts-dir", str(tmp_path / "dumps"))
+    assert broken.startswith("exit 1") and "1 failed, 4 passed" in broken, broken
+    assert "FAILED test_my_rollout.py::test_stage_routes_as_its_expect_table_says[process-shift-80-20]" in broken
+    located = proc.run([python, "-c", "import fixtures.plugin as p; print(p.__file__)"], timeout=60,
+                       cwd=tmp_path, env=env)
+    assert str(venv) in located.stdout, located.stdout
 
 
-# The user's directory: a test that uses the fixtures on objects of its own.
-_USER_FILES = {
-    "test_my_rollout.py": '''
-def test_the_mesh_routes_my_weights(mesh, traffic, stats_config):
-    assert stats_config.delta == 0.10
-    verdict = traffic({"header-blue": {"blue": 1.0}}).verdicts["header-blue"]
-    assert verdict.passed, verdict.message
-''',
-}
+_USER_TEST = """
+import pytest
+
+STAGES = ["all-v1", "jason-v2", "shift-80-20", "shift-50-50-v3", "v3"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_routes_as_its_expect_table_says(check_stage, stage):
+    result = check_stage(stage)
+    assert result.passed, [c.verdict.message for c in result.classes] + result.wrong_answers
+"""
