@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -138,22 +137,6 @@ def test_2_after(traffic):
     result.assert_outcomes(passed=2)
 
 
-# A conftest for the throw-away session that breaks one stage as rendered, the way a broken
-# manifest would.
-_BREAK = """
-import harness.render as target
-
-_render = target.render
-
-def render(spec, stage, **kwargs):
-    objects = _render(spec, stage, **kwargs)
-    if getattr(stage, "name", stage) == "Blue_50":
-        {edit}
-    return objects
-
-target.render = render
-"""
-
 _STAGE_TESTS = """
 import pytest
 
@@ -205,20 +188,24 @@ def test_a_stage_failing_the_offline_gate_fails_once_and_sends_no_traffic(pytest
     assert not (pytester.path / "artifacts").exists(), "a dump of a mesh the failure did not touch"
 
 
-def test_a_stage_that_cannot_be_set_up_fails_once(pytester: pytest.Pytester) -> None:
-    # A replica that exits at start: its stage never becomes ready.
-    edit = textwrap.dedent("""
-        blue = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "model-blue")
-        blue["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "SCORER_ERROR_RATE", "value": "2"})
-    """).strip().replace("\n", "\n        ")
-    pytester.makeconftest(_BREAK.format(edit=edit))
+def test_a_stage_that_cannot_be_set_up_fails_once_naming_the_probe(pytester: pytest.Pytester) -> None:
+    spec = _sample_spec(pytester)
+    # A readiness probe on a port nothing listens on: on Kubernetes the replica never becomes
+    # ready. Every test of the stage would wait for it; the first one fails, the rest skip.
+    overlay = spec.parent / "stages" / "Blue_50" / "kustomization.yaml"
+    overlay.write_text(overlay.read_text() + (
+        "  - target: {kind: Deployment, name: model-blue}\n"
+        "    patch: |-\n"
+        "      - {op: replace, path: /spec/template/spec/containers/0/readinessProbe/httpGet/port, value: 5002}\n"
+    ))
     pytester.makepyfile(test_stages=_STAGE_TESTS.format())
-    result = _run(pytester, "--abtest-workloads=process", "-rs")
+    result = _run(pytester, "--abtest-workloads=process", f"--abtest-spec={spec}", "-rs")
     result.assert_outcomes(passed=1, failed=1, skipped=2)
     result.stdout.fnmatch_lines([
-        "*Blue_50: could not be set up on the process mesh: *model-blue*",
+        "*Blue_50: could not be set up on the process mesh: *model-blue*not ready*5002*",
         "SKIPPED*Blue_50 could not be set up on the process mesh, see test_stages.py::test_blue_50?process-weighted?*",
     ])
+    assert "Blue_50     weighted:" not in result.stdout.str()
 
 
 # --------------------------------------------------------------------------- SIGTERM
