@@ -70,6 +70,8 @@ def test_the_default_settings_pass_the_range_rule() -> None:
         (["--abtest-beta", "0.5"], "--abtest-beta: must be strictly between 0 and 0.5, got 0.5"),
         (["--abtest-workloads", "vm"], "--abtest-workloads: unknown runner *vm*; choose from process, docker"),
         (["--abtest-keep-cluster"], "--abtest-keep-cluster only applies to --abtest-mesh=kind"),
+        (["--abtest-mesh", "vm"], "--abtest-mesh: 'vm' is not one of local, kind"),
+        (["--abtest-delta", "ten"], "--abtest-delta: not a number: 'ten'"),
     ],
 )
 def test_bad_option_combinations_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
