@@ -212,6 +212,7 @@ def _run_on(
     out: TextIO,
 ) -> int:
     from harness import rollout
+    from harness.dumps import dump_failure
     from harness.report import run_metadata, write_report
 
     started = time.monotonic()
@@ -234,17 +235,10 @@ def _run_on(
         except KeyboardInterrupt:
             raise  # the user wants out: tear down now, no dump first
         except Exception:
-            target = artifacts / "run-failure"
-            try:
-                session.mesh.dump(target)
-                _progress(f"dumped the mesh state to {target}")
-            except Exception as exc:  # noqa: BLE001 - the original error matters more than the dump's
-                _progress(f"could not dump the mesh state: {exc}")
+            _progress(dump_failure(session.mesh, artifacts, "run-failure").line)
             raise
         if not result.passed:
-            target = artifacts / "run"
-            session.mesh.dump(target)
-            _progress(f"verdicts failed: mesh state dumped to {target}")
+            _progress("verdicts failed: " + dump_failure(session.mesh, artifacts, "run").line)
     settings = {"spec": str(spec.source), "stages": [s.name for s in stages], "alpha": args.alpha,
                 "beta": args.beta, "delta": args.delta}
     meta = run_metadata(settings, mesh=args.mesh, workloads=None if runner == "kind" else runner)
