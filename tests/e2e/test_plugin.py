@@ -70,7 +70,10 @@ def test_the_default_settings_pass_the_range_rule() -> None:
         (["--abtest-beta", "0.5"], "--abtest-beta: must be strictly between 0 and 0.5, got 0.5"),
         (["--abtest-workloads", "vm"], "--abtest-workloads: unknown runner *vm*; choose from process, docker"),
         (["--abtest-keep-cluster"], "--abtest-keep-cluster only applies to --abtest-mesh=kind"),
-        (["--abtest-mesh", "vm"], "--abtest-mesh: 'vm' is not one of local, kind"),
+        (["--abtest-mesh", "vm"], "--abtest-mesh: 'vm' is not one of local, kind, cluster"),
+        (["--abtest-mesh", "cluster", "--abtest-kubeconfig", "kc", "--abtest-context", "c"],
+         "--abtest-mesh=cluster needs --abtest-namespace, --abtest-gateway-url"),
+        (["--abtest-gateway-url", "http://gw:80"], "--abtest-gateway-url only apply to --abtest-mesh=cluster"),
         (["--abtest-delta", "ten"], "--abtest-delta: not a number: 'ten'"),
     ],
 )
