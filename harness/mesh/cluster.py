@@ -204,6 +204,11 @@ class ClusterMesh(KubeMesh):
         return self._gateway_url
 
     @property
+    def allowed_gateway_url(self) -> str:
+        """The one non-loopback URL the load run may send to (`harness.traffic.allowed_url_of`)."""
+        return self._gateway_url
+
+    @property
     def where(self) -> str:
         return f"context {self.context}"
 
