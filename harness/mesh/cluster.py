@@ -134,7 +134,12 @@ def check_gateway_url(url: str) -> str:
     """
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError("--gateway-url", url, "must be http://HOST[:PORT] (the load generator speaks plain HTTP)")
+        raise ConfigError(
+            "--gateway-url",
+            url,
+            "must be http://HOST[:PORT] (the load generator speaks plain HTTP, no TLS; "
+            "for a gateway reachable only over TLS, port-forward its HTTP port to 127.0.0.1)",
+        )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError("--gateway-url", url, "must name the gateway only (no path, query or fragment)")
     return url.rstrip("/")
