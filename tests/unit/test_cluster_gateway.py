@@ -171,3 +171,31 @@ def test_a_cluster_stage_is_judged_from_traffic_to_the_given_gateway_url(
     assert {v: sum(bodies.values()) for v, bodies in judged.answers.items()} == remote.served
     # The Host header is the spec's gateway host, as on the local mesh, not the URL's host.
     assert remote.hosts == {spec.gateway.host}
+
+
+def test_only_the_cluster_backend_widens_the_load_target() -> None:
+    from harness.mesh.cluster import ClusterMesh
+    from harness.mesh.kind import KindIstioMesh
+    from harness.mesh.kube import KubeMesh
+    from harness.mesh.local import LocalMesh
+
+    assert hasattr(ClusterMesh, "allowed_gateway_url")
+    for backend in (LocalMesh, KindIstioMesh, KubeMesh):
+        assert not hasattr(backend, "allowed_gateway_url"), f"{backend.__name__} must stay loopback-only"
+
+
+def test_a_mesh_without_an_allowed_url_cannot_sample_a_remote_gateway() -> None:
+    # As a local or kind mesh whose gateway URL were not loopback: refused before any request.
+    from harness.rollout import sample
+    from harness.routing import Request
+    from harness.traffic import NotLoopback
+
+    class Mesh:
+        name = "kind"
+        gateway_url = "http://192.0.2.50:30080"  # TEST-NET-1: never routed
+
+        def endpoint_labels(self) -> dict[str, dict[str, str]]:
+            raise AssertionError("nothing may be read before the target is accepted")
+
+    with pytest.raises(NotLoopback, match="not loopback"):
+        sample(Mesh(), {"weighted": {"green": 1.0}}, [Request("weighted")], CONFIG, deadline_s=1.0)  # type: ignore[arg-type]
