@@ -103,7 +103,7 @@ def resolve_addresses(host: str, port: int) -> tuple[str, ...]:
 
 
 def _url_key(url: str) -> tuple[str, str, int, str, str]:
-    """What makes two URLs the same target: scheme, host (lower case), port (80 by default), path."""
+    """What makes two URLs the same target: scheme, host (lower case), port (80 by default), path, query."""
     parts = urlsplit(url.strip())
     try:
         port = parts.port or 80

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from harness import proc
 from harness.errors import ConfigError, HarnessError
+from harness.http1 import load_target
 from harness.mesh.kube import (
     _CLUSTER_SCOPED,
     _PRUNABLE,
@@ -286,6 +287,8 @@ class ClusterMesh(KubeMesh):
         self._say(f"{step}: done in {self._clock() - started:.1f}s")
 
     def _up_connect(self) -> None:
+        # The gateway's name must resolve before anything is applied (the load resolves it again).
+        load_target(self.gateway_url, allowed=self.allowed_gateway_url)
         self._api = self._connect()
         api = self._api
         if api.get(f"/api/v1/namespaces/{self.namespace}") is None:

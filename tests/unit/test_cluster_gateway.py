@@ -199,3 +199,27 @@ def test_a_mesh_without_an_allowed_url_cannot_sample_a_remote_gateway() -> None:
 
     with pytest.raises(NotLoopback, match="not loopback"):
         sample(Mesh(), {"weighted": {"green": 1.0}}, [Request("weighted")], CONFIG, deadline_s=1.0)  # type: ignore[arg-type]
+
+
+def test_a_gateway_name_that_does_not_resolve_stops_the_run_before_anything_is_applied(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from harness.mesh.cluster import ClusterStepError
+
+    real = socket.getaddrinfo
+    asked: list[object] = []
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        if host == "gateway.nowhere.example":
+            asked.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(ClusterStepError) as caught:
+        cluster.mesh(gateway_url="http://gateway.nowhere.example:8080").up()
+    assert caught.value.step == "connect" and "does not resolve" in str(caught.value)
+    assert asked == ["gateway.nowhere.example"]
+    assert cluster.api.requests() == [], "nothing may be contacted, let alone applied"
