@@ -185,8 +185,9 @@ def _mesh_options(args: argparse.Namespace, workloads: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.stats import StatsConfig
+    from harness.stats import StatsConfig, check_settings
 
+    check_settings(args.alpha, args.beta, args.delta, obj="abtest run")  # before anything is read or started
     spec = _load(args)
     stages = [spec.stage(name) for name in args.stage] or list(spec.stages)
     config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
