@@ -17,7 +17,7 @@ import pytest
 from harness.mesh.base import Mesh
 from harness.rollout import MeshSession
 from harness.spec import RolloutSpec
-from harness.traffic import Observation, run_load
+from harness.traffic import Observation, allowed_url_of, run_load
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,8 @@ def test_walk_all_stages_under_continuous_traffic(
     def load() -> None:
         try:
             outcome["result"] = run_load(mesh.gateway_url, weighted, None, max_requests=MAX_REQUESTS,
-                                         deadline_s=DEADLINE_S, concurrency=2, on_response=record)
+                                         deadline_s=DEADLINE_S, concurrency=2, on_response=record,
+                                         allowed_url=allowed_url_of(mesh))
         except _Stop:
             outcome["stopped"] = True
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread below
