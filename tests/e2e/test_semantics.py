@@ -26,6 +26,7 @@ from harness.mesh.local import LocalMesh
 from harness.mesh.workloads import ProcessRunner
 from harness.routing import NO_ENDPOINTS, NO_ROUTE, STANDARD_CLASSES, Request, expected_distribution
 from harness.traffic import Observation, run_load
+from harness.validate import ensure_valid, format_findings
 from tests.unit import objects as k8s
 
 IMAGES = {"abtest/scorer-a": "New Model A", "abtest/scorer-b": "New Model B"}
@@ -118,9 +119,15 @@ def test_responses_name_the_endpoint_and_cluster_that_answered(mesh: LocalMesh) 
 
 
 def test_relative_weights_3_to_1_route_75_25(mesh: LocalMesh) -> None:
-    """Istio's weight / sum: weights 3 and 1 send 75% and 25%, in the oracle and through Envoy."""
+    """Istio's weight / sum: weights 3 and 1 pass the offline gate and send 75% and 25%, in the
+    oracle and through Envoy."""
     objects = _objects("blue")
     objects[-1] = k8s.virtual_service([k8s.weighted_route(3, 1)])
+    # The gate `abtest validate` and `abtest run` apply first: no error, a warning with the split.
+    findings = ensure_valid(objects, what="weights 3/1")
+    split = [f for f in findings if f.code == "ABT001"]
+    assert len(split) == 1 and split[0].severity == "warning", format_findings(findings)
+    assert "75% / " in split[0].message and "25%" in split[0].message, split[0].message
     expected = expected_distribution(objects, STANDARD_CLASSES[0])
     assert dict(expected.shares) == {"green": 0.75, "blue": 0.25}
     mesh.apply(objects)
