@@ -257,7 +257,7 @@ def _manifest_files(directory: Path) -> list[Path]:
         if file.suffix in MANIFEST_SUFFIXES:
             files.append(file)
     if not files:
-        raise ConfigError(str(directory), "", "is a directory holding no .yaml or .yml file")
+        raise ConfigError(str(directory), "", "is a directory that holds no .yaml/.yml file")
     return files
 
 

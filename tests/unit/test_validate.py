@@ -233,7 +233,7 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
 
 @pytest.mark.parametrize(("case", "message"), [
     ("missing", "no such file or directory"),
-    ("empty-dir", "is a directory holding no .yaml or .yml file"),
+    ("empty-dir", "is a directory that holds no .yaml/.yml file"),
     ("kustomization", "is a kustomization (render it with `kubectl kustomize`)"),
     ("chart", "is a Helm chart (render it with `helm template`)"),
 ])
