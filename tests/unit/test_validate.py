@@ -1112,16 +1112,19 @@ def test_bad_input_files_are_one_line_config_errors(case: str, tmp_path: Path,
     with pytest.raises(ConfigError) as caught:
         load_manifests(path)
     assert caught.value.obj == str(path) and expected in caught.value.message
-    # The command line, for a manifest file and for the plan: one line on stderr, exit 2
-    # (bad input), no traceback.
-    for argv, prefix in ((["validate", "--file", str(path)], str(path)),
-                         (["validate", "--plan", str(path)], f"plan {path}")):
-        err = tmp_path / "stderr"
-        with open(err, "w") as stream:
-            monkeypatch.setattr("sys.stderr", stream)
-            assert cli.main(argv) == 2, argv
-        lines = err.read_text().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"abtest: error: {prefix}") and expected in lines[0], lines
+    # Several paths as one set: the same errors (a directory is read; this one holds no YAML file).
+    with pytest.raises(ConfigError) as caught:
+        load_manifest_paths([path])
+    assert caught.value.obj == str(path) and expected in caught.value.message
+    # The command line (`abtest validate --file`): one line on stderr, exit 2 (bad input), no traceback.
+    err = tmp_path / "stderr"
+    with open(err, "w") as stream:
+        monkeypatch.setattr("sys.stderr", stream)
+        assert cli.main(["validate", "--file", str(path)]) == 2
+    lines = err.read_text().splitlines()
+    common = {"missing": "no such file", "directory": "is a directory", "not-utf8": "not UTF-8",
+              "too-large": "larger than 64"}[case]
+    assert len(lines) == 1 and lines[0].startswith(f"abtest: error: {path}") and common in lines[0], lines
 
 
 def test_validation_and_stats_load_nothing_heavy_at_import() -> None:
