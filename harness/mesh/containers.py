@@ -1,15 +1,16 @@
 """Run Deployment replicas as Docker containers of their real images (``--workloads=docker``).
 
-Each replica is one container of the Deployment's image with the Deployment's environment.
-Its port is published on 127.0.0.1 only, on a port Docker picks, so nothing is exposed beyond
-the machine and parallel runs never collide. Every container carries two labels: the
+Each replica is one container of the Deployment's image, with its command, args and env
+over the image's, as the kubelet runs it. Every declared containerPort (and a probe's
+numbered port) is published on 127.0.0.1 only, on a port Docker picks, so nothing is exposed
+beyond the machine and parallel runs never collide. Images are never pulled. Every container carries two labels: the
 ``app.kubernetes.io/managed-by=abtest-harness`` of everything the harness creates, and
 ``abtest-harness/run-id=<run id>``; teardown removes exactly the containers of its run id,
 and :func:`reap` finds what a killed run left behind.
 
 >>> with DockerRunner() as runner:                                    # doctest: +SKIP
 ...     workload = runner.start(spec)
-...     runner.wait_ready(workload, timeout=30)
+...     runner.wait_ready(workload, timeout=30)                       # the readinessProbe
 ...     host, port = workload.endpoint                                 # ("127.0.0.1", 49153)
 """
 
@@ -20,10 +21,10 @@ import itertools
 import logging
 import os
 import secrets
-import signal
 import threading
 import time
-from types import FrameType, TracebackType
+from pathlib import Path
+from types import TracebackType
 
 import docker
 import docker.errors
@@ -31,12 +32,24 @@ from docker.models.containers import Container
 
 from harness.errors import HarnessError, WaitTimeout
 from harness.images import docker_client
-from harness.mesh.workloads import RunningWorkload, WorkloadSpec, wait_http_ok
+from harness.mesh.workloads import (
+    HEALTH_TRANSIENT,
+    IMAGE_FIELD,
+    ReplicaDied,
+    ReplicaNotReady,
+    RunningWorkload,
+    WorkloadFailed,
+    WorkloadSpec,
+    probe_http,
+    probe_tcp,
+)
+from harness.signals import shielded, teardown_on_sigterm
 from harness.wait import wait_until
 
 __all__ = [
     "MANAGED_BY_LABEL",
     "RUN_ID_LABEL",
+    "ContainerExited",
     "ContainerFailed",
     "DockerRunner",
     "ImageNotPresent",
@@ -55,14 +68,41 @@ _WORKLOAD_LABEL = "abtest-harness/workload"
 # The process that created it: a container whose creator is gone on this host is an orphan.
 _CREATOR_PID_LABEL = "abtest-harness/creator-pid"
 _LOG_TAIL_LINES = 40
+#: A label only the sample scorer's image carries (images/scorer/Dockerfile).
+SCORER_IMAGE_LABEL = "abtest-harness/answer"
 
 
 class ImageNotPresent(HarnessError):
     """A workload's image is not in the local image store (nothing is pulled)."""
 
 
-class ContainerFailed(HarnessError):
-    """A workload's container exited or could not start; the message ends with its logs."""
+class ContainerFailed(WorkloadFailed):
+    """A workload's container could not start or vanished; the message names it."""
+
+
+class ContainerExited(ReplicaDied, ContainerFailed):
+    """A workload's container exited: a ReplicaDied (exit code, last log lines) and a ContainerFailed."""
+
+
+def _listening_ports(container: Container) -> set[int] | None:
+    """The TCP ports the container listens on, read from its network namespace on this host
+    (``/proc/<pid>/net/tcp`` and ``tcp6``); None where that cannot be read (a remote engine)."""
+    pid = (container.attrs.get("State") or {}).get("Pid")
+    if not pid:
+        return None
+    found: set[int] = set()
+    readable = False
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                found.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return found if readable else None
 
 
 def new_run_id() -> str:
@@ -96,16 +136,24 @@ class DockerRunner:
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
+        self._sigterm = teardown_on_sigterm()  # activated by register_cleanup()
+        self._ready: set[int] = set()  # ids of workloads whose readiness passed
 
     # -- WorkloadRunner --------------------------------------------------------------------------
 
     def start(self, spec: WorkloadSpec) -> RunningWorkload:
-        """Create and start the replica's container; returns once Docker has published its port."""
+        """Create and start the replica's container; returns once Docker has published its ports.
+
+        The container runs as the kubelet would run it: the image with the Deployment's
+        ``command`` as entrypoint and ``args`` as command (each only where given), the
+        Deployment's env over the image's, and every declared containerPort (and a probe's
+        numbered port) published on 127.0.0.1 at a port Docker picks.
+        """
         if self._closed:
             raise HarnessError(f"DockerRunner {self.run_id} is closed")
-        self._require_image(spec.image)
+        self._require_image(spec)
         name = self._container_name(spec)
-        port_key = f"{spec.container_port}/tcp"
+        container_ports = spec.published_ports()
         labels = {
             **{str(k): str(v) for k, v in spec.labels.items()},
             MANAGED_BY_LABEL: MANAGED_BY,
@@ -113,6 +161,13 @@ class DockerRunner:
             _WORKLOAD_LABEL: f"{spec.namespace}/{spec.deployment}/{spec.replica}",
             _CREATOR_PID_LABEL: str(os.getpid()),
         }
+        options: dict[str, object] = {}
+        if spec.command is not None:
+            # Kubernetes: command replaces the image's ENTRYPOINT and, without args, its CMD too.
+            options["entrypoint"] = list(spec.command)
+            options["command"] = list(spec.args) if spec.args is not None else []
+        elif spec.args is not None:
+            options["command"] = list(spec.args)
         _log.info("docker run %s for %s as %s", spec.image, spec.name, name)
         try:
             container = self._client.containers.run(
@@ -121,30 +176,40 @@ class DockerRunner:
                 detach=True,
                 environment={str(k): str(v) for k, v in spec.env.items()},
                 labels=labels,
-                # Loopback only, on a port Docker picks: never reachable from other machines.
-                ports={port_key: ("127.0.0.1", None)},
+                # Loopback only, on ports Docker picks: never reachable from other machines.
+                ports={f"{n}/tcp": ("127.0.0.1", None) for n in container_ports},
+                **options,
             )
         except docker.errors.APIError as exc:
             self._remove_by_name(name)  # created but not started (e.g. a bad env) must not linger
-            raise ContainerFailed(f"cannot start {name} from {spec.image}: {exc.explanation or exc}") from exc
+            raise ContainerFailed(
+                spec, f"cannot start {name} from {spec.image} for {spec.name}: {exc.explanation or exc}"
+            ) from exc
         try:
-            host_port = self._published_port(container, port_key)
+            published = self._published_ports(container, spec, container_ports)
         except BaseException:
             self._remove(container)
             raise
-        workload = RunningWorkload(spec=spec, endpoint=("127.0.0.1", host_port), handle=container.id)
+        served = published.get(spec.container_port) or (next(iter(published.values())) if published else 0)
+        workload = RunningWorkload(
+            spec=spec, endpoint=("127.0.0.1", served), handle=container.id, ports=dict(published)
+        )
         with self._lock:
             self._containers[id(workload)] = (workload, container)
         return workload
 
     def wait_ready(self, workload: RunningWorkload, timeout: float) -> None:
-        """Poll the spec's health path (``/healthz``) through the published port until it answers 200.
+        """Poll the readinessProbe (httpGet path and port, or tcpSocket) until it passes.
 
-        A container that exits meanwhile fails at once (ContainerFailed with its logs) rather
-        than at the deadline; a WaitTimeout carries the container's logs as a note.
+        Without a probe the replica is ready once its container runs, as the kubelet decides.
+        A probe port name the container does not declare can never pass and fails at once; a
+        container that exits meanwhile fails at once with its exit code and logs (ReplicaDied);
+        otherwise ReplicaNotReady after `timeout`, naming the probe, the last answer and, where
+        this host can read the container's sockets, the ports it listens on.
         """
         container = self._container(workload)
-        host, port = workload.endpoint
+        spec = workload.spec
+        started = time.monotonic()
 
         def alive() -> None:
             # Asking Docker is no transient matter: a container it no longer knows, or a daemon
@@ -152,39 +217,145 @@ class DockerRunner:
             try:
                 container.reload()
             except docker.errors.NotFound:
-                raise ContainerFailed(f"container {container.name} vanished before it was ready") from None
+                raise ContainerFailed(
+                    spec, f"container {container.name} of {spec.name} vanished before it was ready"
+                ) from None
             except docker.errors.APIError as exc:
-                raise ContainerFailed(f"cannot inspect container {container.name}: {exc}") from exc
+                raise ContainerFailed(spec, f"cannot inspect container {container.name}: {exc}") from exc
             state = container.attrs.get("State", {})
             if state.get("Status") in ("exited", "dead"):
-                raise ContainerFailed(
-                    f"container {container.name} exited with {state.get('ExitCode')} before it was ready"
-                    f"{self._logs_note(container)}"
+                raise ContainerExited(
+                    spec, state.get("ExitCode"), self._log_tail(container), f"before it was ready ({container.name})"
                 )
 
+        probe = spec.probe
+        if probe is None:
+            alive()
+            self._mark_ready(workload)
+            return
+        what = probe.describe(spec)
+        number = spec.port_number(probe.port)
+        if number is None:
+            declared = ", ".join(f"{n} ({p})" for n, p in sorted(spec.ports.items())) or "none"
+            raise ReplicaNotReady(
+                spec,
+                what,
+                f"the container declares no port named {probe.port!r} (named ports: {declared})",
+                final=True,
+                waited=0.0,
+                timeout=timeout,
+            )
+        scorer_port = self._scorer_listen_port(spec)
+        if scorer_port is not None and number != scorer_port:
+            # The sample scorer's image listens on its PORT and nothing else: known, not guessed.
+            raise ReplicaNotReady(
+                spec,
+                what,
+                f"nothing listens on container port {number}: the scorer image listens on {scorer_port} "
+                "(its PORT)",
+                final=True,
+                waited=time.monotonic() - started,
+                timeout=timeout,
+            )
+        address = workload.address(number)
+        assert address is not None, "every probe port is published"
+        host, port = address
+        seen = {"last": "nothing yet"}
+
+        def ready() -> bool:
+            alive()
+            try:
+                if probe.kind == "tcpSocket":
+                    listening = _listening_ports(container)
+                    if listening is not None:  # docker-proxy accepts on the host whatever listens inside
+                        seen["last"] = f"listening on {sorted(listening) or 'no port'}"
+                        return number in listening
+                    passed, seen["last"] = probe_tcp(host, port)
+                    return passed
+                passed, seen["last"] = probe_http(host, port, probe.path, probe.headers)
+                if not passed and scorer_port is not None and seen["last"].startswith("HTTP 404"):
+                    raise ReplicaNotReady(
+                        spec,
+                        what,
+                        f"{seen['last']}: the sample scorer serves /healthz and /score",
+                        final=True,
+                        waited=time.monotonic() - started,
+                        timeout=timeout,
+                    )
+                return passed
+            except HEALTH_TRANSIENT as exc:
+                listening = _listening_ports(container)
+                where = f"; the container listens on {sorted(listening) or 'no port'}" if listening is not None else ""
+                seen["last"] = f"{type(exc).__name__}: {exc}{where}"
+                raise
+
         try:
-            wait_http_ok(
-                f"http://{host}:{port}{workload.spec.health_path}",
-                alive,
-                timeout,
-                what=f"{workload.spec.name} ({container.name}) to answer 200 on "
-                f"http://{host}:{port}{workload.spec.health_path}",
+            wait_until(
+                ready,
+                what=f"{spec.name} ({container.name}): {what}",
+                timeout=timeout,
                 interval=0.05,
                 max_interval=0.25,
+                transient=HEALTH_TRANSIENT,
             )
-        except WaitTimeout as exc:
-            exc.add_note(f"container logs:{self._logs_note(container)}")
-            raise
+        except WaitTimeout:
+            error = ReplicaNotReady(
+                spec, what, seen["last"], final=False, waited=time.monotonic() - started, timeout=timeout
+            )
+            error.add_note(f"container logs:{self._logs_note(container)}")
+            raise error from None
+        self._mark_ready(workload)
+
+    def _mark_ready(self, workload: RunningWorkload) -> None:
+        with self._lock:
+            self._ready.add(id(workload))
+
+    def _scorer_listen_port(self, spec: WorkloadSpec) -> int | None:
+        """The port a sample scorer image listens on (its PORT: the Deployment's, else the
+        image's); None for any other image, whose ports the harness cannot know in advance."""
+        try:
+            config = self._client.images.get(spec.image).attrs.get("Config") or {}
+        except docker.errors.APIError:
+            return None
+        if SCORER_IMAGE_LABEL not in (config.get("Labels") or {}):
+            return None
+        image_env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+        raw = spec.env.get("PORT", image_env.get("PORT", "5001"))
+        return int(raw) if raw.isdigit() else None
+
+    def exit_code(self, workload: RunningWorkload) -> int | None:
+        """None while the container runs; its exit code once it has exited (-1 if Docker lost it)."""
+        with self._lock:
+            entry = self._containers.get(id(workload))
+        if entry is None:
+            return None
+        container = entry[1]
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            return -1
+        except docker.errors.APIError:
+            return None  # cannot tell; the next check asks again
+        state = container.attrs.get("State", {})
+        if state.get("Status") in ("exited", "dead"):
+            return int(state.get("ExitCode", -1))
+        return None
 
     def stop(self, workload: RunningWorkload) -> None:
-        """Stop (SIGTERM, then SIGKILL after `stop_timeout`) and remove the container; idempotent."""
+        """Stop (SIGTERM, then SIGKILL after `stop_timeout`) and remove the container; idempotent.
+
+        A replica that never became ready serves nothing to drain and may not handle SIGTERM
+        yet (a process that is PID 1 ignores it until it installs a handler): it is killed.
+        """
         with self._lock:
             entry = self._containers.pop(id(workload), None)
+            was_ready = id(workload) in self._ready
+            self._ready.discard(id(workload))
         if entry is None:
             return
         _, container = entry
         try:
-            container.stop(timeout=max(1, round(self.stop_timeout)))
+            container.stop(timeout=max(1, round(self.stop_timeout)) if was_ready else 0)
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:
@@ -204,9 +375,13 @@ class DockerRunner:
     def close(self) -> None:
         """Remove every container of this run id (also ones this object lost track of); idempotent."""
         self._closed = True
-        with self._lock:
-            self._containers.clear()
-        reap(self.run_id, client=self._client)
+        try:
+            with shielded():  # a SIGTERM now waits until every container is removed
+                with self._lock:
+                    self._containers.clear()
+                reap(self.run_id, client=self._client)
+        finally:
+            self._sigterm.deactivate()
 
     def __enter__(self) -> DockerRunner:
         return self
@@ -221,14 +396,15 @@ class DockerRunner:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _require_image(self, image: str) -> None:
+    def _require_image(self, spec: WorkloadSpec) -> None:
         try:
-            self._client.images.get(image)
+            self._client.images.get(spec.image)
         except docker.errors.ImageNotFound:
             raise ImageNotPresent(
-                f"image {image!r} is not present locally (nothing is pulled): build the scorer "
-                "images with harness.images.build_scorer_images (the docker workloads and "
-                "`abtest run --workloads=docker` do) and render the stage with their refs"
+                f"Deployment {spec.namespace}/{spec.deployment}: {IMAGE_FIELD}: image {spec.image!r} is not "
+                "present in the local Docker engine (nothing is pulled): build or pull it first (`docker "
+                "pull`, `docker build`); the sample's scorer images are built by "
+                "harness.images.build_scorer_images, as `abtest run --workloads=docker` does"
             ) from None
 
     def _container_name(self, spec: WorkloadSpec) -> str:
@@ -236,21 +412,26 @@ class DockerRunner:
         raw = f"abtest-{self.run_id}-{spec.namespace}-{spec.deployment}-{spec.replica}-{next(self._serial)}"
         return "".join(c if c.isalnum() or c in "_.-" else "-" for c in raw)
 
-    def _published_port(self, container: Container, port_key: str) -> int:
-        """The host port Docker bound on 127.0.0.1; waits briefly, as it is set on start."""
+    def _published_ports(self, container: Container, spec: WorkloadSpec, numbers: tuple[int, ...]) -> dict[int, int]:
+        """Container port -> the host port Docker bound on 127.0.0.1; waits briefly, as they are set on start."""
 
-        def bound() -> int | None:
+        def bound() -> dict[int, int] | None:
             container.reload()
             if container.status in ("exited", "dead"):
-                raise ContainerFailed(
-                    f"container {container.name} exited at start{self._logs_note(container)}"
+                state = container.attrs.get("State", {})
+                raise ContainerExited(
+                    spec, state.get("ExitCode"), self._log_tail(container), f"at start ({container.name})"
                 )
-            for binding in (container.attrs["NetworkSettings"].get("Ports") or {}).get(port_key) or []:
-                if binding.get("HostIp") == "127.0.0.1" and binding.get("HostPort"):
-                    return int(binding["HostPort"])
-            return None
+            found: dict[int, int] = {}
+            for number in numbers:
+                for binding in (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{number}/tcp") or []:
+                    if binding.get("HostIp") == "127.0.0.1" and binding.get("HostPort"):
+                        found[number] = int(binding["HostPort"])
+            return found if len(found) == len(numbers) else None
 
-        return wait_until(bound, what=f"Docker to publish {port_key} of {container.name}", timeout=10.0)
+        if not numbers:
+            return {}
+        return wait_until(bound, what=f"Docker to publish ports {list(numbers)} of {container.name}", timeout=10.0)
 
     def _container(self, workload: RunningWorkload) -> Container:
         with self._lock:
@@ -265,6 +446,9 @@ class DockerRunner:
         except docker.errors.APIError as exc:
             return f"(logs unavailable: {exc})"
         return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+
+    def _log_tail(self, container: Container, lines: int = 10) -> str:
+        return "\n".join(self._read_logs(container).rstrip().splitlines()[-lines:])
 
     def _logs_note(self, container: Container) -> str:
         lines = self._read_logs(container).rstrip().splitlines()[-_LOG_TAIL_LINES:]
@@ -336,16 +520,11 @@ def _creator_alive(container: Container) -> bool:
 def register_cleanup(runner: DockerRunner) -> None:
     """Make sure `runner` is closed when the process ends: normal exit, Ctrl-C, or SIGTERM.
 
-    Ctrl-C already unwinds as KeyboardInterrupt (``with`` blocks and atexit run); SIGTERM's
-    default is to die at once, so it is turned into SystemExit(143) when no other handler is
-    set. Call it from the main thread of the program that owns the process lifecycle.
+    Ctrl-C unwinds as KeyboardInterrupt (``with`` blocks and atexit run). SIGTERM unwinds as
+    ``SystemExit(143)`` from now until :meth:`DockerRunner.close` has finished, through the one
+    mechanism every backend shares (:func:`harness.signals.teardown_on_sigterm`); the handler
+    that was there before is restored by close(). Call it from the main thread of the program
+    that owns the process lifecycle (elsewhere only the atexit part applies).
     """
     atexit.register(runner.close)
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-
-        def terminate(signum: int, frame: FrameType | None) -> None:
-            raise SystemExit(128 + signum)
-
-        signal.signal(signal.SIGTERM, terminate)
+    runner._sigterm.activate()

@@ -6,11 +6,11 @@ files (listeners, clusters, routes and one endpoint file per cluster), each repl
 atomic rename because Envoy reloads a watched path only when a file is moved onto it.
 
 :meth:`LocalMesh.apply` reconciles make-before-break: it starts the replicas that are new,
-waits for their ``/healthz``, switches endpoints and routes, waits until Envoy reports the
+waits for their readiness probes, switches endpoints and routes, waits until Envoy reports the
 new state, and only then stops the replicas nothing routes to any more. :meth:`converge`
 waits until the live route table (admin ``/config_dump``) equals the one the objects promise
 and every cluster has exactly its endpoints. :meth:`down` stops what the mesh started (also
-at interpreter exit and on SIGTERM); it is safe to call twice.
+at interpreter exit, and on SIGTERM through :mod:`harness.signals`); it is safe to call twice.
 
 >>> from harness.mesh.local import LocalMesh  # doctest: +SKIP
 >>> with LocalMesh() as mesh:                 # doctest: +SKIP
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -37,7 +36,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -54,6 +53,7 @@ from harness.mesh.base import (
 )
 from harness.mesh.workloads import (
     ProcessRunner,
+    ReplicaDied,
     RunningWorkload,
     WorkloadRunner,
     WorkloadSpec,
@@ -63,6 +63,7 @@ from harness.mesh.workloads import (
     stop_process,
     tail,
 )
+from harness.signals import shielded, teardown_on_sigterm
 from harness.wait import wait_until
 
 if TYPE_CHECKING:
@@ -85,24 +86,17 @@ def _selected(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def _targets(target_port: int | str, spec: WorkloadSpec) -> bool:
-    """Whether a Service targetPort reaches the container port the replica serves on."""
-    if isinstance(target_port, int) or str(target_port).isdigit():
-        return int(target_port) == spec.container_port
-    # A name the container does not declare gives no endpoint (as the oracle reads it).
-    return spec.port_name == target_port or target_port in spec.ports
-
-
 def endpoints_for(
     upstreams: Sequence[envoy.Upstream], workloads: Sequence[RunningWorkload]
 ) -> dict[envoy.EndpointKey, list[tuple[str, int]]]:
     """Which replica addresses back each cluster, as Kubernetes endpoints would.
 
     A replica backs a Service port when it is in the Service's namespace, its labels match
-    the selector (plus the subset's labels) and the targetPort is the container port the
-    runner serves: by name, or by number (``targetPort: 5002`` in front of ``containerPort:
-    5001`` reaches nothing, so the cluster is empty and Envoy answers 503, as the refused
-    connections would on a cluster).
+    the selector (plus the subset's labels) and its targetPort, by name (a containerPort the
+    container declares with that name) or by number, reaches a port the replica listens on
+    (:meth:`RunningWorkload.address`). Otherwise nothing answers there (``targetPort: 5002``
+    in front of a scorer on 5001): the cluster has no such endpoint and Envoy answers 503, as
+    the refused connections would on a cluster.
     """
     out: dict[envoy.EndpointKey, list[tuple[str, int]]] = {}
     for upstream in upstreams:
@@ -111,9 +105,10 @@ def endpoints_for(
         for w in workloads:
             if w.spec.namespace != namespace or not _selected(upstream.selector, w.spec.labels):
                 continue
-            if not _targets(upstream.target_port, w.spec):
-                continue
-            chosen.append(w.endpoint)
+            number = w.spec.port_number(upstream.target_port)
+            address = w.address(number) if number is not None else None
+            if address is not None:
+                chosen.append(address)
         out[upstream.key] = sorted(chosen)
     return out
 
@@ -150,9 +145,8 @@ def _addresses(endpoints: Sequence[tuple[str, int]]) -> str:
 # --------------------------------------------------------------------------- teardown on exit/signal
 
 _LIVE: weakref.WeakSet[LocalMesh] = weakref.WeakSet()
-_HANDLERS_LOCK = threading.Lock()
-_handlers_installed = False
-_previous_sigterm: Any = None
+_ATEXIT_LOCK = threading.Lock()
+_atexit_registered = False
 
 
 def _down_all() -> None:
@@ -161,34 +155,14 @@ def _down_all() -> None:
             mesh.down()
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    previous = _previous_sigterm
-    if previous == signal.SIG_IGN:
-        return  # the program chose to ignore SIGTERM; so do we
-    # Stop our processes first, whatever happens next. The mesh lock is reentrant, so this
-    # works even when the signal lands inside apply() on the main thread.
-    _down_all()
-    if callable(previous):
-        previous(signum, frame)  # a test runner's or the CLI's own handler decides the rest
-        return
-    # Then die of the signal, as without us: an exception raised here could be caught by the
-    # code it interrupts (pytest reports a SystemExit in a test as a failure and goes on).
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
-def _install_handlers() -> None:
-    global _handlers_installed, _previous_sigterm
-    with _HANDLERS_LOCK:
-        if _handlers_installed:
-            return
-        atexit.register(_down_all)
-        # Ctrl-C raises KeyboardInterrupt, which unwinds through __exit__/finally and atexit;
-        # SIGTERM needs a handler, and only the main thread may install one.
-        if threading.current_thread() is threading.main_thread():
-            _previous_sigterm = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, _on_sigterm)
-        _handlers_installed = True
+def _register_atexit() -> None:
+    # Ctrl-C and SIGTERM (see harness.signals) unwind through __exit__/finally; a mesh brought
+    # up without a with block is still stopped when the interpreter exits.
+    global _atexit_registered
+    with _ATEXIT_LOCK:
+        if not _atexit_registered:
+            atexit.register(_down_all)
+            _atexit_registered = True
 
 
 # --------------------------------------------------------------------------- the mesh
@@ -224,6 +198,10 @@ def _spec_key(spec: WorkloadSpec) -> tuple[Any, ...]:
         spec.port_name,
         spec.health_path,
         tuple(sorted(spec.ports.items())),
+        spec.probe,
+        spec.declared_ports,
+        spec.command,
+        spec.args,
     )
 
 
@@ -261,6 +239,7 @@ class LocalMesh:
         self.concurrency = concurrency
         self._lock = threading.RLock()
         self._session = loopback_session()
+        self._sigterm = teardown_on_sigterm()
         self._reset()
 
     def _reset(self) -> None:
@@ -269,6 +248,8 @@ class LocalMesh:
         self._admin: str | None = None
         self._gateway_port: int | None = None
         self._workloads: dict[tuple[Any, ...], RunningWorkload] = {}
+        #: Old replicas still listed in Envoy while apply() moves traffic off them.
+        self._draining: list[RunningWorkload] = []
         self._objects: list[dict[str, Any]] = []
         self._version = 0
         self._listener: dict[str, Any] | None = None
@@ -298,6 +279,23 @@ class LocalMesh:
     def workloads(self) -> tuple[RunningWorkload, ...]:
         """The replicas running now."""
         return tuple(self._workloads.values())
+
+    def endpoint_labels(self) -> dict[str, dict[str, str]]:
+        """``"127.0.0.1:port"`` -> pod template labels, for every address of every ready replica.
+
+        Ready replicas are those apply() has started and seen pass their readiness probe,
+        plus, during a make-before-break transition, the old ones Envoy may still send a
+        request to. Every port of a replica that listens (its port map) is listed, since a
+        Service may reach it on any of them.
+        """
+        # No lock: apply() holds it for a whole transition, and traffic attributed meanwhile
+        # (from another thread) must not wait for it. Copying is atomic enough under the GIL.
+        replicas = [*list(self._workloads.values()), *list(self._draining)]
+        labels: dict[str, dict[str, str]] = {}
+        for workload in replicas:
+            for host, port in workload.addresses():
+                labels[f"{host}:{port}"] = dict(workload.spec.labels)
+        return labels
 
     @property
     def envoy_pid(self) -> int | None:
@@ -339,7 +337,9 @@ class LocalMesh:
             if self._up:
                 return
             self._reset()
-            _install_handlers()
+            _register_atexit()
+            # From here until down() has finished, SIGTERM unwinds as SystemExit(143) (once).
+            self._sigterm.activate()
             _LIVE.add(self)
             self.workdir = self._workdir_given or Path(tempfile.mkdtemp(prefix="abtest-localmesh-"))
             self._up = True  # from here on, down() has something to clean up (the directory)
@@ -369,9 +369,7 @@ class LocalMesh:
         node = f"abtest-local-{os.getpid()}-{id(self):x}"
         _write_atomic(
             paths["bootstrap"],
-            envoy.bootstrap(
-                admin_port=0, lds_path=str(paths["lds"]), cds_path=str(paths["cds"]), node_id=node
-            ),
+            envoy.bootstrap(admin_port=0, lds_path=str(paths["lds"]), cds_path=str(paths["cds"]), node_id=node),
         )
         argv = [
             proc.tool("envoy"),
@@ -389,9 +387,7 @@ class LocalMesh:
             "--file-flush-interval-msec",
             "200",
         ]
-        self._envoy = start_process(
-            argv, env=dict(os.environ), log_path=paths["envoy_log"], what="envoy gateway"
-        )
+        self._envoy = start_process(argv, env=dict(os.environ), log_path=paths["envoy_log"], what="envoy gateway")
         process = self._envoy
 
         def admin_address() -> str | None:
@@ -413,9 +409,7 @@ class LocalMesh:
 
         def live_listener() -> int | None:
             if process.poll() is not None:
-                raise HarnessError(
-                    f"envoy exited with {process.returncode}; log:\n{tail(paths['envoy_log'])}"
-                )
+                raise HarnessError(f"envoy exited with {process.returncode}; log:\n{tail(paths['envoy_log'])}")
             if self._admin_get("/ready").status_code != 200:
                 return None
             statuses = self._admin_get("/listeners?format=json").json().get("listener_statuses", [])
@@ -440,9 +434,7 @@ class LocalMesh:
             port=self._gateway_port,
             access_log=str(paths["access_log"]),
         )
-        log.info(
-            "local mesh up: gateway %s, admin %s, files in %s", self.gateway_url, self.admin_url, self.workdir
-        )
+        log.info("local mesh up: gateway %s, admin %s, files in %s", self.gateway_url, self.admin_url, self.workdir)
 
     def down(self) -> None:
         """Stop every replica and the Envoy this mesh started; idempotent.
@@ -453,6 +445,14 @@ class LocalMesh:
         with self._lock:
             if not self._up:
                 return
+            try:
+                with shielded():  # a SIGTERM now waits until everything is stopped
+                    self._down()
+            finally:
+                self._sigterm.deactivate()
+
+    def _down(self) -> None:
+        with self._lock:
             self._up = False
             _LIVE.discard(self)
             errors: list[str] = []
@@ -492,8 +492,7 @@ class LocalMesh:
         if self._envoy.poll() is not None:
             paths = self._paths()
             raise HarnessError(
-                f"envoy exited with {self._envoy.returncode}; "
-                f"log {paths['envoy_log']}:\n{tail(paths['envoy_log'])}"
+                f"envoy exited with {self._envoy.returncode}; log {paths['envoy_log']}:\n{tail(paths['envoy_log'])}"
             )
 
     # ------------------------------------------------------------------ admin
@@ -526,9 +525,7 @@ class LocalMesh:
 
     # ------------------------------------------------------------------ apply / converge
 
-    def expected_state(
-        self, objects: Sequence[Mapping[str, Any]], also: Sequence[RunningWorkload] = ()
-    ) -> MeshState:
+    def expected_state(self, objects: Sequence[Mapping[str, Any]], also: Sequence[RunningWorkload] = ()) -> MeshState:
         """What Envoy must serve for `objects` with the replicas running now (and `also` these)."""
         ups = envoy.upstreams(objects)
         eps = endpoints_for(ups, [*self._workloads.values(), *also])
@@ -539,7 +536,8 @@ class LocalMesh:
         """Reconcile to `objects`, make-before-break.
 
         1. check every object translates (nothing starts if one does not);
-        2. start the replicas that are new or changed and wait for their ``/healthz``;
+        2. start the replicas that are new or changed and wait for their readiness probes
+           (a replica that exited since the last apply is named, ReplicaDied, never reused);
         3. make: add their endpoints (the old replicas' stay), add clusters, switch the routes;
            wait until Envoy serves that;
         4. break: drop the old replicas' endpoints and unused clusters; wait until Envoy serves
@@ -554,11 +552,17 @@ class LocalMesh:
             envoy.build_route_configuration(objects)
             envoy.upstreams(objects)
             desired = {_spec_key(s): s for s in specs_from_objects(objects)}
+            check = getattr(self._runner, "check", None)
+            if check is not None:  # a container the runner cannot run fails with nothing started
+                for spec in desired.values():
+                    check(spec)
+            self._reap_dead(want=desired)
             keep = {k: w for k, w in self._workloads.items() if k in desired}
             removed = [w for k, w in self._workloads.items() if k not in desired]
             started = self._start_workloads([s for k, s in desired.items() if k not in keep])
             previous = dict(self._workloads)
             self._workloads = {**keep, **{_spec_key(w.spec): w for w in started}}
+            self._draining = list(removed)
             try:
                 dropped = set(self._clusters) - {u.name for u in envoy.upstreams(objects)}
                 if removed or dropped:
@@ -585,10 +589,45 @@ class LocalMesh:
                             what="envoy to serve the previous configuration again",
                         )
                 finally:
+                    self._draining = []
                     self._stop_workloads(started)
                 raise
             self._objects = copy.deepcopy(list(objects))
+            self._draining = []
             self._stop_workloads(removed)
+
+    def _reap_dead(self, want: Mapping[tuple[Any, ...], WorkloadSpec] | None = None) -> None:
+        """Forget every replica that has exited; ReplicaDied names the first one still wanted.
+
+        A dead replica is never reused: it is dropped (its log kept for the dump), so the next
+        apply() starts a fresh one, and the stage that needed it fails naming it (Deployment,
+        replica, exit code, the last lines of its log). `want`: the replicas the objects being
+        applied need (None: every replica running now, as converge() needs them).
+        """
+        runner = self._runner
+        if runner is None:
+            return
+        died: list[ReplicaDied] = []
+        for key, workload in list(self._workloads.items()):
+            code = runner.exit_code(workload)
+            if code is None:
+                continue
+            text = ""
+            with contextlib.suppress(Exception):
+                text = runner.logs(workload)
+            self._stopped_logs.append((workload.spec.name, text))
+            with contextlib.suppress(Exception):
+                runner.stop(workload)
+            del self._workloads[key]
+            log.warning("replica %s exited with %s", workload.spec.name, code)
+            if want is None or key in want:
+                tail_lines = "\n".join(text.rstrip().splitlines()[-10:])
+                died.append(ReplicaDied(workload.spec, code, tail_lines, "while the mesh served it"))
+        if died:
+            error = died[0]
+            for other in died[1:]:
+                error.add_note(str(other))
+            raise error
 
     def _start_workloads(self, specs: Sequence[WorkloadSpec]) -> list[RunningWorkload]:
         runner = self._runner
@@ -685,9 +724,7 @@ class LocalMesh:
                 describe=lambda _: "\n" + seen["diff"],
             )
         except WaitTimeout as exc:
-            exc.add_note(
-                f"envoy log tail ({self._paths()['envoy_log']}):\n{tail(self._paths()['envoy_log'], 10)}"
-            )
+            exc.add_note(f"envoy log tail ({self._paths()['envoy_log']}):\n{tail(self._paths()['envoy_log'], 10)}")
             raise
 
     def converge(self, objects: list[dict[str, Any]], timeout: float = 30.0) -> None:
@@ -698,9 +735,8 @@ class LocalMesh:
         """
         with self._lock:
             self._require_up()
-            self._await(
-                objects, timeout=timeout, what="the local gateway to serve the expected routes and endpoints"
-            )
+            self._reap_dead()
+            self._await(objects, timeout=timeout, what="the local gateway to serve the expected routes and endpoints")
 
     # ------------------------------------------------------------------ dump
 

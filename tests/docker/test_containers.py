@@ -17,7 +17,6 @@ from pathlib import Path
 import docker
 import pytest
 
-from harness.errors import WaitTimeout
 from harness.mesh.containers import (
     MANAGED_BY_LABEL,
     RUN_ID_LABEL,
@@ -25,8 +24,9 @@ from harness.mesh.containers import (
     DockerRunner,
     ImageNotPresent,
     reap,
+    register_cleanup,
 )
-from harness.mesh.workloads import WorkloadRunner, WorkloadSpec
+from harness.mesh.workloads import ReplicaDied, ReplicaNotReady, WorkloadRunner, WorkloadSpec
 
 pytestmark = pytest.mark.docker
 
@@ -117,12 +117,14 @@ def test_a_container_that_exits_fails_fast_with_its_logs(
 ) -> None:
     with DockerRunner(run_id=run_id, client=docker_engine) as runner:
         started = time.monotonic()
-        with pytest.raises(ContainerFailed) as caught:
+        with pytest.raises(ReplicaDied) as caught:
             # An error rate above 1 makes the scorer refuse to start (exit 2).
             workload = runner.start(spec(scorer_refs["A"], "green", SCORER_ERROR_RATE="5"))
             runner.wait_ready(workload, timeout=30)
         assert time.monotonic() - started < 15, "an exited container must not wait for the deadline"
-        assert "SCORER_ERROR_RATE must be within 0..1" in str(caught.value), str(caught.value)
+        assert isinstance(caught.value, ContainerFailed)
+        assert caught.value.exit_code == 2 and "model-green replica 0" in str(caught.value)
+        assert "SCORER_ERROR_RATE must be within 0..1" in caught.value.log_tail, str(caught.value)
     assert containers_of(run_id) == []
 
 
@@ -142,14 +144,18 @@ def test_a_container_that_vanishes_fails_at_once_not_at_the_deadline(
 def test_ready_timeout_names_the_workload_and_attaches_logs(
     docker_engine: docker.DockerClient, scorer_refs: dict[str, str], run_id: str
 ) -> None:
-    # The scorer listens on 5002 while the Deployment says 5001: never ready.
+    # The scorer listens on 5002 while the Deployment says 5001: never ready, and known to be
+    # so at once for the scorer image, which listens on its PORT only.
     with DockerRunner(run_id=run_id, client=docker_engine) as runner:
         workload = runner.start(spec(scorer_refs["A"], "green", PORT="5002"))
-        with pytest.raises(WaitTimeout) as caught:
-            runner.wait_ready(workload, timeout=1.5)
-        assert "abtesting/model-green-0" in str(caught.value), str(caught.value)
-        notes = "\n".join(getattr(caught.value, "__notes__", []))
-        assert "container logs:" in notes and "0.0.0.0:5002" in notes, notes
+        started = time.monotonic()
+        with pytest.raises(ReplicaNotReady) as caught:
+            runner.wait_ready(workload, timeout=30)
+        assert time.monotonic() - started < 5, "a probe that can never pass must not wait for the deadline"
+        error = caught.value
+        assert "Deployment abtesting/model-green replica 0 is not ready" in str(error), str(error)
+        assert error.probe == "readinessProbe httpGet /healthz on port 5001" and error.final
+        assert "the scorer image listens on 5002" in error.last_seen, error.last_seen
 
 
 # --- interrupted runs ---------------------------------------------------------------------------------
@@ -212,7 +218,28 @@ def test_an_interrupted_run_removes_its_containers(
             child.kill()
         child.communicate(timeout=10)
     assert child.returncode != 0, "an interrupted run must not report success"
+    if signum == signal.SIGTERM:
+        assert child.returncode == 143, f"SIGTERM must end the run as SystemExit(143), got {child.returncode}"
     assert containers_of(run_id) == [], f"the {signum.name} handler left containers behind"
+
+
+def test_register_cleanup_holds_sigterm_until_close_then_restores_the_previous_handler(
+    docker_engine: docker.DockerClient, run_id: str
+) -> None:
+    def theirs(signum: int, frame: object) -> None:  # never called: no signal is sent here
+        raise AssertionError("not expected")
+
+    previous = signal.signal(signal.SIGTERM, theirs)
+    try:
+        runner = DockerRunner(run_id=run_id, client=docker_engine)
+        register_cleanup(runner)
+        assert signal.getsignal(signal.SIGTERM) is not theirs, "SIGTERM must tear the runner down"
+        runner.close()
+        assert signal.getsignal(signal.SIGTERM) is theirs, "close() must restore the previous handler"
+        runner.close()
+        assert signal.getsignal(signal.SIGTERM) is theirs
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_reap_removes_what_a_killed_run_left(

@@ -17,7 +17,7 @@ def _run(*argv: str) -> tuple[int, str]:
 def test_run_one_stage_on_the_local_mesh(tmp_path: Path) -> None:
     code, text = _run("run", "--stage", "Blue_Green", "--artifacts-dir", str(tmp_path))
     assert code == 0, text
-    assert "Blue_Green  green 0 (B) / blue 100 (B)" in text and "valid" in text
+    assert "Blue_Green  green 0 (scorer-b:dev) / blue 100 (scorer-b:dev)" in text and "valid" in text
     for label in ("weighted", "header-blue", "header-green"):
         assert f"Blue_Green  {label}: PASS" in text
     assert "PASS: 1/1 stages passed" in text

@@ -30,7 +30,7 @@ import requests
 from harness.errors import ConfigError, HarnessError, UnsupportedField, WaitTimeout
 from harness.mesh.base import Mesh, route_table_from_config_dump
 from harness.mesh.local import LocalMesh
-from harness.mesh.workloads import ProcessRunner, specs_from_objects, wait_http_ok
+from harness.mesh.workloads import ProcessRunner, ReplicaDied, ReplicaNotReady, specs_from_objects, wait_http_ok
 from harness.wait import wait_until
 from tests.unit import objects as k8s
 from tests.unit.objects import NS
@@ -391,52 +391,64 @@ def test_proxy_variables_never_divert_loopback_polls(tmp_path: Path, monkeypatch
         dead.close()
 
 
-@pytest.mark.parametrize("previous", ["default", "custom"])
-def test_sigterm_stops_everything_the_mesh_started(tmp_path: Path, previous: str) -> None:
-    """SIGTERM stops envoy and the workloads, then does what the program's own handling says.
+@pytest.mark.parametrize("how", ["with-block", "up-only"])
+def test_sigterm_stops_everything_the_mesh_started_and_exits_143(tmp_path: Path, how: str) -> None:
+    """SIGTERM unwinds the program as SystemExit(143): envoy, every workload and the mesh's own
+    directory are gone, whether the mesh was a ``with`` block or only up() (atexit's turn).
 
-    With a custom handler that keeps the program alive, only the mesh's handler can have
-    stopped the processes (their die-with-parent safety net never fires), and the custom
-    handler must still be called.
+    The program's own SIGTERM handler is put aside while the mesh is up (harness.signals) and
+    back once it is down; the child checks that after a normal down().
     """
     script = textwrap.dedent(f"""
-        import json, signal, sys, time
+        import json, signal, sys, threading
         sys.path.insert(0, {str(ROOT)!r})
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        if {previous == "custom"!r}:
-            signal.signal(signal.SIGTERM, lambda n, f: print("custom handler", flush=True))
+        def theirs(n, f):
+            print("their handler", flush=True)
+        signal.signal(signal.SIGTERM, theirs)
         from harness.mesh.local import LocalMesh
         from harness.mesh.workloads import ProcessRunner
         from test_local_mesh import GREEN_100, IMAGES
+        first = LocalMesh(runner=ProcessRunner(IMAGES, log_dir=__import__("pathlib").Path({str(tmp_path)!r})))
+        first.up(); first.down()
+        assert signal.getsignal(signal.SIGTERM) is theirs, "down() must restore the program's handler"
         mesh = LocalMesh(runner=ProcessRunner(IMAGES, log_dir=__import__("pathlib").Path({str(tmp_path)!r})))
-        mesh.up()
-        mesh.apply(GREEN_100)
-        pids = [w.handle.pid for w in mesh.workloads] + [mesh.envoy_pid]
-        print(json.dumps(pids), flush=True)
-        for _ in range(600):
-            time.sleep(0.1)
+
+        def report():
+            pids = [w.handle.pid for w in mesh.workloads] + [mesh.envoy_pid]
+            print(json.dumps([pids, str(mesh.workdir)]), flush=True)
+            threading.Event().wait(60)   # bounded: the parent signals within seconds
+
+        if {how == "with-block"!r}:
+            with mesh:
+                mesh.apply(GREEN_100)
+                report()
+        else:
+            mesh.up()
+            mesh.apply(GREEN_100)
+            report()
     """)
     child = subprocess.Popen(  # noqa: S603 - this interpreter and a script written above
         [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
-        assert line, "the child mesh did not come up"
-        pids = json.loads(line)
+        assert line, f"the child mesh did not come up: {child.communicate(timeout=20)[1]}"
+        pids, workdir = json.loads(line)
         assert all(_alive(p) for p in pids)
         child.send_signal(signal.SIGTERM)
-        if previous == "default":
-            assert child.wait(timeout=20) == -signal.SIGTERM, "the child must die of SIGTERM after cleaning up"
-        else:
-            assert child.stdout.readline().strip() == "custom handler", "the previous handler must be chained"
-            assert child.poll() is None, "the custom handler keeps the program running"
+        out, err = child.communicate(timeout=30)
+        assert child.returncode == 143, f"SIGTERM must end the program with 143, got {child.returncode}:\n{err}"
+        assert "their handler" not in out, "while the mesh is up, SIGTERM is the mesh's"
         with contextlib.suppress(WaitTimeout):  # the assertion below says which are left
             wait_until(lambda: not any(_alive(p) for p in pids), what="the child's processes to end", timeout=5)
         assert not [p for p in pids if _alive(p)], "SIGTERM must stop envoy and every workload"
+        assert not Path(workdir).exists(), f"SIGTERM left the mesh directory {workdir}"
     finally:
         if child.poll() is None:
             child.kill()
@@ -449,8 +461,9 @@ def test_a_replica_that_never_gets_ready_leaves_the_old_one_serving(mesh: LocalM
     broken = copy.deepcopy(BLUE_GREEN)
     green = next(o for o in broken if o["kind"] == "Deployment" and o["metadata"]["name"] == "model-green")
     green["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "SCORER_ERROR_RATE", "value": "7"})
-    with pytest.raises(HarnessError, match="model-green-0 exited"):
+    with pytest.raises(ReplicaDied, match=r"model-green replica 0 \(abtest/scorer-b:dev\) exited with 2") as died:
         mesh.apply(broken)  # the scorer refuses an error rate above 1 and exits
+    assert died.value.exit_code == 2 and "SCORER_ERROR_RATE must be within 0..1" in died.value.log_tail
     mesh.converge(BLUE_50, timeout=10)  # still the old state, served by the old replicas
     assert _sample(mesh.gateway_url, 5, {"x-api-version": "green"}) == Counter({"green": 5})
     r = requests.get(mesh.gateway_url + "/score", headers={"x-api-version": "green"}, timeout=5)
@@ -584,3 +597,191 @@ def test_every_intermediate_state_serves_what_is_served_before_and_after(
                         f"({writes[mark + i][0]})"
                     )
     assert checked > 20, "the walk must include changes under which classes stay served"
+
+
+# --------------------------------------------------------------------------- the container as written
+
+
+def _edit_container(objects: list[dict[str, Any]], deployment: str, **fields: Any) -> list[dict[str, Any]]:
+    """A copy of `objects` with fields of one Deployment's container replaced (None removes one)."""
+    edited = copy.deepcopy(objects)
+    dep = next(o for o in edited if o["kind"] == "Deployment" and o["metadata"]["name"] == deployment)
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    for key, value in fields.items():
+        if value is None:
+            container.pop(key, None)
+        else:
+            container[key] = value
+    return edited
+
+
+def _env(version: str, **extra: str) -> list[dict[str, str]]:
+    return [{"name": "MODEL_VERSION", "value": version}, *({"name": k, "value": v} for k, v in extra.items())]
+
+
+def test_the_deployments_answer_and_env_are_not_overwritten(mesh: LocalMesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caller's shell must not reach the replicas either.
+    monkeypatch.setenv("PORT", "5999")
+    monkeypatch.setenv("SCORER_LATENCY_MS", "abc")  # would make the scorer exit if it leaked
+    objects = _edit_container(GREEN_100, "model-green", env=_env("green", SCORER_ANSWER="New Model X"))
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=10)
+    r = requests.get(mesh.gateway_url + "/score", timeout=5)
+    assert (r.status_code, r.json()) == (200, "New Model X"), "the Deployment's SCORER_ANSWER must win over the plan's"
+
+
+def test_a_container_listening_on_another_port_than_its_probe_never_gets_ready_and_says_so_at_once(
+    mesh: LocalMesh,
+) -> None:
+    mesh.apply(BLUE_50)
+    objects = _edit_container(BLUE_50, "model-blue", env=_env("blue", PORT="5002"))
+    started = time.monotonic()
+    with pytest.raises(ReplicaNotReady) as caught:
+        mesh.apply(objects)
+    took = time.monotonic() - started
+    error = caught.value
+    assert (error.deployment, error.replica, error.final) == ("model-blue", 0, True)
+    assert error.probe == "readinessProbe httpGet /healthz on port http (5001)", error.probe
+    assert "nothing listens on container port 5001" in error.last_seen and "5002" in error.last_seen
+    assert took < mesh.ready_timeout / 4, f"a probe that can never pass must fail at once, took {took:.1f}s"
+    mesh.converge(BLUE_50, timeout=10)  # the old replicas still serve
+
+
+def test_without_a_probe_a_container_on_the_wrong_port_is_ready_but_has_no_endpoints(mesh: LocalMesh) -> None:
+    objects = _edit_container(BLUE_50, "model-blue", env=_env("blue", PORT="5002"), readinessProbe=None)
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=10)
+    assert mesh.live_state().endpoints[f"outbound|5001||{BLUE}"] == (), "nothing listens on containerPort 5001"
+    assert _sample(mesh.gateway_url, 5, {"x-api-version": "blue"}) == Counter({"status:503": 5})
+    assert _sample(mesh.gateway_url, 5, {"x-api-version": "green"}) == Counter({"green": 5})
+
+
+def test_a_service_aimed_at_the_port_the_container_listens_on_by_number_reaches_it(mesh: LocalMesh) -> None:
+    objects = _edit_container(BLUE_50, "model-blue", env=_env("blue", PORT="5002"), readinessProbe=None)
+    svc = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "model-svc-blue")
+    svc["spec"]["ports"][0]["targetPort"] = 5002  # Kubernetes reaches any port of the pod, declared or not
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=10)
+    assert _sample(mesh.gateway_url, 5, {"x-api-version": "blue"}) == Counter({"blue": 5})
+
+
+@pytest.mark.parametrize(
+    ("probe", "seen"),
+    [
+        ({"httpGet": {"path": "/healthz", "port": 5002}}, "nothing listens on container port 5002"),
+        ({"httpGet": {"path": "/healthz", "port": "metrics"}}, "declares no port named 'metrics'"),
+        ({"httpGet": {"path": "/ready", "port": "http"}}, "HTTP 404 from GET /ready"),
+        ({"tcpSocket": {"port": 5003}}, "nothing listens on container port 5003"),
+    ],
+    ids=["port-number", "port-name", "path", "tcp-port"],
+)
+def test_a_probe_that_can_never_pass_fails_at_once_naming_it(
+    mesh: LocalMesh, probe: dict[str, Any], seen: str
+) -> None:
+    objects = _edit_container(GREEN_100, "model-green", readinessProbe=probe)
+    started = time.monotonic()
+    with pytest.raises(ReplicaNotReady) as caught:
+        mesh.apply(objects)
+    assert time.monotonic() - started < mesh.ready_timeout / 4
+    assert seen in caught.value.last_seen, caught.value.last_seen
+    assert "model-green replica 0" in str(caught.value) and "no endpoints" in str(caught.value)
+    assert not mesh.workloads, "nothing of the failed apply keeps running"
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        {"httpGet": {"path": "/healthz", "port": 5001}},
+        {"tcpSocket": {"port": "http"}},
+        {"httpGet": {"path": "/score", "port": "http"}},
+    ],
+    ids=["by-number", "tcp-by-name", "another-path"],
+)
+def test_probes_that_pass_on_kubernetes_pass_here(mesh: LocalMesh, probe: dict[str, Any]) -> None:
+    objects = _edit_container(GREEN_100, "model-green", readinessProbe=probe)
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=10)
+    assert _sample(mesh.gateway_url, 3) == Counter({"green": 3})
+
+
+def test_a_probe_that_keeps_failing_times_out_once_naming_the_probe_and_what_it_saw(tmp_path: Path) -> None:
+    runner = ProcessRunner(IMAGES, log_dir=tmp_path / "workloads")
+    objects = _edit_container(
+        GREEN_100,
+        "model-green",
+        env=_env("green", SCORER_ERROR_RATE="1"),
+        readinessProbe={"httpGet": {"path": "/score", "port": "http"}},  # every /score is a 500
+    )
+    with LocalMesh(runner=runner, ready_timeout=1.0) as local:
+        with pytest.raises(ReplicaNotReady) as caught:
+            local.apply(objects)
+    runner.close()
+    error = caught.value
+    assert not error.final and error.timeout == 1.0
+    assert error.probe == "readinessProbe httpGet /score on port http (5001)"
+    assert error.last_seen == "HTTP 500 from GET /score", error.last_seen
+
+
+def test_a_replica_that_died_is_named_once_and_never_reused(mesh: LocalMesh) -> None:
+    mesh.apply(BLUE_50)
+    mesh.converge(BLUE_50, timeout=10)
+    blue = next(w for w in mesh.workloads if w.spec.deployment == "model-blue")
+    assert isinstance(blue.handle, subprocess.Popen)
+    blue.handle.kill()
+    blue.handle.wait(timeout=10)
+    with pytest.raises(ReplicaDied) as caught:
+        mesh.converge(BLUE_50, timeout=10)
+    error = caught.value
+    assert (error.deployment, error.replica, error.exit_code) == ("model-blue", 0, -signal.SIGKILL)
+    assert "abtest/scorer-b:dev" in str(error) and "scorer 'blue' answering 'New Model B'" in error.log_tail
+    # The next apply of the same stage starts a fresh replica instead of reusing the dead one.
+    mesh.apply(BLUE_50)
+    mesh.converge(BLUE_50, timeout=10)
+    fresh = next(w for w in mesh.workloads if w.spec.deployment == "model-blue")
+    assert fresh is not blue and fresh.handle.poll() is None  # type: ignore[attr-defined]
+    assert _sample(mesh.gateway_url, 5, {"x-api-version": "blue"}) == Counter({"blue": 5})
+
+
+def test_a_dead_replica_a_stage_still_needs_fails_its_apply(mesh: LocalMesh) -> None:
+    mesh.apply(BLUE_50)
+    green = next(w for w in mesh.workloads if w.spec.deployment == "model-green")
+    green.handle.kill()  # type: ignore[attr-defined]
+    green.handle.wait(timeout=10)  # type: ignore[attr-defined]
+    weighted = _objects({"green": 0, "blue": 100}, {"green": "abtest/scorer-a:dev", "blue": "abtest/scorer-b:dev"})
+    with pytest.raises(ReplicaDied, match="model-green replica 0"):
+        mesh.apply(weighted)
+
+
+@pytest.mark.parametrize("field", ["command", "args"])
+def test_the_process_runner_refuses_a_command_it_cannot_run_naming_deployment_and_image(
+    mesh: LocalMesh, field: str
+) -> None:
+    objects = _edit_container(GREEN_100, "model-green", **{field: ["python3", "serve.py"]})
+    with pytest.raises(ConfigError) as caught:
+        mesh.apply(objects)
+    message = str(caught.value)
+    assert message.startswith("Deployment abtesting/model-green: spec.template.spec.containers[0]." + field), message
+    assert "abtest/scorer-b:dev" in message and "--workloads=docker" in message
+    assert not mesh.workloads
+
+
+def test_endpoint_labels_name_the_pod_labels_behind_every_ready_replica(mesh: LocalMesh) -> None:
+    assert mesh.endpoint_labels() == {}
+    images = {"green": "abtest/scorer-a:dev", "blue": "abtest/scorer-b:dev"}
+    objects = _objects({"green": 50, "blue": 50}, images, replicas=2)
+    mesh.apply(objects)
+    mesh.converge(objects, timeout=10)
+    labels = mesh.endpoint_labels()
+    live = mesh.live_state().endpoints
+    for version, fqdn in (("green", GREEN), ("blue", BLUE)):
+        addresses = [f"{h}:{p}" for h, p in live[f"outbound|5001||{fqdn}"]]
+        assert len(addresses) == 2
+        assert all(labels[a] == {"app": "model", "model_version": version} for a in addresses), labels
+    assert len(labels) == 4
+    # Checked independently of the map: each address answers as the version its labels name.
+    for address, pod_labels in labels.items():
+        r = requests.get(f"http://{address}/score", timeout=5)
+        assert r.headers["x-model-version"] == pod_labels["model_version"]
+    mesh.apply(GREEN_100)
+    remaining = {tuple(v.items()) for v in mesh.endpoint_labels().values()}
+    assert remaining == {(("app", "model"), ("model_version", "green"))}

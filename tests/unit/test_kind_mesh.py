@@ -20,10 +20,11 @@ import pytest
 import yaml
 
 from harness import istioctl as istioctl_mod
-from harness.errors import ConfigError, ToolNotFound, WaitTimeout
+from harness.errors import ConfigError, HarnessError, ToolNotFound, WaitTimeout
 from harness.images import BaseImageMissing
 from harness.mesh.envoy import build_route_configuration, upstreams
 from harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts, endpoints_from_config_dump
+from harness.mesh.kube import object_path
 from harness.plan import RolloutPlan, load_plan
 from harness.render import render_stage
 from tests.unit.fakes import install_fake_tools
@@ -110,12 +111,21 @@ class Rig:
         return KindIstioMesh(**settings)
 
     def write_config_dump(
-        self, objects: list[dict[str, Any]], *, dump: dict[str, Any] | None = None, drop_ip: str | None = None
+        self,
+        objects: list[dict[str, Any]],
+        *,
+        dump: dict[str, Any] | None = None,
+        drop_ip: str | None = None,
+        attribution: bool = True,
+        live_endpoints: bool = False,
     ) -> None:
         """What the gateway's admin endpoint returns once it serves `objects` (or `dump`).
 
         The endpoints section lists the stub's Ready pods now, as istiod would push them;
-        `drop_ip` leaves one out, as when the push has not arrived yet.
+        `drop_ip` leaves one out, as when the push has not arrived yet. With `attribution`,
+        the route configurations carry the two headers the attribution EnvoyFilter merges in.
+        With `live_endpoints`, the fake gateway lists the Ready pods at each read instead (as
+        istiod keeps the gateway's endpoints current, e.g. after a prune).
         """
         if dump is None:
             routes = dict(build_route_configuration(objects))
@@ -131,10 +141,30 @@ class Rig:
                     },
                 ]
             }
+        if attribution:
+            with_attribution_headers(dump)
         dump["configs"].append(self.endpoints_section(objects, drop_ip))
         target = self.tmp / "config_dump.json"
         target.write_text(json.dumps(dump))
-        self.set_state(config_dump=str(target))
+        self.set_state(config_dump=str(target), live_endpoints=live_endpoints)
+
+    def stage(self, mesh: KindIstioMesh, objects: list[dict[str, Any]]) -> None:
+        """Apply a stage, let the gateway serve it, and converge (which prunes what it dropped)."""
+        mesh.apply(objects)
+        self.write_config_dump(objects, live_endpoints=True)
+        mesh.converge(objects, timeout=5)
+
+    def existing_cluster(self, *, host_ip: str = "127.0.0.1", host_port: str = "30080") -> None:
+        """A cluster named NAME made before the run, publishing 30080/tcp on `host_ip`:`host_port`."""
+        self.set_state(
+            clusters=[NAME],
+            port_bindings={
+                f"{NAME}-control-plane": {
+                    "6443/tcp": [{"HostIp": "127.0.0.1", "HostPort": "40001"}],
+                    "30080/tcp": [{"HostIp": host_ip, "HostPort": host_port}],
+                }
+            },
+        )
 
     def endpoints_section(self, objects: list[dict[str, Any]], drop_ip: str | None) -> dict[str, Any]:
         configs = []
@@ -162,6 +192,23 @@ class Rig:
             "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
             "dynamic_endpoint_configs": configs,
         }
+
+
+def with_attribution_headers(dump: dict[str, Any]) -> dict[str, Any]:
+    """`dump` with the attribution EnvoyFilter's merge applied to its HTTP route configurations,
+    as the gateway's config_dump shows it once istiod has pushed the filter."""
+    headers = [
+        {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for key, value in (
+            ("x-abtest-upstream-host", "%UPSTREAM_HOST%"),
+            ("x-abtest-upstream-cluster", "%UPSTREAM_CLUSTER%"),
+        )
+    ]
+    for section in dump["configs"]:
+        for entry in section.get("dynamic_route_configs", []):
+            if str(entry["route_config"].get("name", "")).startswith("http."):
+                entry["route_config"]["response_headers_to_add"] = headers
+    return dump
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +323,11 @@ def test_apply_is_server_side_with_our_field_manager_and_survives_star_hosts(
     with rig.mesh(keep_cluster=True) as mesh:
         mesh.apply(objects)
         refs = dict(mesh.image_refs)
-    ours = [r for r in rig.api.requests("PATCH") if r.query.get("fieldManager") == ["abtest-harness"]]
+    ours = [
+        r
+        for r in rig.api.requests("PATCH")
+        if r.query.get("fieldManager") == ["abtest-harness"] and "/envoyfilters/" not in r.path
+    ]
     assert len(ours) == len(objects), f"one apply per object, got {[r.path for r in ours]}"
     assert all(
         r.content_type == "application/apply-patch+yaml" and r.query.get("force") == ["true"] for r in ours
@@ -324,6 +375,7 @@ def test_reused_cluster_exports_its_kubeconfig_and_skips_a_matching_istio(
     refs = built_refs(rig)
     assert rig.calls()[first:] == [
         ("kind", "get", "clusters"),
+        ("docker", "inspect", "--format", "{{json .HostConfig.PortBindings}}", f"{NAME}-control-plane"),
         ("kind", "export", "kubeconfig", "--name", NAME, "--kubeconfig", kc),
         ("kind", "load", "docker-image", refs[0], "--name", NAME),
         ("kind", "load", "docker-image", refs[1], "--name", NAME),
@@ -335,7 +387,7 @@ def test_reused_cluster_exports_its_kubeconfig_and_skips_a_matching_istio(
 
 
 def test_a_cluster_that_existed_before_the_run_is_never_deleted(rig: Rig) -> None:
-    rig.set_state(clusters=[NAME])  # made by someone else: another run, or a person
+    rig.existing_cluster()  # made by someone else: another run, or a person
     mesh = rig.mesh()
     mesh.up()
     mesh.down()
@@ -346,7 +398,7 @@ def test_a_cluster_that_existed_before_the_run_is_never_deleted(rig: Rig) -> Non
 
 @pytest.mark.parametrize("keep", [False, True], ids=["delete", "keep"])
 def test_a_failed_up_on_a_reused_cluster_leaves_the_cluster(rig: Rig, keep: bool) -> None:
-    rig.set_state(clusters=[NAME])
+    rig.existing_cluster()
     _fail(rig, "istioctl install", "Error: failed to install manifests: context deadline exceeded")
     with pytest.raises(KindStepError) as caught:
         rig.mesh(keep_cluster=keep).up()
@@ -448,15 +500,34 @@ def test_progress_lines_carry_elapsed_time_for_each_long_step(rig: Rig) -> None:
 # ----------------------------------------------------------------------------- prune
 
 
-def test_green_100_prunes_blue_with_foreground_deletion_after_the_new_stage_is_ready(
+def test_green_100_prunes_blue_only_after_the_gateway_stopped_routing_to_it(
     rig: Rig, stages: dict[str, list[dict[str, Any]]]
 ) -> None:
+    """Make-before-break at Blue_Green -> Green_100: apply, converge, and only then prune."""
     deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
+    blue = f"{deployments}/model-blue"
     with rig.mesh() as mesh:
-        mesh.apply(stages["Blue_Green"])
+        rig.stage(mesh, stages["Blue_Green"])
         assert rig.api.names(deployments) == ["model-blue", "model-green"]
         before = len(rig.api.requests())
         mesh.apply(stages["Green_100"])
+        assert not [r for r in rig.api.requests()[before:] if r.method == "DELETE"], (
+            "apply() must not prune: the gateway may still send weighted traffic to blue"
+        )
+        assert "model-blue" in rig.api.names(deployments)
+        # The gateway still serves Blue_Green's routes (istiod has not pushed Green_100 yet):
+        # converge does not pass, and nothing is deleted meanwhile.
+        rig.write_config_dump(stages["Blue_Green"])
+        with pytest.raises(WaitTimeout):
+            mesh.converge(stages["Green_100"], timeout=2)
+        assert not [r for r in rig.api.requests()[before:] if r.method == "DELETE"], (
+            "nothing may be pruned before the gateway serves the new stage"
+        )
+        assert "model-blue" in rig.api.names(deployments)
+        # Now the gateway routes as Green_100 says: converge passes, then prunes model-blue
+        # (and waits until the gateway's endpoints, kept current as istiod does, drop it).
+        rig.write_config_dump(stages["Green_100"], live_endpoints=True)
+        mesh.converge(stages["Green_100"], timeout=2)
         after = rig.api.requests()[before:]
         assert rig.api.names(deployments) == ["model-green"], "model-blue must be pruned at Green_100"
         assert rig.api.names("/api/v1/namespaces/abtesting/services") == [
@@ -466,18 +537,27 @@ def test_green_100_prunes_blue_with_foreground_deletion_after_the_new_stage_is_r
         pods = rig.api.names("/api/v1/namespaces/abtesting/pods")
         assert pods and not any(p.startswith("model-blue") for p in pods), f"blue pods left: {pods}"
     deletes = [r for r in after if r.method == "DELETE"]
-    assert [r.path for r in deletes] == [f"{deployments}/model-blue"], "only model-blue may be deleted"
+    assert [r.path for r in deletes] == [blue], "only model-blue may be deleted"
     assert json.loads(deletes[0].body)["propagationPolicy"] == "Foreground"
-    last_apply = max(i for i, r in enumerate(after) if r.method == "PATCH")
-    status_reads = [
-        i for i, r in enumerate(after) if r.method == "GET" and r.path == f"{deployments}/model-green"
-    ]
-    assert status_reads and max(status_reads) < after.index(deletes[0]), "make-before-break: wait, then prune"
-    assert last_apply < after.index(deletes[0])
-    lists = [r for r in after if r.method == "GET" and r.query.get("labelSelector")]
+    lists = [r for r in after if r.method == "GET" and r.query.get("labelSelector") and "/pods" not in r.path]
     assert lists and all(
         r.query["labelSelector"] == ["app.kubernetes.io/managed-by=abtest-harness"] for r in lists
     ), "prune must select the harness's objects only"
+    assert any("converge: gateway routes and endpoints match" in line for line in rig.progress)
+    matched = max(i for i, line in enumerate(rig.progress) if "converge: gateway routes and endpoints match" in line)
+    pruned = min(i for i, line in enumerate(rig.progress) if "prune: deleting Deployment abtesting/model-blue" in line)
+    assert matched < pruned, "the prune must come after the gateway matched the new stage"
+
+
+def test_a_stage_never_converged_prunes_nothing(rig: Rig, stages: dict[str, list[dict[str, Any]]]) -> None:
+    deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
+    with rig.mesh(keep_cluster=True) as mesh:
+        rig.stage(mesh, stages["Blue_Green"])
+        mesh.apply(stages["Green_100"])
+    assert rig.api.names(deployments) == ["model-blue", "model-green"], (
+        "without a converge that passed, nothing the stage dropped may be deleted"
+    )
+    assert not rig.api.requests("DELETE")[1:], [r.path for r in rig.api.requests("DELETE")]
 
 
 def test_a_kept_clusters_leftover_from_an_earlier_run_is_pruned(
@@ -486,11 +566,11 @@ def test_a_kept_clusters_leftover_from_an_earlier_run_is_pruned(
     deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
     # Run A stops at Blue_Green and keeps the cluster: model-blue stays, with A's id.
     with rig.mesh(keep_cluster=True, run_id="20261126-000000-aaaaaa") as mesh:
-        mesh.apply(stages["Blue_Green"])
+        rig.stage(mesh, stages["Blue_Green"])
     # Run B reuses it and starts at baseline: A's model-blue would answer blue-pinned requests
     # that baseline must turn away with 503, so it must go although it carries A's id.
     with rig.mesh(keep_cluster=True, run_id="20261126-000001-bbbbbb") as mesh:
-        mesh.apply(stages["baseline"])
+        rig.stage(mesh, stages["baseline"])
         assert rig.api.names(deployments) == ["model-green"], "the earlier run's model-blue must be pruned"
         labels = rig.api.state.objects[f"{deployments}/model-green"]["metadata"]["labels"]
         assert labels["abtest-harness/run-id"] == "20261126-000001-bbbbbb", "re-applied objects carry the new id"
@@ -507,10 +587,10 @@ def test_objects_of_an_earlier_run_in_a_reused_cluster_are_taken_over(
 ) -> None:
     deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
     with rig.mesh(keep_cluster=True, run_id="20261126-000000-aaaaaa") as mesh:
-        mesh.apply(stages["Blue_Green"])
+        rig.stage(mesh, stages["Blue_Green"])
     with rig.mesh(keep_cluster=True, run_id="20261126-000001-cccccc") as mesh:
         assert mesh.created_cluster is False
-        mesh.apply(stages["Blue_Green"])
+        rig.stage(mesh, stages["Blue_Green"])
         ids = {
             name: rig.api.state.objects[f"{deployments}/{name}"]["metadata"]["labels"]["abtest-harness/run-id"]
             for name in rig.api.names(deployments)
@@ -518,7 +598,7 @@ def test_objects_of_an_earlier_run_in_a_reused_cluster_are_taken_over(
         assert ids == {"model-blue": "20261126-000001-cccccc", "model-green": "20261126-000001-cccccc"}, (
             "re-applied objects must carry the new run's id"
         )
-        mesh.apply(stages["Green_100"])
+        rig.stage(mesh, stages["Green_100"])
         assert rig.api.names(deployments) == ["model-green"], "a taken-over object is this run's to prune"
 
 
@@ -532,14 +612,14 @@ def test_prune_leaves_objects_without_our_label_alone(
     rig: Rig, stages: dict[str, list[dict[str, Any]]]
 ) -> None:
     with rig.mesh() as mesh:
-        mesh.apply(stages["Blue_Green"])
+        rig.stage(mesh, stages["Blue_Green"])
         foreign = "/apis/apps/v1/namespaces/abtesting/deployments/someone-else"
         rig.api.state.objects[foreign] = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": {"name": "someone-else", "namespace": "abtesting", "labels": {"app": "x"}},
         }
-        mesh.apply(stages["Green_100"])
+        rig.stage(mesh, stages["Green_100"])
         assert foreign in rig.api.state.objects, "an object without managed-by=abtest-harness was pruned"
 
 
@@ -553,9 +633,12 @@ def test_apply_refuses_objects_without_the_managed_by_label(
     assert caught.value.step == "apply"
     assert isinstance(caught.value.cause, ConfigError)
     assert "app.kubernetes.io/managed-by" in str(caught.value)
-    assert rig.api.requests("PATCH")[-1].query.get("fieldManager") != ["abtest-harness"], (
-        "nothing may be applied"
-    )
+    stage_applies = [
+        r.path
+        for r in rig.api.requests("PATCH")
+        if r.query.get("fieldManager") == ["abtest-harness"] and "/envoyfilters/" not in r.path
+    ]
+    assert stage_applies == [], "nothing of the stage may be applied"
     assert_nothing_left(rig)
 
 
@@ -866,19 +949,22 @@ def test_converge_waits_until_the_gateway_has_the_new_pods(
 def test_a_pruned_version_must_leave_the_gateway_endpoints_too(
     rig: Rig, stages: dict[str, list[dict[str, Any]]]
 ) -> None:
+    """After the prune, converge waits until the gateway has dropped the pruned pods' endpoints."""
     with rig.mesh() as mesh:
-        mesh.apply(stages["Blue_Green"])
-        stale = rig.endpoints_section(stages["Blue_Green"], None)  # blue's pod still listed
+        rig.stage(mesh, stages["Blue_Green"])
         mesh.apply(stages["Green_100"])
+        # The gateway serves Green_100's routes with the endpoints of now, blue's pod included,
+        # and never hears of the prune: the header route to blue would still answer 200, not
+        # the 503 the manifests promise.
         rig.write_config_dump(stages["Green_100"])
-        dump = json.loads(Path(rig.state()["config_dump"]).read_text())
-        dump["configs"] = [c for c in dump["configs"] if "Endpoints" not in c["@type"]] + [stale]
-        Path(rig.state()["config_dump"]).write_text(json.dumps(dump))
-        # The header route to blue would still answer 200, not the 503 the manifests promise.
         with pytest.raises(
             WaitTimeout, match=r"model-svc-blue\.abtesting\.svc\.cluster\.local: gateway has \['192"
         ):
-            mesh.converge(stages["Green_100"], timeout=2)
+            mesh.converge(stages["Green_100"], timeout=5)
+        assert "model-blue" not in rig.api.names("/apis/apps/v1/namespaces/abtesting/deployments")
+        # With the endpoints kept current (as istiod does), the same converge passes.
+        rig.write_config_dump(stages["Green_100"], live_endpoints=True)
+        mesh.converge(stages["Green_100"], timeout=5)
 
 
 def test_endpoints_from_config_dump_skips_unhealthy_endpoints() -> None:
@@ -1062,15 +1148,78 @@ def test_apply_routes_to_workloads_only_after_they_are_ready(
 ) -> None:
     with rig.mesh() as mesh:
         if before:
-            mesh.apply(stages[before])
+            rig.stage(mesh, stages[before])
         start = len(rig.api.requests())
         mesh.apply(stages[stage])
         requests = rig.api.requests()[start:]
-    assert _collapse(_phases(requests)) == ["workload", "wait", "routing", "prune"], (
-        "apply must be: workloads, their rollout, then routing, then prune: "
+    assert _collapse(_phases(requests)) == ["workload", "wait", "routing"], (
+        "apply must be: workloads, their rollout, then routing (prune waits for converge): "
         f"{[(r.method, r.path) for r in requests]}"
     )
     assert requests[0].path == "/api/v1/namespaces/abtesting", "the Namespace goes first"
     kinds = [r.path.split("/")[-2] for r in requests if r.method == "PATCH"]
     routing = [k for k in kinds if k in ("gateways", "virtualservices", "destinationrules")]
     assert routing[-1] == "virtualservices", f"the VirtualService goes last, after what it names: {kinds}"
+
+
+# ----------------------------------------------------------------------------- attribution, reuse, dump
+
+
+def test_kind_applies_the_filter_waits_for_its_headers_and_removes_it_from_a_kept_cluster(
+    rig: Rig, stages: dict[str, list[dict[str, Any]]]
+) -> None:
+    objects = stages["Blue_50"]
+    with rig.mesh(keep_cluster=True) as mesh:
+        path = object_path(mesh.attribution_filter)
+        assert path in rig.api.state.objects, "up() must apply the attribution EnvoyFilter"
+        mesh.apply(objects)
+        rig.write_config_dump(objects, attribution=False)  # routes pushed, the filter not yet
+        with pytest.raises(HarnessError, match="attribution headers are not on the gateway"):
+            mesh.converge(objects, timeout=2)
+        rig.write_config_dump(objects)
+        mesh.converge(objects, timeout=2)
+    assert path not in rig.api.state.objects, "a kept cluster must not keep this run's EnvoyFilter"
+    assert rig.state()["clusters"] == [NAME]
+
+
+def test_a_reused_cluster_without_the_loopback_port_mapping_is_refused(rig: Rig) -> None:
+    rig.existing_cluster(host_ip="0.0.0.0", host_port="30080")  # made from another config
+    with pytest.raises(KindStepError) as caught:
+        rig.mesh().up()
+    assert caught.value.step == "cluster" and isinstance(caught.value.cause, ConfigError)
+    message = str(caught.value)
+    assert "127.0.0.1:30080" in message and "0.0.0.0:30080" in message and "kind delete cluster" in message
+    assert rig.state()["clusters"] == [NAME], "a reused cluster is never deleted, also when refused"
+    inspect = ("docker", "inspect", "--format", "{{json .HostConfig.PortBindings}}", f"{NAME}-control-plane")
+    assert inspect in rig.calls()
+
+
+def test_a_reused_cluster_with_the_mapping_is_reused(rig: Rig) -> None:
+    rig.existing_cluster()
+    with rig.mesh() as mesh:
+        assert mesh.created_cluster is False
+
+
+def test_a_cluster_the_harness_creates_publishes_the_mapping_the_reuse_check_wants(rig: Rig) -> None:
+    """The fake kind publishes what kind's docker provider would for manifests/kind/cluster.yaml;
+    a second run must accept the cluster the first one kept."""
+    with rig.mesh(keep_cluster=True):
+        pass
+    with rig.mesh() as mesh:
+        assert mesh.created_cluster is False
+
+
+def test_the_failure_dump_reads_init_containers_too(rig: Rig, stages: dict[str, list[dict[str, Any]]]) -> None:
+    """A native sidecar (an init container with restartPolicy: Always) and istio-init have logs too."""
+    with rig.mesh(keep_cluster=True) as mesh:
+        mesh.apply(stages["Blue_50"])
+        pods = "/api/v1/namespaces/abtesting/pods/"
+        name = next(k for k in rig.api.state.objects if k.startswith(pods))
+        rig.api.state.objects[name]["spec"]["initContainers"] = [
+            {"name": "istio-init"},
+            {"name": "istio-proxy", "restartPolicy": "Always"},
+        ]
+        mesh.dump(rig.tmp / "dump")
+    logs = {p.name for p in (rig.tmp / "dump" / "pods" / "abtesting").iterdir()}
+    pod = name.rsplit("/", 1)[-1]
+    assert {f"{pod}.istio-init.log", f"{pod}.istio-proxy.log", f"{pod}.model.log"} <= logs, logs

@@ -1,8 +1,9 @@
 """SIGTERM during the kind backend's up(): the cluster this run created is still deleted.
 
 A cancelled CI job sends SIGTERM; its default action ends the process without running any
-``with``/``finally``, which would leak the kind cluster. The backend turns it into
-SystemExit(143). Tested in a child process (a signal to the pytest process itself would
+``with``/``finally``, which would leak the kind cluster. The backend holds
+:func:`harness.signals.teardown_on_sigterm` from up() to the end of down(), which turns it
+into SystemExit(143). Tested in a child process (a signal to the pytest process itself would
 hit whatever test runs), against the same fake tools and stub API as test_kind_mesh.
 """
 
@@ -146,7 +147,9 @@ def test_the_sigterm_handler_is_installed_only_while_up_and_then_restored(fakes:
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_handler_someone_else_set_is_left_alone(fakes: Path) -> None:
+def test_a_handler_someone_else_set_is_put_back_after_down(fakes: Path) -> None:
+    """harness.signals' rule: while up, SIGTERM tears down; afterwards the previous handler is back."""
+
     def theirs(signum: int, frame: Any) -> None:
         pass
 
@@ -155,7 +158,7 @@ def test_a_handler_someone_else_set_is_left_alone(fakes: Path) -> None:
         seen: dict[str, Any] = {}
         with _mesh(fakes, seen):
             pass
-        assert seen["during up"] is theirs, "an existing SIGTERM handler must not be replaced"
-        assert signal.getsignal(signal.SIGTERM) is theirs
+        assert seen["during up"] is not theirs, "while up, SIGTERM must tear the mesh down"
+        assert signal.getsignal(signal.SIGTERM) is theirs, "down() must put the previous handler back"
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -98,7 +98,10 @@ def _result() -> RolloutResult:
         if test.decision.value != "continue":
             break
         test.observe("green" if i % 2 else "blue")
-    stage = StageResult(PLAN.stage("Blue_50"), [ClassResult("Blue_50", WEIGHTED, test.verdict())])
+    from harness.spec import load_spec
+
+    stage = StageResult(load_spec().stage("Blue_50"), [ClassResult("Blue_50", WEIGHTED, test.verdict())],
+                        weights={"green": 50, "blue": 50})
     stage.answers = {"green": {"New Model A": 10}}
     return RolloutResult([stage])
 

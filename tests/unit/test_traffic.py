@@ -18,17 +18,17 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import traffic
+from harness import http1
+from harness.loadcmd import load_command
 from harness.routing import STANDARD_CLASSES, Request
-from harness.traffic import NotLoopback, Observation, load_command, loopback_target, run_load
+from harness.traffic import NotLoopback, Observation, by_version_header, loopback_target, run_load
 
-TRANSPORTS = ("socket", "requests")
 ANSWERS = {"green": "New Model A", "blue": "New Model B"}
 
 
@@ -118,6 +118,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"not json at all", "green")
         elif path == "/json-object":
             self._send(200, b'{"score": 0.5}', "green")
+        elif path.startswith("/upstream/"):
+            # As the gateway reports it: the endpoint it chose, and no version header at all.
+            self.send_response(200)
+            self.send_header("content-length", "13")
+            self.send_header("x-abtest-upstream-host", path.rsplit("/", 1)[1])
+            self.end_headers()
+            self.wfile.write(b'"New Model B"')
         elif path == "/no-version":
             self._send(200, b'"who am I"', None)
         elif path == "/stall":
@@ -199,10 +206,9 @@ def _cls(label: str, path: str, **headers: str) -> Request:
 # --- classification -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_split_counts_match_what_the_server_served(server: _Server, transport: str) -> None:
+def test_split_counts_match_what_the_server_served(server: _Server) -> None:
     result = run_load(server.url, [_cls("weighted", "/score")], max_requests=300, deadline_s=20,
-                      concurrency=4, transport=transport)  # type: ignore[arg-type]
+                      concurrency=4)
     assert result.requests == 300, result
     assert result.counts["weighted"] == server.served, (result.counts, server.served)
     assert 40 < server.served["blue"] < 140, f"seeded 30% split looks wrong: {server.served}"
@@ -213,13 +219,12 @@ def test_split_counts_match_what_the_server_served(server: _Server, transport: s
     assert result.stopped_by == "max_requests"
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_statuses_are_counted_apart_even_with_a_version_header(server: _Server, transport: str) -> None:
+def test_statuses_are_counted_apart_even_with_a_version_header(server: _Server) -> None:
     classes = [_cls("e503", "/status/503"), _cls("e500v", "/versioned-error"), _cls("missing", "/nope"),
                _cls("headerless", "/no-version")]
     seen: list[Observation] = []
     result = run_load(server.url, classes, max_requests=40, deadline_s=20, concurrency=2,
-                      on_response=seen.append, transport=transport)  # type: ignore[arg-type]
+                      on_response=seen.append)
     assert result.counts == {"e503": {"status:503": 10}, "e500v": {"status:500": 10},
                              "missing": {"status:404": 10}, "headerless": {"status:200": 10}}
     assert result.errors == {"status:503": 10, "status:500": 10, "status:404": 10, "status:200": 10}
@@ -230,29 +235,61 @@ def test_statuses_are_counted_apart_even_with_a_version_header(server: _Server, 
     assert any("status:503" in d for d in result.error_details), result.error_details
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_stalled_answers_are_timeouts(server: _Server, transport: str) -> None:
+def test_a_classifier_decides_the_outcome_from_status_and_headers(server: _Server) -> None:
+    """The run knows nothing of versions: `classify` maps (status, headers) to the outcome."""
+    endpoints = {"10.0.0.7:5001": "blue"}
+    seen: list[tuple[int, str | None]] = []
+
+    def by_endpoint(status: int, headers: Mapping[str, str]) -> str:
+        seen.append((status, headers.get("x-abtest-upstream-host")))
+        if status >= 400:
+            return f"status:{status}"
+        host = headers.get("x-abtest-upstream-host", "")
+        return endpoints.get(host, f"error:unattributed:{host}")
+
+    classes = [_cls("known", "/upstream/10.0.0.7:5001"), _cls("unknown", "/upstream/10.0.0.9:5001"),
+               _cls("down", "/status/503")]
+    result = run_load(server.url, classes, max_requests=9, deadline_s=10, concurrency=1, classify=by_endpoint)
+    unattributed = "error:unattributed:10.0.0.9:5001"
+    assert result.counts == {"known": {"blue": 3}, "unknown": {unattributed: 3}, "down": {"status:503": 3}}
+    assert result.answers == {"blue": {"New Model B": 3}}, "only a version's answers are kept as answers"
+    assert result.errors == {unattributed: 3, "status:503": 3}
+    assert sorted(seen) == sorted([(200, "10.0.0.7:5001")] * 3 + [(200, "10.0.0.9:5001")] * 3
+                                  + [(503, None)] * 3), "the classifier sees every answer's status and headers"
+
+
+def test_the_default_classifier_reads_the_version_header() -> None:
+    assert by_version_header(200, {"x-model-version": "green"}) == "green"
+    assert by_version_header(302, {"x-model-version": "green"}) == "green"
+    assert by_version_header(404, {"x-model-version": "green"}) == "status:404"
+    assert by_version_header(200, {}) == "status:200"
+
+
+def test_repeated_header_fields_are_joined() -> None:
+    wire = b"HTTP/1.1 200 OK\r\nVia: a\r\nvia: b\r\nContent-Length: 0\r\n\r\n"
+    parsed = http1.parse_answer(wire, False, eof=False)
+    assert parsed is not None and parsed[0].headers["via"] == "a, b"
+
+
+def test_stalled_answers_are_timeouts(server: _Server) -> None:
     result = run_load(server.url, [_cls("slow", "/stall")], max_requests=3, deadline_s=10, concurrency=1,
-                      timeout_s=0.1, transport=transport)  # type: ignore[arg-type]
+                      timeout_s=0.1)
     assert result.counts == {"slow": {"error:timeout": 3}}, result
     assert result.abandoned == 0, "timeouts within the deadline are the target's, and counted"
     assert result.elapsed_s < 2.0, f"three 0.1 s timeouts took {result.elapsed_s:.2f}s"
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_late_answer_is_never_taken_for_the_next_one(server: _Server, transport: str) -> None:
+def test_a_late_answer_is_never_taken_for_the_next_one(server: _Server) -> None:
     classes = [_cls("slow", "/stall-briefly"), _cls("fast", "/score")]
-    result = run_load(server.url, classes, max_requests=6, deadline_s=10, concurrency=1, timeout_s=0.1,
-                      transport=transport)  # type: ignore[arg-type]
+    result = run_load(server.url, classes, max_requests=6, deadline_s=10, concurrency=1, timeout_s=0.1)
     assert result.counts["slow"] == {"error:timeout": 3}, result.counts
     assert "late" not in str(result.answers), f"a timed-out connection was reused: {result.answers}"
     assert sum(result.counts["fast"].values()) == 3
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_refused_connections_are_connection_errors(closed_port: int, transport: str) -> None:
+def test_refused_connections_are_connection_errors(closed_port: int) -> None:
     result = run_load(f"http://127.0.0.1:{closed_port}", [_cls("weighted", "/score")], max_requests=5,
-                      deadline_s=10, concurrency=2, transport=transport)  # type: ignore[arg-type]
+                      deadline_s=10, concurrency=2)
     assert result.counts == {"weighted": {"error:connection": 5}}, result
     assert result.errors == {"error:connection": 5}
     assert result.error_details and all("error:connection" in d for d in result.error_details)
@@ -365,8 +402,8 @@ def test_answers_parse_only_once_complete(wire: bytes, bodyless: bool, status: i
                                           close: bool) -> None:
     """Fed every prefix of an answer, the parser waits; fed all of it, it parses exactly it."""
     for cut in range(len(wire)):
-        assert traffic._parse_answer(wire[:cut], bodyless, eof=False) is None, f"parsed early at byte {cut}"
-    parsed = traffic._parse_answer(wire + b"HTTP/1.1 next", bodyless, eof=False)
+        assert http1.parse_answer(wire[:cut], bodyless, eof=False) is None, f"parsed early at byte {cut}"
+    parsed = http1.parse_answer(wire + b"HTTP/1.1 next", bodyless, eof=False)
     assert parsed is not None
     answer, used, closes = parsed
     assert (answer.status, answer.body, used, closes) == (status, body, len(wire), close)
@@ -374,9 +411,10 @@ def test_answers_parse_only_once_complete(wire: bytes, bodyless: bool, status: i
 
 def test_a_close_delimited_body_ends_at_eof() -> None:
     wire = b"HTTP/1.0 200 OK\r\nx-model-version: green\r\n\r\nsome body"
-    assert traffic._parse_answer(wire, False, eof=False) is None
-    parsed = traffic._parse_answer(wire, False, eof=True)
-    assert parsed is not None and parsed[0].body == b"some body" and parsed[0].version == "green" and parsed[2]
+    assert http1.parse_answer(wire, False, eof=False) is None
+    parsed = http1.parse_answer(wire, False, eof=True)
+    assert parsed is not None and parsed[2], "a close-delimited answer closes the connection"
+    assert parsed[0].body == b"some body" and parsed[0].headers["x-model-version"] == "green"
 
 
 def _client_sockets(*ports: int) -> int:
@@ -618,7 +656,7 @@ def test_non_loopback_targets_are_refused(url: str) -> None:
 def test_loopback_targets_are_accepted(url: str, host: str, port: int) -> None:
     target = loopback_target(url)
     assert (target.host, target.port) == (host, port)
-    assert all(traffic._is_loopback_ip(a) for a in target.addresses)
+    assert all(http1.is_loopback_ip(a) for a in target.addresses)
 
 
 # --- the CLI's load command ---------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,35 @@ def write_kubeconfig(argv: list[str], name: str, state: dict[str, Any]) -> None:
         Path(kubeconfig).write_text(kubeconfig_for(name, state["api_server"]))
 
 
+def published_ports(config: str | None) -> dict[str, list[dict[str, str]]]:
+    """The HostConfig.PortBindings docker reports for kind's ``--publish`` of each extraPortMapping.
+
+    kind passes ``--publish=<listenAddress>:<hostPort>:<containerPort>/TCP``; docker reports
+    the key in lower case (``30080/tcp``). The config is read line by line (no YAML parser
+    here: the fakes run without site-packages), which is enough for manifests/kind/cluster.yaml.
+    """
+    bindings: dict[str, list[dict[str, str]]] = {"6443/tcp": [{"HostIp": "127.0.0.1", "HostPort": "41234"}]}
+    if not config:
+        return bindings
+    current: dict[str, str] = {}
+    mappings: list[dict[str, str]] = []
+    for raw in Path(config).read_text().splitlines():
+        line = raw.split("#", 1)[0].strip().lstrip("- ").strip()
+        if ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        value = value.strip().strip('"')
+        if key == "containerPort":
+            current = {"containerPort": value}
+            mappings.append(current)
+        elif key in ("hostPort", "listenAddress", "protocol") and current:
+            current[key] = value
+    for m in mappings:
+        port = f"{m['containerPort']}/{m.get('protocol', 'TCP').lower()}"
+        bindings[port] = [{"HostIp": m.get("listenAddress", ""), "HostPort": m.get("hostPort", "")}]
+    return bindings
+
+
 def kind(argv: list[str], state: dict[str, Any]) -> int:
     clusters: list[str] = state.setdefault("clusters", [])
     name = flag(argv, "--name", "kind") or "kind"
@@ -98,6 +128,7 @@ def kind(argv: list[str], state: dict[str, Any]) -> int:
                 f'ERROR: failed to create cluster: node(s) already exist for a cluster with the name "{name}"'
             )
         clusters.append(name)
+        state.setdefault("port_bindings", {})[f"{name}-control-plane"] = published_ports(config)
         save(state)
         write_kubeconfig(argv, name, state)
         sys.stderr.write(f'Creating cluster "{name}" ...\nSet kubectl context to "kind-{name}"\n')
@@ -145,6 +176,46 @@ def api_call(server: str, method: str, path: str, body: dict[str, Any] | None = 
     request.add_header("Content-Type", "application/apply-patch+yaml")
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
+
+
+def api_get(server: str, path: str) -> Any:
+    request = urllib.request.Request(server + path, method="GET")
+    request.add_header("Authorization", "Bearer fake-token")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def live_endpoints(dump: dict[str, Any], server: str) -> dict[str, Any]:
+    """`dump` with its endpoints replaced by the Ready pods behind each cluster's Service now,
+    as istiod keeps a gateway's EDS current (cluster names ``outbound|PORT||svc.ns.svc...``)."""
+    for section in dump.get("configs", []):
+        if not str(section.get("@type", "")).endswith("EndpointsConfigDump"):
+            continue
+        for entry in section.get("dynamic_endpoint_configs", []):
+            config = entry["endpoint_config"]
+            port = int(config["cluster_name"].split("|")[1])
+            service, namespace = config["cluster_name"].split("|")[3].split(".")[:2]
+            try:
+                selector = api_get(server, f"/api/v1/namespaces/{namespace}/services/{service}")["spec"]["selector"]
+            except urllib.error.HTTPError:
+                selector = None
+            pods = api_get(server, f"/api/v1/namespaces/{namespace}/pods")["items"] if selector else []
+            ips = [
+                p["status"]["podIP"]
+                for p in pods
+                if selector.items() <= (p["metadata"].get("labels") or {}).items()
+                and not p["metadata"].get("deletionTimestamp")
+                and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+            ]
+            config["endpoints"] = [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}}}
+                        for ip in ips
+                    ]
+                }
+            ]
+    return dump
 
 
 def istio_objects(version: str) -> list[tuple[str, dict[str, Any]]]:
@@ -228,6 +299,11 @@ def kubectl(argv: list[str], state: dict[str, Any]) -> int:
     kubeconfig = flag(argv, "--kubeconfig")
     if not kubeconfig or not Path(kubeconfig).is_file():
         return die("error: no --kubeconfig given to the fake kubectl (the harness must always pass its own)")
+    context = flag(argv, "--context")
+    if context is not None:
+        names = [c["name"] for c in json.loads(Path(kubeconfig).read_text()).get("contexts", [])]
+        if context not in names:
+            return die(f'error: context "{context}" does not exist')
     if (
         "exec" in argv
         and argv[-4:-1] == ["pilot-agent", "request", "GET"]
@@ -236,7 +312,10 @@ def kubectl(argv: list[str], state: dict[str, Any]) -> int:
         source = state.get("config_dump")
         if not source:
             return die('error: unable to upgrade connection: container not found ("istio-proxy")')
-        print(Path(source).read_text())
+        text = Path(source).read_text()
+        if state.get("live_endpoints"):
+            text = json.dumps(live_endpoints(json.loads(text), state["api_server"]))
+        print(text)
         return 0
     return die(f"fake kubectl: unknown command {argv}", 2)
 
@@ -250,6 +329,14 @@ def docker(argv: list[str], state: dict[str, Any]) -> int:
                 "Is the docker daemon running?"
             )
         print(server)
+        return 0
+    if argv[:1] == ["inspect"] and "{{json .HostConfig.PortBindings}}" in argv:
+        container = argv[-1]
+        bindings = (state.get("port_bindings") or {}).get(container)
+        if bindings is None:
+            print("[]")
+            return die(f"Error: No such object: {container}")
+        print(json.dumps(bindings))
         return 0
     if argv[:2] == ["image", "inspect"]:
         name = argv[-1]

@@ -273,6 +273,7 @@ _COLLECTIONS = (
     "gateways",
     "virtualservices",
     "destinationrules",
+    "envoyfilters",
     "events",
 )
 

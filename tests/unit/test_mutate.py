@@ -1,0 +1,190 @@
+"""abtest mutate, offline: the mutants of the sample rollout and which check catches which.
+
+What each named mutant must come to is written here from the rollout's stage table and
+Istio's rules, not read back from the code: a weight moved 15 points in Blue_50 is a routing
+change the oracle must name; an upper-case header name is an Istio validation error; one more
+replica of a version changes no share.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from harness import mutate
+from harness.errors import HarnessError
+from harness.plan import RolloutPlan, load_plan
+from harness.render import render_stage
+
+OPERATORS = {
+    "weights-shift", "weights-sum", "destination-swap", "destination-host", "destination-port", "route-remove",
+    "route-order", "match-remove", "header-value", "header-name", "match-kind", "header-remove", "uri-value",
+    "host", "gateway-ref", "port", "selector", "replicas", "workload-remove", "pod-labels", "version-name",
+    "image", "probe",
+}
+
+
+@pytest.fixture(scope="module")
+def plan() -> RolloutPlan:
+    return load_plan()
+
+
+@pytest.fixture(scope="module")
+def judged(plan: RolloutPlan) -> tuple[list[mutate.Mutant], dict[str, mutate.Outcome]]:
+    stages = [plan.stage("Blue_50"), plan.stage("Green_100")]
+    checks, mutants = mutate.spec_mutants(plan, stages)
+    report = mutate.mutate(checks, mutants)
+    return mutants, {o.mutant.ident: o for o in report.outcomes}
+
+
+def _one(mutants: list[mutate.Mutant], stage: str, operator: str, text: str) -> mutate.Mutant:
+    found = [m for m in mutants if m.stage == stage and m.operator == operator and text in m.description]
+    assert len(found) == 1, [m.description for m in found]
+    return found[0]
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """Paths where two plain-data trees differ: a leaf, a list that changed length, or a dict
+    whose keys changed (one change however many keys were added or removed there)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path} keys"] if set(a) != set(b) else []
+        for key in set(a) & set(b):
+            out += _diff(a[key], b[key], f"{path}.{key}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [path or "."]
+
+
+def test_at_least_fifty_mutants_per_stage_from_every_operator(
+    judged: tuple[list[mutate.Mutant], dict[str, mutate.Outcome]],
+) -> None:
+    mutants, _ = judged
+    per_stage = Counter(m.stage for m in mutants)
+    assert per_stage["Blue_50"] >= 50 and per_stage["Green_100"] >= 50, per_stage
+    assert {m.operator for m in mutants if m.stage == "Blue_50"} == OPERATORS
+    assert len({m.ident for m in mutants}) == len(mutants), "ids are unique"
+
+
+def test_each_mutant_is_one_edit(
+    plan: RolloutPlan, judged: tuple[list[mutate.Mutant], dict[str, mutate.Outcome]]
+) -> None:
+    mutants, _ = judged
+    original = render_stage(plan, "Blue_50")
+    for mutant in (m for m in mutants if m.stage == "Blue_50"):
+        if len(mutant.objects) != len(original):
+            assert mutant.operator == "workload-remove" and len(mutant.objects) == len(original) - 1
+            continue
+        if mutant.operator == "route-order":  # the same routes, in another order
+            before = [o for o in original if o["kind"] == "VirtualService"][0]["spec"]["http"]
+            after = [o for o in mutant.objects if o["kind"] == "VirtualService"][0]["spec"]["http"]
+            assert after != before and sorted(map(repr, after)) == sorted(map(repr, before)), mutant.description
+            continue
+        changed = _diff(original, mutant.objects)
+        # A weight moved changes two numbers; a pod label changes the template and the selector
+        # that must agree with it; a swap exchanges two hosts. Everything else changes one place.
+        limit = 2 if mutant.operator in ("weights-shift", "pod-labels", "destination-swap") else 1
+        assert 1 <= len(changed) <= limit, (mutant.description, changed)
+    assert original == render_stage(plan, "Blue_50"), "generating mutants must not touch the original"
+
+
+@pytest.mark.parametrize(
+    ("stage", "operator", "text", "check", "detail"),
+    [
+        # 50/50 -> 35/65: outside 50 +- 10, the oracle names the class and the shares.
+        ("Blue_50", "weights-shift", "from destination 0 to 1", "oracle", "weighted: blue 65%, green 35%"),
+        ("Blue_50", "weights-sum", "destination 0 weight", "validate", "ABT001"),
+        ("Blue_50", "header-name", "blue-header match[0] header x-api-version: name -> 'X-Api-Version'", "validate",
+         "ABT003"),
+        # Swapping the two single-destination header routes sends header-blue to green.
+        ("Blue_50", "destination-swap", "blue-header: host", "oracle", "header-blue: green 100%"),
+        ("Blue_50", "route-order", "weighted: moved first", "validate", ""),
+        ("Blue_50", "replicas", "model-green replicas 1 -> 0", "oracle", "status:503"),
+        # Green_100 has no blue: a pinned blue request must get 503, not green.
+        ("Green_100", "destination-swap", "blue-header: host", "oracle", "header-blue: green 100%"),
+    ],
+)
+def test_known_mutants_are_caught_by_the_right_check(
+    judged: tuple[list[mutate.Mutant], dict[str, mutate.Outcome]], stage: str, operator: str, text: str,
+    check: str, detail: str,
+) -> None:
+    mutants, outcomes = judged
+    outcome = outcomes[_one(mutants, stage, operator, text).ident]
+    assert (outcome.status, outcome.check) == (mutate.CAUGHT, check), outcome
+    assert detail in outcome.detail, outcome.detail
+
+
+def test_equivalent_mutants_say_why(judged: tuple[list[mutate.Mutant], dict[str, mutate.Outcome]]) -> None:
+    mutants, outcomes = judged
+    more = outcomes[_one(mutants, "Blue_50", "replicas", "model-blue replicas 1 -> 2").ident]
+    assert more.status == mutate.EQUIVALENT and "same version" in more.detail
+    # exact "blue" -> prefix "blue": the request classes send exactly "blue", so nothing changes for them.
+    prefix = outcomes[_one(mutants, "Blue_50", "match-kind",
+                           "blue-header match[0] header x-api-version: exact -> prefix").ident]
+    assert prefix.status == mutate.EQUIVALENT and "every request class" in prefix.detail
+    assert all(o.detail for o in outcomes.values() if o.status == mutate.EQUIVALENT)
+
+
+def test_what_the_offline_checks_cannot_see_survives_them(
+    judged: tuple[list[mutate.Mutant], dict[str, mutate.Outcome]],
+) -> None:
+    """An image swap changes the answers, not the routing: only a run can catch it."""
+    mutants, outcomes = judged
+    image = outcomes[_one(mutants, "Blue_50", "image", "model-blue image").ident]
+    assert image.status == mutate.SURVIVED
+
+
+def test_survivors_go_to_the_run_check_and_its_verdict_decides(plan: RolloutPlan) -> None:
+    checks, mutants = mutate.spec_mutants(plan, [plan.stage("Blue_50")])
+    ran: list[str] = []
+
+    def factory() -> mutate.RunCheck:
+        def run_check(check: mutate.StageCheck, mutant: mutate.Mutant) -> str | None:
+            ran.append(mutant.operator)
+            return "blue answered 'New Model A'" if mutant.operator == "image" else None
+        return run_check
+
+    report = mutate.mutate(checks, mutants, run_check=factory)
+    offline = {o.mutant.ident: o for o in mutate.mutate(checks, mutants).outcomes}
+    assert len(ran) == sum(o.status == mutate.SURVIVED for o in offline.values()), "only offline survivors run"
+    by_op = Counter((o.mutant.operator, o.status) for o in report.outcomes)
+    assert by_op[("image", mutate.CAUGHT)] == 2 and by_op[("image", mutate.SURVIVED)] == 0
+    assert not report.passed, "a mutant the run passes and nothing else caught is a survivor"
+    out = io.StringIO()
+    mutate.write_table(report, out)
+    assert out.getvalue().splitlines()[-1].startswith(f"FAIL: {len(mutants)} mutants:"), out.getvalue()[-300:]
+
+
+def test_the_deadline_bounds_the_run(plan: RolloutPlan) -> None:
+    checks, mutants = mutate.spec_mutants(plan, [plan.stage("Blue_50")])
+    report = mutate.mutate(checks, mutants, deadline_s=0.0)
+    assert report.count(mutate.NOT_RUN) == len(mutants) and not report.passed
+
+
+def test_a_stage_that_already_disagrees_is_refused(plan: RolloutPlan) -> None:
+    stage = plan.stage("Blue_50")
+    objects = render_stage(plan, stage)
+    wrong = {"weighted": {"green": 0.7, "blue": 0.3}, "header-blue": {"blue": 1.0}, "header-green": {"green": 1.0}}
+    with pytest.raises(HarnessError, match="Blue_50 weighted: the unmutated manifests route blue 50%, green 50%"):
+        mutate.prepare_stage(stage, objects, wrong)
+
+
+def test_a_spec_example_with_subsets_and_selectors() -> None:
+    """Istio's Bookinfo reviews rollout: versions are pod selectors, routes go to subsets."""
+    from pathlib import Path
+
+    from harness.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "bookinfo-reviews" / "rollout.yaml")
+    checks, mutants = mutate.spec_mutants(spec, [spec.stage("all-v1"), spec.stage("shift-80-20")])
+    assert all(n >= 50 for n in Counter(m.stage for m in mutants).values())
+    outcomes = {o.mutant.ident: o for o in mutate.mutate(checks, mutants).outcomes}
+    # Subset v1 relabelled to select v2's pods: everything for v1 now reaches v2.
+    moved = outcomes[_one(mutants, "all-v1", "subset", "subset v1 version: v1 -> v2").ident]
+    assert (moved.status, moved.check) == (mutate.CAUGHT, "oracle") and "anonymous: v2 100%" in moved.detail
+    # 80/20 moved by 15 points is 65/35 or 95/5: outside 80 +- 10 for v1.
+    shifted = [outcomes[m.ident] for m in mutants if m.stage == "shift-80-20" and m.operator == "weights-shift"]
+    assert shifted and all((o.status, o.check) == (mutate.CAUGHT, "oracle") for o in shifted), shifted
