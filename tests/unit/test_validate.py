@@ -341,6 +341,43 @@ def test_abtest_validate_accepts_the_3_1_file_and_prints_the_split(tmp_path: Pat
     assert "valid (1 warning)" in out.getvalue() and "75% / " in out.getvalue()
 
 
+def _bookinfo_3_1(tmp_path: Path, expect: str) -> Path:
+    """The Bookinfo example with its 80/20 stage written as weights 3 and 1, expecting ``expect``."""
+    import shutil
+
+    example = tmp_path / "bookinfo"
+    shutil.copytree(Path(__file__).parents[2] / "examples" / "bookinfo-reviews", example)
+    route = example / "routes" / "shift-80-20.yaml"
+    text = route.read_text()
+    assert text.count("weight: 80") == 1 and text.count("weight: 20") == 1, "data: the example's 80/20 route"
+    route.write_text(text.replace("weight: 80", "weight: 3").replace("weight: 20", "weight: 1"))
+    spec = example / "rollout.yaml"
+    text = spec.read_text()
+    assert text.count("{v1: 0.8, v2: 0.2}") == 2, "data: the example's 80/20 expectations"
+    spec.write_text(text.replace("{v1: 0.8, v2: 0.2}", expect))
+    return spec
+
+
+def test_a_stage_with_weights_3_and_1_passes_abtest_validate_at_75_25(tmp_path: Path) -> None:
+    import io
+
+    from harness import cli
+
+    out = io.StringIO()
+    spec = _bookinfo_3_1(tmp_path, "{v1: 0.75, v2: 0.25}")
+    assert cli.main(["validate", "--spec", str(spec), "--stage", "shift-80-20"], out=out) == 0, out.getvalue()
+    first, *findings = out.getvalue().splitlines()
+    assert first.startswith("shift-80-20") and first.endswith("valid") and "INVALID" not in first, first
+    assert "v1 75 " in first and "v2 25 " in first, first
+    assert [line.split()[:2] for line in findings] == [["warning", "ABT001"]], findings
+    assert "weights 3 + 1 = 4, not 100: Istio routes reviews/v1 75% / reviews/v2 25%" in findings[0]
+    # The gate still holds the stage to its table: 3/1 is not the 80/20 the example expected.
+    out = io.StringIO()
+    spec = _bookinfo_3_1(tmp_path / "old", "{v1: 0.8, v2: 0.2}")
+    assert cli.main(["validate", "--spec", str(spec), "--stage", "shift-80-20"], out=out) == 1, out.getvalue()
+    assert "INVALID" in out.getvalue() and "error EXPECT" in out.getvalue(), out.getvalue()
+
+
 @pytest.mark.parametrize(("weights", "path", "message"), [
     ([-1, 1], "spec.http[2].route[0].weight", "must not be negative"),
     ([0, 0], "spec.http[2].route", "= 0"),
