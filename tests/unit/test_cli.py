@@ -45,7 +45,7 @@ def test_validate_all_prints_one_valid_line_per_stage() -> None:
 @pytest.mark.parametrize(
     ("name", "finding"),
     [
-        ("weights-60-50.yaml", "ABT001"),
+        ("fault-and-mirror.yaml", "ABT020"),
         ("misspelled-match.yaml", "spec.http[0].mtach: unknown field"),
         ("missing-service.yaml", "IST0101"),
         ("header-after-weighted.yaml", "IST0130"),
