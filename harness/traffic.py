@@ -1,4 +1,4 @@
-"""The load run: send request classes to a loopback gateway, classify every answer, feed the tests.
+"""The load run: send request classes to the gateway, classify every answer, feed the tests.
 
 `run_load` keeps `concurrency` requests in flight (`harness.http1.EventLoop`, one keep-alive
 connection each), round-robin over the request classes that have not been decided yet. Every
@@ -26,7 +26,13 @@ credited with); only a version's answers are kept in `LoadResult.answers`.
 Each outcome is fed live to the class's sequential test (`harness.stats.SequentialTest`) and
 the run stops as soon as every class has decided; a decided class gets no more requests (the
 answers still in flight when it decided reach its test, which counts them as late). Every
-run is also bounded by `max_requests` and `deadline_s`, and only loopback targets are accepted.
+run is also bounded by `max_requests` and `deadline_s`.
+
+Load goes to loopback targets only, with one exception: the gateway URL a user named for a
+cluster they run (``--mesh cluster --gateway-url``). A mesh that has such a URL says so in
+its ``allowed_gateway_url`` attribute (`allowed_url_of` reads it; only
+`harness.mesh.cluster.ClusterMesh` has one), and `run_load` sends to a non-loopback URL only
+when it is passed that same URL as ``allowed_url``: no switch or environment variable widens it.
 Throughput against ``hey`` is measured by ``python -m bench.bench_traffic`` (``make bench``).
 """
 
@@ -51,6 +57,8 @@ from harness.http1 import (
     Request,
     Taken,
     Target,
+    UnresolvedTarget,
+    load_target,
     loopback_target,
     prepare,
 )
@@ -58,7 +66,8 @@ from harness.http1 import (
 __all__ = [
     "CLASS_HEADER", "OUTCOME_CONNECTION", "OUTCOME_OTHER", "OUTCOME_TIMEOUT", "UPSTREAM_HOST_HEADER",
     "VERSION_HEADER", "Attribute", "Classifier", "LiveTest", "LoadResult", "NotLoopback", "Observation",
-    "RequestClass", "Target", "by_attribution", "by_version_header", "is_version", "loopback_target", "run_load",
+    "RequestClass", "Target", "UnresolvedTarget", "allowed_url_of", "by_attribution", "by_version_header", "is_version",
+    "load_target", "loopback_target", "run_load",
 ]
 
 VERSION_HEADER = "x-model-version"
@@ -107,6 +116,15 @@ def by_attribution(attribute: Attribute) -> Classifier:
         return found if found is not None else f"status:{status}"
 
     return classify
+
+
+def allowed_url_of(mesh: object) -> str | None:
+    """The one non-loopback URL `mesh`'s load may go to (its ``allowed_gateway_url``), or None.
+
+    None for every mesh but ``--mesh cluster``, whose value is the ``--gateway-url`` the user gave.
+    """
+    url = getattr(mesh, "allowed_gateway_url", None)
+    return url if isinstance(url, str) and url else None
 
 
 def is_version(outcome: str) -> bool:
@@ -325,11 +343,14 @@ def run_load(
     on_response: Callable[[Observation], None] | None = None,
     classify: Classifier = by_version_header,
     attribute: Attribute | None = None,
+    allowed_url: str | None = None,
 ) -> LoadResult:
     """Send the request classes round-robin to `base_url` until decided or out of budget.
 
     `base_url` (``http://127.0.0.1:PORT``, optionally with a path prefix) must be loopback,
-    else `NotLoopback`. `tests` maps each class label to its live sequential test; the run
+    else `NotLoopback`, unless `allowed_url` is given: then `base_url` must be exactly that
+    URL, wherever it is (the gateway of ``--mesh cluster``; pass ``allowed_url_of(mesh)``).
+    `tests` maps each class label to its live sequential test; the run
     stops when all have decided. It always stops after `max_requests` requests or
     `deadline_s` seconds, whichever comes first: a request's timeout is cut to the time left,
     and a request cut off that way is dropped (counted in `abandoned`). `concurrency`
@@ -342,7 +363,7 @@ def run_load(
         if classify is not by_version_header:
             raise ValueError("give classify or attribute, not both")
         classify = by_attribution(attribute)
-    target = loopback_target(base_url)
+    target = load_target(base_url, allowed=allowed_url)
     if max_requests < 0:
         raise ValueError(f"max_requests must be >= 0, got {max_requests}")
     if deadline_s <= 0 or timeout_s <= 0:

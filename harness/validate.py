@@ -5,7 +5,7 @@ Nothing here talks to a cluster. The input is the list of plain dicts that
 :class:`Finding`, each naming a code, a severity, the object, the field path and what is
 wrong. Errors make ``abtest validate`` exit non-zero; warnings are printed and tolerated.
 
-Three layers, run in this order on every object:
+Four layers, run in this order on every object:
 
 1. Kubernetes kinds against the JSON schemas of one pinned Kubernetes version
    (:data:`KUBERNETES_VERSION`), in the strict flavour that rejects unknown fields. The
@@ -22,6 +22,13 @@ Three layers, run in this order on every object:
    microseconds; an invalid one is walked again by ``jsonschema`` to name each field.
 3. Semantic checks across objects, in the spirit of ``istioctl analyze``. Where the
    meaning matches an istioctl message, its code is reused; the others are ``ABT0xx``.
+4. What the routing oracle would refuse at run time (`harness.support.check_supported`,
+   shared with the Envoy translation): ABT020 and ABT021, every refusal of an object, not
+   only the first.
+
+Errors are kept for what Istio (its validation, or Envoy) refuses, what the harness cannot
+judge, and references that send requests nowhere; a choice Istio accepts but a reader may
+not expect (weights not summing to 100) is a warning that says what Istio does with it.
 
 ========  =======  ==========================================================================
 code      level    meaning
@@ -50,17 +57,21 @@ IST0130   error    VirtualServiceUnreachableRule: an HTTP route after a catch-al
                    route that silently stops pinning requests, so error.
 IST0132   warning  VirtualServiceHostNotFoundInGateway: a VirtualService host that no server
                    of its Gateways admits: the ingress answers 404 for it.
-ABT001    error    The weights of one route do not sum to 100. Istio gives each destination
-                   weight / sum (the oracle does too); this is the harness's own policy:
-                   weights written as percents, so a 60/50 typo is caught.
-ABT002    error    A weight that is not a non-negative integer, or a weight left out in a
-                   route with more than one destination (Istio reads it as 0).
+ABT001    warning  The weights of a route do not sum to 100. Istio's weights are relative
+                   (each destination gets weight / sum; a lone destination gets everything),
+                   so this is valid: the finding states the shares Istio routes, e.g.
+                   ``weights 3 + 1 = 4, not 100: Istio routes a 75% / b 25%``, which shows a
+                   60/50 typo for what it does (54.5% / 45.5%).
+ABT002    error    Weights Istio or Envoy refuse: a negative or non-integer weight, a total of
+                   0 among several destinations, a total above 4294967295.
 ABT003    error    An upper-case header name in a match: Istio's API requires lower-case.
 ABT004    error    Two objects with the same kind, namespace and name (the second one wins
                    on apply and hides the first).
 ABT005    error    No schema for the kind and apiVersion: it cannot be validated offline.
 ABT006    error    Not a Kubernetes object: not a mapping, or no apiVersion, kind or
                    metadata.name.
+ABT007    warning  A weight left out in a route with several destinations: Istio reads it as
+                   0 and sends that destination nothing.
 ABT010    warning  A container pulls ``Always`` (explicitly, or implied by no policy and a
                    ``:latest`` or missing tag): images side-loaded into kind are not found.
 ABT011    warning  A container without a readinessProbe: traffic reaches it before it serves.
@@ -70,6 +81,13 @@ ABT013    error    A Service's numeric targetPort (or its port, when targetPort 
                    that no container of the selected pods declares as a containerPort: the
                    workloads listen on their declared port only, so every connection is
                    refused and the gateway answers 503 (the oracle reads it the same way).
+ABT020    error    A field the routing oracle does not model (``harness.support.
+                   check_supported``: ``fault``, ``mirror``, ``rewrite``, ``consistentHash``,
+                   a ServiceEntry, ...): ``abtest run`` would refuse the stage, so validation
+                   says so first, naming the object and the field.
+ABT021    error    A value the oracle refuses because Istio's own validation does (an empty
+                   match entry, ``prefix: ""`` in a header match, a subset defined twice, ...),
+                   when no other error already names that field.
 ========  =======  ==========================================================================
 
 >>> findings = validate_objects([{"apiVersion": "v1", "kind": "Namespace",
@@ -82,6 +100,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import json
@@ -89,6 +108,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -96,8 +116,8 @@ from typing import Any, Literal
 import re2
 
 from harness import istio_schemas, routing, yamlio
-from harness.errors import ConfigError, HarnessError
-from harness.support import WeightProblem, destination_shares
+from harness.errors import ConfigError, HarnessError, UnsupportedField
+from harness.support import WeightProblem, check_supported, destination_shares
 
 #: The Kubernetes version whose API schemas every object must match (bundled with
 #: kubernetes-validate; kind clusters of the e2e path run this minor version).
@@ -171,6 +191,7 @@ def validate_objects(
     index = _Index.build(wellformed)
     for check in _SEMANTIC_CHECKS:
         findings.extend(check(index))
+    findings.extend(_oracle_refusals(wellformed, findings))
     return findings
 
 
@@ -190,6 +211,54 @@ def load_manifests(path: Path) -> list[Any]:
         elif doc is not None:
             objects.append(doc)
     return objects
+
+
+#: The file names read from a directory given to `load_manifest_paths`.
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+# A directory holding one of these is a kustomization or a Helm chart: its files are inputs of
+# a renderer, not objects.
+_RENDERER_INPUTS = {"kustomization.yaml": "a kustomization (render it with `kubectl kustomize`)",
+                    "kustomization.yml": "a kustomization (render it with `kubectl kustomize`)",
+                    "Kustomization": "a kustomization (render it with `kubectl kustomize`)",
+                    "Chart.yaml": "a Helm chart (render it with `helm template`)"}
+
+
+def load_manifest_paths(paths: Iterable[str | Path]) -> list[Any]:
+    """The objects of several manifest files and directories, as one set (``abtest validate --file``).
+
+    A file is read as :func:`load_manifests` reads it. A directory contributes every
+    ``.yaml``/``.yml`` file below it, in sorted path order; hidden files and directories are
+    skipped. References across files resolve, because the checks see all the objects at
+    once; the same object in two files is ABT004. A missing path, a directory with no YAML
+    file, a kustomization or a Helm chart (inputs of a renderer, not objects) is a one-line
+    ConfigError naming the path.
+    """
+    objects: list[Any] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            for file in _manifest_files(path):
+                objects.extend(load_manifests(file))
+        elif path.exists():
+            objects.extend(load_manifests(path))
+        else:
+            raise ConfigError(str(path), "", "no such file or directory")
+    return objects
+
+
+def _manifest_files(directory: Path) -> list[Path]:
+    files: list[Path] = []
+    for file in sorted(directory.rglob("*")):
+        relative = file.relative_to(directory).parts
+        if any(part.startswith(".") for part in relative) or not file.is_file():
+            continue
+        if file.name in _RENDERER_INPUTS:
+            raise ConfigError(str(file.parent), "", f"is {_RENDERER_INPUTS[file.name]}, not a directory of objects")
+        if file.suffix in MANIFEST_SUFFIXES:
+            files.append(file)
+    if not files:
+        raise ConfigError(str(directory), "", "is a directory that holds no .yaml/.yml file")
+    return files
 
 
 def has_errors(findings: Iterable[Finding]) -> bool:
@@ -575,31 +644,55 @@ def _route_lists(spec: Mapping[str, Any]) -> Iterator[tuple[list[str | int], lis
 
 
 def _check_weights(index: _Index) -> Iterator[Finding]:
-    """Istio's weight rule (support.destination_shares, shared with the oracle), then this
-    harness's own policy: weights written as percents summing to 100 (ABT001)."""
+    """Istio's weight rule (support.destination_shares, shared with the oracle).
+
+    Errors only for what Istio or Envoy refuse (ABT002). Weights are relative, so a route
+    whose weights do not sum to 100 is valid: ABT001 says which shares Istio gives, and
+    ABT007 that an omitted weight among several destinations counts as 0.
+    """
     for vs, spec in _virtual_services(index):
         for rule_path, route in _route_lists(spec):
+            where: list[str | int] = ["spec", *rule_path, "route"]
             weights = [_mapping(dest).get("weight") for dest in route]
-            given = [w for w in weights if isinstance(w, int) and not isinstance(w, bool) and w >= 0]
-            for j, raw in enumerate(weights):
-                if raw is None and len(route) > 1:
-                    yield Finding("ABT002", "error", _label(vs), _path(["spec", *rule_path, "route", j, "weight"]),
-                                  f"weight missing in a route with {len(route)} destinations "
-                                  "(Istio reads it as 0); give every destination a weight")
             try:
                 shares = destination_shares(weights) if route else ()
             except WeightProblem as problem:
-                where = ["spec", *rule_path, "route"]
-                if problem.index is not None:
-                    where += [problem.index, "weight"]
-                yield Finding("ABT002", "error", _label(vs), _path(where), f"weight: {problem.message}")
+                at = where if problem.index is None else [*where, problem.index, "weight"]
+                yield Finding("ABT002", "error", _label(vs), _path(at), f"weight: {problem.message}")
                 continue
-            if given and sum(given) != 100:
-                terms = " + ".join(str(w) for w in given)
-                split = " / ".join(f"{float(share):.1%}" for share in shares)
-                yield Finding("ABT001", "error", _label(vs), _path(["spec", *rule_path, "route"]),
-                              f"weights {terms} = {sum(given)}: Istio would split {split} "
-                              "(weight / sum); this harness asks for percents summing to 100")
+            for j, raw in enumerate(weights):
+                if raw is None and len(route) > 1:
+                    yield Finding("ABT007", "warning", _label(vs), _path([*where, j, "weight"]),
+                                  f"weight left out in a route with {len(route)} destinations: Istio reads "
+                                  "it as 0 and sends this destination nothing; write the weight")
+            given = [w for w in weights if w is not None]
+            if not given or sum(given) == 100:
+                continue
+            terms = " + ".join(str(w) for w in given)
+            if len(route) == 1:
+                yield Finding("ABT001", "warning", _label(vs), _path(where),
+                              f"weight {terms} on a lone destination: Istio sends it every request "
+                              "(100%) whatever its weight")
+                continue
+            split = " / ".join(f"{_destination_name(dest)} {_percent(share)}"
+                               for dest, share in zip(route, shares, strict=True))
+            yield Finding("ABT001", "warning", _label(vs), _path(where),
+                          f"weights {terms} = {sum(given)}, not 100: Istio routes {split} "
+                          "(each weight / the sum)")
+
+
+def _percent(share: Fraction) -> str:
+    """A share as a percent, to one decimal where it is not whole: 75%, 54.5%, 33.3%."""
+    percent = share * 100
+    return f"{int(percent)}%" if percent.denominator == 1 else f"{float(percent):.1f}%"
+
+
+def _destination_name(dest: Any) -> str:
+    """``host`` or ``host/subset`` of one route destination, for messages."""
+    inner = _mapping(_mapping(dest).get("destination"))
+    host, subset = inner.get("host"), inner.get("subset")
+    name = str(host) if isinstance(host, str) else "?"
+    return f"{name}/{subset}" if isinstance(subset, str) else name
 
 
 def _check_destinations(index: _Index) -> Iterator[Finding]:
@@ -923,3 +1016,88 @@ _SEMANTIC_CHECKS = (
     _check_service_ports,
     _check_workloads,
 )
+
+
+# --------------------------------------------------------------------------- the oracle's refusals
+
+#: At most this many refusals are reported per object (each costs a copy and a re-check).
+_MAX_REFUSALS_PER_OBJECT = 50
+_PATH_TOKEN = re.compile(r"^([^.\[\]]+)((?:\[\d+\])*)$")
+
+
+def _oracle_refusals(objects: Sequence[Mapping[str, Any]], earlier: Sequence[Finding]) -> list[Finding]:
+    """What the routing oracle would refuse at run time, as findings (ABT020, ABT021).
+
+    The oracle, the Envoy translation and the plan all start with
+    `harness.support.check_supported`; it stops at the first problem, so each object is
+    checked again without the field at fault until nothing more is found. A field the
+    oracle does not model is ABT020; a value Istio's own validation refuses is ABT021,
+    unless an earlier error already names the same field (a negative weight is ABT002,
+    a ``regex: "*"`` header match IST0122). Objects with schema errors may be too broken
+    for the oracle's walk; what it cannot read there is covered by those errors.
+    """
+    taken = {(f.obj, f.path) for f in earlier if f.severity == "error"}
+    broken = {f.obj for f in earlier if f.code in ("IST0106", "ABT005")}
+    findings: list[Finding] = []
+    for obj in objects:
+        label = _label(obj)
+        for problem in _refusals(obj, tolerate=label in broken):
+            if isinstance(problem, UnsupportedField):
+                findings.append(Finding("ABT020", "error", label, problem.field,
+                                        f"the routing oracle refuses it: {problem.message}"))
+            elif (label, problem.field) not in taken:
+                findings.append(Finding("ABT021", "error", label, problem.field, problem.message))
+            taken.add((label, problem.field))
+    return findings
+
+
+def _refusals(obj: Mapping[str, Any], *, tolerate: bool) -> list[ConfigError]:
+    """Every refusal of `check_supported` in one object, in the order it finds them."""
+    problems: list[ConfigError] = []
+    current: Mapping[str, Any] | None = obj
+    while current is not None and len(problems) < _MAX_REFUSALS_PER_OBJECT:
+        try:
+            check_supported([current])
+        except ConfigError as exc:
+            if any(p.field == exc.field for p in problems):
+                break  # removing the field did not help (a required field): reported once
+            problems.append(exc)
+            current = _without(current, exc.field)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            if not tolerate:
+                raise
+            break
+        else:
+            break
+    return problems
+
+
+def _without(obj: Mapping[str, Any], where: str) -> Mapping[str, Any] | None:
+    """A copy of ``obj`` without the mapping key at ``where`` (``spec.http[0].fault``).
+
+    None when there is nothing sensible to remove: the whole object is refused (``kind``),
+    the path ends at a list item (removing it would shift the paths of the next ones), or
+    the path does not lead to a mapping key (a header name with a dot in it).
+    """
+    keys: list[str | int] = []
+    for part in where.split("."):
+        token = _PATH_TOKEN.match(part)
+        if token is None:
+            return None
+        keys.append(token.group(1))
+        keys += [int(i) for i in re.findall(r"\d+", token.group(2))]
+    if keys == ["kind"] or not isinstance(keys[-1], str):
+        return None
+    copied = copy.deepcopy(dict(obj))
+    parent: Any = copied
+    for key in keys[:-1]:
+        if isinstance(key, int):
+            if not isinstance(parent, list) or key >= len(parent):
+                return None
+        elif not isinstance(parent, dict) or key not in parent:
+            return None
+        parent = parent[key]
+    if not isinstance(parent, dict) or keys[-1] not in parent:
+        return None
+    del parent[keys[-1]]
+    return copied

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from harness import proc
 from harness.errors import ConfigError, HarnessError
+from harness.http1 import load_target
 from harness.mesh.kube import (
     _CLUSTER_SCOPED,
     _PRUNABLE,
@@ -134,7 +135,12 @@ def check_gateway_url(url: str) -> str:
     """
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError("--gateway-url", url, "must be http://HOST[:PORT] (the load generator speaks plain HTTP)")
+        raise ConfigError(
+            "--gateway-url",
+            url,
+            "must be http://HOST[:PORT] (the load generator speaks plain HTTP, no TLS; "
+            "for a gateway reachable only over TLS, port-forward its HTTP port to 127.0.0.1)",
+        )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError("--gateway-url", url, "must name the gateway only (no path, query or fragment)")
     return url.rstrip("/")
@@ -201,6 +207,11 @@ class ClusterMesh(KubeMesh):
     @property
     def gateway_url(self) -> str:
         """The gateway URL the user gave (the only place this backend's traffic goes)."""
+        return self._gateway_url
+
+    @property
+    def allowed_gateway_url(self) -> str:
+        """The one non-loopback URL the load run may send to (`harness.traffic.allowed_url_of`)."""
         return self._gateway_url
 
     @property
@@ -276,6 +287,8 @@ class ClusterMesh(KubeMesh):
         self._say(f"{step}: done in {self._clock() - started:.1f}s")
 
     def _up_connect(self) -> None:
+        # The gateway's name must resolve before anything is applied (the load resolves it again).
+        load_target(self.gateway_url, allowed=self.allowed_gateway_url)
         self._api = self._connect()
         api = self._api
         if api.get(f"/api/v1/namespaces/{self.namespace}") is None:

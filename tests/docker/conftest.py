@@ -18,7 +18,7 @@ from harness.plan import RolloutPlan, load_plan
 
 HOW_TO_ENABLE = (
     "to run the docker tests: start the Docker engine (`dockerd` as root) and build the base image "
-    "with `make base-image` (or pass --base-image=<local image>)"
+    "with `make base-image` (or pass --abtest-base-image=<local image>)"
 )
 
 
@@ -54,8 +54,8 @@ def rollout_plan() -> RolloutPlan:
 def scorer_refs(
     docker_engine: docker.DockerClient, rollout_plan: RolloutPlan, pytestconfig: pytest.Config
 ) -> dict[str, str]:
-    """Image key -> ref of the scorer images, built on the local base image (or --base-image)."""
-    base_image = pytestconfig.getoption("--base-image", default=None)
+    """Image key -> ref of the scorer images, built on the local base image (or --abtest-base-image)."""
+    base_image = pytestconfig.getoption("abtest_base_image", default=None)
     try:
         return build_scorer_images(rollout_plan, base_image=base_image, client=docker_engine)
     except BaseImageMissing as exc:

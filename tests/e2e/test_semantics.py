@@ -13,19 +13,25 @@ Loopback only; each load is bounded in requests and seconds.
 from __future__ import annotations
 
 import http.client
+import io
+import re
+import shutil
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from scipy.stats import binom
 
+from harness.cli import main
 from harness.mesh.envoy import UPSTREAM_CLUSTER_HEADER, UPSTREAM_HOST_HEADER
 from harness.mesh.local import LocalMesh
 from harness.mesh.workloads import ProcessRunner
 from harness.routing import NO_ENDPOINTS, NO_ROUTE, STANDARD_CLASSES, Request, expected_distribution
 from harness.traffic import Observation, run_load
+from harness.validate import ensure_valid, format_findings
 from tests.unit import objects as k8s
 
 IMAGES = {"abtest/scorer-a": "New Model A", "abtest/scorer-b": "New Model B"}
@@ -118,9 +124,15 @@ def test_responses_name_the_endpoint_and_cluster_that_answered(mesh: LocalMesh) 
 
 
 def test_relative_weights_3_to_1_route_75_25(mesh: LocalMesh) -> None:
-    """Istio's weight / sum: weights 3 and 1 send 75% and 25%, in the oracle and through Envoy."""
+    """Istio's weight / sum: weights 3 and 1 pass the offline gate and send 75% and 25%, in the
+    oracle and through Envoy."""
     objects = _objects("blue")
     objects[-1] = k8s.virtual_service([k8s.weighted_route(3, 1)])
+    # The gate `abtest validate` and `abtest run` apply first: no error, a warning with the split.
+    findings = ensure_valid(objects, what="weights 3/1")
+    split = [f for f in findings if f.code == "ABT001"]
+    assert len(split) == 1 and split[0].severity == "warning", format_findings(findings)
+    assert "75% / " in split[0].message and "25%" in split[0].message, split[0].message
     expected = expected_distribution(objects, STANDARD_CLASSES[0])
     assert dict(expected.shares) == {"green": 0.75, "blue": 0.25}
     mesh.apply(objects)
@@ -147,6 +159,26 @@ def test_relative_weights_3_to_1_route_75_25(mesh: LocalMesh) -> None:
     low, high = int(binom.ppf(0.5e-6, n, 0.75)), int(binom.isf(0.5e-6, n, 0.75))
     assert low <= seen["green"] <= high, f"green {seen['green']}/{n} outside [{low}, {high}] for 75%"
     assert not low <= n // 2 <= high, "the check could not tell 75% from 50%"
+
+
+def test_abtest_run_passes_a_stage_with_weights_3_and_1(tmp_path: Path) -> None:
+    """The user's path: a spec stage whose VirtualService says 3 and 1, expecting 75/25, passes
+    the offline gate (a warning stating the split) and the statistical check on real traffic."""
+    example = tmp_path / "bookinfo"
+    shutil.copytree(Path(__file__).parents[2] / "examples" / "bookinfo-reviews", example)
+    route = example / "routes" / "shift-80-20.yaml"
+    route.write_text(route.read_text().replace("weight: 80", "weight: 3").replace("weight: 20", "weight: 1"))
+    spec = example / "rollout.yaml"
+    spec.write_text(spec.read_text().replace("{v1: 0.8, v2: 0.2}", "{v1: 0.75, v2: 0.25}"))
+    out = io.StringIO()
+    argv = ["run", "--spec", str(spec), "--stage", "shift-80-20", "--artifacts-dir", str(tmp_path / "art")]
+    code = main(argv, out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "warning ABT001" in text and "Istio routes reviews/v1 75% / reviews/v2 25%" in text, text
+    for label in ("anonymous", "jason"):
+        assert re.search(rf"^shift-80-20 {label}: PASS v2 [\d.]+% \[[\d.]+, [\d.]+\] expected 25% ", text, re.M), text
+    assert "PASS: 1/1 stages passed" in text
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,9 @@ from collections.abc import Callable
 import pytest
 
 from harness.mesh.base import Mesh
-from harness.plan import RolloutPlan
 from harness.rollout import MeshSession
-from harness.routing import STANDARD_CLASSES
-from harness.traffic import Observation, run_load
+from harness.spec import RolloutSpec
+from harness.traffic import Observation, allowed_url_of, run_load
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +28,13 @@ DEADLINE_S = 120.0
 
 def test_walk_all_stages_under_continuous_traffic(
     mesh_session: MeshSession,
-    abtest_plan: RolloutPlan,
+    abtest_spec: RolloutSpec,
     deploy_stage: Callable[..., object],
     report_line: Callable[[str], None],
     mesh_kind: str,
 ) -> None:
     mesh: Mesh = mesh_session.mesh
-    weighted = [c for c in STANDARD_CLASSES if c.label == "weighted"]
+    weighted = [abtest_spec.classes[0]]  # the sample spec's first class: no header, the weighted route
     phase = ["start"]
     failures: Counter[str] = Counter()
     answered: Counter[str] = Counter()
@@ -52,14 +51,15 @@ def test_walk_all_stages_under_continuous_traffic(
                 details.append(f"{phase[0]}: {observation.outcome} {observation.detail}".strip())
 
     # Put the mesh in the first stage before the traffic starts.
-    deploy_stage(abtest_plan.stages[0].name)
+    deploy_stage(abtest_spec.stages[0].name)
 
     outcome: dict[str, object] = {}
 
     def load() -> None:
         try:
             outcome["result"] = run_load(mesh.gateway_url, weighted, None, max_requests=MAX_REQUESTS,
-                                         deadline_s=DEADLINE_S, concurrency=2, on_response=record)
+                                         deadline_s=DEADLINE_S, concurrency=2, on_response=record,
+                                         allowed_url=allowed_url_of(mesh))
         except _Stop:
             outcome["stopped"] = True
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread below
@@ -68,7 +68,7 @@ def test_walk_all_stages_under_continuous_traffic(
     worker = threading.Thread(target=load, name="walk-load", daemon=True)
     worker.start()
     try:
-        for before, after in zip(abtest_plan.stages, abtest_plan.stages[1:], strict=False):
+        for before, after in zip(abtest_spec.stages, abtest_spec.stages[1:], strict=False):
             phase[0] = f"{before.name} -> {after.name}"
             deploy_stage(after.name)
             # Keep the traffic on the new stage for a moment so late failures are attributed here.
@@ -83,7 +83,7 @@ def test_walk_all_stages_under_continuous_traffic(
         f"  {name:<24} {failures[name]:>5} failed of {answered[name]:>6}" for name in answered if name != "start"
     )
     report_line(f"failed requests per transition ({mesh.name} mesh, {mesh_kind}):\n{table}")
-    transitions = [f"{b.name} -> {a.name}" for b, a in zip(abtest_plan.stages, abtest_plan.stages[1:], strict=False)]
+    transitions = [f"{b.name} -> {a.name}" for b, a in zip(abtest_spec.stages, abtest_spec.stages[1:], strict=False)]
     assert all(answered[t] > 0 for t in transitions), f"no traffic during some transitions:\n{table}"
     assert sum(failures.values()) == 0, f"failed requests during the walk:\n{table}\nfirst: {details}"
 

@@ -45,7 +45,7 @@ def test_validate_all_prints_one_valid_line_per_stage() -> None:
 @pytest.mark.parametrize(
     ("name", "finding"),
     [
-        ("weights-60-50.yaml", "ABT001"),
+        ("fault-and-mirror.yaml", "ABT020"),
         ("misspelled-match.yaml", "spec.http[0].mtach: unknown field"),
         ("missing-service.yaml", "IST0101"),
         ("header-after-weighted.yaml", "IST0130"),
@@ -123,7 +123,7 @@ def test_validate_several_files_and_directories_is_one_set_of_objects(tmp_path: 
     [
         (lambda p: p / "nothere.yaml", "no such file or directory"),
         (lambda p: (p / "empty").mkdir() or p / "empty", "holds no .yaml/.yml file"),
-        (lambda p: (p / "l1.yaml").write_bytes(b"kind: caf\xe9\n") and p / "l1.yaml", "not UTF-8 text"),
+        (lambda p: (p / "l1.yaml").write_bytes(b"kind: caf\xe9\n") and p / "l1.yaml", "not UTF-8"),
     ],
 )
 def test_validate_bad_paths_are_one_line_exit_2(
@@ -142,7 +142,7 @@ def test_validate_reports_what_the_routing_oracle_would_refuse(tmp_path: Path) -
     (tmp_path / "vs.yaml").write_text(yaml.safe_dump(vs))
     code, text = _run("validate", "--file", str(BOOKINFO / "base"), "--file", str(tmp_path / "vs.yaml"))
     assert code == 1, text
-    assert "error ROUTING" in text and "mirror" in text
+    assert "ABT020" in text and "mirror" in text
 
 
 def test_validate_a_spec_whose_table_disagrees_with_its_manifests_names_stage_class_and_shares(
@@ -195,9 +195,12 @@ def test_run_options_come_from_the_shared_table_in_both_spellings(capsys: pytest
     args = parser.parse_args(["run", "--abtest-mesh", "kind", "--alpha", "0.01", "--abtest-keep-cluster"])
     assert (args.mesh, args.alpha, args.keep_cluster, args.workloads) == ("kind", 0.01, True, "process")
     with pytest.raises(SystemExit) as info:
-        parser.parse_args(["run", "--alpha", "0.7"])
+        parser.parse_args(["run", "--alpha", "seven"])
     assert info.value.code == 2
-    assert "must be between 0 and 0.5" in capsys.readouterr().err
+    assert "--alpha" in capsys.readouterr().err
+    # The range is one rule (harness.stats.check_settings), applied before anything starts.
+    assert main(["run", "--alpha", "0.7"]) == 2
+    assert "--alpha: must be strictly between 0 and 0.5, got 0.7" in capsys.readouterr().err
 
 
 def test_curl_lines_send_the_class_host_and_headers() -> None:

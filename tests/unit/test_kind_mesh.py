@@ -36,6 +36,10 @@ BASE_IMAGE = "abtest/base-python:bookworm"
 OPERATOR = Path(__file__).resolve().parents[2] / "manifests" / "istio" / "operator.yaml"
 KIND_CONFIG = Path(__file__).resolve().parents[2] / "manifests" / "kind" / "cluster.yaml"
 
+# A converge that must succeed gets a generous deadline: it returns as soon as the gateway matches,
+# so a loaded machine costs time, never a false failure. Tests of the timeout itself keep short ones.
+CONVERGES = 60
+
 
 class FakeClock:
     """monotonic() and sleep() for the waits: sleeping advances time instead of passing it."""
@@ -130,6 +134,9 @@ class Rig:
         if dump is None:
             routes = dict(build_route_configuration(objects))
             routes["name"] = "http.8080"  # Istio's gateway listens on the Service's targetPort
+            # The local translation adds the attribution headers itself; Istio's routes carry them
+            # only once the EnvoyFilter is merged in (below).
+            routes.pop("response_headers_to_add", None)
             dump = {
                 "configs": [
                     {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": {}},
@@ -152,7 +159,7 @@ class Rig:
         """Apply a stage, let the gateway serve it, and converge (which prunes what it dropped)."""
         mesh.apply(objects)
         self.write_config_dump(objects, live_endpoints=True)
-        mesh.converge(objects, timeout=5)
+        mesh.converge(objects, timeout=CONVERGES)
 
     def existing_cluster(self, *, host_ip: str = "127.0.0.1", host_port: str = "30080") -> None:
         """A cluster named NAME made before the run, publishing 30080/tcp on `host_ip`:`host_port`."""
@@ -256,7 +263,7 @@ def test_fresh_run_runs_exactly_the_documented_commands(
         assert mesh.gateway_url == "http://127.0.0.1:30080"
         mesh.apply(objects)
         rig.write_config_dump(objects)
-        mesh.converge(objects, timeout=5)
+        mesh.converge(objects, timeout=CONVERGES)
     kc = str(rig.kubeconfig)
     refs = built_refs(rig)
     assert len(refs) == 2 and all(
@@ -527,7 +534,7 @@ def test_green_100_prunes_blue_only_after_the_gateway_stopped_routing_to_it(
         # Now the gateway routes as Green_100 says: converge passes, then prunes model-blue
         # (and waits until the gateway's endpoints, kept current as istiod does, drop it).
         rig.write_config_dump(stages["Green_100"], live_endpoints=True)
-        mesh.converge(stages["Green_100"], timeout=2)
+        mesh.converge(stages["Green_100"], timeout=CONVERGES)
         after = rig.api.requests()[before:]
         assert rig.api.names(deployments) == ["model-green"], "model-blue must be pruned at Green_100"
         assert rig.api.names("/api/v1/namespaces/abtesting/services") == [
@@ -761,7 +768,7 @@ def test_converge_times_out_with_the_route_diff_and_dumps_the_gateway(
     rig.write_config_dump(stages["Blue_0"])  # the gateway still serves the previous stage
     with pytest.raises(WaitTimeout) as caught, rig.mesh() as mesh:
         mesh.apply(stages["Blue_50"])
-        mesh.converge(stages["Blue_50"], timeout=3)
+        mesh.converge(stages["Blue_50"], timeout=CONVERGES)
     text = str(caught.value)
     assert "routes" in text and "expected (manifests)" in text and "live (gateway config_dump)" in text, text
     assert any("failure-converge" in note for note in caught.value.__notes__)
@@ -784,7 +791,7 @@ def test_converge_retries_while_the_gateway_cannot_be_exec_d(
             mesh.converge(objects, timeout=2)
         assert "container not found" in str(caught.value), "the last transient error must be reported"
         rig.write_config_dump(objects)
-        mesh.converge(objects, timeout=2)
+        mesh.converge(objects, timeout=CONVERGES)
 
 
 def test_ctrl_c_during_a_step_still_deletes_the_cluster(rig: Rig) -> None:
@@ -915,7 +922,7 @@ def test_converge_accepts_the_route_table_istio_writes_for_the_stage(
     with rig.mesh() as mesh:
         mesh.apply(stages[stage])
         rig.write_config_dump(stages[stage], dump=istio_gateway_dump(dict(plan.stage(stage).weights)))
-        mesh.converge(stages[stage], timeout=2)
+        mesh.converge(stages[stage], timeout=CONVERGES)
 
 
 def test_converge_rejects_an_istio_route_table_with_other_weights(
@@ -943,7 +950,7 @@ def test_converge_waits_until_the_gateway_has_the_new_pods(
         assert "routes match, endpoints do not yet" in message and green_ip in message, message
         assert "outbound|5001||model-svc-green.abtesting.svc.cluster.local: gateway has none" in message
         rig.write_config_dump(objects)
-        mesh.converge(objects, timeout=2)
+        mesh.converge(objects, timeout=CONVERGES)
 
 
 def test_a_pruned_version_must_leave_the_gateway_endpoints_too(
@@ -964,7 +971,7 @@ def test_a_pruned_version_must_leave_the_gateway_endpoints_too(
         assert "model-blue" not in rig.api.names("/apis/apps/v1/namespaces/abtesting/deployments")
         # With the endpoints kept current (as istiod does), the same converge passes.
         rig.write_config_dump(stages["Green_100"], live_endpoints=True)
-        mesh.converge(stages["Green_100"], timeout=5)
+        mesh.converge(stages["Green_100"], timeout=CONVERGES)
 
 
 def test_endpoints_from_config_dump_skips_unhealthy_endpoints() -> None:
@@ -1063,7 +1070,7 @@ def test_converge_retries_output_cut_short(rig: Rig, stages: dict[str, list[dict
         cut.write_text('{"configs": [')
         rig.set_state(config_dump=str(cut))
         with pytest.raises(WaitTimeout, match="JSONDecodeError"):
-            mesh.converge(objects, timeout=2)
+            mesh.converge(objects, timeout=6)  # long enough for a few reads on a loaded machine
 
 
 def test_converge_waits_through_a_gateway_restart(rig: Rig, stages: dict[str, list[dict[str, Any]]]) -> None:
@@ -1074,10 +1081,10 @@ def test_converge_waits_through_a_gateway_restart(rig: Rig, stages: dict[str, li
         pod = f"/api/v1/namespaces/istio-system/pods/{_gateway_pod(rig)}"
         rig.api.state.objects[pod]["status"]["phase"] = "Pending"  # the gateway restarts
         with pytest.raises(WaitTimeout) as caught:
-            mesh.converge(objects, timeout=2)
+            mesh.converge(objects, timeout=6)  # long enough for a few reads on a loaded machine
         assert "GatewayPodNotReady" in str(caught.value) and "Pending" in str(caught.value), str(caught.value)
         rig.api.state.objects[pod]["status"]["phase"] = "Running"
-        mesh.converge(objects, timeout=2)
+        mesh.converge(objects, timeout=CONVERGES)
 
 
 # ----------------------------------------------------------------------------- pytest-kubernetes' shell layer
@@ -1177,7 +1184,7 @@ def test_kind_applies_the_filter_waits_for_its_headers_and_removes_it_from_a_kep
         with pytest.raises(HarnessError, match="attribution headers are not on the gateway"):
             mesh.converge(objects, timeout=2)
         rig.write_config_dump(objects)
-        mesh.converge(objects, timeout=2)
+        mesh.converge(objects, timeout=CONVERGES)
     assert path not in rig.api.state.objects, "a kept cluster must not keep this run's EnvoyFilter"
     assert rig.state()["clusters"] == [NAME]
 

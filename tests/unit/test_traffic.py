@@ -27,7 +27,16 @@ import pytest
 from harness import http1
 from harness.loadcmd import load_command
 from harness.routing import STANDARD_CLASSES, Request
-from harness.traffic import NotLoopback, Observation, by_version_header, loopback_target, run_load
+from harness.traffic import (
+    NotLoopback,
+    Observation,
+    UnresolvedTarget,
+    allowed_url_of,
+    by_version_header,
+    load_target,
+    loopback_target,
+    run_load,
+)
 
 ANSWERS = {"green": "New Model A", "blue": "New Model B"}
 
@@ -50,8 +59,8 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # 64 workers connect at once; a backlog of 5 drops SYNs for 1 s
 
-    def __init__(self, share_blue: float, seed: int) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, share_blue: float, seed: int, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
         self.share_blue = share_blue
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -63,7 +72,7 @@ class _Server(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.server_address[0]!s}:{self.server_address[1]}"
 
     def handle_error(self, request: object, client_address: object) -> None:
         # A client that timed out has closed its end, so the late answer's write fails: expected.
@@ -657,6 +666,115 @@ def test_loopback_targets_are_accepted(url: str, host: str, port: int) -> None:
     target = loopback_target(url)
     assert (target.host, target.port) == (host, port)
     assert all(http1.is_loopback_ip(a) for a in target.addresses)
+
+
+# --- the one allowed gateway URL (--mesh cluster) -----------------------------------------
+
+
+def _no_dns(host: str, port: int) -> tuple[str, ...]:
+    raise AssertionError(f"nothing may be resolved here, asked for {host}:{port}")
+
+
+def test_a_non_loopback_url_is_refused_without_an_allowed_gateway_url() -> None:
+    # Every mode but --mesh cluster: no allowed URL, so loopback only.
+    for url in ("http://10.1.2.3:8080", "http://gw.example.com", "http://192.0.2.7/"):
+        with pytest.raises(NotLoopback, match="not loopback"):
+            load_target(url, resolve=_no_dns)
+
+
+def test_a_non_loopback_url_is_accepted_only_when_it_is_exactly_the_allowed_one() -> None:
+    allowed = "http://10.1.2.3:8080"
+    target = load_target(allowed, allowed=allowed, resolve=_no_dns)
+    assert (target.host, target.port, target.addresses, target.allowed) == ("10.1.2.3", 8080, ("10.1.2.3",), True)
+    # The same URL written otherwise is the same target.
+    assert load_target("HTTP://10.1.2.3:8080/", allowed=allowed, resolve=_no_dns).addresses == ("10.1.2.3",)
+    assert load_target("http://10.9.9.9", allowed="http://10.9.9.9:80", resolve=_no_dns).port == 80
+    # Anything else is refused, a loopback URL included: with an allowed URL the load goes there only.
+    for other in ("http://10.1.2.4:8080", "http://10.1.2.3:8081", "http://10.1.2.3", "http://10.1.2.3:8080/other",
+                  "http://10.1.2.3:8080/?x=1", "http://127.0.0.1:8080", "http://gw.example.com:8080"):
+        with pytest.raises(NotLoopback, match="only to the gateway URL given"):
+            load_target(other, allowed=allowed, resolve=_no_dns)
+
+
+def test_an_allowed_gateway_name_is_resolved_and_https_is_refused() -> None:
+    asked: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> tuple[str, ...]:
+        asked.append((host, port))
+        return {"gw.example.com": ("192.0.2.10", "2001:db8::10")}.get(host, ())
+
+    target = load_target("http://gw.example.com:8080", allowed="http://GW.example.com:8080", resolve=resolve)
+    assert target.addresses == ("192.0.2.10", "2001:db8::10") and target.netloc == "gw.example.com:8080"
+    assert asked == [("gw.example.com", 8080)]
+    with pytest.raises(UnresolvedTarget, match="resolves to no address"):
+        load_target("http://nowhere.example", allowed="http://nowhere.example", resolve=resolve)
+    for url in ("https://gw.example.com", "https://127.0.0.1:8443"):
+        with pytest.raises(NotLoopback, match="plain http:// .*no TLS.*port-forward"):
+            load_target(url, allowed=url, resolve=_no_dns)
+    assert asked == [("gw.example.com", 8080), ("nowhere.example", 80)]
+
+
+def test_run_load_refuses_a_url_other_than_the_allowed_one_before_sending(server: _Server) -> None:
+    with pytest.raises(NotLoopback):
+        run_load(server.url, [_cls("w", "/score")], max_requests=5, deadline_s=5, allowed_url="http://10.1.2.3:80")
+    with pytest.raises(NotLoopback):
+        run_load("http://10.1.2.3:80", [_cls("w", "/score")], max_requests=5, deadline_s=5)
+    assert server.received == 0
+
+
+def test_only_a_mesh_that_names_an_allowed_gateway_url_widens_the_target() -> None:
+    class Local:
+        gateway_url = "http://127.0.0.1:8080"
+
+    class Cluster:
+        gateway_url = "http://10.1.2.3:8080"
+        allowed_gateway_url = "http://10.1.2.3:8080"
+
+    assert allowed_url_of(Local()) is None
+    assert allowed_url_of(Cluster()) == "http://10.1.2.3:8080"
+
+
+@pytest.fixture
+def stand_in_gateway() -> Iterator[tuple[_Server, _Server]]:
+    """A scorer-like server on 127.0.0.2 (standing in for a remote gateway) and a decoy on
+    127.0.0.1 at the same port, which must never be reached."""
+    servers: list[_Server] = []
+    threads: list[threading.Thread] = []
+    try:
+        remote = _Server(share_blue=0.3, seed=11, host="127.0.0.2")
+        servers.append(remote)
+        servers.append(_Server(share_blue=0.3, seed=11, host="127.0.0.1", port=remote.server_address[1]))
+        for srv in servers:
+            threads.append(threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True))
+            threads[-1].start()
+        yield servers[0], servers[1]
+    finally:
+        for srv in servers:
+            srv.release.set()
+            srv.shutdown()
+            srv.server_close()
+        for thread in threads:
+            thread.join(5.0)
+
+
+def test_the_load_goes_to_the_allowed_url_and_nowhere_else(stand_in_gateway: tuple[_Server, _Server]) -> None:
+    remote, decoy = stand_in_gateway
+    url = remote.url
+    assert url.startswith("http://127.0.0.2:")
+    classes = [Request("weighted", path="/score", authority="shop.example.com"),
+               Request("pinned", path="/score", headers={"x-api-version": "blue"}, authority="shop.example.com")]
+    result = run_load(url, classes, max_requests=60, deadline_s=20, concurrency=3, allowed_url=url)
+    assert result.requests == 60 and not result.errors
+    assert remote.received == 60 and decoy.received == 0
+    assert result.counts["pinned"] == {"blue": 30}
+    assert sum(result.counts["weighted"].values()) == 30
+    merged: dict[str, int] = {}
+    for per in result.counts.values():
+        for outcome, n in per.items():
+            merged[outcome] = merged.get(outcome, 0) + n
+    assert merged == remote.served
+    # The Host header is the class's authority (the spec's gateway host), not the URL's host.
+    assert {h["host"] for h in remote.seen_headers} == {"shop.example.com"}
 
 
 # --- the CLI's load command ---------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from harness import routing
-from harness.errors import ConfigError
+from harness.errors import ConfigError, UnsupportedField
 from harness.validate import (
     KUBERNETES_VERSION,
     Finding,
@@ -26,6 +26,7 @@ from harness.validate import (
     ensure_valid,
     format_findings,
     has_errors,
+    load_manifest_paths,
     load_manifests,
     summarize,
     validate_objects,
@@ -121,14 +122,18 @@ def test_every_rendered_stage_has_no_errors(stage: str) -> None:
 # --------------------------------------------------------------------------- the issue's four cases
 
 
-def test_weights_60_50_are_an_error_naming_the_route() -> None:
+def test_weights_60_50_are_a_warning_stating_the_split_istio_makes() -> None:
     def mutate(objects: Objects) -> None:
         route = http(objects)[2]["route"]
         route[0]["weight"], route[1]["weight"] = 60, 50
 
-    finding = the_one(broken(mutate), "ABT001")
-    assert (finding.severity, finding.obj, finding.path) == ("error", VS, "spec.http[2].route")
+    findings = broken(mutate)
+    assert not has_errors(findings), format_findings(findings)
+    finding = the_one(findings, "ABT001")
+    assert (finding.severity, finding.obj, finding.path) == ("warning", VS, "spec.http[2].route")
+    # 60 / 110 = 54.54...%, 50 / 110 = 45.45...%
     assert "60 + 50 = 110" in finding.message
+    assert f"{GREEN_FQDN} 54.5% / {BLUE_FQDN} 45.5%" in finding.message
 
 
 def test_misspelled_match_in_a_virtual_service_is_an_error_at_its_path() -> None:
@@ -163,13 +168,13 @@ def test_header_route_after_the_weighted_route_is_unreachable() -> None:
 
 
 @pytest.mark.parametrize(("name", "code", "path"), [
-    ("weights-60-50.yaml", "ABT001", "spec.http[2].route"),
+    ("fault-and-mirror.yaml", "ABT020", "spec.http[2].fault"),
     ("misspelled-match.yaml", "IST0106", "spec.http[0].mtach"),
     ("missing-service.yaml", "IST0101", "spec.http[2].route[1].destination.host"),
     ("header-after-weighted.yaml", "IST0130", "spec.http[2]"),
 ])
-def test_the_four_broken_manifest_files_fail_at_the_field(name: str, code: str, path: str) -> None:
-    # The same four cases as files, for `abtest validate` on a manifest file.
+def test_the_broken_manifest_files_fail_at_the_field(name: str, code: str, path: str) -> None:
+    # Broken stages as files, for `abtest validate` on a manifest file.
     findings = validate_objects(load_manifests(DATA / name))
     assert has_errors(findings)
     assert any((f.code, f.obj, f.path) == (code, VS, path) for f in findings), \
@@ -186,6 +191,70 @@ def test_load_manifests_flattens_lists_and_names_yaml_errors(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as caught:
         load_manifests(bad)
     assert caught.value.obj == str(bad) and caught.value.field.startswith("line ")
+
+
+# --------------------------------------------------------------------------- several paths as one set
+
+
+def _write_split(root: Path) -> tuple[Path, Path]:
+    """Blue_50 split in two: the VirtualService in one file, the rest in a directory tree."""
+    objects = reference()
+    vs = virtual_service(objects)
+    rest = [o for o in objects if o is not vs]
+    routes = root / "routes.yaml"
+    routes.write_text(yaml.safe_dump(vs))
+    base = root / "base"
+    (base / "workloads").mkdir(parents=True)
+    (base / "ns.yml").write_text(yaml.safe_dump(rest[0]))
+    (base / "workloads" / "all.yaml").write_text(yaml.safe_dump_all(rest[1:]))
+    (base / "README.md").write_text("not a manifest\n")
+    (base / ".hidden.yaml").write_text("kind: [broken\n")
+    return base, routes
+
+
+def test_several_paths_are_one_set_of_objects(tmp_path: Path) -> None:
+    base, routes = _write_split(tmp_path)
+    # Alone, the VirtualService names Services that are not there.
+    alone = validate_objects(load_manifest_paths([routes]))
+    assert {f.code for f in alone if f.severity == "error"} == {"IST0101"}, format_findings(alone)
+    # With the directory, every reference resolves: the stage is clean again.
+    objects = load_manifest_paths([base, routes])
+    assert sorted(map(_key, objects)) == sorted(map(_key, reference()))
+    assert [o["kind"] for o in objects[:1]] == ["Namespace"], "files in sorted path order: base/ns.yml first"
+    assert validate_objects(objects) == []
+    # The same object given twice is one object defined twice.
+    twice = validate_objects(load_manifest_paths([routes, base, routes]))
+    assert the_one(twice, "ABT004").obj == VS
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("missing", "no such file or directory"),
+    ("empty-dir", "is a directory that holds no .yaml/.yml file"),
+    ("kustomization", "is a kustomization (render it with `kubectl kustomize`)"),
+    ("chart", "is a Helm chart (render it with `helm template`)"),
+])
+def test_paths_that_hold_no_objects_are_one_line_errors(tmp_path: Path, case: str, message: str) -> None:
+    base, routes = _write_split(tmp_path)
+    bad = tmp_path / "bad"
+    if case == "empty-dir":
+        (bad / "sub").mkdir(parents=True)
+        (bad / "sub" / "notes.txt").write_text("x\n")
+    elif case == "kustomization":
+        (bad / "overlay").mkdir(parents=True)
+        (bad / "overlay" / "kustomization.yaml").write_text("resources: [../base]\n")
+        bad = bad / "overlay"
+    elif case == "chart":
+        (bad / "templates").mkdir(parents=True)
+        (bad / "Chart.yaml").write_text("apiVersion: v2\nname: x\nversion: 0.1.0\n")
+        (bad / "templates" / "vs.yaml").write_text("weight: {{ .Values.weight }}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_manifest_paths([base, bad, routes])
+    assert caught.value.obj == str(bad) and message in caught.value.message
+    assert "\n" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------- weights
@@ -210,24 +279,228 @@ def test_weight_as_a_string_is_rejected_by_the_strict_istio_schema() -> None:
         format_findings(findings)
 
 
-def test_missing_weight_with_two_destinations() -> None:
+def test_missing_weight_with_two_destinations_is_a_warning_that_it_gets_nothing() -> None:
+    # Istio reads an omitted weight as 0 and accepts the route while the total is not 0.
     def mutate(objects: Objects) -> None:
         del http(objects)[2]["route"][1]["weight"]
 
     findings = broken(mutate)
-    missing = the_one(findings, "ABT002")
-    assert missing.path == "spec.http[2].route[1].weight" and "missing" in missing.message
-    assert the_one(findings, "ABT001").message.startswith("weights 50 = 50")
+    assert not has_errors(findings), format_findings(findings)
+    missing = the_one(findings, "ABT007")
+    assert (missing.severity, missing.path) == ("warning", "spec.http[2].route[1].weight")
+    assert "as 0" in missing.message
+    split = the_one(findings, "ABT001").message
+    assert split.startswith("weights 50 = 50") and f"{GREEN_FQDN} 100% / {BLUE_FQDN} 0%" in split
 
 
-def test_single_destination_may_omit_weight_but_not_give_a_partial_one() -> None:
+def test_single_destination_gets_everything_whatever_its_weight() -> None:
     assert "weight" not in http(reference())[0]["route"][0], "data: the header route has no weight"
 
     def mutate(objects: Objects) -> None:
         http(objects)[0]["route"][0]["weight"] = 40
 
-    finding = the_one(broken(mutate), "ABT001")
-    assert finding.path == "spec.http[0].route" and "= 40" in finding.message
+    findings = broken(mutate)
+    assert not has_errors(findings), format_findings(findings)
+    finding = the_one(findings, "ABT001")
+    assert (finding.severity, finding.path) == ("warning", "spec.http[0].route")
+    assert "weight 40 on a lone destination" in finding.message and "100%" in finding.message
+
+
+def _weights_3_1() -> Objects:
+    objects = reference()
+    route = http(objects)[2]["route"]
+    route[0]["weight"], route[1]["weight"] = 3, 1
+    return objects
+
+
+def test_weights_3_and_1_pass_and_the_oracle_routes_75_25() -> None:
+    # Istio: a destination gets weight / sum of the route's weights: 3/4 and 1/4.
+    objects = _weights_3_1()
+    findings = validate_objects(objects)
+    assert not has_errors(findings), format_findings(findings)
+    assert summarize(findings) == "valid (1 warning)"
+    finding = the_one(findings, "ABT001")
+    assert (finding.severity, finding.path) == ("warning", "spec.http[2].route")
+    assert finding.message.startswith(f"weights 3 + 1 = 4, not 100: Istio routes {GREEN_FQDN} 75% / {BLUE_FQDN} 25%")
+    assert ensure_valid(objects, what="stage 3/1") == findings
+    # The request classes without a header reach the weighted route.
+    plain = routing.STANDARD_CLASSES[0]
+    assert not plain.headers
+    assert dict(routing.expected_distribution(objects, plain).shares) == {"green": 0.75, "blue": 0.25}
+
+
+def test_abtest_validate_accepts_the_3_1_file_and_prints_the_split(tmp_path: Path) -> None:
+    import io
+
+    from harness import cli
+
+    path = DATA / "weights-3-1.yaml"
+    assert load_manifests(path) == _weights_3_1(), "data: weights-3-1.yaml is Blue_50 with weights 3 and 1"
+    out = io.StringIO()
+    assert cli.main(["validate", "--file", str(path)], out=out) == 0, out.getvalue()
+    assert "valid (1 warning)" in out.getvalue() and "75% / " in out.getvalue()
+
+
+def _bookinfo_3_1(tmp_path: Path, expect: str) -> Path:
+    """The Bookinfo example with its 80/20 stage written as weights 3 and 1, expecting ``expect``."""
+    import shutil
+
+    example = tmp_path / "bookinfo"
+    shutil.copytree(Path(__file__).parents[2] / "examples" / "bookinfo-reviews", example)
+    route = example / "routes" / "shift-80-20.yaml"
+    text = route.read_text()
+    assert text.count("weight: 80") == 1 and text.count("weight: 20") == 1, "data: the example's 80/20 route"
+    route.write_text(text.replace("weight: 80", "weight: 3").replace("weight: 20", "weight: 1"))
+    spec = example / "rollout.yaml"
+    text = spec.read_text()
+    assert text.count("{v1: 0.8, v2: 0.2}") == 2, "data: the example's 80/20 expectations"
+    spec.write_text(text.replace("{v1: 0.8, v2: 0.2}", expect))
+    return spec
+
+
+def test_a_stage_with_weights_3_and_1_passes_abtest_validate_at_75_25(tmp_path: Path) -> None:
+    import io
+
+    from harness import cli
+
+    out = io.StringIO()
+    spec = _bookinfo_3_1(tmp_path, "{v1: 0.75, v2: 0.25}")
+    assert cli.main(["validate", "--spec", str(spec), "--stage", "shift-80-20"], out=out) == 0, out.getvalue()
+    first, *findings = out.getvalue().splitlines()
+    assert first.startswith("shift-80-20") and first.endswith("valid") and "INVALID" not in first, first
+    assert "v1 75 " in first and "v2 25 " in first, first
+    assert [line.split()[:2] for line in findings] == [["warning", "ABT001"]], findings
+    assert "weights 3 + 1 = 4, not 100: Istio routes reviews/v1 75% / reviews/v2 25%" in findings[0]
+    # The gate still holds the stage to its table: 3/1 is not the 80/20 the example expected.
+    out = io.StringIO()
+    spec = _bookinfo_3_1(tmp_path / "old", "{v1: 0.8, v2: 0.2}")
+    assert cli.main(["validate", "--spec", str(spec), "--stage", "shift-80-20"], out=out) == 1, out.getvalue()
+    assert "INVALID" in out.getvalue() and "error EXPECT" in out.getvalue(), out.getvalue()
+
+
+@pytest.mark.parametrize(("weights", "path", "message"), [
+    ([-1, 1], "spec.http[2].route[0].weight", "must not be negative"),
+    ([0, 0], "spec.http[2].route", "= 0"),
+    ([2**31 - 1, 2**31 - 1, 2], "spec.http[2].route", "above 4294967295"),
+])
+def test_weights_istio_or_envoy_refuse_stay_errors(weights: list[int], path: str, message: str) -> None:
+    def mutate(objects: Objects) -> None:
+        route = http(objects)[2]["route"]
+        while len(route) < len(weights):
+            route.append(copy.deepcopy(route[-1]))
+        for dest, weight in zip(route, weights, strict=True):
+            dest["weight"] = weight
+
+    findings = broken(mutate)
+    finding = the_one(findings, "ABT002")
+    assert (finding.severity, finding.path) == ("error", path) and message in finding.message
+    assert with_code(findings, "ABT021") == [], "the oracle's refusal of the same field is not repeated"
+    assert with_code(findings, "ABT001") == []
+
+
+# --------------------------------------------------------------------------- what the routing oracle refuses
+
+
+def _destination_rule(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "blue", "namespace": "abtesting"},
+            "spec": {"host": "model-svc-blue", **spec}}
+
+
+def _oracle_refusal(objects: Objects) -> tuple[type[Exception], str, str]:
+    """What the oracle raises for these objects at run time: (type, object, field)."""
+    with pytest.raises(ConfigError) as caught:
+        routing.expected_distribution(objects, routing.STANDARD_CLASSES[0])
+    return type(caught.value), caught.value.obj, caught.value.field
+
+
+_UNSUPPORTED: list[tuple[str, Callable[[Objects], object], str, str]] = [
+    ("fault", lambda o: http(o)[2].update(fault={"abort": {"httpStatus": 500, "percentage": {"value": 10}}}),
+     VS, "spec.http[2].fault"),
+    ("mirror", lambda o: http(o)[1].update(mirror={"host": BLUE_FQDN, "port": {"number": 5001}}),
+     VS, "spec.http[1].mirror"),
+    ("rewrite", lambda o: http(o)[0].update(rewrite={"uri": "/v2/score"}), VS, "spec.http[0].rewrite"),
+    ("queryParams", lambda o: http(o)[0]["match"][0].update(queryParams={"user": {"exact": "jason"}}),
+     VS, "spec.http[0].match[0].queryParams"),
+    ("consistentHash", lambda o: o.append(_destination_rule(
+        trafficPolicy={"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}})),
+     "DestinationRule abtesting/blue", "spec.trafficPolicy.loadBalancer.consistentHash"),
+    ("ServiceEntry", lambda o: o.append({
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "ext", "namespace": "abtesting"},
+        "spec": {"hosts": ["api.example.com"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                 "resolution": "DNS"}}),
+     "ServiceEntry abtesting/ext", "kind"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "obj", "path"), [c[1:] for c in _UNSUPPORTED], ids=[c[0] for c in _UNSUPPORTED])
+def test_what_the_oracle_does_not_model_is_an_error_at_its_field(
+    mutate: Callable[[Objects], object], obj: str, path: str
+) -> None:
+    objects = reference()
+    mutate(objects)
+    findings = validate_objects(objects)
+    finding = the_one(findings, "ABT020")
+    assert (finding.severity, finding.obj, finding.path) == ("error", obj, path), format_findings(findings)
+    assert "routing oracle refuses it" in finding.message
+    assert summarize(findings).startswith("invalid: 1 error")
+    # Checked against the oracle itself: it refuses the same object and field at run time.
+    assert _oracle_refusal(objects) == (UnsupportedField, obj, path)
+
+
+def test_every_unsupported_field_of_a_stage_is_reported_not_only_the_first() -> None:
+    objects = load_manifests(DATA / "fault-and-mirror.yaml")
+    findings = validate_objects(objects)
+    refused = with_code(findings, "ABT020")
+    assert sorted((f.obj, f.path) for f in refused) == [(VS, "spec.http[1].mirror"), (VS, "spec.http[2].fault")], \
+        format_findings(findings)
+    assert [f.code for f in findings if f.severity == "error"] == ["ABT020", "ABT020"], format_findings(findings)
+    # The oracle stops at the first of them.
+    assert _oracle_refusal(objects) == (UnsupportedField, VS, "spec.http[1].mirror")
+    # Several fields of one route and of several objects, too.
+    http(objects)[1]["match"][0]["sourceLabels"] = {"app": "x"}
+    objects.append(_destination_rule(trafficPolicy={"loadBalancer": {"consistentHash": {"useSourceIp": True}}}))
+    paths = sorted((f.obj, f.path) for f in with_code(validate_objects(objects), "ABT020"))
+    assert paths == [("DestinationRule abtesting/blue", "spec.trafficPolicy.loadBalancer.consistentHash"),
+                     (VS, "spec.http[1].match[0].sourceLabels"), (VS, "spec.http[1].mirror"),
+                     (VS, "spec.http[2].fault")]
+
+
+def test_a_virtual_service_bound_only_to_the_mesh_is_not_the_gateways_business() -> None:
+    # A VirtualService for sidecars only never routes ingress traffic: the oracle does not
+    # read it, so neither its fault nor its mirror is refused.
+    objects = reference()
+    sidecars = copy.deepcopy(virtual_service(objects))
+    sidecars["metadata"]["name"] = "sidecars"
+    sidecars["spec"]["gateways"] = ["mesh"]
+    sidecars["spec"]["http"][2]["fault"] = {"delay": {"fixedDelay": "1s", "percentage": {"value": 5}}}
+    objects.append(sidecars)
+    assert with_code(validate_objects(objects), "ABT020") == []
+    assert routing.expected_distribution(objects, routing.STANDARD_CLASSES[0]).shares
+
+
+def test_a_value_istio_refuses_is_an_error_from_the_oracles_rules() -> None:
+    # Istio's validation: "prefix string match should not be empty" in a header match. The
+    # schema allows it; the oracle (support.check_supported) refuses it with Istio's reason.
+    objects = reference()
+    http(objects)[0]["match"][0]["headers"]["x-api-version"] = {"prefix": ""}
+    findings = validate_objects(objects)
+    finding = the_one(findings, "ABT021")
+    path = "spec.http[0].match[0].headers.x-api-version.prefix"
+    assert (finding.severity, finding.obj, finding.path) == ("error", VS, path)
+    assert "empty" in finding.message
+    assert _oracle_refusal(objects) == (ConfigError, VS, path)
+
+
+def test_the_refusals_of_an_object_with_schema_errors_do_not_crash() -> None:
+    # `gateways: 5` is not a list: the schema names it, and the oracle's walk is not run on
+    # what it cannot read.
+    objects = reference()
+    virtual_service(objects)["spec"]["gateways"] = 5
+    http(objects)[2]["fault"] = {"abort": {"httpStatus": 500}}
+    findings = validate_objects(objects)
+    assert any(f.code == "IST0106" and f.path == "spec.gateways" for f in findings), format_findings(findings)
 
 
 # --------------------------------------------------------------------------- destinations
@@ -734,12 +1007,12 @@ def test_summaries_and_the_gate() -> None:
 
     assert ensure_valid(reference(), what="stage Blue_50") == []
     objects = reference()
-    http(objects)[2]["route"][0]["weight"] = 60
+    http(objects)[2]["route"][0]["weight"] = -60
     with pytest.raises(InvalidObjects) as caught:
         ensure_valid(objects, what="stage Blue_50")
     assert isinstance(caught.value, ConfigError)
-    assert caught.value.field == "spec.http[2].route" and "stage Blue_50" in str(caught.value)
-    assert [f.code for f in caught.value.findings] == ["ABT001"]
+    assert caught.value.field == "spec.http[2].route[0].weight" and "stage Blue_50" in str(caught.value)
+    assert [f.code for f in caught.value.findings] == ["ABT002"]
 
 
 # --------------------------------------------------------------------------- Istio schemas by version
@@ -876,16 +1149,21 @@ def test_bad_input_files_are_one_line_config_errors(case: str, tmp_path: Path,
     with pytest.raises(ConfigError) as caught:
         load_manifests(path)
     assert caught.value.obj == str(path) and expected in caught.value.message
-    # The command line, for a manifest file and for the plan: one line on stderr, exit 2
+    # Several paths as one set: the same errors (a directory is read; this one holds no YAML file).
+    with pytest.raises(ConfigError) as caught:
+        load_manifest_paths([path])
+    assert caught.value.obj == str(path) and expected in caught.value.message
+    # The command line (`abtest validate --file`): one line on stderr naming the path, exit 2
     # (bad input), no traceback.
-    for argv, prefix in ((["validate", "--file", str(path)], str(path)),
-                         (["validate", "--plan", str(path)], f"plan {path}")):
-        err = tmp_path / "stderr"
-        with open(err, "w") as stream:
-            monkeypatch.setattr("sys.stderr", stream)
-            assert cli.main(argv) == 2, argv
-        lines = err.read_text().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"abtest: error: {prefix}") and expected in lines[0], lines
+    err = tmp_path / "stderr"
+    with open(err, "w") as stream:
+        monkeypatch.setattr("sys.stderr", stream)
+        assert cli.main(["validate", "--file", str(path)]) == 2
+    lines = err.read_text().splitlines()
+    common = {"missing": "no such file", "directory": "holds no .yaml/.yml file", "not-utf8": "not UTF-8",
+              "too-large": "larger than 64"}[case]
+    assert len(lines) == 1 and lines[0].startswith("abtest: error: ") and str(path) in lines[0], lines
+    assert common in lines[0], lines
 
 
 def test_validation_and_stats_load_nothing_heavy_at_import() -> None:
