@@ -3,8 +3,8 @@
 A spec file (YAML, ``apiVersion: abtest-harness/v1``, ``kind: Rollout``) names the versions
 (each a pod label selector), the request classes the harness sends (method, path, host,
 headers), and the stages in order: where each stage's objects come from (plain YAML files or
-directories, a kustomize directory, or Helm charts with values) and, optionally, the share of
-each outcome each class must get. Paths are relative to the spec file. The field reference
+directories, a kustomize directory, or Helm charts with values) and, optionally, which image
+each version runs and the share of each outcome each class must get. Paths are relative to the spec file. The field reference
 is ``docs/spec.md``; the structure is checked against ``harness/schemas/rollout.schema.json``
 and then the cross-references (classes and versions named in ``expect``, paths that exist).
 
