@@ -4,9 +4,10 @@ A spec file (YAML, ``apiVersion: abtest-harness/v1``, ``kind: Rollout``) names t
 (each a pod label selector), the request classes the harness sends (method, path, host,
 headers), and the stages in order: where each stage's objects come from (plain YAML files or
 directories, a kustomize directory, or Helm charts with values) and, optionally, which image
-each version runs and the share of each outcome each class must get. Paths are relative to the spec file. The field reference
-is ``docs/spec.md``; the structure is checked against ``harness/schemas/rollout.schema.json``
-and then the cross-references (classes and versions named in ``expect``, paths that exist).
+each version runs and the share of each outcome each class must get. Paths are relative to
+the spec file. The field reference is ``docs/spec.md``; the structure is checked against
+``harness/schemas/rollout.schema.json`` and then the cross-references (classes and versions
+named in ``expect`` and ``images``, paths that exist).
 
 Every error is a :class:`~harness.errors.ConfigError` naming the file, the stage (when there
 is one) and the field.
@@ -14,8 +15,10 @@ is one) and the field.
 >>> spec = load_spec(DEFAULT_SPEC)
 >>> [s.name for s in spec.stages][:3], list(spec.versions)
 (['baseline', 'Blue_0', 'Blue_50'], ['green', 'blue'])
->>> spec.stage("Blue_50").expect["weighted"]
+>>> dict(spec.stage("Blue_50").expect["weighted"])
 {'green': 0.5, 'blue': 0.5}
+>>> spec.stage("Blue_Green").images["green"].describe()
+'image B (abtest/scorer-b)'
 
 A stage plan in the older ``stages.yaml`` format (versions, images, weights) loads too, as
 a spec whose stages are that plan's kustomize overlays (:func:`spec_from_plan`).
