@@ -679,11 +679,12 @@ class MeshRunCheck:
     def __call__(self, check: StageCheck, mutant: Mutant) -> str | None:
         from harness.rollout import check_stage
 
+        objects = self._with_built_images(mutant.objects)
         try:
             # A partial table: check_stage takes the table's classes from it, the rest from the oracle.
             full = check.expectation is not None and all(c.label in check.expectation for c in check.classes)
             result = check_stage(self.session.mesh, self.spec, check.stage, self.config, classes=check.classes,
-                                 expected=check.expectation if full else None, objects=mutant.objects,
+                                 expected=check.expectation if full else None, objects=objects,
                                  converge_timeout=self.converge_timeout, deadline_s=self.deadline_s)
         except HarnessError as exc:
             return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
@@ -693,6 +694,21 @@ class MeshRunCheck:
             if not cls.passed:
                 return cls.verdict.message[:160]
         return "; ".join([*result.wrong_answers, *result.manifest_mismatches])[:160] or "stage failed"
+
+    def _with_built_images(self, objects: Objects) -> Objects:
+        """The mutant's objects pointed at the images this mesh built (docker, kind), as a run renders them.
+
+        Mutants are rendered once, without the built tags; a runner that runs images as they are
+        would otherwise fail every mutant on an image it does not have.
+        """
+        refs = getattr(self.session, "image_refs", None)
+        by_repository = {self.spec.images[key].repository: ref for key, ref in (refs or {}).items()
+                         if key in self.spec.images}
+        if not by_repository:
+            return objects
+        from harness.render import retag
+
+        return retag(objects, by_repository)
 
     def close(self) -> None:
         self.session.__exit__(None, None, None)

@@ -226,3 +226,42 @@ def test_a_partial_table_still_judges_the_classes_it_names(tmp_path: Any) -> Non
     assert all("anonymous:" in o.detail for o in shifted), shifted
     removed = outcomes[_one(mutants, "jason-v2", "route-remove", "http[0]: removed").ident]
     assert removed.status == mutate.SURVIVED, removed
+
+
+def test_a_run_points_the_mutant_at_the_images_the_mesh_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With docker workloads the images are built with content tags; a mutant rendered with the
+    manifests' tags must run those, or every mutant fails on a missing image (a false catch)."""
+    from harness import rollout
+    from harness.spec import load_spec
+    from harness.stats import StatsConfig
+
+    spec = load_spec()
+    checks, mutants = mutate.spec_mutants(spec, [spec.stage("Blue_50")])
+    image_swap = _one(mutants, "Blue_50", "image", "model-blue image")
+    probe = _one(mutants, "Blue_50", "probe", "model-blue readinessProbe path")
+    seen: list[dict[str, str]] = []
+
+    def fake_check_stage(mesh: Any, spec: Any, stage: Any, config: Any, **kwargs: Any) -> Any:
+        seen.append({o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"][0]["image"]
+                     for o in kwargs["objects"] if o["kind"] == "Deployment"})
+        return rollout.StageResult(stage, wrong_answers=["stop"])
+
+    class Session:
+        mesh = None
+        image_refs = {"A": "abtest/scorer-a:built-a", "B": "abtest/scorer-b:built-b"}
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            return None
+
+    monkeypatch.setattr(rollout, "check_stage", fake_check_stage)
+    run = mutate.MeshRunCheck(spec, StatsConfig(), Session)
+    run(checks[0], probe)
+    run(checks[0], image_swap)
+    run.close()
+    assert seen == [
+        {"model-green": "abtest/scorer-a:built-a", "model-blue": "abtest/scorer-b:built-b"},
+        {"model-green": "abtest/scorer-a:built-a", "model-blue": "abtest/scorer-a:built-a"},  # the swap stays
+    ]
