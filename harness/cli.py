@@ -106,6 +106,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         keep_cluster=args.keep_cluster,
         cluster_name=args.cluster_name,
         base_image=args.base_image,
+        translator=args.translator,
     )
 
     def progress(line: str) -> None:
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-cluster", action="store_true")
     run.add_argument("--cluster-name", default="abtest")
     run.add_argument("--base-image", default=None)
+    run.add_argument("--translator", choices=("python", "istio"), default="python",
+                     help="local mesh: who computes the gateway config, the harness (python) or Istio's own "
+                          "code (istio; needs `make istio-xds`)")
     run.set_defaults(func=cmd_run)
 
     load = sub.add_parser("load", help="send N requests and print each answer, then counts per version")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from harness import proc
 from harness.errors import HarnessError, ToolNotFound
@@ -29,6 +29,9 @@ from harness.render import render_stage
 from harness.routing import STANDARD_CLASSES, Request, expected_distributions
 from harness.stats import SequentialTest, StatsConfig, Verdict
 from harness.traffic import LoadResult, run_load
+
+if TYPE_CHECKING:
+    from harness.mesh.istio_xds import IstioTranslator
 
 #: Header that pins a request to one version (the reference guide's A/B header).
 VERSION_HEADER = "x-api-version"
@@ -268,6 +271,24 @@ class MeshOptions:
     keep_cluster: bool = False
     cluster_name: str = "abtest"
     base_image: str | None = None
+    #: Who computes the local gateway's configuration: "python" (harness.mesh.envoy) or
+    #: "istio" (Istio's own code, the istio-xds program; harness.mesh.istio_xds).
+    translator: str = "python"
+
+
+def _translator(options: MeshOptions) -> IstioTranslator | None:
+    """The LocalMesh translator `options` ask for (None: the Python translation)."""
+    if options.translator == "python":
+        return None
+    if options.translator != "istio":
+        raise HarnessError(f"unknown translator {options.translator!r} (python or istio)")
+    from harness.mesh import istio_xds
+
+    try:
+        istio_xds.binary()
+    except istio_xds.IstioXdsUnavailable as exc:
+        raise MeshUnavailable(str(exc)) from exc
+    return istio_xds.IstioTranslator()
 
 
 class MeshSession:
@@ -324,8 +345,9 @@ def open_mesh(
     if options.mesh == "local":
         from harness.mesh.local import LocalMesh
 
+        translator = _translator(options)
         if options.workloads == "process":
-            return MeshSession(LocalMesh(plan=plan))
+            return MeshSession(LocalMesh(plan=plan, translator=translator))
         if options.workloads != "docker":
             raise HarnessError(f"unknown workload runner {options.workloads!r} (process or docker)")
         from harness import images
@@ -339,7 +361,7 @@ def open_mesh(
             raise MeshUnavailable(str(exc)) from exc
         runner = DockerRunner(client=client)
         register_cleanup(runner)
-        return MeshSession(LocalMesh(plan=plan, runner=runner), refs, [runner.close])
+        return MeshSession(LocalMesh(plan=plan, runner=runner, translator=translator), refs, [runner.close])
     if options.mesh == "kind":
         from harness import images
         from harness.mesh.kind import KindIstioMesh
