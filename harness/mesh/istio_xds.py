@@ -554,22 +554,24 @@ def local_resources(
                 for lb in locality.get("lb_endpoints") or []:
                     sock = ((lb.get("endpoint") or {}).get("address") or {}).get("socket_address") or {}
                     key = (str(sock.get("address")), int(sock.get("port_value", 0)))
-                    replica = by_address.get(key)
-                    if replica is None:
+                    behind = by_address.get(key)
+                    if behind is None:
+                        if any(r.pod_ip == key[0] for r in replicas):
+                            # Kubernetes lists a pod on a numeric targetPort it does not serve;
+                            # every connection to it would be refused.
+                            notes.append(f"endpoint-addresses: {name}: {key[0]}:{key[1]} is served by no replica")
+                            continue
                         raise HarnessError(f"cluster {name}: endpoint {key[0]}:{key[1]} is no known pod")
-                    if replica.local is None:
-                        notes.append(f"endpoint-addresses: {name}: {replica.pod_name} does not run locally")
-                        continue
-                    served = {replica.spec.container_port, *replica.spec.ports.values()}
-                    if key[1] not in served:  # pragma: no cover - by_address holds served ports only
+                    if behind.local is None:
+                        notes.append(f"endpoint-addresses: {name}: {behind.pod_name} does not run locally")
                         continue
                     lb = copy.deepcopy(lb)
                     lb["endpoint"]["address"]["socket_address"] = {
-                        "address": replica.local[0],
-                        "port_value": replica.local[1],
+                        "address": behind.local[0],
+                        "port_value": behind.local[1],
                     }
                     kept.append(lb)
-                    addresses.append(replica.local)
+                    addresses.append(behind.local)
                 locality["lb_endpoints"] = kept
             assignments[name] = cla
             endpoints[name] = tuple(sorted(addresses))
