@@ -64,11 +64,13 @@ var requiredEnv = [][2]string{
 	{"PILOT_ENABLE_XDS_CACHE", "false"},
 }
 
-// defaultMeshConfig is Istio's default mesh configuration with auto-mTLS off: auto-mTLS
-// adds transport-socket matches whose certificates come over SDS from istiod, which a
-// file-fed Envoy does not have.
+// defaultMeshConfig is applied over Istio's default mesh configuration. Auto-mTLS adds
+// transport-socket matches whose certificates come over SDS from istiod, which a file-fed
+// Envoy does not have; tracing points the gateway at a Zipkin cluster no one defines here.
+// Neither changes which upstream a request is routed to.
 const defaultMeshConfig = `
 enableAutoMtls: false
+enableTracing: false
 `
 
 type options struct {
