@@ -73,9 +73,12 @@ DEFAULT_BINARY = REPO_ROOT / ".cache" / "bin" / "istio-xds"
 POD_NET = ipaddress.ip_network("10.64.0.0/16")
 SERVICE_NET = ipaddress.ip_network("10.96.0.0/16")
 GATEWAY_NAMESPACE = "istio-system"
+#: The attribution headers. Istio gives every cluster an ``alt_stat_name`` (the cluster name
+#: and ";"), which ``%UPSTREAM_CLUSTER%`` reports; ``%UPSTREAM_CLUSTER_RAW%`` (Envoy >= 1.32)
+#: is the cluster's name itself, the same value the Python translation's gateway sends.
 ATTRIBUTION_HEADERS = {
     "x-abtest-upstream-host": "%UPSTREAM_HOST%",
-    "x-abtest-upstream-cluster": "%UPSTREAM_CLUSTER%",
+    "x-abtest-upstream-cluster": "%UPSTREAM_CLUSTER_RAW%",
 }
 _TIMEOUT_S = 120.0
 _ISTIO_GROUPS = ("istio.io",)
