@@ -35,6 +35,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -45,8 +46,10 @@ import (
 	"istio.io/istio/pilot/pkg/config/kube/crd"
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pilot/test/xds"
+	"istio.io/istio/pkg/config"
 	"istio.io/istio/pkg/config/mesh"
 	"istio.io/istio/pkg/config/schema/collections"
+	"istio.io/istio/pkg/config/schema/resource"
 	istiolog "istio.io/istio/pkg/log"
 	"istio.io/istio/pkg/test"
 )
@@ -311,7 +314,7 @@ func generate(text string, o options, mc *meshconfig.MeshConfig) (res result) {
 	if err != nil {
 		return result{Error: err.Error()}
 	}
-	findings, err := validate(config)
+	configs, findings, err := parseConfigs(config)
 	if err != nil {
 		return result{Error: err.Error()}
 	}
@@ -319,7 +322,7 @@ func generate(text string, o options, mc *meshconfig.MeshConfig) (res result) {
 	var marshalErr error
 	failed := test.Wrap(func(t test.Failer) {
 		s := xds.NewFakeDiscoveryServer(t, xds.FakeOptions{
-			ConfigString:           config,
+			Configs:                configs,
 			KubernetesObjectString: kube,
 			MeshConfig:             proto.Clone(mc).(*meshconfig.MeshConfig),
 		})
@@ -391,30 +394,54 @@ func appendJSON(list []json.RawMessage, m proto.Message, errp *error) []json.Raw
 	return append(list, data)
 }
 
-// validate runs Istio's validation of each Istio object (what the admission webhook and
-// istioctl validate check): errors reject the object, warnings admit it.
-func validate(config string) ([]finding, error) {
+// parseConfigs turns the Istio documents into configs as istiod's Kubernetes config store
+// would hold them (domain suffix cluster.local, which short host names are completed with;
+// namespace "default" when none is given), and runs Istio's validation on each: what the
+// admission webhook rejects is reported and left out, as it could not exist in a cluster.
+func parseConfigs(text string) ([]config.Config, []finding, error) {
 	findings := []finding{}
-	if strings.TrimSpace(config) == "" {
-		return findings, nil
-	}
-	configs, _, err := crd.ParseInputs(config)
-	if err != nil {
-		return nil, err
-	}
-	for _, cfg := range configs {
-		schema, ok := collections.Pilot.FindByGroupVersionAliasesKind(cfg.GroupVersionKind)
-		if !ok {
+	var configs []config.Config
+	created := time.Now()
+	decoder := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(text), 512*1024)
+	for {
+		obj := crd.IstioKind{}
+		err := decoder.Decode(&obj)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("cannot parse Istio object: %v", err)
+		}
+		if obj.Kind == "" {
 			continue
 		}
-		name := fmt.Sprintf("%s %s/%s", cfg.GroupVersionKind.Kind, cfg.Namespace, cfg.Name)
-		warning, verr := schema.ValidateConfig(cfg)
-		if verr != nil {
-			findings = append(findings, finding{Object: name, Error: verr.Error()})
+		gvk := obj.GroupVersionKind()
+		name := fmt.Sprintf("%s %s/%s", obj.Kind, obj.Namespace, obj.Name)
+		schema, ok := collections.PilotGatewayAPI().FindByGroupVersionAliasesKind(resource.FromKubernetesGVK(&gvk))
+		if !ok {
+			findings = append(findings, finding{Object: name, Error: "not a kind istiod reads (" + gvk.String() + ")"})
+			continue
 		}
+		cfg, err := crd.ConvertObject(schema, &obj, "cluster.local")
+		if err != nil {
+			findings = append(findings, finding{Object: name, Error: err.Error()})
+			continue
+		}
+		if cfg.Namespace == "" {
+			cfg.Namespace = "default"
+		}
+		if cfg.CreationTimestamp.IsZero() {
+			cfg.CreationTimestamp = created
+		}
+		warning, verr := schema.ValidateConfig(*cfg)
 		if warning != nil {
 			findings = append(findings, finding{Object: name, Warning: warning.Error()})
 		}
+		if verr != nil {
+			findings = append(findings, finding{Object: name, Error: verr.Error()})
+			continue
+		}
+		configs = append(configs, *cfg)
 	}
-	return findings, nil
+	return configs, findings, nil
 }

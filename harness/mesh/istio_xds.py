@@ -296,8 +296,15 @@ def istio_inputs(
     return out
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Plain YAML: a dict used twice is written twice, not as an anchor and an alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def _yaml(objects: Iterable[Mapping[str, Any]]) -> str:
-    return "\n---\n".join(yaml.safe_dump(dict(o), sort_keys=False) for o in objects)
+    return "\n---\n".join(yaml.dump(dict(o), Dumper=_NoAliases, sort_keys=False) for o in objects)
 
 
 # --------------------------------------------------------------------------- running the program

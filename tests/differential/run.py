@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,14 @@ class Known:
 
 
 def _weights_not_100(result: dc.ClassResult) -> bool:
-    return isinstance(result.oracle, str) and "sum to 100" in result.oracle
+    return isinstance(result.oracle, str) and re.search(r"sum to \d+, not 100", result.oracle) is not None
+
+
+def _istio_rejects(message: str) -> Callable[[dc.ClassResult], bool]:
+    def applies(result: dc.ClassResult) -> bool:
+        return isinstance(result.istio, str) and "Istio validation" in result.istio and message in result.istio
+
+    return applies
 
 
 #: Disagreements explained in docs/istio-translation.md, each with the Istio source that decides it.
@@ -41,9 +49,23 @@ KNOWN: tuple[Known, ...] = (
         "weights-not-100",
         "harness-refuses-istio-routes",
         _weights_not_100,
-        "Istio accepts weights of any positive sum and Envoy splits by weight / sum "
-        "(pkg/config/validation/validation.go validateHTTPRouteDestinations rejects only a zero "
-        "total); the oracle and the Python translation refuse sums other than 100",
+        "Istio admits weights of any positive sum (pkg/config/validation/validation.go:2449 rejects "
+        "only a zero total) and passes them to Envoy as they are (pilot/pkg/networking/core/route/"
+        "route.go:754), which splits by weight / sum; the oracle refuses sums other than 100",
+    ),
+    Known(
+        "header-regex-star",
+        "istio-refuses-harness-routes",
+        _istio_rejects("missing argument to repetition operator"),
+        "Istio's validation rejects header regex '*' as invalid RE2 (pkg/config/validation/"
+        "validation.go:2344 validateStringMatchRegexp); the oracle reads it as 'present'",
+    ),
+    Known(
+        "header-empty-prefix",
+        "istio-refuses-harness-routes",
+        _istio_rejects("prefix string match should not be empty"),
+        "Istio's validation rejects a header prefix '' (pkg/config/validation/validation.go:2336 "
+        "validateStringMatch); the oracle reads it as 'present'",
     ),
 )
 
