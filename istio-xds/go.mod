@@ -2,6 +2,13 @@ module abtest-harness/istio-xds
 
 go 1.25.9
 
+// Istio's control-plane code, unmodified: the release-1.30 branch commit 9739e10eb9d7 of
+// 2026-08-26, one day before Istio 1.30.4 (the release the kind backend installs) was
+// announced. Its own go.mod pins commits of four dependencies the Go module proxy does not
+// serve; the nearest served versions are required here instead (minimal version selection
+// takes them): istio.io/api and client-go v1.30.4-0.20260824... -> v1.30.8,
+// go-control-plane envoy v1.37.1-0.20260409083702 -> v1.37.1-0.20260713214202 and contrib
+// likewise. See docs/istio-translation.md.
 require (
 	github.com/envoyproxy/go-control-plane/contrib v1.36.1-0.20260713214202-ca8ce173c36f
 	github.com/envoyproxy/go-control-plane/envoy v1.37.1-0.20260713214202-ca8ce173c36f
@@ -146,4 +153,7 @@ require (
 	sigs.k8s.io/yaml v1.6.0 // indirect
 )
 
+// Istio pins agentgateway/api v0.0.0-20260506232448-6ae4ab07bb06, which the proxy does not
+// serve; a requirement cannot go below it, so it is replaced by the commit Istio's master
+// used five days earlier (it builds against this Istio commit).
 replace github.com/agentgateway/agentgateway/api => github.com/agentgateway/agentgateway/api v0.0.0-20260501213430-773586679f1c
