@@ -54,6 +54,7 @@ __all__ = [
     "IstioOutput",
     "IstioTranslator",
     "IstioXdsUnavailable",
+    "LocalConfig",
     "Replica",
     "Rule",
     "attribution_envoy_filter",
@@ -63,6 +64,7 @@ __all__ = [
     "istio_inputs",
     "local_resources",
     "replicas_from_objects",
+    "replicas_from_workloads",
     "route_table",
 ]
 
@@ -446,7 +448,8 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
-#: Type URLs of extensions only Istio's Envoy build has, and the rule that removes each.
+#: Type URL prefixes of extensions only Istio's Envoy build has; the feature flags keep them
+#: out of the output, and one that still appears is an error (no rule removes any).
 _ISTIO_ONLY_PREFIXES = ("type.googleapis.com/istio.", "type.googleapis.com/io.istio.", "type.googleapis.com/stats.")
 
 
