@@ -43,13 +43,13 @@ from typing import Any
 import yaml
 
 from harness import proc
+from harness.attribution import gateway_envoy_filter
 from harness.errors import ConfigError, HarnessError
 from harness.mesh import envoy
 from harness.mesh.base import RouteTable, route_table_from_route_configs
 from harness.mesh.workloads import RunningWorkload, WorkloadSpec, specs_from_objects
 
 __all__ = [
-    "ATTRIBUTION_HEADERS",
     "RULES",
     "IstioOutput",
     "IstioTranslator",
@@ -75,13 +75,6 @@ DEFAULT_BINARY = REPO_ROOT / ".cache" / "bin" / "istio-xds"
 POD_NET = ipaddress.ip_network("10.64.0.0/16")
 SERVICE_NET = ipaddress.ip_network("10.96.0.0/16")
 GATEWAY_NAMESPACE = "istio-system"
-#: The attribution headers. Istio gives every cluster an ``alt_stat_name`` (the cluster name
-#: and ";"), which ``%UPSTREAM_CLUSTER%`` reports; ``%UPSTREAM_CLUSTER_RAW%`` (Envoy >= 1.32)
-#: is the cluster's name itself, the same value the Python translation's gateway sends.
-ATTRIBUTION_HEADERS = {
-    "x-abtest-upstream-host": "%UPSTREAM_HOST%",
-    "x-abtest-upstream-cluster": "%UPSTREAM_CLUSTER_RAW%",
-}
 _TIMEOUT_S = 120.0
 _ISTIO_GROUPS = ("istio.io",)
 
@@ -233,36 +226,9 @@ def _endpoint_slices(service: Mapping[str, Any], replicas: Sequence[Replica]) ->
 
 
 def attribution_envoy_filter(namespace: str = GATEWAY_NAMESPACE) -> dict[str, Any]:
-    """The EnvoyFilter adding the two attribution response headers on the ingress gateway's routes.
-
-    Applied in the gateway's namespace, it is the object a cluster's ingress gateway needs too.
-    """
-    return {
-        "apiVersion": "networking.istio.io/v1alpha3",
-        "kind": "EnvoyFilter",
-        "metadata": {"name": "abtest-upstream-attribution", "namespace": namespace},
-        "spec": {
-            "workloadSelector": {"labels": {"istio": "ingressgateway"}},
-            "configPatches": [
-                {
-                    "applyTo": "ROUTE_CONFIGURATION",
-                    "match": {"context": "GATEWAY"},
-                    "patch": {
-                        "operation": "MERGE",
-                        "value": {
-                            "response_headers_to_add": [
-                                {
-                                    "header": {"key": key, "value": value},
-                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                                }
-                                for key, value in ATTRIBUTION_HEADERS.items()
-                            ]
-                        },
-                    },
-                }
-            ],
-        },
-    }
+    """The attribution EnvoyFilter (:func:`harness.attribution.gateway_envoy_filter`) on the
+    ingress gateway, the same object a cluster's gateway gets."""
+    return gateway_envoy_filter("abtest-upstream-attribution", namespace, {"istio": "ingressgateway"})
 
 
 def istio_inputs(
