@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit e2e install-check bench lint types cycles mutate tox validate render base-image clean helm examples
+.PHONY: help venv run test unit e2e install-check bench lint types cycles mutate tox validate render base-image clean helm examples istio-xds differential
 
 help:
 	@echo "make run         run the whole rollout on the local Envoy mesh (the main job)"
@@ -21,6 +21,8 @@ help:
 	@echo "make base-image  build the local Debian base image (no registry needed)"
 	@echo "make helm        build helm into .cache/bin (for Helm chart sources in a rollout spec)"
 	@echo "make examples    run every example rollout (examples/*/rollout.yaml) on the local mesh"
+	@echo "make istio-xds   build Istio's gateway translation (Go) into .cache/bin/istio-xds"
+	@echo "make differential  compare the oracle, the Python translation and Istio's (needs istio-xds)"
 
 venv: $(STAMP)
 
@@ -111,3 +113,18 @@ examples: $(STAMP) .cache/bin/helm
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# Istio's own gateway translation (istio-xds/, a Go module pinned to Istio's release-1.30
+# branch). Rebuilt only when its sources change; Go's build cache makes a rebuild cheap.
+GO ?= go
+ISTIO_XDS := .cache/bin/istio-xds
+
+istio-xds: $(ISTIO_XDS)
+
+$(ISTIO_XDS): istio-xds/go.mod istio-xds/go.sum $(wildcard istio-xds/*.go)
+	@command -v $(GO) >/dev/null 2>&1 || { echo "make istio-xds: Go not found (needs Go >= 1.25 and the Go module proxy); the rest of the harness works without it" >&2; exit 2; }
+	@mkdir -p $(dir $@)
+	cd istio-xds && $(GO) build -o ../$@ .
+
+differential: $(STAMP) $(ISTIO_XDS)
+	$(PY) -m pytest tests/differential $(PYTEST_ARGS)

@@ -27,17 +27,59 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
+    "GATEWAY_HEADERS",
     "UNATTRIBUTED",
     "UPSTREAM_CLUSTER_HEADER",
     "UPSTREAM_HOST_HEADER",
     "VERSION_HEADER_FALLBACK",
     "Attribution",
     "for_mesh",
+    "gateway_envoy_filter",
     "version_of",
 ]
 
 UPSTREAM_HOST_HEADER = "x-abtest-upstream-host"
 UPSTREAM_CLUSTER_HEADER = "x-abtest-upstream-cluster"
+#: What an Istio ingress gateway puts in each header (Envoy substitution operators). Istio gives
+#: every cluster an ``alt_stat_name`` (its name and ";"), which ``%UPSTREAM_CLUSTER%`` reports;
+#: ``%UPSTREAM_CLUSTER_RAW%`` (Envoy >= 1.32) is the cluster's own name.
+GATEWAY_HEADERS = {UPSTREAM_HOST_HEADER: "%UPSTREAM_HOST%", UPSTREAM_CLUSTER_HEADER: "%UPSTREAM_CLUSTER_RAW%"}
+
+
+def gateway_envoy_filter(
+    name: str, namespace: str, selector: Mapping[str, str], labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The EnvoyFilter that makes an Istio ingress gateway name, per response, the endpoint it chose.
+
+    It merges the :data:`GATEWAY_HEADERS` into every route configuration of the gateway's Envoy
+    (``context: GATEWAY``). An EnvoyFilter with a ``workloadSelector`` acts on the selected
+    workloads of its own namespace (one in the root namespace reaches every namespace), so it
+    goes in the gateway's namespace and selects the gateway's pod labels. EnvoyFilter is served
+    as v1alpha3 only. The same object serves a cluster (kind, an existing one) and Istio's own
+    translation on the local mesh.
+    """
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        metadata["labels"] = dict(labels)
+    headers = [
+        {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for key, value in GATEWAY_HEADERS.items()
+    ]
+    return {
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": metadata,
+        "spec": {
+            "workloadSelector": {"labels": dict(selector)},
+            "configPatches": [
+                {
+                    "applyTo": "ROUTE_CONFIGURATION",
+                    "match": {"context": "GATEWAY"},
+                    "patch": {"operation": "MERGE", "value": {"response_headers_to_add": headers}},
+                }
+            ],
+        },
+    }
 #: Prefix of the outcome of an answer no version can be credited with (an error outcome).
 UNATTRIBUTED = "error:unattributed"
 #: Use the image's ``x-model-version`` header when the gateway names no upstream host.

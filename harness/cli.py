@@ -156,6 +156,7 @@ def _mesh_options(args: argparse.Namespace, workloads: str) -> Any:
         namespace=args.namespace,
         gateway_url=args.gateway_url,
         judge_live=args.judge_live,
+        translator=args.translator,
     )
 
 

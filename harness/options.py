@@ -72,6 +72,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("cluster-name", "kind: cluster name; an existing one is reused (default abtest)", "abtest", str,
            metavar="NAME"),
     Option("base-image", "base image for the scorer images (docker workloads, kind)", None, str, metavar="IMAGE"),
+    Option("translator", "local mesh: who computes the gateway's configuration, the harness (python, default) "
+           "or Istio's own control-plane code (istio; needs `make istio-xds`)", "python", str, ("python", "istio")),
     Option("kubeconfig", "cluster: kubeconfig file of the existing cluster (required with --mesh cluster)", None, Path,
            metavar="FILE"),
     Option("context", "cluster: the kubeconfig context to use (required; never guessed)", None, str, metavar="NAME"),

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from harness import proc
 from harness.errors import HarnessError, ToolNotFound
@@ -33,6 +33,9 @@ from harness.routing import Expected, Request, expected_distributions
 from harness.spec import PlanSource, RolloutSpec, StageSpec, spec_from_plan
 from harness.stats import SequentialTest, StatsConfig, Verdict
 from harness.traffic import LoadResult, allowed_url_of, run_load
+
+if TYPE_CHECKING:
+    from harness.mesh.istio_xds import IstioTranslator
 
 #: Header that pins a request to one version in the sample plan (the reference guide's A/B header).
 VERSION_HEADER = "x-api-version"
@@ -476,6 +479,24 @@ class MeshOptions:
     namespace: str | None = None
     gateway_url: str | None = None
     judge_live: bool = False
+    #: Who computes the local gateway's configuration: "python" (harness.mesh.envoy) or
+    #: "istio" (Istio's own code, the istio-xds program; harness.mesh.istio_xds).
+    translator: str = "python"
+
+
+def _translator(options: MeshOptions) -> IstioTranslator | None:
+    """The LocalMesh translator `options` ask for (None: the Python translation)."""
+    if options.translator == "python":
+        return None
+    if options.translator != "istio":
+        raise HarnessError(f"unknown translator {options.translator!r} (python or istio)")
+    from harness.mesh import istio_xds
+
+    try:
+        istio_xds.binary()
+    except istio_xds.IstioXdsUnavailable as exc:
+        raise MeshUnavailable(str(exc)) from exc
+    return istio_xds.IstioTranslator()
 
 
 class MeshSession:
@@ -536,13 +557,14 @@ def open_mesh(
     if options.mesh == "local":
         from harness.mesh.local import LocalMesh
 
+        translator = _translator(options)
         if options.workloads == "process":
             if isinstance(spec, RolloutPlan):
-                return MeshSession(LocalMesh(plan=spec))
+                return MeshSession(LocalMesh(plan=spec, translator=translator))
             from harness.mesh.workloads import ProcessRunner
 
             process_runner = ProcessRunner({i.repository: i.answer for i in spec.images.values()})
-            return MeshSession(LocalMesh(runner=process_runner), None, [process_runner.close])
+            return MeshSession(LocalMesh(runner=process_runner, translator=translator), None, [process_runner.close])
         if options.workloads != "docker":
             raise HarnessError(f"unknown workload runner {options.workloads!r} (process or docker)")
         from harness import images
@@ -560,7 +582,7 @@ def open_mesh(
             raise MeshUnavailable(str(exc)) from exc
         runner = DockerRunner(client=client)
         register_cleanup(runner)
-        return MeshSession(LocalMesh(runner=runner), refs, [runner.close])
+        return MeshSession(LocalMesh(runner=runner, translator=translator), refs, [runner.close])
     if options.mesh == "kind":
         from harness import images
         from harness.mesh.kind import KindIstioMesh

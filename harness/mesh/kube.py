@@ -182,42 +182,18 @@ def check_client_version(version: str | None = None) -> None:
 
 
 def attribution_filter(namespace: str, selector: Mapping[str, str], run_id: str) -> dict[str, Any]:
-    """The EnvoyFilter that makes the ingress gateway name the endpoint it chose, per response.
+    """This run's attribution EnvoyFilter (:func:`harness.attribution.gateway_envoy_filter`).
 
-    It merges two ``response_headers_to_add`` entries into every route configuration of the
-    gateway's Envoy (``context: GATEWAY``): ``x-abtest-upstream-host: %UPSTREAM_HOST%``
-    (ip:port of the chosen endpoint) and ``x-abtest-upstream-cluster: %UPSTREAM_CLUSTER%``.
-    An EnvoyFilter with a ``workloadSelector`` acts on the selected workloads of its own
-    namespace (the root namespace's reach all namespaces), so it goes in the gateway's
-    namespace and selects the gateway's pod labels. EnvoyFilter is served as v1alpha3 only.
-    The name carries the run id, so two runs never share (or delete) one filter.
+    The name and labels carry the run id, so two runs never share (or delete) one filter.
     """
-    headers = [
-        {
-            "header": {"key": key, "value": value},
-            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-        }
-        for key, value in ((UPSTREAM_HOST_HEADER, "%UPSTREAM_HOST%"), (UPSTREAM_CLUSTER_HEADER, "%UPSTREAM_CLUSTER%"))
-    ]
-    return {
-        "apiVersion": "networking.istio.io/v1alpha3",
-        "kind": "EnvoyFilter",
-        "metadata": {
-            "name": f"{ATTRIBUTION_FILTER_PREFIX}-{run_id}",
-            "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, RUN_ID_LABEL: run_id},
-        },
-        "spec": {
-            "workloadSelector": {"labels": dict(selector)},
-            "configPatches": [
-                {
-                    "applyTo": "ROUTE_CONFIGURATION",
-                    "match": {"context": "GATEWAY"},
-                    "patch": {"operation": "MERGE", "value": {"response_headers_to_add": headers}},
-                }
-            ],
-        },
-    }
+    from harness.attribution import gateway_envoy_filter
+
+    return gateway_envoy_filter(
+        f"{ATTRIBUTION_FILTER_PREFIX}-{run_id}",
+        namespace,
+        selector,
+        {MANAGED_BY_LABEL: MANAGED_BY_VALUE, RUN_ID_LABEL: run_id},
+    )
 
 
 def selector_labels(selector: str) -> dict[str, str]:

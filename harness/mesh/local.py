@@ -67,6 +67,7 @@ from harness.signals import shielded, teardown_on_sigterm
 from harness.wait import wait_until
 
 if TYPE_CHECKING:
+    from harness.mesh.istio_xds import IstioTranslator
     from harness.plan import RolloutPlan
 
 __all__ = ["LocalMesh", "MeshState", "endpoints_for"]
@@ -211,7 +212,9 @@ class LocalMesh:
     `runner` starts the replicas (default: a :class:`ProcessRunner` for the images of `plan`,
     itself ``manifests/stages.yaml`` by default; a runner passed in is not closed by down());
     `gateway_port` 0 picks a free port; `workdir` keeps the xDS files and logs (default: a
-    temporary directory removed by :meth:`down`).
+    temporary directory removed by :meth:`down`); `translator` computes what Envoy is told
+    (default: the Python translation, :mod:`harness.mesh.envoy`; an
+    :class:`~harness.mesh.istio_xds.IstioTranslator` runs Istio's own).
     """
 
     name = "local"
@@ -227,7 +230,9 @@ class LocalMesh:
         ready_timeout: float = 30.0,
         envoy_log_level: str = "info",
         concurrency: int = 1,
+        translator: IstioTranslator | None = None,
     ) -> None:
+        self._translator = translator
         self._runner: WorkloadRunner | None = runner
         self._owns_runner = runner is None
         self._plan = plan
@@ -527,6 +532,9 @@ class LocalMesh:
 
     def expected_state(self, objects: Sequence[Mapping[str, Any]], also: Sequence[RunningWorkload] = ()) -> MeshState:
         """What Envoy must serve for `objects` with the replicas running now (and `also` these)."""
+        if self._translator is not None:
+            routes, endpoints = self._translator.expected(objects, [*self._workloads.values(), *also])
+            return MeshState(routes, endpoints)
         ups = envoy.upstreams(objects)
         eps = endpoints_for(ups, [*self._workloads.values(), *also])
         routes = expected_route_table(objects)
@@ -549,8 +557,11 @@ class LocalMesh:
             # Everything the xDS files are made of is translated before any replica starts, so
             # a bad route, Service or DestinationRule fails with nothing started. The kinds and
             # fields refused are the oracle's (routing.check_supported, run by the translation).
-            envoy.build_route_configuration(objects)
-            envoy.upstreams(objects)
+            if self._translator is None:
+                envoy.build_route_configuration(objects)
+                envoy.upstreams(objects)
+            else:
+                self._translator.check(objects)
             desired = {_spec_key(s): s for s in specs_from_objects(objects)}
             check = getattr(self._runner, "check", None)
             if check is not None:  # a container the runner cannot run fails with nothing started
@@ -564,7 +575,11 @@ class LocalMesh:
             self._workloads = {**keep, **{_spec_key(w.spec): w for w in started}}
             self._draining = list(removed)
             try:
-                dropped = set(self._clusters) - {u.name for u in envoy.upstreams(objects)}
+                if self._translator is None:
+                    wanted = {u.name for u in envoy.upstreams(objects)}
+                else:
+                    wanted = self._translator.cluster_names(objects, list(self._workloads.values()))
+                dropped = set(self._clusters) - wanted
                 if removed or dropped:
                     self._write_xds(objects, also=removed, keep_clusters=True)
                     self._await(
@@ -666,17 +681,27 @@ class LocalMesh:
         clusters the objects no longer define, so routes not yet switched still find them.
         """
         paths = self._paths()
-        ups = envoy.upstreams(objects)
-        eds_paths = {u.name: str(self._eds_path(u.name)) for u in ups}
         assert self._gateway_port is not None
-        resources = envoy.translate(
-            objects,
-            endpoints_for(ups, [*self._workloads.values(), *also]),
-            listener_port=self._gateway_port,
-            rds_path=str(paths["rds"]),
-            eds_paths=eds_paths,
-            access_log=str(paths["access_log"]),
-        )
+        if self._translator is not None:
+            resources = self._translator.translate(
+                objects,
+                [*self._workloads.values(), *also],
+                listener_port=self._gateway_port,
+                rds_path=str(paths["rds"]),
+                eds_path=lambda name: str(self._eds_path(name)),
+                access_log=str(paths["access_log"]),
+            )
+        else:
+            ups = envoy.upstreams(objects)
+            eds_paths = {u.name: str(self._eds_path(u.name)) for u in ups}
+            resources = envoy.translate(
+                objects,
+                endpoints_for(ups, [*self._workloads.values(), *also]),
+                listener_port=self._gateway_port,
+                rds_path=str(paths["rds"]),
+                eds_paths=eds_paths,
+                access_log=str(paths["access_log"]),
+            )
         self._version += 1
         version = str(self._version)
         # Order matters: endpoint files must exist before a cluster names them, and clusters

@@ -74,7 +74,7 @@ def own_image(
 ) -> Iterator[str]:
     """An image of a model server of the user's own, on the base the scorer images were built on
     (scorer_refs skips, or fails in CI, where that base is missing)."""
-    base_image = resolve_base_image(pytestconfig.getoption("--base-image", default=None))
+    base_image = resolve_base_image(pytestconfig.getoption("abtest_base_image", default=None))
     dockerfile = f'FROM {base_image}\nCOPY serve.py /srv/serve.py\nCMD ["false"]\n'
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
