@@ -142,21 +142,26 @@ def _progress(line: str) -> None:
 
 
 def _mesh_options(args: argparse.Namespace, workloads: str) -> Any:
+    """The mesh the command's options ask for; an option a command does not offer keeps its default."""
     from harness import rollout
 
+    def value(name: str) -> Any:
+        option = opts.by_name(name)
+        return getattr(args, option.dest, option.default)
+
     return rollout.MeshOptions(
-        mesh=args.mesh,
+        mesh=value("mesh"),
         workloads=workloads,
-        artifacts_dir=args.artifacts_dir,
-        keep_cluster=args.keep_cluster,
-        cluster_name=args.cluster_name,
-        base_image=args.base_image,
-        kubeconfig=args.kubeconfig,
-        context=args.context,
-        namespace=args.namespace,
-        gateway_url=args.gateway_url,
-        judge_live=args.judge_live,
-        translator=args.translator,
+        artifacts_dir=value("artifacts-dir"),
+        keep_cluster=value("keep-cluster"),
+        cluster_name=value("cluster-name"),
+        base_image=value("base-image"),
+        kubeconfig=value("kubeconfig"),
+        context=value("context"),
+        namespace=value("namespace"),
+        gateway_url=value("gateway-url"),
+        judge_live=value("judge-live"),
+        translator=value("translator"),
     )
 
 
@@ -331,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     up = sub.add_parser("up", help="serve one stage on the local mesh and print the gateway URL, until Ctrl-C")
-    opts.add_to_argparse(up, ["spec", "workloads", "base-image", "artifacts-dir"])
+    opts.add_to_argparse(up, ["spec", "workloads", "translator", "base-image", "artifacts-dir"])
     up.add_argument("--stage", required=True, help="stage name, e.g. Blue_50")
-    up.set_defaults(func=cmd_up, mesh="local", keep_cluster=False, cluster_name="abtest", plan=None)
+    up.set_defaults(func=cmd_up, mesh="local", plan=None)
 
     mutate = sub.add_parser("mutate", help="one-edit mutants of every stage, and which check catches each")
     opts.add_to_argparse(mutate, ["spec", "workloads", "alpha", "beta", "delta", "artifacts-dir", "base-image"])

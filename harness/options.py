@@ -73,7 +73,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="NAME"),
     Option("base-image", "base image for the scorer images (docker workloads, kind)", None, str, metavar="IMAGE"),
     Option("translator", "local mesh: who computes the gateway's configuration, the harness (python, default) "
-           "or Istio's own control-plane code (istio; needs `make istio-xds`)", "python", str, ("python", "istio")),
+           "or Istio's own code (istio; needs `make istio-xds`)", "python", str, ("python", "istio")),
     Option("kubeconfig", "cluster: kubeconfig file of the existing cluster (required with --mesh cluster)", None, Path,
            metavar="FILE"),
     Option("context", "cluster: the kubeconfig context to use (required; never guessed)", None, str, metavar="NAME"),

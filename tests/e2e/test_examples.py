@@ -101,9 +101,13 @@ def test_one_weight_edited_in_a_bookinfo_stage_fails_exactly_that_stage_split(tm
     assert _failed(result) == {("shift-80-20", "anonymous"), ("shift-80-20", "jason")}
     for label in ("anonymous", "jason"):
         message = _verdict(result, "shift-80-20", label)
-        found = re.search(r"FAIL v2 (\d+\.\d)% \[[\d.]+, [\d.]+\] expected 20% \+-10", message)
+        found = re.search(r"FAIL v2 (\d+\.\d)% \[([\d.]+), ([\d.]+)\] expected 20% \+-10", message)
         assert found, message
-        assert 35.0 < float(found.group(1)) < 65.0, message  # observed: about the 50% the edit routes
+        # The edit routes 50%: the observed share lies above the expected 20% and its interval
+        # (at 1 - alpha) holds the 50% really routed. A point estimate at a small n may be far
+        # from 50%, so it is not pinned.
+        share, low, high = (float(g) for g in found.groups())
+        assert share > 20.0 and low <= 50.0 <= high, message
     mismatches = {s.stage.name: s.manifest_mismatches for s in result.stages if s.manifest_mismatches}
     assert mismatches == {"shift-80-20": [
         "shift-80-20 anonymous: manifests route v1 50%, v2 50%, the spec expects v1 80%, v2 20%",
@@ -125,10 +129,13 @@ def test_one_weight_edited_in_a_helm_stage_fails_exactly_that_stage_split(tmp_pa
         result = run_rollout(session.mesh, spec, StatsConfig())
     assert _failed(result) == {("Blue_50", "canary")}
     message = _verdict(result, "Blue_50", "canary")
-    found = re.search(r"FAIL (green|blue) (\d+\.\d)% \[[\d.]+, [\d.]+\] expected 50% \+-10", message)
+    found = re.search(r"FAIL (green|blue) (\d+\.\d)% \[([\d.]+), ([\d.]+)\] expected 50% \+-10", message)
     assert found, message
-    observed = float(found.group(2))
-    assert (observed > 65.0) if found.group(1) == "green" else (observed < 35.0), message
+    # The edit routes green 80%: the observed share lies on that side of 50% and its interval
+    # (at 1 - alpha) holds the share really routed (not a point estimate, which varies at small n).
+    version, share, low, high = found.group(1), *(float(g) for g in found.groups()[1:])
+    routed = 80.0 if version == "green" else 20.0
+    assert ((share > 50.0) if version == "green" else (share < 50.0)) and low <= routed <= high, message
 
 
 def _free(url: str) -> bool:
