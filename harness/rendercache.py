@@ -118,9 +118,15 @@ def helm_inputs(chart: Path, values: Iterable[Path]) -> list[Path]:
 def _tree(directory: Path) -> list[Path]:
     out: list[Path] = []
     total = 0
+    walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
         if len(out) > MAX_TREE_FILES:
             raise _Uncacheable(f"{directory}: more than {MAX_TREE_FILES} files")
+        real = os.path.realpath(dirpath)
+        if real in walked:  # a link back into the tree: its files are counted once
+            dirnames.clear()
+            continue
+        walked.add(real)
         dirnames.sort()
         for name in filenames:
             path = Path(dirpath, name)

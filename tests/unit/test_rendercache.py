@@ -228,3 +228,11 @@ def test_the_cache_can_be_turned_off_and_defaults_under_the_user_cache(monkeypat
     assert rendercache.cache_dir() == Path("/somewhere/abtest-harness/render")
     assert render_mod.RENDER_JOBS >= 1
     assert os.sep in str(rendercache.cache_dir())
+
+
+def test_a_directory_link_loop_is_walked_once(tree: Path) -> None:
+    base = tree / "base"
+    (base / "loop").symlink_to(base, target_is_directory=True)
+    inputs = rendercache.kustomize_inputs(tree / "stages" / "Blue_50")
+    assert (base / "kustomization.yaml").resolve() in inputs
+    assert len(inputs) == len(set(inputs))
