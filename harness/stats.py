@@ -28,7 +28,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError
 
@@ -507,6 +507,64 @@ def split_boundaries(
     )
 
 
+#: Where `stored_split_boundaries` keeps boundaries; ``off`` computes them every time.
+STATS_CACHE_ENV = "ABTEST_STATS_CACHE"
+_STORE_FORMAT = 1
+
+
+@functools.lru_cache(maxsize=256)
+def stored_split_boundaries(
+    p0: float, alpha: float, beta: float, delta: float, cap_share: float = 0.1, composite_weight: float = 0.1
+) -> SplitBoundaries:
+    """`split_boundaries`, kept on disk between processes (building one costs 1-2 s of CPU).
+
+    The entry's name is the sha256 of the arguments, this file's bytes and the numpy and
+    scipy versions, so any change to the computation is a new entry; a stored entry that does
+    not read back as boundaries of the right size is computed again. Stored under
+    ``$ABTEST_STATS_CACHE``, else ``$XDG_CACHE_HOME/abtest-harness/stats`` or
+    ``~/.cache/abtest-harness/stats``.
+    """
+    import hashlib
+    import json
+    import os
+    import tempfile
+    from importlib import metadata
+    from pathlib import Path
+
+    args = [p0, alpha, beta, delta, cap_share, composite_weight]
+    given = os.environ.get(STATS_CACHE_ENV)
+    if given is not None and given.strip().lower() in ("", "0", "off", "no", "false", "none"):
+        return split_boundaries(*args)
+    directory = Path(given) if given is not None else Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "abtest-harness" / "stats"
+    try:
+        versions = [metadata.version("numpy"), metadata.version("scipy")]
+        source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    except (OSError, metadata.PackageNotFoundError):
+        return split_boundaries(*args)
+    name = hashlib.sha256(json.dumps([_STORE_FORMAT, [repr(a) for a in args], source, versions]).encode())
+    entry = directory / f"split-{name.hexdigest()}.json"
+    try:
+        data = json.loads(entry.read_text(encoding="utf-8"))
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        bounds = SplitBoundaries(**fields)
+        sizes = {len(bounds.fail_lo), len(bounds.fail_hi), len(bounds.pass_lo), len(bounds.pass_hi)}
+        if sizes == {bounds.cap + 1} and [bounds.p0, bounds.alpha, bounds.beta, bounds.delta] == args[:4]:
+            return bounds
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # missing or damaged: compute it
+    bounds = split_boundaries(*args)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({k: getattr(bounds, k) for k in bounds.__dataclass_fields__}, handle)
+        os.replace(tmp, entry)
+    except OSError:
+        pass
+    return bounds
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """Exact behaviour of a split test at one true share: P(FAIL), P(PASS), and when it stops.
@@ -751,7 +809,7 @@ class SequentialTest:
         # Errors tolerated (e0 > 0) take half of alpha; k tracked shares split the rest (union bound).
         split_alpha = cfg.alpha / (2 if cfg.max_error_rate > 0 else 1) / max(len(positive), 1)
         self._components = [
-            _Component(name, split_boundaries(
+            _Component(name, stored_split_boundaries(
                 round(self.expected[name], 12), split_alpha, cfg.beta, cfg.delta, cfg.cap_share,
                 cfg.composite_weight))
             for name in positive
