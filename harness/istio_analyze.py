@@ -24,7 +24,7 @@ from harness.errors import HarnessError
 from harness.mesh import istio_xds as ix
 from harness.validate import Finding
 
-__all__ = ["Difference", "IstioFinding", "analyze", "analyze_batch", "compare"]
+__all__ = ["Analysis", "Difference", "IstioFinding", "analyze", "analyze_batch", "compare"]
 
 _TIMEOUT_S = 300.0
 
@@ -57,15 +57,24 @@ class Difference:
         return f"only {self.side}: {self.code} {self.obj}: {self.message}"
 
 
-def _findings(data: Mapping[str, Any]) -> list[IstioFinding]:
-    return sorted(
-        IstioFinding(str(m["code"]), str(m["level"]), str(m.get("object") or ""), str(m["message"]))
-        for m in data.get("analysis") or ()
-    )
+@dataclass(frozen=True)
+class Analysis:
+    """Istio's messages for one set of objects, and the analyzers it skipped for want of an input kind."""
+
+    findings: tuple[IstioFinding, ...]
+    skipped: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Analysis:
+        findings = sorted(
+            IstioFinding(str(m["code"]), str(m["level"]), str(m.get("object") or ""), str(m["message"]))
+            for m in data.get("analysis") or ()
+        )
+        return cls(tuple(findings), tuple(str(s) for s in data.get("skipped") or ()))
 
 
-def _run(stdin: str, batch: bool, timeout: float) -> str:
-    argv = [ix.binary(), "-analyze", *(["-batch"] if batch else [])]
+def _run(stdin: str, batch: bool, runtime_kinds: bool, timeout: float) -> str:
+    argv = [ix.binary(), "-analyze", *(["-batch"] if batch else []), *(["-runtime-kinds"] if runtime_kinds else [])]
     done = proc.run(argv, timeout=timeout, input=stdin, check=False)
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
@@ -74,25 +83,31 @@ def _run(stdin: str, batch: bool, timeout: float) -> str:
     return done.stdout
 
 
-def analyze(objects: Sequence[Mapping[str, Any]], *, timeout: float = _TIMEOUT_S) -> list[IstioFinding]:
-    """Istio's analyzer messages for one set of objects, sorted."""
-    return _findings(json.loads(_run(ix._yaml(objects), False, timeout)))
+def analyze(
+    objects: Sequence[Mapping[str, Any]], *, runtime_kinds: bool = False, timeout: float = _TIMEOUT_S
+) -> Analysis:
+    """Istio's analyzer messages for one set of objects, sorted.
+
+    runtime_kinds: read Services, Namespaces, Pods, Nodes and Secrets too (istioctl's file mode
+    ignores them, and skips every analyzer that needs one).
+    """
+    return Analysis.from_json(json.loads(_run(ix._yaml(objects), False, runtime_kinds, timeout)))
 
 
 def analyze_batch(
-    cases: Mapping[str, Sequence[Mapping[str, Any]]], *, timeout: float = _TIMEOUT_S
-) -> dict[str, list[IstioFinding]]:
-    """Istio's analyzer messages for many cases in one run of the program: id -> findings."""
+    cases: Mapping[str, Sequence[Mapping[str, Any]]], *, runtime_kinds: bool = False, timeout: float = _TIMEOUT_S
+) -> dict[str, Analysis]:
+    """Istio's analyzer messages for many cases in one run of the program: id -> analysis."""
     lines = [json.dumps({"id": case_id, "yaml": ix._yaml(objects)}) for case_id, objects in cases.items()]
-    out = _run("\n".join(lines) + "\n", True, timeout)
-    results: dict[str, list[IstioFinding]] = {}
+    out = _run("\n".join(lines) + "\n", True, runtime_kinds, timeout)
+    results: dict[str, Analysis] = {}
     for line in out.splitlines():
         if not line.strip():
             continue
         data = json.loads(line)
         if data.get("error"):
             raise HarnessError(f"Istio's analyzers failed on {data.get('id')}: {data['error']}")
-        results[str(data.get("id"))] = _findings(data)
+        results[str(data.get("id"))] = Analysis.from_json(data)
     missing = set(cases) - set(results)
     if missing:
         example = sorted(missing)[0]

@@ -31,19 +31,32 @@ type analysisResult struct {
 	ID       string            `json:"id,omitempty"`
 	Error    string            `json:"error,omitempty"`
 	Analysis []analysisFinding `json:"analysis"`
+	// Skipped are the analyzers Istio left out because an input kind is not served by the
+	// sources (as istioctl analyze -v lists them).
+	Skipped []string `json:"skipped"`
 }
 
 // analyze runs Istio's analyzers over the objects of one YAML stream. A file that does not
 // parse is an error of the result (istioctl prints it and goes on with what it read).
-func analyze(text, istioNamespace string) (res analysisResult) {
+//
+// With runtimeKinds, Services, Namespaces, Pods, Nodes and Secrets are read from the files as
+// well (AddTestReaderKubeSource, what Istio's own analyzer tests use); istioctl's file mode
+// leaves them out, and with them every analyzer that needs one (Skipped lists them).
+func analyze(text, istioNamespace string, runtimeKinds bool) (res analysisResult) {
 	res.Analysis = []analysisFinding{}
 	sa := local.NewSourceAnalyzer(analyzers.AllCombined(), "", resource.Namespace(istioNamespace), nil)
-	if err := sa.AddDefaultResources(); err != nil {
-		res.Error = fmt.Sprintf("default resources: %v", err)
+	// The first call decides which kinds the one file source reads; the defaults then
+	// go into the same source.
+	add := sa.AddReaderKubeSource
+	if runtimeKinds {
+		add = sa.AddTestReaderKubeSource
+	}
+	if err := add([]local.ReaderSource{{Name: "input", Reader: strings.NewReader(text)}}); err != nil {
+		res.Error = fmt.Sprintf("reading objects: %v", err)
 		return res
 	}
-	if err := sa.AddReaderKubeSource([]local.ReaderSource{{Name: "input", Reader: strings.NewReader(text)}}); err != nil {
-		res.Error = fmt.Sprintf("reading objects: %v", err)
+	if err := sa.AddDefaultResources(); err != nil {
+		res.Error = fmt.Sprintf("default resources: %v", err)
 		return res
 	}
 	cancel := make(chan struct{})
@@ -53,6 +66,7 @@ func analyze(text, istioNamespace string) (res analysisResult) {
 		res.Error = fmt.Sprintf("analysis: %v", err)
 		return res
 	}
+	res.Skipped = append([]string{}, out.SkippedAnalyzers...)
 	for i := range out.Messages {
 		m := &out.Messages[i]
 		object := ""
@@ -69,7 +83,7 @@ func analyze(text, istioNamespace string) (res analysisResult) {
 	return res
 }
 
-func runAnalyzeBatch(in io.Reader, out *bufio.Writer, istioNamespace string) error {
+func runAnalyzeBatch(in io.Reader, out *bufio.Writer, istioNamespace string, runtimeKinds bool) error {
 	scanner := bufio.NewScanner(in)
 	scanner.Buffer(make([]byte, 1<<20), 64<<20)
 	line := 0
@@ -82,7 +96,7 @@ func runAnalyzeBatch(in io.Reader, out *bufio.Writer, istioNamespace string) err
 		if err := json.Unmarshal(scanner.Bytes(), &in); err != nil {
 			return fmt.Errorf("stdin line %d: %v", line, err)
 		}
-		res := analyze(in.YAML, istioNamespace)
+		res := analyze(in.YAML, istioNamespace, runtimeKinds)
 		res.ID = in.ID
 		data, err := json.Marshal(res)
 		if err != nil {

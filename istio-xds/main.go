@@ -79,6 +79,7 @@ enableTracing: false
 type options struct {
 	batch         bool
 	analyze       bool
+	runtimeKinds  bool
 	meshConfig    string
 	labels        map[string]string
 	namespace     string
@@ -156,7 +157,7 @@ func main() {
 // or with -batch one JSON line per case. Exit status 1 when the objects cannot be read.
 func mainAnalyze(out *bufio.Writer, opts options, files []string) {
 	if opts.batch {
-		if err := runAnalyzeBatch(os.Stdin, out, opts.namespace); err != nil {
+		if err := runAnalyzeBatch(os.Stdin, out, opts.namespace, opts.runtimeKinds); err != nil {
 			out.Flush()
 			fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
 			os.Exit(2)
@@ -168,7 +169,7 @@ func mainAnalyze(out *bufio.Writer, opts options, files []string) {
 		fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
 		os.Exit(2)
 	}
-	res := analyze(text, opts.namespace)
+	res := analyze(text, opts.namespace, opts.runtimeKinds)
 	if res.Error != "" {
 		fmt.Fprintf(os.Stderr, "istio-xds: %s\n", res.Error)
 		os.Exit(1)
@@ -206,6 +207,7 @@ func parseFlags() (options, []string) {
 	var o options
 	var labels, meshFile string
 	flag.BoolVar(&o.analyze, "analyze", false, "run Istio's configuration analyzers (istioctl analyze --use-kube=false -A) instead of printing xDS")
+	flag.BoolVar(&o.runtimeKinds, "runtime-kinds", false, "with -analyze: also read Services, Namespaces, Pods, Nodes, Secrets from the files (istioctl's file mode ignores them)")
 	flag.BoolVar(&o.batch, "batch", false, `read JSON lines {"id": ..., "yaml": ...} on stdin, write one JSON line per case`)
 	flag.StringVar(&meshFile, "mesh-config", "", "a MeshConfig YAML file applied over Istio's defaults (auto-mTLS off)")
 	flag.StringVar(&labels, "gateway-labels", "istio=ingressgateway,app=istio-ingressgateway", "labels of the gateway proxy")
