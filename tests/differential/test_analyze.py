@@ -3,11 +3,15 @@
 Each finding one side reports and the other does not must be a row of the table in
 docs/istio-translation.md (``analyzer-differences``); a difference the table does not list,
 or a row that no longer happens, fails. Istio's side is the istio-xds program's ``-analyze``
-mode (what ``istioctl analyze --use-kube=false -A`` runs), one batched run for all stages.
+mode in two runs: ``file``, what ``istioctl analyze --use-kube=false -A`` runs (Services,
+Namespaces and Pods in files ignored), and ``runtime``, with those kinds read too. Besides the
+real stages, every probe of tests/differential/analyze_probes.py (Blue_50 with one fault) is
+compared, so that the agreement on faults is measured, not only on clean stages.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -20,13 +24,15 @@ from harness.errors import ToolNotFound
 from harness.render import render
 from harness.spec import load_spec
 from harness.validate import Finding, validate_objects
+from tests.differential.analyze_probes import PROBES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "istio-translation.md"
 MARKER = "<!-- analyzer-differences"
 SPECS = ["manifests/rollout.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("examples/*/rollout.yaml"))]
 
-Key = tuple[str, str, str, str]  # case id, side, code, object
+Key = tuple[str, str, str, str, str]  # mode, case id, side, code, object
+MODES = ("file", "runtime")
 
 
 def documented() -> dict[Key, str]:
@@ -38,10 +44,11 @@ def documented() -> dict[Key, str]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        stages, side, code, obj, why = cells[0], cells[1], cells[2], cells[3], "|".join(cells[4:])
+        mode, stages, side, code, obj, why = cells[0], cells[1], cells[2], cells[3], cells[4], "|".join(cells[5:])
         spec, _, names = stages.partition(":")
-        for name in names.split(","):
-            rows[(f"{spec.strip(' `')}:{name.strip()}", side, code, obj)] = why
+        for m in MODES if mode == "both" else (mode,):
+            for name in names.split(","):
+                rows[(m, f"{spec.strip(' `')}:{name.strip()}", side, code, obj)] = why
     return rows
 
 
@@ -57,41 +64,58 @@ def stages() -> dict[str, list[dict[str, Any]]]:
             if os.environ.get("CI") == "true":
                 pytest.fail(f"{path}: {exc}", pytrace=False)
             pytest.skip(f"{path}: {exc}")
+    sample = load_spec(ROOT / SPECS[0])
+    base = render(sample, sample.stage("Blue_50"))
+    for name, probe in PROBES.items():
+        objects = copy.deepcopy(base)
+        probe(objects)
+        cases[f"probe:{name}"] = objects
     return cases
 
 
 @pytest.fixture(scope="module")
-def istio(istio_xds_binary: str, stages: dict[str, list[dict[str, Any]]]) -> dict[str, list[ia.IstioFinding]]:
-    return ia.analyze_batch(stages)
+def istio(istio_xds_binary: str, stages: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, ia.Analysis]]:
+    return {mode: ia.analyze_batch(stages, runtime_kinds=mode == "runtime") for mode in MODES}
 
 
 def test_the_table_parses_into_rows_naming_known_stages(stages: dict[str, list[dict[str, Any]]]) -> None:
     rows = documented()
     assert rows, "no rows under the analyzer-differences marker"
-    for case_id, side, code, obj in rows:
+    for mode, case_id, side, code, obj in rows:
+        assert mode in MODES
         assert case_id in stages, f"the table names a stage that does not exist: {case_id}"
         assert side in ("abtest", "istio")
         assert re.fullmatch(r"(IST|ABT)\d{4}|ABT\d{3}", code), code
-        assert re.fullmatch(r"\w+ [\w.-]+/[\w.-]+", obj), obj
+        assert re.fullmatch(r"\w+ ([\w.-]+/)?[\w.-]+", obj), obj
 
 
 def test_every_stage_is_analysed(
-    stages: dict[str, list[dict[str, Any]]], istio: dict[str, list[ia.IstioFinding]]
+    stages: dict[str, list[dict[str, Any]]], istio: dict[str, dict[str, ia.Analysis]]
 ) -> None:
-    assert len(stages) >= 16  # 6 sample stages, 5 + 5 of the examples
-    assert set(istio) == set(stages)
+    assert len([c for c in stages if not c.startswith("probe:")]) >= 16  # 6 sample stages, 5 + 5 examples
+    for mode in MODES:
+        assert set(istio[mode]) == set(stages)
+
+
+def test_file_mode_skips_what_istioctl_skips(istio: dict[str, dict[str, ia.Analysis]]) -> None:
+    """The explanation of the file-mode rows: without Services Istio checks no destination host."""
+    skipped = set(istio["file"]["probe:missing-host"].skipped)
+    assert {"virtualservice.DestinationHostAnalyzer", "service.PortNameAnalyzer"} <= skipped
+    assert istio["runtime"]["probe:missing-host"].skipped == ()
 
 
 def test_differences_are_exactly_the_documented_rows(
-    stages: dict[str, list[dict[str, Any]]], istio: dict[str, list[ia.IstioFinding]]
+    stages: dict[str, list[dict[str, Any]]], istio: dict[str, dict[str, ia.Analysis]]
 ) -> None:
     found: dict[Key, str] = {}
     for case_id, objects in stages.items():
-        for d in ia.compare(validate_objects(objects), istio[case_id]):
-            found[(case_id, d.side, d.code, d.obj)] = d.message
+        ours = validate_objects(objects)
+        for mode in MODES:
+            for d in ia.compare(ours, istio[mode][case_id].findings):
+                found[(mode, case_id, d.side, d.code, d.obj)] = d.message
     rows = documented()
-    new = [f"{k[0]}: only {k[1]}: {k[2]} {k[3]}: {msg}" for k, msg in sorted(found.items()) if k not in rows]
-    gone = [f"{k[0]}: only {k[1]}: {k[2]} {k[3]}" for k in sorted(rows) if k not in found]
+    new = [f"{k[0]} {k[1]}: only {k[2]}: {k[3]} {k[4]}: {msg}" for k, msg in sorted(found.items()) if k not in rows]
+    gone = [f"{k[0]} {k[1]}: only {k[2]}: {k[3]} {k[4]}" for k in sorted(rows) if k not in found]
     assert not new, "differences the table in docs/istio-translation.md does not explain:\n" + "\n".join(new)
     assert not gone, "rows of the table that no longer happen:\n" + "\n".join(gone)
 
@@ -119,6 +143,6 @@ def test_istio_reports_what_is_broken(istio_xds_binary: str) -> None:
         "metadata": {"name": "vs", "namespace": "ns"},
         "spec": {"hosts": ["*"], "gateways": ["nogw"], "http": [{"route": [{"destination": {"host": "svc"}}]}]},
     }
-    found = ia.analyze([vs])
+    found = ia.analyze([vs]).findings
     assert ("IST0101", "VirtualService ns/vs") in {(f.code, f.obj) for f in found}, found
     assert all(f.severity in ("Error", "Warning", "Info") for f in found)
