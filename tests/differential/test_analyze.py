@@ -146,3 +146,18 @@ def test_istio_reports_what_is_broken(istio_xds_binary: str) -> None:
     found = ia.analyze([vs]).findings
     assert ("IST0101", "VirtualService ns/vs") in {(f.code, f.obj) for f in found}, found
     assert all(f.severity in ("Error", "Warning", "Info") for f in found)
+
+
+def test_analysis_reads_the_programs_json() -> None:
+    data = {
+        "analysis": [
+            {"code": "IST0132", "level": "Warning", "object": "VirtualService ns/b", "message": "m2"},
+            {"code": "IST0101", "level": "Error", "object": "VirtualService ns/a", "message": "m1"},
+        ],
+        "skipped": ["service.PortNameAnalyzer"],
+    }
+    got = ia.Analysis.from_json(data)
+    assert [f.code for f in got.findings] == ["IST0101", "IST0132"]
+    assert str(got.findings[0]) == "error IST0101 VirtualService ns/a: m1"
+    assert got.skipped == ("service.PortNameAnalyzer",)
+    assert ia.Analysis.from_json({"analysis": None}) == ia.Analysis((), ())
