@@ -78,6 +78,8 @@ enableTracing: false
 
 type options struct {
 	batch         bool
+	analyze       bool
+	runtimeKinds  bool
 	meshConfig    string
 	labels        map[string]string
 	namespace     string
@@ -123,6 +125,10 @@ func main() {
 	}
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
+	if opts.analyze {
+		mainAnalyze(out, opts, files)
+		return
+	}
 	if opts.batch {
 		if err := runBatch(os.Stdin, out, opts, mc); err != nil {
 			out.Flush()
@@ -145,6 +151,35 @@ func main() {
 		fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// mainAnalyze is main for -analyze: one JSON object {"analysis": [...]} for the YAML read,
+// or with -batch one JSON line per case. Exit status 1 when the objects cannot be read.
+func mainAnalyze(out *bufio.Writer, opts options, files []string) {
+	if opts.batch {
+		if err := runAnalyzeBatch(os.Stdin, out, opts.namespace, opts.runtimeKinds); err != nil {
+			out.Flush()
+			fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
+			os.Exit(2)
+		}
+		return
+	}
+	text, err := readInputs(files)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
+		os.Exit(2)
+	}
+	res := analyze(text, opts.namespace, opts.runtimeKinds)
+	if res.Error != "" {
+		fmt.Fprintf(os.Stderr, "istio-xds: %s\n", res.Error)
+		os.Exit(1)
+	}
+	data, err := json.Marshal(res)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
+		os.Exit(1)
+	}
+	out.Write(append(data, '\n'))
 }
 
 // ensureEnv re-executes the program with requiredEnv set when any of it is missing.
@@ -171,6 +206,8 @@ func ensureEnv() error {
 func parseFlags() (options, []string) {
 	var o options
 	var labels, meshFile string
+	flag.BoolVar(&o.analyze, "analyze", false, "run Istio's configuration analyzers (istioctl analyze --use-kube=false -A) instead of printing xDS")
+	flag.BoolVar(&o.runtimeKinds, "runtime-kinds", false, "with -analyze: also read Services, Namespaces, Pods, Nodes, Secrets from the files (istioctl's file mode ignores them)")
 	flag.BoolVar(&o.batch, "batch", false, `read JSON lines {"id": ..., "yaml": ...} on stdin, write one JSON line per case`)
 	flag.StringVar(&meshFile, "mesh-config", "", "a MeshConfig YAML file applied over Istio's defaults (auto-mTLS off)")
 	flag.StringVar(&labels, "gateway-labels", "istio=ingressgateway,app=istio-ingressgateway", "labels of the gateway proxy")
