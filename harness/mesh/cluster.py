@@ -339,17 +339,7 @@ class ClusterMesh(KubeMesh):
                     log.error("teardown: could not delete %s: %s", path, exc)
         for path in doomed:
             try:
-                wait_until(
-                    lambda p=path: api.get(p) is None,  # type: ignore[misc]
-                    what=f"{path} to be deleted",
-                    timeout=self.timeouts.prune,
-                    interval=0.2,
-                    max_interval=3.0,
-                    transient=(TransientKubeAPIError,),
-                    progress=self._say,
-                    clock=self._clock,
-                    sleep=self._sleep,
-                )
+                self._wait_deleted(api, path, f"{path} to be deleted")
             except HarnessError as exc:
                 log.error("teardown: %s", exc)
 

@@ -1048,23 +1048,27 @@ class KubeMesh:
                     if api.delete(path):
                         self._say(f"prune: deleting {kind} {namespace}/{name} (not in this stage)")
                         deleted.append(path)
+        for path in deleted:
+            self._wait_deleted(api, path, f"{path} to be deleted (with its pods)")
+        return deleted
 
-        def gone(path: str) -> bool:
+    def _wait_deleted(self, api: KubeAPI, path: str, what: str) -> None:
+        """Wait up to ``timeouts.prune`` until `path` is gone from the API; WaitTimeout naming `what` if not."""
+
+        def gone() -> bool:
             return api.get(path) is None
 
-        for path in deleted:
-            wait_until(
-                partial(gone, path),
-                what=f"{path} to be deleted (with its pods)",
-                timeout=self.timeouts.prune,
-                interval=0.2,
-                max_interval=3.0,
-                transient=(TransientKubeAPIError,),
-                progress=self._say,
-                clock=self._clock,
-                sleep=self._sleep,
-            )
-        return deleted
+        wait_until(
+            gone,
+            what=what,
+            timeout=self.timeouts.prune,
+            interval=0.2,
+            max_interval=3.0,
+            transient=(TransientKubeAPIError,),
+            progress=self._say,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
 
     @property
     def prune_selector(self) -> str:
