@@ -25,8 +25,9 @@ from harness.mesh.envoy import build_route_configuration
 from harness.mesh.kube import KubeTimeouts
 from harness.plan import RolloutPlan
 from tests.unit.fakes import fake_tools_on_path
+from tests.unit.fakes.clock import FakeClock
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
-from tests.unit.test_kind_mesh import FakeClock, with_attribution_headers
+from tests.unit.test_kind_mesh import with_attribution_headers
 
 NS = "team-a"
 CONTEXT = "staging"
@@ -44,7 +45,7 @@ class Cluster:
     progress: list[str]
 
     def mesh(self, **overrides: Any) -> ClusterMesh:
-        clock = FakeClock()
+        clock = FakeClock(1000.0, tick=0.001)
         settings: dict[str, Any] = {
             "plan": self.plan,
             "kubeconfig": self.kubeconfig,

@@ -26,6 +26,7 @@ from harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts, endpoi
 from harness.mesh.kube import object_path
 from harness.plan import RolloutPlan
 from tests.unit.fakes import fake_tools_on_path
+from tests.unit.fakes.clock import FakeClock
 from tests.unit.fakes.docker_client import FakeDockerClient
 from tests.unit.fakes.istio_config_dump import istio_gateway_dump
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
@@ -38,20 +39,6 @@ KIND_CONFIG = Path(__file__).resolve().parents[2] / "manifests" / "kind" / "clus
 # A converge that must succeed gets a generous deadline: it returns as soon as the gateway matches,
 # so a loaded machine costs time, never a false failure. Tests of the timeout itself keep short ones.
 CONVERGES = 60
-
-
-class FakeClock:
-    """monotonic() and sleep() for the waits: sleeping advances time instead of passing it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        self.now += 0.001
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -95,7 +82,7 @@ class Rig:
         return self.tmp / "artifacts"
 
     def mesh(self, **overrides: Any) -> KindIstioMesh:
-        clock = FakeClock()
+        clock = FakeClock(1000.0, tick=0.001)  # each reading takes 1 ms: a probe that never sleeps still ends
         settings: dict[str, Any] = {
             "plan": self.plan,
             "cluster_name": NAME,
