@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from harness.errors import HarnessError
 
@@ -134,13 +134,7 @@ def load_target(url: str, *, allowed: str | None = None, resolve: Resolver = res
         )
     if _url_key(url) != _url_key(allowed):
         raise NotLoopback(f"{url!r}: this run sends load only to the gateway URL given, {allowed!r}")
-    host = parts.hostname
-    if not host:
-        raise NotLoopback(f"{url!r}: no host")
-    try:
-        port = parts.port or 80
-    except ValueError as exc:
-        raise NotLoopback(f"{url!r}: bad port ({exc})") from None
+    host, port = _host_port(url, parts)
     if _is_ip(host):
         addresses: tuple[str, ...] = (host,)
     else:
@@ -151,6 +145,17 @@ def load_target(url: str, *, allowed: str | None = None, resolve: Resolver = res
         if not addresses:
             raise UnresolvedTarget(f"{url!r}: {host} resolves to no address")
     return Target(parts.scheme, host, port, parts.netloc, parts.path.rstrip("/"), addresses, allowed=True)
+
+
+def _host_port(url: str, parts: SplitResult) -> tuple[str, int]:
+    """The host and port (80 if none) of `url`, split as `parts`; NotLoopback if either is missing or bad."""
+    host = parts.hostname
+    if not host:
+        raise NotLoopback(f"{url!r}: no host")
+    try:
+        return host, parts.port or 80
+    except ValueError as exc:
+        raise NotLoopback(f"{url!r}: bad port ({exc})") from None
 
 
 def loopback_target(url: str) -> Target:
@@ -165,13 +170,7 @@ def loopback_target(url: str) -> Target:
     parts = urlsplit(url)
     if parts.scheme != "http":
         raise NotLoopback(f"{url!r}: only http:// targets on loopback are supported, not {parts.scheme!r}")
-    host = parts.hostname
-    if not host:
-        raise NotLoopback(f"{url!r}: no host")
-    try:
-        port = parts.port or 80
-    except ValueError as exc:
-        raise NotLoopback(f"{url!r}: bad port ({exc})") from None
+    host, port = _host_port(url, parts)
     if is_loopback_ip(host):
         addresses: tuple[str, ...] = (host,)
     elif host.lower() in _LOOPBACK_NAMES:

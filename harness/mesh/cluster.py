@@ -230,16 +230,10 @@ class ClusterMesh(KubeMesh):
         """
         if self._up:
             return
-        self._sigterm.activate()
-        self._started_at = self._clock()
-        try:
-            self._step("connect", self._up_connect)
-            if not self.judge_live:
-                self._step("attribution", self._apply_attribution_filter)
-        except BaseException:
-            self.down()
-            raise
-        self._up = True
+        steps = [("connect", self._up_connect)]
+        if not self.judge_live:
+            steps.append(("attribution", self._apply_attribution_filter))
+        self._bring_up(steps)
         mode = "judging the live stage, applying nothing" if self.judge_live else f"applying into {self.namespace}"
         self._say(f"ready: gateway {self.gateway_url} ({self.where}, {mode}, run {self.run_id})")
 
@@ -251,11 +245,6 @@ class ClusterMesh(KubeMesh):
         self._up = False
         self._pending_prune = None
         self._teardown([self._delete_applied, self._remove_attribution_filter, self._close_api])
-
-    def _close_api(self) -> None:
-        if self._api is not None:
-            self._api.close()
-            self._api = None
 
     def apply(self, objects: list[dict[str, Any]]) -> None:
         """Apply the stage into the namespace (make-before-break, as kind); with ``judge_live``, nothing."""
@@ -275,16 +264,6 @@ class ClusterMesh(KubeMesh):
         return retarget(objects, source, self.namespace)
 
     # ------------------------------------------------------------------ steps
-
-    def _step(self, step: str, action: Callable[[], None]) -> None:
-        started = self._clock()
-        self._say(f"{step}: start")
-        try:
-            action()
-        except Exception as exc:
-            where = self._dump_failure(step)
-            raise self.step_error(step, exc, where) from exc
-        self._say(f"{step}: done in {self._clock() - started:.1f}s")
 
     def _up_connect(self) -> None:
         # The gateway's name must resolve before anything is applied (the load resolves it again).
@@ -360,17 +339,7 @@ class ClusterMesh(KubeMesh):
                     log.error("teardown: could not delete %s: %s", path, exc)
         for path in doomed:
             try:
-                wait_until(
-                    lambda p=path: api.get(p) is None,  # type: ignore[misc]
-                    what=f"{path} to be deleted",
-                    timeout=self.timeouts.prune,
-                    interval=0.2,
-                    max_interval=3.0,
-                    transient=(TransientKubeAPIError,),
-                    progress=self._say,
-                    clock=self._clock,
-                    sleep=self._sleep,
-                )
+                self._wait_deleted(api, path, f"{path} to be deleted")
             except HarnessError as exc:
                 log.error("teardown: %s", exc)
 

@@ -383,16 +383,7 @@ class KindIstioMesh(KubeMesh):
         """
         if self._up:
             return
-        self._sigterm.activate()
-        self._started_at = self._clock()
-        try:
-            self._step("cluster", self._up_cluster)
-            self._step("istio", self._up_istio)
-            self._step("images", self._up_images)
-        except BaseException:
-            self.down()
-            raise
-        self._up = True
+        self._bring_up([("cluster", self._up_cluster), ("istio", self._up_istio), ("images", self._up_images)])
         self._say(f"ready: gateway {self.gateway_url} (cluster {self.cluster_name})")
 
     def down(self) -> None:
@@ -415,9 +406,7 @@ class KindIstioMesh(KubeMesh):
         if not deleting:
             self._remove_attribution_filter()  # a kept or reused cluster keeps nothing of this run's filter
         self._filter_applied = False
-        if self._api is not None:
-            self._api.close()
-            self._api = None
+        self._close_api()
         cluster, self._cluster = self._cluster, None
         if cluster is None or not self._cluster_touched:
             return
@@ -446,16 +435,6 @@ class KindIstioMesh(KubeMesh):
             )
 
     # ------------------------------------------------------------------ steps of up()
-
-    def _step(self, step: str, action: Callable[[], None]) -> None:
-        started = self._clock()
-        self._say(f"{step}: start")
-        try:
-            action()
-        except Exception as exc:
-            where = self._dump_failure(step)
-            raise self.step_error(step, exc, where) from exc
-        self._say(f"{step}: done in {self._clock() - started:.1f}s")
 
     def _up_cluster(self) -> None:
         kind = self._resolve_tool("kind")

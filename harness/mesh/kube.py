@@ -535,6 +535,39 @@ class KubeMesh:
         if interrupted is not None:
             raise interrupted
 
+    def _bring_up(self, steps: Sequence[tuple[str, Callable[[], None]]]) -> None:
+        """Hold SIGTERM until down() ends, run up()'s `steps` in order, then mark the backend up.
+
+        Each step goes through :meth:`_step`; any failure (or Ctrl-C, or SIGTERM) calls down()
+        and re-raises, so up() never leaves half a setup behind.
+        """
+        self._sigterm.activate()
+        self._started_at = self._clock()
+        try:
+            for step, action in steps:
+                self._step(step, action)
+        except BaseException:
+            self.down()
+            raise
+        self._up = True
+
+    def _step(self, step: str, action: Callable[[], None]) -> None:
+        """Run one step of up(), timed; a failure dumps diagnostics and raises :attr:`step_error` naming it."""
+        started = self._clock()
+        self._say(f"{step}: start")
+        try:
+            action()
+        except Exception as exc:
+            where = self._dump_failure(step)
+            raise self.step_error(step, exc, where) from exc
+        self._say(f"{step}: done in {self._clock() - started:.1f}s")
+
+    def _close_api(self) -> None:
+        """Close the API client, if any; safe to call twice."""
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+
     def _connect(self) -> KubeAPI:
         """A client for our kubeconfig (and context)."""
         if self._api_factory is not None:
@@ -1015,23 +1048,27 @@ class KubeMesh:
                     if api.delete(path):
                         self._say(f"prune: deleting {kind} {namespace}/{name} (not in this stage)")
                         deleted.append(path)
+        for path in deleted:
+            self._wait_deleted(api, path, f"{path} to be deleted (with its pods)")
+        return deleted
 
-        def gone(path: str) -> bool:
+    def _wait_deleted(self, api: KubeAPI, path: str, what: str) -> None:
+        """Wait up to ``timeouts.prune`` until `path` is gone from the API; WaitTimeout naming `what` if not."""
+
+        def gone() -> bool:
             return api.get(path) is None
 
-        for path in deleted:
-            wait_until(
-                partial(gone, path),
-                what=f"{path} to be deleted (with its pods)",
-                timeout=self.timeouts.prune,
-                interval=0.2,
-                max_interval=3.0,
-                transient=(TransientKubeAPIError,),
-                progress=self._say,
-                clock=self._clock,
-                sleep=self._sleep,
-            )
-        return deleted
+        wait_until(
+            gone,
+            what=what,
+            timeout=self.timeouts.prune,
+            interval=0.2,
+            max_interval=3.0,
+            transient=(TransientKubeAPIError,),
+            progress=self._say,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
 
     @property
     def prune_selector(self) -> str:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 
@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalMesh", "MeshState", "endpoints_for"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _ADMIN_TIMEOUT_S = 2.0
 #: How long a failed apply waits for Envoy to serve the previous configuration again.
@@ -358,6 +359,19 @@ class LocalMesh:
                 self.down()
                 raise
 
+    def _wait_envoy_start(
+        self, probe: Callable[[], _T | None], what: str, *, transient: tuple[type[BaseException], ...] = ()
+    ) -> _T:
+        """Poll `probe` as Envoy starts: every 10-50 ms, up to ``startup_timeout``."""
+        return wait_until(
+            probe,
+            what=what,
+            timeout=self.startup_timeout,
+            interval=0.01,
+            max_interval=0.05,
+            transient=transient,
+        )
+
     def _start_envoy(self, paths: Mapping[str, Path]) -> None:
         self._version += 1
         version = str(self._version)
@@ -404,13 +418,7 @@ class LocalMesh:
             text = paths["admin_address"].read_text().strip() if paths["admin_address"].exists() else ""
             return text or None
 
-        self._admin = wait_until(
-            admin_address,
-            what="envoy to write its admin address",
-            timeout=self.startup_timeout,
-            interval=0.01,
-            max_interval=0.05,
-        )
+        self._admin = self._wait_envoy_start(admin_address, "envoy to write its admin address")
 
         def live_listener() -> int | None:
             if process.poll() is not None:
@@ -424,12 +432,9 @@ class LocalMesh:
                     return int(port)
             return None
 
-        self._gateway_port = wait_until(
+        self._gateway_port = self._wait_envoy_start(
             live_listener,
-            what="envoy to be LIVE with its gateway listener bound",
-            timeout=self.startup_timeout,
-            interval=0.01,
-            max_interval=0.05,
+            "envoy to be LIVE with its gateway listener bound",
             transient=(requests.ConnectionError, requests.Timeout),
         )
         # Later listener rewrites keep the port Envoy chose, so the gateway URL never moves.

@@ -33,6 +33,7 @@ from harness.mesh.local import LocalMesh
 from harness.mesh.workloads import ReplicaDied, ReplicaNotReady
 from harness.wait import wait_until
 from tests.unit import objects as k8s
+from tests.unit.fakes.processes import alive
 
 pytestmark = pytest.mark.docker
 
@@ -257,17 +258,8 @@ def test_sigterm_ends_a_docker_mesh_with_143_leaving_no_container_process_or_dir
     assert child.returncode == 143, f"SIGTERM must end the run with 143, got {child.returncode}:\n{err}"
     assert containers_of(run_id) == [], "SIGTERM left containers behind"
     with contextlib.suppress(WaitTimeout):  # the assertion below says what is left
-        wait_until(lambda: not any(_alive(p) for p in pids), what="envoy to end", timeout=5)
-    assert not [p for p in pids if _alive(p)], "SIGTERM left envoy running"
+        wait_until(lambda: not any(alive(p) for p in pids), what="envoy to end", timeout=5)
+    assert not [p for p in pids if alive(p)], "SIGTERM left envoy running"
     assert not Path(workdir).exists(), f"SIGTERM left {workdir}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False

@@ -31,12 +31,11 @@ import pytest
 from scipy.stats import binom
 
 from harness.mesh.local import LocalMesh
-from harness.mesh.workloads import ProcessRunner
 from harness.routing import Expected, Request, expected_distribution
 from harness.traffic import Observation, run_load
+from tests.e2e.local_meshes import process_mesh
 from tests.unit import objects as k8s
 
-IMAGES = {"abtest/scorer-a": "New Model A", "abtest/scorer-b": "New Model B"}
 SEEDS = range(10)
 N_CERTAIN = 30  # per certain class: any single wrong answer fails
 N_SPLIT = 200  # per split class, the first one a route decides
@@ -195,10 +194,8 @@ def disagreements(expected: Expected, counts: dict[str, int], n: int) -> list[st
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     """One local mesh for every case: the workloads stay, only the VirtualService changes."""
-    runner = ProcessRunner(IMAGES, log_dir=tmp_path_factory.mktemp("agreement-workloads"))
-    with LocalMesh(runner=runner) as local:
+    with process_mesh(tmp_path_factory.mktemp("agreement-workloads")) as local:
         yield local
-    runner.close()
 
 
 def test_generated_cases_cover_the_interesting_outcomes() -> None:

@@ -24,7 +24,7 @@ import pytest
 from harness.cli import main
 from harness.errors import ToolNotFound
 from harness.render import find_helm
-from harness.rollout import MeshOptions, MeshUnavailable, open_mesh, run_rollout
+from harness.rollout import MeshOptions, MeshUnavailable, RolloutResult, open_mesh, run_rollout
 from harness.spec import load_spec
 from harness.stats import StatsConfig
 
@@ -81,6 +81,24 @@ def _failed(result: object) -> set[tuple[str, str]]:
     }
 
 
+def _run_edited(
+    tmp_path: Path, name: str, path: str, replacements: list[tuple[str, str]], *, stage: str | None = None
+) -> RolloutResult:
+    """Roll out a copy of example `name` (every stage, or only `stage`) on the local mesh, its file
+    `path` edited by `replacements` (old, new; each must be found)."""
+    example = tmp_path / name
+    shutil.copytree(EXAMPLES / name, example)
+    edited = example / path
+    text = edited.read_text()
+    for old, new in replacements:
+        assert old in text, f"{name}/{path} has no {old!r} to edit"
+        text = text.replace(old, new)
+    edited.write_text(text)
+    spec = load_spec(example / "rollout.yaml")
+    with open_mesh(spec, MeshOptions(artifacts_dir=tmp_path)) as session:
+        return run_rollout(session.mesh, spec, StatsConfig(), stages=None if stage is None else [spec.stage(stage)])
+
+
 def _verdict(result: object, stage: str, label: str) -> str:
     for s in result.stages:  # type: ignore[attr-defined]
         for c in s.classes:
@@ -90,14 +108,12 @@ def _verdict(result: object, stage: str, label: str) -> str:
 
 
 def test_one_weight_edited_in_a_bookinfo_stage_fails_exactly_that_stage_split(tmp_path: Path) -> None:
-    example = tmp_path / "bookinfo-reviews"
-    shutil.copytree(EXAMPLES / "bookinfo-reviews", example)
-    route = example / "routes" / "shift-80-20.yaml"
-    text = route.read_text()
-    route.write_text(text.replace("weight: 80", "weight: 50").replace("weight: 20", "weight: 50"))
-    spec = load_spec(example / "rollout.yaml")
-    with open_mesh(spec, MeshOptions(artifacts_dir=tmp_path)) as session:
-        result = run_rollout(session.mesh, spec, StatsConfig())
+    result = _run_edited(
+        tmp_path,
+        "bookinfo-reviews",
+        "routes/shift-80-20.yaml",
+        [("weight: 80", "weight: 50"), ("weight: 20", "weight: 50")],
+    )
     assert _failed(result) == {("shift-80-20", "anonymous"), ("shift-80-20", "jason")}
     for label in ("anonymous", "jason"):
         message = _verdict(result, "shift-80-20", label)
@@ -117,16 +133,12 @@ def test_one_weight_edited_in_a_bookinfo_stage_fails_exactly_that_stage_split(tm
 
 def test_one_weight_edited_in_a_helm_stage_fails_exactly_that_stage_split(tmp_path: Path) -> None:
     _need_helm("reference-helm")
-    example = tmp_path / "reference-helm"
-    shutil.copytree(EXAMPLES / "reference-helm", example)
-    spec_file = example / "rollout.yaml"
-    text = spec_file.read_text()
-    edited = text.replace("set: {weight.green: 50, weight.blue: 50}", "set: {weight.green: 80, weight.blue: 20}")
-    assert edited != text
-    spec_file.write_text(edited)
-    spec = load_spec(spec_file)
-    with open_mesh(spec, MeshOptions(artifacts_dir=tmp_path)) as session:
-        result = run_rollout(session.mesh, spec, StatsConfig())
+    result = _run_edited(
+        tmp_path,
+        "reference-helm",
+        "rollout.yaml",
+        [("set: {weight.green: 50, weight.blue: 50}", "set: {weight.green: 80, weight.blue: 20}")],
+    )
     assert _failed(result) == {("Blue_50", "canary")}
     message = _verdict(result, "Blue_50", "canary")
     found = re.search(r"FAIL (green|blue) (\d+\.\d)% \[([\d.]+), ([\d.]+)\] expected 50% \+-10", message)
@@ -198,13 +210,12 @@ def test_answers_are_credited_by_the_endpoint_even_when_the_image_lies(
     ).parameters:
         pytest.skip("needs the local mesh's endpoint_labels() and the oracle's versions= (attribution by endpoint)")
     monkeypatch.setattr(attribution, "VERSION_HEADER_FALLBACK", False)
-    example = tmp_path / "bookinfo-reviews"
-    shutil.copytree(EXAMPLES / "bookinfo-reviews", example)
-    base = example / "base" / "reviews.yaml"
-    text = base.read_text()
-    base.write_text(text.replace("value: v2", "value: v1").replace("value: v3", "value: v1"))
-    spec = load_spec(example / "rollout.yaml")
-    with open_mesh(spec, MeshOptions(artifacts_dir=tmp_path)) as session:
-        result = run_rollout(session.mesh, spec, StatsConfig(), stages=[spec.stage("jason-v2")])
+    result = _run_edited(
+        tmp_path,
+        "bookinfo-reviews",
+        "base/reviews.yaml",
+        [("value: v2", "value: v1"), ("value: v3", "value: v1")],
+        stage="jason-v2",
+    )
     assert result.passed, [c.verdict.message for s in result.stages for c in s.classes]
     assert _verdict(result, "jason-v2", "jason").startswith("jason: PASS v2 100.0%")

@@ -33,6 +33,7 @@ from harness.mesh.local import LocalMesh
 from harness.mesh.workloads import ProcessRunner, ReplicaDied, ReplicaNotReady, specs_from_objects, wait_http_ok
 from harness.wait import wait_until
 from tests.unit import objects as k8s
+from tests.unit.fakes.processes import alive
 from tests.unit.objects import NS
 
 GREEN = k8s.fqdn("model-svc-green")
@@ -63,18 +64,6 @@ BLUE_GREEN = _objects({"green": 0, "blue": 100}, {"green": "abtest/scorer-b:dev"
 GREEN_100 = _objects({"green": 100, "blue": 0}, {"green": "abtest/scorer-b:dev"})
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is gone for our purposes once it is not running.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def _pids(mesh: LocalMesh) -> list[int]:
     pids = [w.handle.pid for w in mesh.workloads if isinstance(w.handle, subprocess.Popen)]
     if mesh.envoy_pid is not None:
@@ -96,7 +85,7 @@ def mesh(tmp_path: Path) -> Iterator[LocalMesh]:
         started |= set(_pids(local))
         local.down()
         runner.close()
-    leaked = [pid for pid in started if _alive(pid)]
+    leaked = [pid for pid in started if alive(pid)]
     assert not leaked, f"processes left running after down(): {leaked}"
 
 
@@ -280,7 +269,7 @@ def test_down_is_idempotent_and_the_mesh_can_come_back(tmp_path: Path) -> None:
         pids = _pids(mesh)
         workdir = mesh.workdir
     mesh.down()
-    assert pids and not [p for p in pids if _alive(p)]
+    assert pids and not [p for p in pids if alive(p)]
     assert workdir is not None and not workdir.exists(), "the temporary work directory is removed"
     with pytest.raises(HarnessError, match="not up"):
         _ = mesh.gateway_url
@@ -440,14 +429,14 @@ def test_sigterm_stops_everything_the_mesh_started_and_exits_143(tmp_path: Path,
         line = child.stdout.readline()
         assert line, f"the child mesh did not come up: {child.communicate(timeout=20)[1]}"
         pids, workdir = json.loads(line)
-        assert all(_alive(p) for p in pids)
+        assert all(alive(p) for p in pids)
         child.send_signal(signal.SIGTERM)
         out, err = child.communicate(timeout=30)
         assert child.returncode == 143, f"SIGTERM must end the program with 143, got {child.returncode}:\n{err}"
         assert "their handler" not in out, "while the mesh is up, SIGTERM is the mesh's"
         with contextlib.suppress(WaitTimeout):  # the assertion below says which are left
-            wait_until(lambda: not any(_alive(p) for p in pids), what="the child's processes to end", timeout=5)
-        assert not [p for p in pids if _alive(p)], "SIGTERM must stop envoy and every workload"
+            wait_until(lambda: not any(alive(p) for p in pids), what="the child's processes to end", timeout=5)
+        assert not [p for p in pids if alive(p)], "SIGTERM must stop envoy and every workload"
         assert not Path(workdir).exists(), f"SIGTERM left the mesh directory {workdir}"
     finally:
         if child.poll() is None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from harness.signals import EXIT_SIGTERM
+from tests.unit.fakes.processes import alive
 
 TIMEOUT_S = 180
 REPO = Path(__file__).resolve().parents[2]
@@ -170,20 +171,29 @@ def _sample_spec(pytester: pytest.Pytester) -> Path:
     return target / "rollout.yaml"
 
 
-def test_a_stage_failing_the_offline_gate_fails_once_and_sends_no_traffic(pytester: pytest.Pytester) -> None:
+def _run_with_blue_50_patch(pytester: pytest.Pytester, target: str, operation: str) -> pytest.RunResult:
+    """Run the stage tests on the process mesh, Blue_50 carrying one more JSON patch `operation` on `target`.
+
+    Blue_50 is the stage that fails: one of its tests fails, the other two skip, the Blue_0 test passes.
+    """
     spec = _sample_spec(pytester)
-    # An upper-case header name, which Istio's validation rejects; Envoy matches header names
-    # case-insensitively, so on the local mesh this stage would pass every traffic check.
     overlay = spec.parent / "stages" / "Blue_50" / "kustomization.yaml"
-    overlay.write_text(overlay.read_text() + (
-        "  - target: {kind: VirtualService, name: mlmodel-virtualservice}\n"
-        "    patch: |-\n"
-        "      - {op: move, from: /spec/http/0/match/0/headers/x-api-version,"
-        " path: /spec/http/0/match/0/headers/X-Api-Version}\n"
-    ))
+    overlay.write_text(overlay.read_text() + f"  - target: {{{target}}}\n    patch: |-\n      - {operation}\n")
     pytester.makepyfile(test_stages=_STAGE_TESTS.format())
     result = _run(pytester, "--abtest-workloads=process", f"--abtest-spec={spec}", "-rs")
     result.assert_outcomes(passed=1, failed=1, skipped=2)
+    return result
+
+
+def test_a_stage_failing_the_offline_gate_fails_once_and_sends_no_traffic(pytester: pytest.Pytester) -> None:
+    # An upper-case header name, which Istio's validation rejects; Envoy matches header names
+    # case-insensitively, so on the local mesh this stage would pass every traffic check.
+    result = _run_with_blue_50_patch(
+        pytester,
+        "kind: VirtualService, name: mlmodel-virtualservice",
+        "{op: move, from: /spec/http/0/match/0/headers/x-api-version,"
+        " path: /spec/http/0/match/0/headers/X-Api-Version}",
+    )
     result.stdout.fnmatch_lines([
         "*Blue_50: the offline gate failed; no traffic sent:*",
         "*X-Api-Version*must be lower-case*",
@@ -194,18 +204,13 @@ def test_a_stage_failing_the_offline_gate_fails_once_and_sends_no_traffic(pytest
 
 
 def test_a_stage_that_cannot_be_set_up_fails_once_naming_the_probe(pytester: pytest.Pytester) -> None:
-    spec = _sample_spec(pytester)
     # A readiness probe on a port nothing listens on: on Kubernetes the replica never becomes
     # ready. Every test of the stage would wait for it; the first one fails, the rest skip.
-    overlay = spec.parent / "stages" / "Blue_50" / "kustomization.yaml"
-    overlay.write_text(overlay.read_text() + (
-        "  - target: {kind: Deployment, name: model-blue}\n"
-        "    patch: |-\n"
-        "      - {op: replace, path: /spec/template/spec/containers/0/readinessProbe/httpGet/port, value: 5002}\n"
-    ))
-    pytester.makepyfile(test_stages=_STAGE_TESTS.format())
-    result = _run(pytester, "--abtest-workloads=process", f"--abtest-spec={spec}", "-rs")
-    result.assert_outcomes(passed=1, failed=1, skipped=2)
+    result = _run_with_blue_50_patch(
+        pytester,
+        "kind: Deployment, name: model-blue",
+        "{op: replace, path: /spec/template/spec/containers/0/readinessProbe/httpGet/port, value: 5002}",
+    )
     result.stdout.fnmatch_lines([
         "*Blue_50: could not be set up on the process mesh: *model-blue*not ready*5002*",
         "SKIPPED*Blue_50 could not be set up on the process mesh, see test_stages.py::test_blue_50?process-weighted?*",
@@ -235,15 +240,6 @@ def test_2_is_terminated(deploy_stage, mesh):
 def test_3_never_runs(check_stage):
     assert check_stage("Blue_50", labels=["header-green"]).passed
 """
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _docker_or_skip() -> Any:
@@ -293,11 +289,11 @@ def test_sigterm_ends_the_session_as_an_interruption(pytester: pytest.Pytester, 
     assert "1 passed" in out and "failed" not in out and "error" not in out.lower().replace("stderr", ""), out
     assert "MeshNotUp" not in out and "test_3_never_runs" not in out, out
     seen = json.loads(state.read_text())
-    assert not _alive(seen["envoy"]), "envoy left running"
+    assert not alive(seen["envoy"]), "envoy left running"
     assert not Path(seen["workdir"]).exists(), "the mesh's directory left behind"
     for handle in seen["workloads"]:
         if isinstance(handle, int):
-            assert not _alive(handle), f"workload process {handle} left running"
+            assert not alive(handle), f"workload process {handle} left running"
         else:
             import docker
 

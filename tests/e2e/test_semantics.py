@@ -28,13 +28,12 @@ from scipy.stats import binom
 from harness.cli import main
 from harness.mesh.envoy import UPSTREAM_CLUSTER_HEADER, UPSTREAM_HOST_HEADER
 from harness.mesh.local import LocalMesh
-from harness.mesh.workloads import ProcessRunner
 from harness.routing import NO_ENDPOINTS, NO_ROUTE, STANDARD_CLASSES, Request, expected_distribution
 from harness.traffic import Observation, run_load
 from harness.validate import ensure_valid, format_findings
+from tests.e2e.local_meshes import process_mesh
 from tests.unit import objects as k8s
 
-IMAGES = {"abtest/scorer-a": "New Model A", "abtest/scorer-b": "New Model B"}
 N = 40  # per class: one answer from a wrong version fails
 HEADER_GREEN = STANDARD_CLASSES[2]
 
@@ -59,10 +58,8 @@ def _objects(subset: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    runner = ProcessRunner(IMAGES, log_dir=tmp_path_factory.mktemp("subset-workloads"))
-    with LocalMesh(runner=runner) as local:
+    with process_mesh(tmp_path_factory.mktemp("subset-workloads")) as local:
         yield local
-    runner.close()
 
 
 def _outcomes(mesh: LocalMesh, request: Request) -> Counter[str]:

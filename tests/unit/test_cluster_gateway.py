@@ -12,7 +12,6 @@ the URL given.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.plan import RolloutPlan, load_plan
+from harness.plan import RolloutPlan
 from harness.render import render_stage
 from harness.rollout import as_spec, run_rollout
 from harness.stats import StatsConfig
-from tests.unit.fakes import install_fake_tools
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
-from tests.unit.test_kind_cluster import NS, Cluster, _kubeconfig, _seed
+from tests.unit.test_kind_cluster import NS, Cluster, stub_cluster
 
 ANSWERS = {"green": "New Model A", "blue": "New Model B"}  # Blue_50: green runs image A, blue image B
 CONFIG = StatsConfig(alpha=1e-3, beta=1e-3, delta=0.15)
@@ -92,26 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-@pytest.fixture(scope="module")
-def plan() -> RolloutPlan:
-    return load_plan()
-
-
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan: RolloutPlan) -> Iterator[Cluster]:
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    fakes = install_fake_tools(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{fakes}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_TOOLS_DIR", str(tools))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KUBECONFIG", raising=False)
-    with StubKubeAPI() as api:
-        _seed(api)
-        kubeconfig = tmp_path / "user.kubeconfig"
-        kubeconfig.write_text(json.dumps(_kubeconfig(api.url)))
-        (tools / "state.json").write_text(json.dumps({"api_server": api.url}))
-        yield Cluster(tmp_path, api, plan, kubeconfig, [])
+    with stub_cluster(tmp_path, monkeypatch, plan) as stub:
+        yield stub
 
 
 def _serve(server: ThreadingHTTPServer) -> threading.Thread:

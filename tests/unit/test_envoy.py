@@ -23,6 +23,7 @@ from harness.mesh.routetable import (
 from harness.mesh.workloads import RunningWorkload, specs_from_objects
 from harness.routing import cluster_name, string_matches
 from tests.unit import objects as k8s
+from tests.unit.fakes.istio_config_dump import istio_gateway_dump
 from tests.unit.objects import (
     NS,
     fqdn,
@@ -496,122 +497,18 @@ def test_endpoints_follow_selectors_namespaces_and_named_ports() -> None:
 
 # --------------------------------------------------------------------------- the normalizer
 
-_ISTIO_RETRY = {
-    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-    "num_retries": 2,
-    "retry_host_predicate": [
-        {
-            "name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-            },
-        }
-    ],
-    "host_selection_retry_max_attempts": "5",
-    "retriable_status_codes": [503],
-}
-
-
-def _istio_route(name: str, match: dict[str, Any], action: dict[str, Any], operation: str) -> dict[str, Any]:
-    """A route as Istio's ingress gateway carries it: with all the extras the normalizer must ignore."""
-    return {
-        "match": match,
-        "route": {**action, "timeout": "0s", "retry_policy": _ISTIO_RETRY, "max_grpc_timeout": "0s"},
-        "metadata": {
-            "filter_metadata": {
-                "istio": {
-                    "config": f"/apis/networking.istio.io/v1/namespaces/{NS}/virtual-service/mlmodel-virtualservice"
-                }
-            }
-        },
-        "decorator": {"operation": operation},
-        "name": name,
-    }
-
-
-def istio_gateway_dump(green: int, blue: int, *, legacy: bool = False) -> dict[str, Any]:
-    """A config_dump of Istio's ingress gateway for the reference charts (written from Istio's
-    route translation: http.8080 for the gateway port 80, virtual host *:80, string_match header
-    matchers, case_sensitive set, weight-0 destinations dropped but a weighted_clusters kept)."""
-
-    def header(version: str) -> dict[str, Any]:
-        if legacy:  # Istio before string_match: deprecated exact_match
-            return {"name": "x-api-version", "exact_match": version}
-        return {"name": "x-api-version", "string_match": {"exact": version}}
-
-    split = [(GREEN_CLUSTER, green), (BLUE_CLUSTER, blue)]
-    weighted_clusters: dict[str, Any] = {"clusters": [{"name": n, "weight": w} for n, w in split if w > 0]}
-    if legacy:
-        weighted_clusters["total_weight"] = 100
-    routes = [
-        _istio_route(
-            "blue-header",
-            {"prefix": "/score", "case_sensitive": True, "headers": [header("blue")]},
-            {"cluster": BLUE_CLUSTER},
-            f"{BLUE}:5001/score*",
-        ),
-        _istio_route(
-            "green-header",
-            {"prefix": "/score", "case_sensitive": True, "headers": [header("green")]},
-            {"cluster": GREEN_CLUSTER},
-            f"{GREEN}:5001/score*",
-        ),
-        _istio_route(
-            "weighted",
-            {"prefix": "/", "case_sensitive": True},
-            {"weighted_clusters": weighted_clusters},
-            "mlmodel-virtualservice:80/*",
-        ),
-    ]
-    return {
-        "configs": [
-            {
-                "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-                "bootstrap": {"node": {"id": "x"}},
-            },
-            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": []},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": []},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ScopedRoutesConfigDump"},
-            {
-                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
-                "dynamic_route_configs": [
-                    {
-                        "version_info": "2026-11-26T10:00:00Z/12",
-                        "route_config": {
-                            "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-                            "name": "http.8080",
-                            "virtual_hosts": [
-                                {
-                                    "name": "*:80",
-                                    "domains": ["*"],
-                                    "routes": routes,
-                                    "include_request_attempt_count": True,
-                                }
-                            ],
-                            "validate_clusters": False,
-                            "max_direct_response_body_size_bytes": 1048576,
-                            "ignore_port_in_host_matching": True,
-                        },
-                        "last_updated": "2026-11-26T10:00:01.123Z",
-                    }
-                ],
-            },
-            {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"},
-        ]
-    }
-
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["string_match", "deprecated-forms"])
 @pytest.mark.parametrize(("green", "blue"), [(100, 0), (50, 50), (0, 100)])
 def test_istio_gateway_config_dump_equals_the_expected_table(green: int, blue: int, legacy: bool) -> None:
-    live = route_table_from_config_dump(istio_gateway_dump(green, blue, legacy=legacy))
+    live = route_table_from_config_dump(istio_gateway_dump({"green": green, "blue": blue}, legacy=legacy))
     expected = expected_route_table(stage(green, blue))
     assert diff_route_tables(expected, live) == ""
     assert live == expected
 
 
 def test_a_wrong_split_shows_in_the_diff() -> None:
-    live = route_table_from_config_dump(istio_gateway_dump(70, 30))
+    live = route_table_from_config_dump(istio_gateway_dump({"green": 70, "blue": 30}))
     diff = diff_route_tables(expected_route_table(stage(50, 50)), live)
     assert "70%" in diff and "50%" in diff, diff
     assert diff.startswith("--- expected"), diff

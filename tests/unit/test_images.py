@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import re
-import tarfile
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
@@ -26,6 +24,7 @@ from harness.images import (
     resolve_base_image,
     scorer_image_refs,
 )
+from tests.unit.fakes.docker_client import FakeDockerClient
 
 BASE = "abtest/base-python:bookworm"
 BASE_ID = "sha256:" + "b" * 64
@@ -50,73 +49,12 @@ PLAN = Plan({
 })
 
 
-@dataclass
-class FakeImage:
-    id: str
-    tags: list[str]
+def _docker(**kwargs: Any) -> FakeDockerClient:
+    """The shared fake client with the base image in its store."""
+    return FakeDockerClient({BASE: BASE_ID}, **kwargs)
 
 
-@dataclass
-class FakeDocker:
-    """Records every call; holds a local image store of tag -> id."""
-
-    store: dict[str, str] = field(default_factory=lambda: {BASE: BASE_ID})
-    calls: list[tuple[str, Any]] = field(default_factory=list)
-    builds: list[dict[str, Any]] = field(default_factory=list)
-    build_output: list[dict[str, Any]] = field(default_factory=lambda: [{"stream": "Step 1/2 : FROM base\n"}])
-    tag_after_build: bool = True
-    in_use: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.images = _Images(self)
-        self.api = _Api(self)
-
-
-class _Images:
-    def __init__(self, fake: FakeDocker) -> None:
-        self.fake = fake
-
-    def get(self, ref: str) -> FakeImage:
-        self.fake.calls.append(("images.get", ref))
-        if ref not in self.fake.store:
-            raise docker.errors.ImageNotFound(f"No such image: {ref}")
-        return FakeImage(self.fake.store[ref], [ref])
-
-    def list(self, name: str) -> list[FakeImage]:
-        self.fake.calls.append(("images.list", name))
-        return [FakeImage(i, [t]) for t, i in self.fake.store.items() if t.startswith(name)]
-
-    def remove(self, tag: str, noprune: bool = False) -> None:
-        self.fake.calls.append(("images.remove", tag))
-        if tag in self.fake.in_use:
-            raise docker.errors.APIError("conflict: image is being used by a container")
-        del self.fake.store[tag]
-
-
-class _Api:
-    def __init__(self, fake: FakeDocker) -> None:
-        self.fake = fake
-
-    def build(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        self.fake.calls.append(("api.build", kwargs["tag"]))
-        kwargs["context_files"] = _untar(kwargs.pop("fileobj").getvalue())
-        self.fake.builds.append(kwargs)
-        if self.fake.tag_after_build and not any("error" in c for c in self.fake.build_output):
-            self.fake.store[kwargs["tag"]] = "sha256:" + str(len(self.fake.store)) * 64
-        return iter(self.fake.build_output)
-
-
-def _untar(data: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        files = {}
-        for member in archive.getmembers():
-            extracted = archive.extractfile(member)
-            assert extracted is not None
-            files[member.name] = extracted.read()
-        return files
-
-
-def build(fake: FakeDocker, **kwargs: Any) -> dict[str, str]:
+def build(fake: FakeDockerClient, **kwargs: Any) -> dict[str, str]:
     return build_scorer_images(PLAN, base_image=BASE, client=fake, context=CONTEXT, **kwargs)  # type: ignore[arg-type]
 
 
@@ -146,7 +84,7 @@ def test_tag_is_a_content_digest_that_changes_with_every_input() -> None:
 
 
 def test_build_returns_content_refs_per_key_never_latest() -> None:
-    fake = FakeDocker()
+    fake = _docker()
     refs = build(fake)
     assert set(refs) == {"A", "B"}
     assert re.fullmatch(r"abtest/scorer-a:[0-9a-f]{16}", refs["A"]), refs
@@ -157,7 +95,7 @@ def test_build_returns_content_refs_per_key_never_latest() -> None:
 
 
 def test_build_sends_the_two_file_context_and_the_build_arguments() -> None:
-    fake = FakeDocker()
+    fake = _docker()
     refs = build(fake)
     assert [b["tag"] for b in fake.builds] == [refs["A"], refs["B"]]
     first = fake.builds[0]
@@ -175,7 +113,7 @@ def test_context_tar_is_byte_identical_for_identical_files() -> None:
 
 
 def test_existing_tags_are_not_rebuilt() -> None:
-    fake = FakeDocker()
+    fake = _docker()
     first = build(fake)
     fake.calls.clear()
     second = build(fake)
@@ -184,7 +122,7 @@ def test_existing_tags_are_not_rebuilt() -> None:
 
 
 def test_only_the_missing_image_is_built_and_progress_says_which() -> None:
-    fake = FakeDocker()
+    fake = _docker()
     refs = scorer_image_refs(PLAN, base_image=BASE, client=fake, context=CONTEXT)  # type: ignore[arg-type]
     fake.store[refs["A"]] = "sha256:" + "a" * 64
     lines: list[str] = []
@@ -195,7 +133,7 @@ def test_only_the_missing_image_is_built_and_progress_says_which() -> None:
 
 
 def test_no_cache_rebuilds_existing_tags() -> None:
-    fake = FakeDocker()
+    fake = _docker()
     build(fake)
     fake.builds.clear()
     build(fake, no_cache=True)
@@ -206,7 +144,7 @@ def test_no_cache_rebuilds_existing_tags() -> None:
 
 
 def test_missing_base_image_says_how_to_get_one_and_builds_nothing() -> None:
-    fake = FakeDocker(store={})
+    fake = FakeDockerClient()
     with pytest.raises(BaseImageMissing) as caught:
         build(fake)
     message = str(caught.value)
@@ -239,7 +177,7 @@ def test_unreachable_daemon_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_build_error_names_the_image_and_shows_the_log_tail() -> None:
-    fake = FakeDocker(build_output=[
+    fake = _docker(build_output=[
         {"stream": "Step 4/15 : RUN useradd scorer\n"},
         {"error": "returned a non-zero code: 127", "errorDetail": {"message": "useradd: not found (127)"}},
     ])
@@ -251,7 +189,7 @@ def test_build_error_names_the_image_and_shows_the_log_tail() -> None:
 
 
 def test_a_build_that_leaves_no_tag_is_an_error() -> None:
-    fake = FakeDocker(tag_after_build=False)
+    fake = _docker(tag_after_build=False)
     with pytest.raises(ImageBuildError, match="tag is missing"):
         build(fake)
 
@@ -265,7 +203,7 @@ def test_incomplete_context_names_the_missing_file(tmp_path: Any) -> None:
 
 
 def test_list_and_remove_stale_tags_of_the_plan_only() -> None:
-    fake = FakeDocker()
+    fake = _docker()
     refs = build(fake)
     fake.store["abtest/scorer-a:0000000000000000"] = "sha256:old"
     fake.store["abtest/scorer-ab:1111111111111111"] = "sha256:other"  # another repository, same prefix

@@ -9,9 +9,9 @@ the gateway URL is a loopback address the tests never dial.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,11 @@ from harness.errors import ConfigError, WaitTimeout
 from harness.mesh.cluster import ClusterMesh, ClusterStepError, retarget
 from harness.mesh.envoy import build_route_configuration
 from harness.mesh.kube import KubeTimeouts
-from harness.plan import RolloutPlan, load_plan
-from harness.render import render_stage
-from tests.unit.fakes import install_fake_tools
+from harness.plan import RolloutPlan
+from tests.unit.fakes import fake_tools_on_path
+from tests.unit.fakes.clock import FakeClock
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
-from tests.unit.test_kind_mesh import FakeClock, with_attribution_headers
+from tests.unit.test_kind_mesh import with_attribution_headers
 
 NS = "team-a"
 CONTEXT = "staging"
@@ -45,7 +45,7 @@ class Cluster:
     progress: list[str]
 
     def mesh(self, **overrides: Any) -> ClusterMesh:
-        clock = FakeClock()
+        clock = FakeClock(1000.0, tick=0.001)
         settings: dict[str, Any] = {
             "plan": self.plan,
             "kubeconfig": self.kubeconfig,
@@ -181,31 +181,22 @@ def _seed(api: StubKubeAPI) -> None:
     }
 
 
-@pytest.fixture(scope="module")
-def plan() -> RolloutPlan:
-    return load_plan()
-
-
-@pytest.fixture(scope="module")
-def stages(plan: RolloutPlan) -> dict[str, list[dict[str, Any]]]:
-    return {stage.name: render_stage(plan, stage) for stage in plan.stages}
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan: RolloutPlan) -> Iterator[Cluster]:
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    fakes = install_fake_tools(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{fakes}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_TOOLS_DIR", str(tools))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KUBECONFIG", raising=False)
+@contextmanager
+def stub_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan: RolloutPlan) -> Iterator[Cluster]:
+    """An existing cluster as the cluster backend sees it: the fake tools, a seeded stub API, a kubeconfig."""
+    tools = fake_tools_on_path(tmp_path, monkeypatch)
     with StubKubeAPI() as api:
         _seed(api)
         kubeconfig = tmp_path / "user.kubeconfig"
         kubeconfig.write_text(json.dumps(_kubeconfig(api.url)))
         (tools / "state.json").write_text(json.dumps({"api_server": api.url}))
         yield Cluster(tmp_path, api, plan, kubeconfig, [])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan: RolloutPlan) -> Iterator[Cluster]:
+    with stub_cluster(tmp_path, monkeypatch, plan) as stub:
+        yield stub
 
 
 def test_stages_go_into_the_named_namespace_and_teardown_removes_exactly_this_runs_objects(

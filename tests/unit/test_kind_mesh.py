@@ -9,7 +9,6 @@ no cluster, no network beyond loopback, no sleeping (the waits get a fake clock)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,10 +24,11 @@ from harness.images import BaseImageMissing
 from harness.mesh.envoy import build_route_configuration, upstreams
 from harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts, endpoints_from_config_dump
 from harness.mesh.kube import object_path
-from harness.plan import RolloutPlan, load_plan
-from harness.render import render_stage
-from tests.unit.fakes import install_fake_tools
+from harness.plan import RolloutPlan
+from tests.unit.fakes import fake_tools_on_path
+from tests.unit.fakes.clock import FakeClock
 from tests.unit.fakes.docker_client import FakeDockerClient
+from tests.unit.fakes.istio_config_dump import istio_gateway_dump
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
 
 NAME = "abtest-test"
@@ -39,20 +39,6 @@ KIND_CONFIG = Path(__file__).resolve().parents[2] / "manifests" / "kind" / "clus
 # A converge that must succeed gets a generous deadline: it returns as soon as the gateway matches,
 # so a loaded machine costs time, never a false failure. Tests of the timeout itself keep short ones.
 CONVERGES = 60
-
-
-class FakeClock:
-    """monotonic() and sleep() for the waits: sleeping advances time instead of passing it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        self.now += 0.001
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -96,7 +82,7 @@ class Rig:
         return self.tmp / "artifacts"
 
     def mesh(self, **overrides: Any) -> KindIstioMesh:
-        clock = FakeClock()
+        clock = FakeClock(1000.0, tick=0.001)  # each reading takes 1 ms: a probe that never sleeps still ends
         settings: dict[str, Any] = {
             "plan": self.plan,
             "cluster_name": NAME,
@@ -218,25 +204,9 @@ def with_attribution_headers(dump: dict[str, Any]) -> dict[str, Any]:
     return dump
 
 
-@pytest.fixture(scope="module")
-def plan() -> RolloutPlan:
-    return load_plan()
-
-
-@pytest.fixture(scope="module")
-def stages(plan: RolloutPlan) -> dict[str, list[dict[str, Any]]]:
-    return {stage.name: render_stage(plan, stage) for stage in plan.stages}
-
-
 @pytest.fixture
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plan: RolloutPlan) -> Iterator[Rig]:
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    fakes = install_fake_tools(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{fakes}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_TOOLS_DIR", str(tools))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KUBECONFIG", raising=False)
+    tools = fake_tools_on_path(tmp_path, monkeypatch)
     with StubKubeAPI() as api:
         (tools / "state.json").write_text(json.dumps({"clusters": [], "api_server": api.url}))
         yield Rig(tmp_path, api, plan, FakeDockerClient([BASE_IMAGE]), [])
@@ -511,7 +481,7 @@ def test_green_100_prunes_blue_only_after_the_gateway_stopped_routing_to_it(
     rig: Rig, stages: dict[str, list[dict[str, Any]]]
 ) -> None:
     """Make-before-break at Blue_Green -> Green_100: apply, converge, and only then prune."""
-    deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
+    deployments = DEPLOYMENTS
     blue = f"{deployments}/model-blue"
     with rig.mesh() as mesh:
         rig.stage(mesh, stages["Blue_Green"])
@@ -557,7 +527,7 @@ def test_green_100_prunes_blue_only_after_the_gateway_stopped_routing_to_it(
 
 
 def test_a_stage_never_converged_prunes_nothing(rig: Rig, stages: dict[str, list[dict[str, Any]]]) -> None:
-    deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
+    deployments = DEPLOYMENTS
     with rig.mesh(keep_cluster=True) as mesh:
         rig.stage(mesh, stages["Blue_Green"])
         mesh.apply(stages["Green_100"])
@@ -567,13 +537,20 @@ def test_a_stage_never_converged_prunes_nothing(rig: Rig, stages: dict[str, list
     assert not rig.api.requests("DELETE")[1:], [r.path for r in rig.api.requests("DELETE")]
 
 
+DEPLOYMENTS = "/apis/apps/v1/namespaces/abtesting/deployments"
+
+
+def _earlier_run_kept_at_blue_green(rig: Rig, stages: dict[str, list[dict[str, Any]]]) -> None:
+    """Run A (id 20261126-000000-aaaaaa) stops at Blue_Green and keeps the cluster: model-blue stays, with A's id."""
+    with rig.mesh(keep_cluster=True, run_id="20261126-000000-aaaaaa") as mesh:
+        rig.stage(mesh, stages["Blue_Green"])
+
+
 def test_a_kept_clusters_leftover_from_an_earlier_run_is_pruned(
     rig: Rig, stages: dict[str, list[dict[str, Any]]]
 ) -> None:
-    deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
-    # Run A stops at Blue_Green and keeps the cluster: model-blue stays, with A's id.
-    with rig.mesh(keep_cluster=True, run_id="20261126-000000-aaaaaa") as mesh:
-        rig.stage(mesh, stages["Blue_Green"])
+    deployments = DEPLOYMENTS
+    _earlier_run_kept_at_blue_green(rig, stages)
     # Run B reuses it and starts at baseline: A's model-blue would answer blue-pinned requests
     # that baseline must turn away with 503, so it must go although it carries A's id.
     with rig.mesh(keep_cluster=True, run_id="20261126-000001-bbbbbb") as mesh:
@@ -592,9 +569,8 @@ def test_a_kept_clusters_leftover_from_an_earlier_run_is_pruned(
 def test_objects_of_an_earlier_run_in_a_reused_cluster_are_taken_over(
     rig: Rig, stages: dict[str, list[dict[str, Any]]]
 ) -> None:
-    deployments = "/apis/apps/v1/namespaces/abtesting/deployments"
-    with rig.mesh(keep_cluster=True, run_id="20261126-000000-aaaaaa") as mesh:
-        rig.stage(mesh, stages["Blue_Green"])
+    deployments = DEPLOYMENTS
+    _earlier_run_kept_at_blue_green(rig, stages)
     with rig.mesh(keep_cluster=True, run_id="20261126-000001-cccccc") as mesh:
         assert mesh.created_cluster is False
         rig.stage(mesh, stages["Blue_Green"])
@@ -840,79 +816,6 @@ def test_pinned_node_image_is_a_kubernetes_the_pinned_istio_supports() -> None:
 
 
 # ----------------------------------------------------------------------------- Istio's own shape
-
-_FQDN = "model-svc-{}.abtesting.svc.cluster.local"
-_VS = "mlmodel-virtualservice"
-_ISTIO_ROUTE_EXTRAS: dict[str, Any] = {
-    "timeout": "0s",
-    "retry_policy": {
-        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-        "num_retries": 2,
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
-        "host_selection_retry_max_attempts": "5",
-        "retriable_status_codes": [503],
-    },
-    "max_grpc_timeout": "0s",
-}
-
-
-def _istio_route(name: str, match: dict[str, Any], weights: dict[str, int]) -> dict[str, Any]:
-    """A route as istiod writes it for a gateway: weight-0 clusters left out, one cluster unwrapped."""
-    picked = [(f"outbound|5001||{_FQDN.format(v)}", w) for v, w in weights.items() if w > 0]
-    if len(picked) == 1:
-        action: dict[str, Any] = {"cluster": picked[0][0]}
-    else:
-        action = {"weighted_clusters": {"clusters": [{"name": c, "weight": w} for c, w in picked]}}
-    return {
-        "match": match,
-        "route": {**action, **_ISTIO_ROUTE_EXTRAS},
-        "metadata": {
-            "filter_metadata": {
-                "istio": {
-                    "config": f"/apis/networking.istio.io/v1/namespaces/abtesting/virtual-service/{_VS}"
-                }
-            }
-        },
-        "decorator": {"operation": "mlmodel-virtualservice:80/*"},
-        "name": name,
-    }
-
-
-def istio_gateway_dump(weights: dict[str, int]) -> dict[str, Any]:
-    """A config_dump shaped like an Istio ingress gateway's for the reference VirtualService."""
-
-    def header(version: str) -> dict[str, Any]:
-        return {
-            "prefix": "/score",
-            "headers": [{"name": "x-api-version", "string_match": {"exact": version}}],
-        }
-
-    routes = [
-        _istio_route("blue-header", header("blue"), {"blue": 100}),
-        _istio_route("green-header", header("green"), {"green": 100}),
-        _istio_route("weighted", {"prefix": "/"}, weights),
-    ]
-    route_config = {
-        "name": "http.8080",
-        "virtual_hosts": [
-            {"name": "*:80", "domains": ["*"], "routes": routes, "include_request_attempt_count": True}
-        ],
-        "validate_clusters": False,
-        "max_direct_response_body_size_bytes": 1048576,
-        "ignore_port_in_host_matching": True,
-    }
-    return {
-        "configs": [
-            {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": {}},
-            {
-                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
-                "static_route_configs": [{"route_config": {"name": "prometheus_stats", "virtual_hosts": []}}],
-                "dynamic_route_configs": [
-                    {"version_info": "2026-11-26T10:00:00Z/12", "route_config": route_config}
-                ],
-            },
-        ]
-    }
 
 
 @pytest.mark.parametrize("stage", ["Blue_0", "Blue_50", "Blue_100", "Green_100"])

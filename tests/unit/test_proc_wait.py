@@ -9,6 +9,7 @@ import pytest
 from harness import proc
 from harness.errors import CommandError, ToolNotFound, WaitTimeout
 from harness.wait import wait_until
+from tests.unit.fakes.clock import FakeClock
 
 
 def test_run_merges_env_over_the_environment_and_keeps_path() -> None:
@@ -42,19 +43,6 @@ def test_missing_tool_names_it_with_a_hint() -> None:
 
 def test_tool_prefers_the_venv_kubectl() -> None:
     assert proc.tool("kubectl").startswith(str(__import__("pathlib").Path(sys.executable).parent))
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def test_wait_returns_the_first_truthy_value() -> None:

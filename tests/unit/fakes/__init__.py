@@ -9,8 +9,11 @@ client.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+import pytest
 
 FAKE_TOOLS = ("kind", "istioctl", "kubectl", "docker")
 _SCRIPT = Path(__file__).resolve().parent / "fake_tool.py"
@@ -34,3 +37,18 @@ def install_fake_tools(bin_dir: Path) -> Path:
         )
         tool.chmod(0o755)
     return bin_dir
+
+
+def fake_tools_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put the fake tools first on PATH, with a fresh HOME and no KUBECONFIG; return their state directory.
+
+    The state directory (``$FAKE_TOOLS_DIR``) is ``tmp_path/tools``, the executables are in ``tmp_path/bin``.
+    """
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    fakes = install_fake_tools(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{fakes}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_TOOLS_DIR", str(tools))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    return tools

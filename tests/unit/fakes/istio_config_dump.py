@@ -32,7 +32,12 @@ _ROUTE_EXTRAS: dict[str, Any] = {
     "retry_policy": {
         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
         "num_retries": 2,
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }],
         "host_selection_retry_max_attempts": "5",
         "retriable_status_codes": [503],
     },
