@@ -194,7 +194,7 @@ def with_attribution_headers(dump: dict[str, Any]) -> dict[str, Any]:
         {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
         for key, value in (
             ("x-abtest-upstream-host", "%UPSTREAM_HOST%"),
-            ("x-abtest-upstream-cluster", "%UPSTREAM_CLUSTER%"),
+            ("x-abtest-upstream-cluster", "%UPSTREAM_CLUSTER_RAW%"),
         )
     ]
     for section in dump["configs"]:
