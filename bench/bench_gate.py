@@ -40,16 +40,16 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from harness import proc, yamlio
-from harness.errors import CommandError, ConfigError
-from harness.rendercache import CACHE_ENV
+from abtest_harness import proc, yamlio
+from abtest_harness.errors import CommandError, ConfigError
+from abtest_harness.rendercache import CACHE_ENV
 
 # One process: import the CLI, then time each stage of the gate; prints JSON on stdout.
 _PER_STAGE = r"""
 import io, json, sys, time
 t0 = time.perf_counter()
-from harness import cli, render, validate, rollout
-from harness.spec import load_spec
+from abtest_harness import cli, render, validate, rollout
+from abtest_harness.spec import load_spec
 t1 = time.perf_counter()
 spec = load_spec()
 t2 = time.perf_counter()
@@ -65,9 +65,9 @@ for stage in spec.stages:
     d = time.perf_counter()
     rows.append([stage.name, b - a, c - b, d - c])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("scipy", "matplotlib", "docker", "numpy", "pydantic")
-               or m.startswith("harness.mesh."))
+               or m.startswith("abtest_harness.mesh."))
 print(json.dumps({"imports": t1 - t0, "spec": t2 - t1, "stages": rows,
-                  "heavy": sorted({m.split(".")[0] if not m.startswith("harness") else m for m in heavy})}))
+                  "heavy": sorted({m.split(".")[0] if not m.startswith("abtest_harness") else m for m in heavy})}))
 """
 #: Subprocesses write and use Python's bytecode cache, as an installed package does.
 _ENV = {"PYTHONDONTWRITEBYTECODE": ""}
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-repeats", type=int, default=3)
     parser.add_argument("--skip-run", action="store_true", help="leave out `abtest run` (about 5 s a run)")
     args = parser.parse_args(argv)
-    abtest = [sys.executable, "-m", "harness.cli"]
+    abtest = [sys.executable, "-m", "abtest_harness.cli"]
     print(f"before: {_load()}")
     with tempfile.TemporaryDirectory(prefix="abtest-bench-gate-") as tmp:
         warm = {CACHE_ENV: str(Path(tmp) / "render-cache")}

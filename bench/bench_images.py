@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import docker
 
-from harness.images import (
+from abtest_harness.images import (
     BaseImageMissing,
     BuildContext,
     DockerUnavailable,
@@ -28,9 +28,9 @@ from harness.images import (
     docker_client,
     resolve_base_image,
 )
-from harness.mesh.containers import DockerRunner
-from harness.mesh.workloads import WorkloadSpec
-from harness.plan import ImageSpec, load_plan
+from abtest_harness.mesh.containers import DockerRunner
+from abtest_harness.mesh.workloads import WorkloadSpec
+from abtest_harness.plan import ImageSpec, load_plan
 
 
 @dataclass(frozen=True)

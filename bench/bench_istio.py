@@ -27,11 +27,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness import proc
-from harness.errors import CommandError
-from harness.mesh import istio_xds as ix
-from harness.plan import load_plan
-from harness.render import render_stage
+from abtest_harness import proc
+from abtest_harness.errors import CommandError
+from abtest_harness.mesh import istio_xds as ix
+from abtest_harness.plan import load_plan
+from abtest_harness.render import render_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 

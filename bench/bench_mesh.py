@@ -33,9 +33,9 @@ from typing import Any
 
 import requests
 
-from harness.mesh.local import LocalMesh
-from harness.plan import load_plan
-from harness.render import render_stage
+from abtest_harness.mesh.local import LocalMesh
+from abtest_harness.plan import load_plan
+from abtest_harness.render import render_stage
 
 
 def _median(values: Sequence[float]) -> float:
@@ -115,10 +115,10 @@ def timed_run(stages: Sequence[str] | None = None) -> dict[str, Any]:
     """The whole plan on a fresh local mesh, as ``abtest run`` drives it, with its breakdown.
 
     Returns ``{"total_s", "up_s", "stages": [{"name", "apply_s", "converge_s", "sample_s",
-    "requests", "passed"}], "passed"}``. Needs ``harness.rollout`` and ``harness.stats``.
+    "requests", "passed"}], "passed"}``. Needs ``abtest_harness.rollout`` and ``abtest_harness.stats``.
     """
-    from harness import rollout
-    from harness.stats import StatsConfig
+    from abtest_harness import rollout
+    from abtest_harness.stats import StatsConfig
 
     plan = load_plan()
     chosen = [plan.stage(s) for s in stages] if stages else list(plan.stages)
@@ -178,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_full_run:
         started = time.monotonic()
         done = subprocess.run(  # noqa: S603 - our own CLI, argv list
-            [sys.executable, "-m", "harness.cli", "run", "--artifacts-dir", tempfile.mkdtemp(prefix="abtest-bench-")],
+            [sys.executable, "-m", "abtest_harness.cli", "run",
+             "--artifacts-dir", tempfile.mkdtemp(prefix="abtest-bench-")],
             capture_output=True, text=True, timeout=300, check=False,
         )
         wall = time.monotonic() - started

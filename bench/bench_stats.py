@@ -4,7 +4,7 @@ Run: ``python -m bench.bench_stats [--alpha 1e-6] [--beta 1e-6] [--delta 0.1]``.
 
 For expected blue shares 0.5, 0.9 and 0.1 and true shares p0, p0 - d and p0 + d, prints:
 
-- the sequential test (`harness.stats.SequentialTest`, the boundaries it really uses):
+- the sequential test (`abtest_harness.stats.SequentialTest`, the boundaries it really uses):
   P(FAIL), P(PASS), mean and 95th percentile of the responses to a verdict, all computed
   exactly by dynamic programming over its boundaries up to the cap (no simulation error),
   with no error responses (a PASS also waits for the error rule's 132 clean responses);
@@ -41,8 +41,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.stats import binom
 
-from harness.errors import ConfigError
-from harness.stats import (
+from abtest_harness.errors import ConfigError
+from abtest_harness.stats import (
     MAX_CLASS_REQUESTS,
     SequentialTest,
     SplitBoundaries,

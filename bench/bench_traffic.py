@@ -4,11 +4,11 @@ Run: ``python -m bench.bench_traffic [-c 1 8 32] [--repeats 3] [--seconds 1.5]``
 
 Each server runs in its own process, so it does not share a GIL with the generator:
 
-- ``scorer``: the mock scorer (``python -m harness.scorer``), what the workloads run;
+- ``scorer``: the mock scorer (``python -m abtest_harness.scorer``), what the workloads run;
 - ``fast``: a minimal asyncio HTTP/1.1 server (this file, ``--serve``) that answers far faster
   than the generators can ask, so the generator is the bottleneck: the hardest comparison.
 
-Clients: ``socket`` is `harness.traffic.run_load` (one event loop over keep-alive sockets);
+Clients: ``socket`` is `abtest_harness.traffic.run_load` (one event loop over keep-alive sockets);
 ``requests`` is a comparison client kept here only, one `requests.Session` per thread, which
 shows what a thread-per-connection client in Python costs. Each is compared with ``hey``, the Go
 load generator (https://github.com/rakyll/hey): a short calibration picks a request count that
@@ -39,12 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from harness.errors import ToolNotFound
-from harness.mesh.workloads import free_port, start_process, stop_process, tail
-from harness.proc import run, tool
-from harness.routing import Request
-from harness.traffic import run_load
-from harness.wait import wait_until
+from abtest_harness.errors import ToolNotFound
+from abtest_harness.mesh.workloads import free_port, start_process, stop_process, tail
+from abtest_harness.proc import run, tool
+from abtest_harness.routing import Request
+from abtest_harness.traffic import run_load
+from abtest_harness.wait import wait_until
 
 GOAL = 0.5
 Transport = Literal["socket", "requests"]
@@ -91,7 +91,7 @@ def _server(kind: str, log_dir: Path) -> Iterator[str]:
     env = {**os.environ, "PORT": str(port), "SCORER_HOST": "127.0.0.1", "MODEL_VERSION": "green",
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     argv = {
-        "scorer": [sys.executable, "-m", "harness.scorer"],
+        "scorer": [sys.executable, "-m", "abtest_harness.scorer"],
         "fast": [sys.executable, "-m", "bench.bench_traffic", "--serve", str(port)],
     }[kind]
     log_path = log_dir / f"{kind}.log"

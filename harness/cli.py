@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from harness import options as opts
-from harness.errors import ConfigError, HarnessError
+from abtest_harness import options as opts
+from abtest_harness.errors import ConfigError, HarnessError
 
 if TYPE_CHECKING:
-    from harness.spec import RolloutSpec, StageSpec
+    from abtest_harness.spec import RolloutSpec, StageSpec
 
 # Heavy modules (the mesh, scipy, the Istio models) are imported inside the commands, so
 # `abtest --help` and a bad argument answer at once.
@@ -35,13 +35,13 @@ def _image_refs(values: Sequence[str]) -> dict[str, str]:
 
 
 def _load(args: argparse.Namespace) -> RolloutSpec:
-    from harness.spec import load_spec
+    from abtest_harness.spec import load_spec
 
     return load_spec(args.plan if getattr(args, "plan", None) else args.spec)
 
 
 def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.render import render, render_yaml
+    from abtest_harness.render import render, render_yaml
 
     spec = _load(args)
     refs = _image_refs(args.image)
@@ -63,7 +63,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
 
 def validate_files(paths: Sequence[Path], out: TextIO) -> int:
     """Validate the objects of files and directories as one set (references across files resolve)."""
-    from harness.validate import format_findings, has_errors, load_manifest_paths, summarize, validate_objects
+    from abtest_harness.validate import format_findings, has_errors, load_manifest_paths, summarize, validate_objects
 
     objects = load_manifest_paths(paths)  # bounded reads; a bad path is a one-line ConfigError
     checked = validate_objects(objects)
@@ -75,7 +75,7 @@ def validate_files(paths: Sequence[Path], out: TextIO) -> int:
 
 def _summary(spec: RolloutSpec, stage: StageSpec, objects: list[dict[str, Any]]) -> str:
     """One line: the first class's expected shares and each version's image."""
-    from harness.rollout import expected_shares, version_images
+    from abtest_harness.rollout import expected_shares, version_images
 
     images = version_images(spec, objects)
     try:
@@ -96,14 +96,14 @@ def validate_stages(
 ) -> dict[str, list[dict[str, Any]]] | None:
     """Render and check each stage offline; one line each (shares, images, verdict) plus its findings.
 
-    Two checks: the schemas and semantics of `harness.validate` (which include every field the
+    Two checks: the schemas and semantics of `abtest_harness.validate` (which include every field the
     routing oracle does not model, ABT020, and every value Istio refuses, ABT021), and the
     agreement between what the manifests route and the stage's ``expect`` table. Returns the
     rendered objects by stage name, or None when any stage failed.
     """
-    from harness.render import render_many
-    from harness.rollout import manifest_mismatches
-    from harness.validate import has_errors, validate_objects
+    from abtest_harness.render import render_many
+    from abtest_harness.rollout import manifest_mismatches
+    from abtest_harness.validate import has_errors, validate_objects
 
     rendered: dict[str, list[dict[str, Any]]] = {}
     valid = True
@@ -130,7 +130,7 @@ def validate_stages(
 
 
 def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.loadcmd import load_command
+    from abtest_harness.loadcmd import load_command
 
     return load_command(
         args.url, args.n, args.version, args.concurrency, out, deadline_s=args.deadline, timeout_s=args.timeout
@@ -143,7 +143,7 @@ def _progress(line: str) -> None:
 
 def _mesh_options(args: argparse.Namespace, workloads: str) -> Any:
     """The mesh the command's options ask for; an option a command does not offer keeps its default."""
-    from harness import rollout
+    from abtest_harness import rollout
 
     def value(name: str) -> Any:
         option = opts.by_name(name)
@@ -166,7 +166,7 @@ def _mesh_options(args: argparse.Namespace, workloads: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    from harness.stats import StatsConfig, check_settings
+    from abtest_harness.stats import StatsConfig, check_settings
 
     check_settings(args.alpha, args.beta, args.delta, obj="abtest run")  # before anything is read or started
     spec = _load(args)
@@ -193,9 +193,9 @@ def _run_on(
     runner: str,
     out: TextIO,
 ) -> int:
-    from harness import rollout
-    from harness.dumps import dump_failure
-    from harness.report import run_metadata, write_report
+    from abtest_harness import rollout
+    from abtest_harness.dumps import dump_failure
+    from abtest_harness.report import run_metadata, write_report
 
     started = time.monotonic()
     session = rollout.open_mesh(spec, _mesh_options(args, "process" if runner == "kind" else runner),
@@ -260,15 +260,15 @@ def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
     import contextlib
     import threading
 
-    from harness import rollout
-    from harness.render import render
+    from abtest_harness import rollout
+    from abtest_harness.render import render
 
     spec = _load(args)
     stage = spec.stage(args.stage)
     if "," in args.workloads:
         raise ConfigError("option --workloads", args.workloads, "abtest up serves with one runner: process or docker")
     try:
-        from harness.signals import teardown_on_sigterm  # type: ignore[import-not-found, unused-ignore]
+        from abtest_harness.signals import teardown_on_sigterm  # type: ignore[import-not-found, unused-ignore]
 
         guard: Any = teardown_on_sigterm()
     except ImportError:
@@ -289,8 +289,8 @@ def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_mutate(args: argparse.Namespace, out: TextIO) -> int:
-    from harness import mutate, rollout
-    from harness.stats import StatsConfig
+    from abtest_harness import mutate, rollout
+    from abtest_harness.stats import StatsConfig
 
     spec = _load(args)
     config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)

@@ -1,6 +1,6 @@
 """HTTP/1.1 to the gateway under test: the wire format and one event loop that multiplexes keep-alive connections.
 
-What the load run (`harness.traffic`) sends and reads, kept free of any notion of versions or
+What the load run (`abtest_harness.traffic`) sends and reads, kept free of any notion of versions or
 request classes:
 
 - `loopback_target` refuses any target that is not this machine (127.0.0.0/8, ::1, or a
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import SplitResult, urlsplit
 
-from harness.errors import HarnessError
+from abtest_harness.errors import HarnessError
 
 OUTCOME_TIMEOUT = "error:timeout"
 OUTCOME_CONNECTION = "error:connection"
@@ -60,7 +60,7 @@ class UnresolvedTarget(HarnessError, ValueError):
 
 
 class Request(Protocol):
-    """What a request needs for the wire; `harness.routing.Request` has this shape."""
+    """What a request needs for the wire; `abtest_harness.routing.Request` has this shape."""
 
     @property
     def label(self) -> str: ...

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import docker
 import docker.errors
 
-from harness.errors import HarnessError
+from abtest_harness.errors import HarnessError
 
 _log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class ImageBuildError(HarnessError):
 
 
 class ImageSpecLike(Protocol):
-    """What a build needs of a plan's image (``harness.plan.ImageSpec``)."""
+    """What a build needs of a plan's image (``abtest_harness.plan.ImageSpec``)."""
 
     @property
     def key(self) -> str: ...
@@ -82,7 +82,7 @@ class ImageSpecLike(Protocol):
 
 
 class PlanLike(Protocol):
-    """What a build needs of a plan (``harness.plan.RolloutPlan``): its images by key."""
+    """What a build needs of a plan (``abtest_harness.plan.RolloutPlan``): its images by key."""
 
     @property
     def images(self) -> Mapping[str, ImageSpecLike]: ...
@@ -239,7 +239,7 @@ def build_scorer_images(
 
     `base_image` defaults to ``$ABTEST_BASE_IMAGE`` or ``abtest/base-python:bookworm``; it must
     exist locally. `progress` receives one line per image ("built ..." or "exists ..."); the
-    build output goes to the ``harness.images`` logger at DEBUG level. `no_cache` rebuilds
+    build output goes to the ``abtest_harness.images`` logger at DEBUG level. `no_cache` rebuilds
     every layer even when the tag exists (benchmarks).
     """
     client = client if client is not None else docker_client()

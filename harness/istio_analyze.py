@@ -7,7 +7,7 @@ gateway objects Istio assumes when no cluster is read, and the objects read as i
 reads files. It is Istio's code at the pinned release, with no cluster contacted.
 
 :func:`analyze` and :func:`analyze_batch` return Istio's messages as :class:`IstioFinding`;
-:func:`compare` sets them beside the findings of :func:`harness.validate.validate_objects`,
+:func:`compare` sets them beside the findings of :func:`abtest_harness.validate.validate_objects`,
 matched by code and object, and returns what only one side reports. Which of those are
 expected, and why, is the table in ``docs/istio-translation.md``.
 """
@@ -19,10 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harness import proc
-from harness.errors import HarnessError
-from harness.mesh import istio_xds as ix
-from harness.validate import Finding
+from abtest_harness import proc
+from abtest_harness.errors import HarnessError
+from abtest_harness.mesh import istio_xds as ix
+from abtest_harness.validate import Finding
 
 __all__ = ["Analysis", "Difference", "IstioFinding", "analyze", "analyze_batch", "compare"]
 

@@ -27,8 +27,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import proc
-from harness.errors import CommandError, HarnessError
+from abtest_harness import proc
+from abtest_harness.errors import CommandError, HarnessError
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def download_istioctl(
 
 
 def _fetch(url: str, timeout: float) -> bytes:
-    # Imported here so that `python -m harness.prereqs` runs before the venv exists.
+    # Imported here so that `python -m abtest_harness.prereqs` runs before the venv exists.
     import requests
 
     try:

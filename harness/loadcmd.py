@@ -1,6 +1,6 @@
 """``abtest load URL -n N [--version V]``: send N requests, print each answer, then the counts.
 
-The command-line face of `harness.traffic.run_load` for a person at a terminal: bounded in
+The command-line face of `abtest_harness.traffic.run_load` for a person at a terminal: bounded in
 count and time, loopback only, each answer printed with the version that gave it, then the
 counts per version and per error.
 """
@@ -11,8 +11,8 @@ import json
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from harness.routing import Request
-from harness.traffic import CLASS_HEADER, LoadResult, Observation, loopback_target, run_load
+from abtest_harness.routing import Request
+from abtest_harness.traffic import CLASS_HEADER, LoadResult, Observation, loopback_target, run_load
 
 
 def load_command(

@@ -6,7 +6,7 @@ kind changed, a host, port, selector, pod label, image, version name, probe or r
 changed. Each mutant then goes through the checks in order, and the first that fails it is
 named:
 
-1. ``validate``: `harness.validate` reports an error or warning the unmutated stage does not
+1. ``validate``: `abtest_harness.validate` reports an error or warning the unmutated stage does not
    have;
 2. ``oracle``: the routing oracle refuses the objects, or routes some request class otherwise
    than the expectation (the plan's weights and pinning, or an expectation table);
@@ -40,8 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from harness.errors import ConfigError, HarnessError
-from harness.routing import STANDARD_CLASSES, Request
+from abtest_harness.errors import ConfigError, HarnessError
+from abtest_harness.routing import STANDARD_CLASSES, Request
 
 Objects = list[dict[str, Any]]
 Expectation = Mapping[str, Mapping[str, float]]  # request class label -> outcome -> share
@@ -439,14 +439,14 @@ def generate(stage: str, objects: Objects, *, versions: Sequence[str], images: S
 
 
 def _findings(objects: Objects) -> set[str]:
-    from harness.validate import validate_objects
+    from abtest_harness.validate import validate_objects
 
     return {f"{f.severity} {f.code} {f.obj} {f.path}" for f in validate_objects(objects)}
 
 
 def _shares(objects: Objects, classes: Sequence[Request],
             versions: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, float]]:
-    from harness.rollout import oracle
+    from abtest_harness.rollout import oracle
 
     expected = oracle(objects, classes, versions)
     return {r.label: {k: v for k, v in expected[r].shares.items() if v > 0} for r in classes}
@@ -454,8 +454,8 @@ def _shares(objects: Objects, classes: Sequence[Request],
 
 def _image_findings(stage: Any, objects: Objects, versions: Mapping[str, Mapping[str, str]] | None) -> list[str]:
     """Where the objects run other images or versions than the stage's ``images`` say (none declared: [])."""
-    from harness.rollout import image_mismatches
-    from harness.spec import StageSpec
+    from abtest_harness.rollout import image_mismatches
+    from abtest_harness.spec import StageSpec
 
     if not isinstance(stage, StageSpec) or stage.images is None or versions is None:
         return []
@@ -621,7 +621,7 @@ def _attributes_by_endpoint() -> bool:
     """True when versions are the spec's pod selectors for the oracle too (not ``MODEL_VERSION``)."""
     import inspect
 
-    from harness.routing import expected_distributions
+    from abtest_harness.routing import expected_distributions
 
     return "versions" in inspect.signature(expected_distributions).parameters
 
@@ -634,12 +634,12 @@ def spec_mutants(spec: Any, stages: Sequence[Any], *, delta: float = 0.10,
     class the table leaves out (or a stage without one) there is none, and then only validate
     and the oracle's refusals can catch a routing edit of that class offline.
     """
-    from harness.rollout import as_spec
+    from abtest_harness.rollout import as_spec
 
     spec = as_spec(spec)
     stages = [spec.stage(s if isinstance(s, str) else s.name) for s in stages]
     if render is None:
-        from harness.render import render as render_spec
+        from abtest_harness.render import render as render_spec
 
         def render(s: Any, stage: Any) -> Objects:
             return render_spec(s, stage)
@@ -677,7 +677,7 @@ class MeshRunCheck:
         self.deadline_s = deadline_s
 
     def __call__(self, check: StageCheck, mutant: Mutant) -> str | None:
-        from harness.rollout import check_stage
+        from abtest_harness.rollout import check_stage
 
         objects = self._with_built_images(mutant.objects)
         try:
@@ -706,7 +706,7 @@ class MeshRunCheck:
                          if key in self.spec.images}
         if not by_repository:
             return objects
-        from harness.render import retag
+        from abtest_harness.render import retag
 
         return retag(objects, by_repository)
 
@@ -757,7 +757,7 @@ def mutate_command(
 
     `spec` is a rollout spec or a ``stages.yaml`` plan.
     """
-    from harness.rollout import as_spec
+    from abtest_harness.rollout import as_spec
 
     spec = as_spec(spec)
     delta = float(getattr(config, "delta", 0.10))

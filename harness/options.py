@@ -42,7 +42,7 @@ class Option:
 
 
 def _share(value: str) -> float:
-    """A number; its range is `harness.stats.check_settings`'s one rule, which each front end
+    """A number; its range is `abtest_harness.stats.check_settings`'s one rule, which each front end
     applies to alpha, beta and delta together before anything starts."""
     return float(value)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from harness import yamlio
-from harness.errors import ConfigError
-from harness.support import WeightProblem, destination_shares
+from abtest_harness import yamlio
+from abtest_harness.errors import ConfigError
+from abtest_harness.support import WeightProblem, destination_shares
 
 MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
 DEFAULT_PLAN = MANIFESTS_DIR / "stages.yaml"
@@ -213,7 +213,7 @@ def _parse_stage(
         if version not in weights:
             raise ConfigError(obj, f"weights.{version}", "missing: every version needs a weight (0 for none)")
     try:
-        # The one weights rule (harness.support), in the plan's own format: whole percents.
+        # The one weights rule (abtest_harness.support), in the plan's own format: whole percents.
         destination_shares([weights[v] for v in versions], percent=True)
     except WeightProblem as problem:
         if problem.index is not None:

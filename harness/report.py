@@ -21,9 +21,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from harness import proc
-from harness.errors import HarnessError
-from harness.rollout import RolloutResult, StageResult
+from abtest_harness import proc
+from abtest_harness.errors import HarnessError
+from abtest_harness.rollout import RolloutResult, StageResult
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -58,7 +58,7 @@ def tool_versions(mesh: str) -> dict[str, str | None]:
         found = re.search(r"/(\d+\.\d+\.\d+)/", line or "")
         versions["envoy"] = found.group(1) if found else line
     elif mesh == "kind":
-        from harness.istioctl import ISTIO_VERSION
+        from abtest_harness.istioctl import ISTIO_VERSION
 
         versions["istio"] = ISTIO_VERSION
         try:

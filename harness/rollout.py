@@ -9,9 +9,9 @@ What is expected of a class is the stage's ``expect`` table when the spec has on
 the routing oracle reads in the rendered manifests. A table is also checked against the
 oracle before any traffic: a disagreement is reported with the stage's result, and
 ``abtest run`` checks it for every stage before it starts a mesh. Answers are credited to a
-version by the endpoint the gateway chose (``harness.attribution``).
+version by the endpoint the gateway chose (``abtest_harness.attribution``).
 
-A ``stages.yaml`` plan is accepted wherever a spec is (``harness.spec.spec_from_plan``).
+A ``stages.yaml`` plan is accepted wherever a spec is (``abtest_harness.spec.spec_from_plan``).
 """
 
 from __future__ import annotations
@@ -24,18 +24,18 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from harness import proc
-from harness.errors import HarnessError, ToolNotFound
-from harness.plan import RolloutPlan, Stage, repository_of
-from harness.render import render
-from harness.routing import Expected, Request, expected_distributions
-from harness.spec import PlanSource, RolloutSpec, StageSpec, spec_from_plan
+from abtest_harness import proc
+from abtest_harness.errors import HarnessError, ToolNotFound
+from abtest_harness.plan import RolloutPlan, Stage, repository_of
+from abtest_harness.render import render
+from abtest_harness.routing import Expected, Request, expected_distributions
+from abtest_harness.spec import PlanSource, RolloutSpec, StageSpec, spec_from_plan
 
 if TYPE_CHECKING:  # the mesh, the statistics and the load loop are imported when a run needs them
-    from harness.mesh.base import Mesh
-    from harness.mesh.istio_xds import IstioTranslator
-    from harness.stats import StatsConfig, Verdict
-    from harness.traffic import LoadResult
+    from abtest_harness.mesh.base import Mesh
+    from abtest_harness.mesh.istio_xds import IstioTranslator
+    from abtest_harness.stats import StatsConfig, Verdict
+    from abtest_harness.traffic import LoadResult
 
 #: Header that pins a request to one version in the sample plan (the reference guide's A/B header).
 VERSION_HEADER = "x-api-version"
@@ -243,7 +243,7 @@ def image_mismatches(
     containers) the image the stage names for that version; a version the stage does not name
     must not run, and a version it names must run. Nothing is checked without ``images``.
     """
-    from harness.attribution import version_of
+    from abtest_harness.attribution import version_of
 
     if stage.images is None:
         return []
@@ -268,7 +268,7 @@ def image_mismatches(
 
 def version_images(spec: SpecLike, objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """Version -> the image(s) its running pods have, e.g. ``{"green": "abtest/scorer-a:dev"}``."""
-    from harness.attribution import version_of
+    from abtest_harness.attribution import version_of
 
     spec = as_spec(spec)
     found: dict[str, list[str]] = {}
@@ -294,7 +294,7 @@ def intended_answers(spec: SpecLike, stage: StageSpec | Stage | Sequence[Mapping
         raise TypeError("intended_answers needs the stage's rendered objects")
     spec = as_spec(spec)
     by_repository = {image.repository: image.answer for image in spec.images.values()}
-    from harness.attribution import version_of
+    from abtest_harness.attribution import version_of
 
     answers: dict[str, set[str]] = {}
     unknown: set[str] = set()
@@ -349,9 +349,9 @@ def sample(
     Answers are credited by the endpoint the gateway chose, `versions` naming the version of
     each pod (None: the sample's ``model_version`` label).
     """
-    from harness.attribution import for_mesh
-    from harness.stats import SequentialTest
-    from harness.traffic import allowed_url_of, run_load
+    from abtest_harness.attribution import for_mesh
+    from abtest_harness.stats import SequentialTest
+    from abtest_harness.traffic import allowed_url_of, run_load
 
     tests = {r.label: SequentialTest(expected[r.label], config, label=r.label) for r in classes}
     cap = sum(t.max_n for t in tests.values())
@@ -475,14 +475,14 @@ class MeshOptions:
     keep_cluster: bool = False
     cluster_name: str = "abtest"
     base_image: str | None = None
-    # mesh="cluster": an existing cluster (harness.mesh.cluster); all but judge_live required there.
+    # mesh="cluster": an existing cluster (abtest_harness.mesh.cluster); all but judge_live required there.
     kubeconfig: Path | None = None
     context: str | None = None
     namespace: str | None = None
     gateway_url: str | None = None
     judge_live: bool = False
-    #: Who computes the local gateway's configuration: "python" (harness.mesh.envoy) or
-    #: "istio" (Istio's own code, the istio-xds program; harness.mesh.istio_xds).
+    #: Who computes the local gateway's configuration: "python" (abtest_harness.mesh.envoy) or
+    #: "istio" (Istio's own code, the istio-xds program; abtest_harness.mesh.istio_xds).
     translator: str = "python"
 
 
@@ -492,7 +492,7 @@ def _translator(options: MeshOptions) -> IstioTranslator | None:
         return None
     if options.translator != "istio":
         raise HarnessError(f"unknown translator {options.translator!r} (python or istio)")
-    from harness.mesh import istio_xds
+    from abtest_harness.mesh import istio_xds
 
     try:
         istio_xds.binary()
@@ -557,20 +557,20 @@ def open_mesh(
     docker and kind build those images and run every other image as it is.
     """
     if options.mesh == "local":
-        from harness.mesh.local import LocalMesh
+        from abtest_harness.mesh.local import LocalMesh
 
         translator = _translator(options)
         if options.workloads == "process":
             if isinstance(spec, RolloutPlan):
                 return MeshSession(LocalMesh(plan=spec, translator=translator))
-            from harness.mesh.workloads import ProcessRunner
+            from abtest_harness.mesh.workloads import ProcessRunner
 
             process_runner = ProcessRunner({i.repository: i.answer for i in spec.images.values()})
             return MeshSession(LocalMesh(runner=process_runner, translator=translator), None, [process_runner.close])
         if options.workloads != "docker":
             raise HarnessError(f"unknown workload runner {options.workloads!r} (process or docker)")
-        from harness import images
-        from harness.mesh.containers import DockerRunner, register_cleanup
+        from abtest_harness import images
+        from abtest_harness.mesh.containers import DockerRunner, register_cleanup
 
         try:
             client = images.docker_client()
@@ -586,14 +586,14 @@ def open_mesh(
         register_cleanup(runner)
         return MeshSession(LocalMesh(runner=runner, translator=translator), refs, [runner.close])
     if options.mesh == "kind":
-        from harness import images
-        from harness.mesh.kind import KindIstioMesh
+        from abtest_harness import images
+        from abtest_harness.mesh.kind import KindIstioMesh
 
         try:
             proc.tool("kind")
             images.docker_client()
         except (ToolNotFound, images.DockerUnavailable) as exc:
-            raise MeshUnavailable(f"{exc} (`python -m harness.prereqs kind` lists every prerequisite)") from exc
+            raise MeshUnavailable(f"{exc} (`python -m abtest_harness.prereqs kind` lists every prerequisite)") from exc
         kind_mesh = KindIstioMesh(
             spec,
             cluster_name=options.cluster_name,
@@ -604,7 +604,7 @@ def open_mesh(
         )
         return MeshSession(kind_mesh)
     if options.mesh == "cluster":
-        from harness.mesh.cluster import cluster_mesh
+        from abtest_harness.mesh.cluster import cluster_mesh
 
         return MeshSession(cluster_mesh(spec, options, progress=progress))
     raise HarnessError(f"unknown mesh {options.mesh!r} (local, kind or cluster)")

@@ -21,7 +21,7 @@ plane against it, so it follows Istio's documented semantics and nothing looser:
   does ``regex: "*"`` in ``withoutHeaders`` (the only place Istio's validation admits it);
   ``withoutHeaders`` inverts the match, reading a missing header as empty except for a
   presence test; the path is matched as the gateway normalizes it (see below);
-- weights are relative (:func:`harness.support.destination_shares`): each request picks a
+- weights are relative (:func:`abtest_harness.support.destination_shares`): each request picks a
   destination independently with probability weight / (sum of the route's weights); a lone
   destination gets every request whatever its weight; weight 0 (or omitted) is never picked;
 - a destination is a Service (host: dot-free short name resolved in the VirtualService's
@@ -33,9 +33,9 @@ plane against it, so it follows Istio's documented semantics and nothing looser:
   labels. No such pod: 503.
 
 Anything in the routing path that this module does not implement raises
-:class:`~harness.errors.UnsupportedField` naming the object and the field, never silently
+:class:`~abtest_harness.errors.UnsupportedField` naming the object and the field, never silently
 ignored: a verdict computed against a half-understood manifest would lie. Which fields are
-supported is :func:`harness.support.check_supported`, shared with the Envoy translation.
+supported is :func:`abtest_harness.support.check_supported`, shared with the Envoy translation.
 
 Paths are matched as the gateway normalizes them (:func:`normalize_path`: RFC 3986 dot
 segments and unreserved escapes, as Istio configures Envoy); a path with characters Envoy
@@ -43,7 +43,7 @@ re-encodes or refuses is not modelled. Deliberate limits, outside what the harne
 the reference charts use: a header appears at most once per request, and a Deployment with
 replicas > 0 counts as ready (readiness is the mesh's convergence check, not the manifests').
 
->>> from harness.routing import STANDARD_CLASSES, expected_distribution
+>>> from abtest_harness.routing import STANDARD_CLASSES, expected_distribution
 >>> # expected_distribution(render_stage(load_plan(), "Blue_50"), STANDARD_CLASSES[0]).shares
 >>> # {'green': 0.5, 'blue': 0.5}
 """
@@ -55,8 +55,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from harness.errors import ConfigError, UnsupportedField
-from harness.support import (
+from abtest_harness.errors import ConfigError, UnsupportedField
+from abtest_harness.support import (
     HTTP_PROTOCOLS,
     MESH_GATEWAY,
     STRING_MATCH_KINDS,
@@ -631,7 +631,7 @@ def endpoint_selector(
     pod can satisfy both, and the result is empty, which selects no pod (status 503).
 
     The oracle (:func:`backends_behind`) and the Envoy translation
-    (``harness.mesh.envoy.upstreams``) both take a destination's endpoints from here.
+    (``abtest_harness.mesh.envoy.upstreams``) both take a destination's endpoints from here.
 
     >>> endpoint_selector({"app": "model", "v": "blue"}, {"v": "green"})
     {}

@@ -18,7 +18,7 @@ variable               default          meaning
 ``SCORER_SEED``        (random)         seed for the error draw, for reproducible faults
 =====================  ===============  ==================================================
 
-Run it with ``python -m harness.scorer`` or, in the image, ``python3 scorer.py``.
+Run it with ``python -m abtest_harness.scorer`` or, in the image, ``python3 scorer.py``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the spec file. The field reference is ``docs/spec.md``; the structure is checked
 ``harness/schemas/rollout.schema.json`` and then the cross-references (classes and versions
 named in ``expect`` and ``images``, paths that exist).
 
-Every error is a :class:`~harness.errors.ConfigError` naming the file, the stage (when there
+Every error is a :class:`~abtest_harness.errors.ConfigError` naming the file, the stage (when there
 is one) and the field.
 
 >>> spec = load_spec(DEFAULT_SPEC)
@@ -38,9 +38,9 @@ from typing import Any
 
 import yaml
 
-from harness.errors import ConfigError
-from harness.plan import MANIFESTS_DIR, ImageSpec, RolloutPlan, parse_plan
-from harness.routing import Request
+from abtest_harness.errors import ConfigError
+from abtest_harness.plan import MANIFESTS_DIR, ImageSpec, RolloutPlan, parse_plan
+from abtest_harness.routing import Request
 
 __all__ = [
     "API_VERSION",
@@ -158,7 +158,7 @@ class StageImage:
 
     def matches(self, image: str) -> bool:
         """True when a container image reference is this image."""
-        from harness.plan import repository_of
+        from abtest_harness.plan import repository_of
 
         if self.key is not None or repository_of(self.ref) == self.ref:
             return repository_of(image) == repository_of(self.ref)
@@ -256,7 +256,7 @@ def load_spec(path: str | Path | None = None) -> RolloutSpec:
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
     """The JSON Schema of a spec file (shipped as ``harness/schemas/rollout.schema.json``)."""
-    text = resources.files("harness").joinpath("schemas/rollout.schema.json").read_text(encoding="utf-8")
+    text = resources.files("abtest_harness").joinpath("schemas/rollout.schema.json").read_text(encoding="utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 
@@ -532,7 +532,7 @@ def spec_from_plan(plan: RolloutPlan) -> RolloutSpec:
     """A ``stages.yaml`` plan as a spec: the sample's labels, classes and promised shares.
 
     Each stage renders the plan's kustomize base with that stage's images and weights
-    (:func:`harness.render.render_stage`); its expectation is what the plan promises: the
+    (:func:`abtest_harness.render.render_stage`); its expectation is what the plan promises: the
     weights for a request without a pin, and ``x-api-version: V`` pinned to V (503 where V
     does not run); its ``images`` are the plan stage's.
     """

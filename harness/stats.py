@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import ConfigError
+from abtest_harness.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -135,7 +135,7 @@ def check_settings(
     >>> check_settings(1e-6, 1e-6, 0.9)
     Traceback (most recent call last):
     ...
-    harness.errors.ConfigError: options: --delta: must be strictly between 0 and 0.5, got 0.9
+    abtest_harness.errors.ConfigError: options: --delta: must be strictly between 0 and 0.5, got 0.9
     """
     low, high = SETTING_RANGE
     for name, value in (("alpha", alpha), ("beta", beta), ("delta", delta)):

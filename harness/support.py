@@ -1,13 +1,13 @@
 """What the harness supports of Istio's routing API, and the rules it shares between readers.
 
-The oracle (:mod:`harness.routing`), the Envoy translation (:mod:`harness.mesh.envoy`), the
-offline validation (:mod:`harness.validate`) and the plan (:mod:`harness.plan`) read their
+The oracle (:mod:`abtest_harness.routing`), the Envoy translation (:mod:`abtest_harness.mesh.envoy`), the
+offline validation (:mod:`abtest_harness.validate`) and the plan (:mod:`abtest_harness.plan`) read their
 rules from here, so a manifest cannot be judged by one rule and served by another.
 
 Support (:func:`check_supported`): each allow-list below says which fields the oracle
 implements or has judged harmless for the routing decision; any other field in the routing
-path raises :class:`~harness.errors.UnsupportedField` naming the object and the field, and a
-value Istio's own validation refuses raises :class:`~harness.errors.ConfigError` with
+path raises :class:`~abtest_harness.errors.UnsupportedField` naming the object and the field, and a
+value Istio's own validation refuses raises :class:`~abtest_harness.errors.ConfigError` with
 Istio's reason. A verdict computed against a half-understood manifest would lie, so nothing
 is silently ignored. ``docs/routing.md`` lists what is refused and why.
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import re2
 
-from harness.errors import ConfigError, UnsupportedField
+from abtest_harness.errors import ConfigError, UnsupportedField
 
 __all__ = [
     "HTTP_PROTOCOLS",
@@ -241,7 +241,7 @@ def _check_keys(
                 obj,
                 where,
                 "changes routing in a way the oracle does not model; remove it "
-                "or extend harness.support, harness.routing and the Envoy translation first",
+                "or extend abtest_harness.support, abtest_harness.routing and the Envoy translation first",
             )
         raise UnsupportedField(obj, where, "unknown or unmodelled field; the oracle refuses to ignore it")
     return value
@@ -310,7 +310,7 @@ def route_weights(route: Sequence[Any]) -> list[Any]:
 
 
 def _check_weights(obj: str, path: str, route: list[Any]) -> None:
-    """Istio's weight rule (:func:`harness.support.destination_shares`), errors naming the field."""
+    """Istio's weight rule (:func:`abtest_harness.support.destination_shares`), errors naming the field."""
     if not route:
         raise ConfigError(obj, f"{path}.route", "empty: the route sends traffic nowhere")
     try:

@@ -1,6 +1,6 @@
 """The load run: send request classes to the gateway, classify every answer, feed the tests.
 
-`run_load` keeps `concurrency` requests in flight (`harness.http1.EventLoop`, one keep-alive
+`run_load` keeps `concurrency` requests in flight (`abtest_harness.http1.EventLoop`, one keep-alive
 connection each), round-robin over the request classes that have not been decided yet. Every
 complete answer goes through a classifier, ``classify(status, headers) -> outcome``; failures
 to get an answer are outcomes of their own:
@@ -18,12 +18,12 @@ The default classifier, `by_version_header`, reads the answer's ``x-model-versio
 status < 400 with the header gives the version, anything else ``status:NNN`` (a 4xx/5xx is an
 error even when it names a version). Another reading, such as attributing the answer by the
 endpoint the gateway chose, plugs in as `classify` without this module knowing about
-versions. `by_attribution` builds that classifier from a ``harness.attribution`` mapping (``attribute=``
+versions. `by_attribution` builds that classifier from a ``abtest_harness.attribution`` mapping (``attribute=``
 on `run_load` is a shorthand for it). An outcome is a version's unless it starts with
 ``status:`` or ``error:`` (``error:unattributed:<host>`` for an answer no version can be
 credited with); only a version's answers are kept in `LoadResult.answers`.
 
-Each outcome is fed live to the class's sequential test (`harness.stats.SequentialTest`) and
+Each outcome is fed live to the class's sequential test (`abtest_harness.stats.SequentialTest`) and
 the run stops as soon as every class has decided; a decided class gets no more requests (the
 answers still in flight when it decided reach its test, which counts them as late). Every
 run is also bounded by `max_requests` and `deadline_s`.
@@ -31,7 +31,7 @@ run is also bounded by `max_requests` and `deadline_s`.
 Load goes to loopback targets only, with one exception: the gateway URL a user named for a
 cluster they run (``--mesh cluster --gateway-url``). A mesh that has such a URL says so in
 its ``allowed_gateway_url`` attribute (`allowed_url_of` reads it; only
-`harness.mesh.cluster.ClusterMesh` has one), and `run_load` sends to a non-loopback URL only
+`abtest_harness.mesh.cluster.ClusterMesh` has one), and `run_load` sends to a non-loopback URL only
 when it is passed that same URL as ``allowed_url``: no switch or environment variable widens it.
 Throughput against ``hey`` is measured by ``python -m bench.bench_traffic`` (``make bench``).
 """
@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from harness.http1 import (
+from abtest_harness.http1 import (
     OUTCOME_CONNECTION,
     OUTCOME_OTHER,
     OUTCOME_TIMEOUT,
@@ -83,7 +83,7 @@ _MAX_DETAILS = 20
 _ANSWER_CACHE = 256
 
 RequestClass = Request
-"""What the run needs of a request class; `harness.routing.Request` has this shape."""
+"""What the run needs of a request class; `abtest_harness.routing.Request` has this shape."""
 
 Classifier = Callable[[int, Mapping[str, str]], str]
 """``classify(status, headers) -> outcome``; header names are lower-case."""
@@ -133,7 +133,7 @@ def is_version(outcome: str) -> bool:
 
 
 class LiveTest(Protocol):
-    """What the run needs of a sequential test; `harness.stats.SequentialTest` has it."""
+    """What the run needs of a sequential test; `abtest_harness.stats.SequentialTest` has it."""
 
     def observe(self, outcome: str) -> Any: ...
 

@@ -14,7 +14,7 @@ Four layers, run in this order on every object:
    and re-reads its 1.8 MB definitions file on every call).
 2. Istio ``networking.istio.io`` kinds (VirtualService, DestinationRule, Gateway, ... in
    every API version the release serves) against the schemas of the Istio release in use,
-   taken from that release's own CRDs (`harness.istio_schemas`), with unknown fields
+   taken from that release's own CRDs (`abtest_harness.istio_schemas`), with unknown fields
    refused wherever the CRD does not preserve them (``mtach:``). Their ``metadata`` is
    Kubernetes' ObjectMeta and is checked against that schema; ``status`` is not checked.
    CEL rules of the CRDs (``x-kubernetes-validations``) are not evaluated.
@@ -22,7 +22,7 @@ Four layers, run in this order on every object:
    microseconds; an invalid one is walked again by ``jsonschema`` to name each field.
 3. Semantic checks across objects, in the spirit of ``istioctl analyze``. Where the
    meaning matches an istioctl message, its code is reused; the others are ``ABT0xx``.
-4. What the routing oracle would refuse at run time (`harness.support.check_supported`,
+4. What the routing oracle would refuse at run time (`abtest_harness.support.check_supported`,
    shared with the Envoy translation): ABT020 and ABT021, every refusal of an object, not
    only the first.
 
@@ -81,7 +81,7 @@ ABT013    error    A Service's numeric targetPort (or its port, when targetPort 
                    that no container of the selected pods declares as a containerPort: the
                    workloads listen on their declared port only, so every connection is
                    refused and the gateway answers 503 (the oracle reads it the same way).
-ABT020    error    A field the routing oracle does not model (``harness.support.
+ABT020    error    A field the routing oracle does not model (``abtest_harness.support.
                    check_supported``: ``fault``, ``mirror``, ``rewrite``, ``consistentHash``,
                    a ServiceEntry, ...): ``abtest run`` would refuse the stage, so validation
                    says so first, naming the object and the field.
@@ -115,9 +115,9 @@ from typing import Any, Literal
 
 import re2
 
-from harness import istio_schemas, routing, yamlio
-from harness.errors import ConfigError, HarnessError, UnsupportedField
-from harness.support import WeightProblem, check_supported, destination_shares
+from abtest_harness import istio_schemas, routing, yamlio
+from abtest_harness.errors import ConfigError, HarnessError, UnsupportedField
+from abtest_harness.support import WeightProblem, check_supported, destination_shares
 
 #: The Kubernetes version whose API schemas every object must match (bundled with
 #: kubernetes-validate; kind clusters of the e2e path run this minor version).
@@ -199,7 +199,7 @@ def load_manifests(path: Path) -> list[Any]:
     """The documents of a YAML manifest file, for validating files rather than stages.
 
     Empty documents are dropped and ``kind: List`` documents are flattened into their
-    items, as ``kubectl apply -f`` treats them. The file is read with `harness.yamlio`'s
+    items, as ``kubectl apply -f`` treats them. The file is read with `abtest_harness.yamlio`'s
     bounds: a missing path, a directory, bytes that are not UTF-8, a YAML syntax error or an
     alias bomb is a one-line ConfigError naming the file (and the line where there is one).
     """
@@ -1029,7 +1029,7 @@ def _oracle_refusals(objects: Sequence[Mapping[str, Any]], earlier: Sequence[Fin
     """What the routing oracle would refuse at run time, as findings (ABT020, ABT021).
 
     The oracle, the Envoy translation and the plan all start with
-    `harness.support.check_supported`; it stops at the first problem, so each object is
+    `abtest_harness.support.check_supported`; it stops at the first problem, so each object is
     checked again without the field at fault until nothing more is found. A field the
     oracle does not model is ABT020; a value Istio's own validation refuses is ABT021,
     unless an earlier error already names the same field (a negative weight is ABT002,

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import tenacity
 
-from harness.errors import WaitTimeout
+from abtest_harness.errors import WaitTimeout
 
 T = TypeVar("T")
 

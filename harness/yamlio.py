@@ -1,7 +1,7 @@
 """Reading YAML input files with bounds: every bad input is one ConfigError naming the file.
 
 The plan and every manifest file go through `load_documents`. It refuses, each with a
-one-line :class:`~harness.errors.ConfigError` (exit 2 at the command line) instead of a
+one-line :class:`~abtest_harness.errors.ConfigError` (exit 2 at the command line) instead of a
 traceback or a hang:
 
 * a missing path, a directory, a file that cannot be read;
@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import ConfigError
+from abtest_harness.errors import ConfigError
 
 __all__ = ["MAX_ALIAS_NODES", "MAX_BYTES", "MAX_DEPTH", "load_documents", "parse_documents"]
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Fail on any import cycle among the modules of the given packages, naming the cycle.
 
-Usage: ``python tools/check_import_cycles.py [--root DIR] [PACKAGE ...]`` (default: ``harness``
-and ``fixtures`` under the repository root). Exit 0 when the import graph has no cycle, 1 with
-one line per cycle (``a -> b -> a`` and where each import is written) when it has, 2 for bad
-arguments.
+Usage: ``python tools/check_import_cycles.py [--root DIR] [PACKAGE ...]``, where a PACKAGE is a
+directory under the root, or ``DIR=NAME`` for a directory installed under another import name
+(default: ``harness=abtest_harness`` and ``fixtures=abtest_harness_pytest``). Exit 0 when the
+import graph has no cycle, 1 with one line per cycle (``a -> b -> a`` and where each import is
+written) when it has, 2 for bad arguments.
 
 Every ``import`` and ``from ... import`` statement counts, wherever it is written: at module
 level, inside a function or method, under ``try``: a function-level import hides a cycle from
@@ -37,17 +38,18 @@ class Edge:
 
 
 def discover(root: Path, packages: Sequence[str]) -> dict[str, Path]:
-    """Module name -> file for every ``.py`` file under each package directory."""
+    """Module name -> file for every ``.py`` file under each package directory (``DIR`` or ``DIR=NAME``)."""
     modules: dict[str, Path] = {}
     for package in packages:
-        base = root / package
+        directory, _, name = package.partition("=")
+        base = root / directory
         if not base.is_dir():
             raise FileNotFoundError(f"{base}: no such package directory")
         for path in sorted(base.rglob("*.py")):
-            parts = list(path.relative_to(root).with_suffix("").parts)
+            parts = list(path.relative_to(base).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
-            modules[".".join(parts)] = path
+            modules[".".join([name or directory, *parts])] = path
     return modules
 
 
@@ -198,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
                         help="directory holding the packages (default: the repository root)")
-    parser.add_argument("packages", nargs="*", default=["harness", "fixtures"])
+    parser.add_argument("packages", nargs="*", default=["harness=abtest_harness", "fixtures=abtest_harness_pytest"])
     args = parser.parse_args(argv)
     root = args.root.resolve()
     try:

@@ -2,12 +2,12 @@
 
 Each ``networking-<minor>.json`` holds the ``networking.istio.io`` kinds (VirtualService,
 DestinationRule, Gateway, ServiceEntry, Sidecar, ...) of every API version that release
-serves, converted from the release's own CRDs by `harness.istio_schemas.extract`, with the
+serves, converted from the release's own CRDs by `abtest_harness.istio_schemas.extract`, with the
 release and the SHA-256 of the CRD file they came from. Unknown fields are refused wherever
 the CRD's structural schema does not preserve them.
 
 `for_version` picks the set for an Istio version ("1.30.4" or "1.30"); `DEFAULT_MINOR` is the
-minor the kind backend installs (`harness.istioctl.ISTIO_VERSION`; a unit test keeps the two
+minor the kind backend installs (`abtest_harness.istioctl.ISTIO_VERSION`; a unit test keeps the two
 in step).
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
+from abtest_harness.errors import ConfigError
 
 __all__ = ["DEFAULT_MINOR", "SUPPORTED_MINORS", "IstioSchemas", "for_version"]
 

@@ -17,7 +17,7 @@ applies them to a structural schema:
 
 Usage (writes ``networking-<version>.json`` here, with the source's SHA-256)::
 
-    python -m harness.istio_schemas.extract 1.30.3 path/to/crd-all.gen.yaml
+    python -m abtest_harness.istio_schemas.extract 1.30.3 path/to/crd-all.gen.yaml
 """
 
 from __future__ import annotations

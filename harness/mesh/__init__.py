@@ -1,21 +1,21 @@
 """Mesh backends behind one protocol: the local Envoy on loopback, and kind + Istio.
 
-:class:`~harness.mesh.base.Mesh` is what the fixtures and ``abtest run`` drive;
-:class:`~harness.mesh.local.LocalMesh` is the embedded default. The convergence check
-(:func:`~harness.mesh.routetable.route_table_from_config_dump` against
-:func:`~harness.mesh.routetable.expected_route_table`) is shared by every backend.
+:class:`~abtest_harness.mesh.base.Mesh` is what the fixtures and ``abtest run`` drive;
+:class:`~abtest_harness.mesh.local.LocalMesh` is the embedded default. The convergence check
+(:func:`~abtest_harness.mesh.routetable.route_table_from_config_dump` against
+:func:`~abtest_harness.mesh.routetable.expected_route_table`) is shared by every backend.
 """
 
 from __future__ import annotations
 
-from harness.mesh.base import Mesh
-from harness.mesh.routetable import (
+from abtest_harness.mesh.base import Mesh
+from abtest_harness.mesh.routetable import (
     RouteTable,
     diff_route_tables,
     expected_route_table,
     route_table_from_config_dump,
 )
-from harness.routing import cluster_name
+from abtest_harness.routing import cluster_name
 
 __all__ = [
     "LocalMesh",
@@ -31,7 +31,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # LocalMesh pulls in requests and the process machinery; import it only when asked.
     if name == "LocalMesh":
-        from harness.mesh.local import LocalMesh
+        from abtest_harness.mesh.local import LocalMesh
 
         return LocalMesh
-    raise AttributeError(f"module 'harness.mesh' has no attribute {name!r}")
+    raise AttributeError(f"module 'abtest_harness.mesh' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 "Converged" means the gateway's live route table, read from its Envoy admin ``/config_dump``,
 equals the route table the manifests promise and every cluster has its endpoints; the
-comparable form of a route table is :mod:`harness.mesh.routetable`, whose names are also
+comparable form of a route table is :mod:`abtest_harness.mesh.routetable`, whose names are also
 importable from here.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from harness.errors import HarnessError
-from harness.mesh.routetable import (
+from abtest_harness.errors import HarnessError
+from abtest_harness.mesh.routetable import (
     HeaderMatch,
     PathMatch,
     RouteAction,
@@ -26,7 +26,7 @@ from harness.mesh.routetable import (
     route_table_from_config_dump,
     route_table_from_route_configs,
 )
-from harness.routing import cluster_name
+from abtest_harness.routing import cluster_name
 
 __all__ = [
     "HeaderMatch",

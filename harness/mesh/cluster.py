@@ -13,7 +13,7 @@ The harness installs nothing cluster-wide and creates no namespace:
   traffic leaves the machine, and only to that URL;
 * the one object outside that namespace is the attribution EnvoyFilter in the gateway's
   namespace (it makes the gateway name the endpoint it chose; see
-  :func:`harness.mesh.kube.attribution_filter`), named after this run and removed at teardown;
+  :func:`abtest_harness.mesh.kube.attribution_filter`), named after this run and removed at teardown;
 * teardown removes exactly what this run applied: objects carrying this run's id. Before it
   applies an object, the backend checks that no object of that name exists there unless this
   run applied it, so a user's own Service or Deployment is never taken over (server-side apply
@@ -22,9 +22,9 @@ The harness installs nothing cluster-wide and creates no namespace:
 With ``judge_live`` nothing at all is applied (not even the EnvoyFilter): :meth:`apply` only
 records the stage, and :meth:`converge` checks that the gateway already serves it, so the
 stage that is live is judged as it is. The attribution headers must then already be on the
-gateway (apply :func:`~harness.mesh.kube.attribution_filter`'s object yourself).
+gateway (apply :func:`~abtest_harness.mesh.kube.attribution_filter`'s object yourself).
 
-Convergence, statistics and reports are the same as with kind (:class:`~harness.mesh.kube.KubeMesh`).
+Convergence, statistics and reports are the same as with kind (:class:`~abtest_harness.mesh.kube.KubeMesh`).
 Images are not built or loaded: the stage's images must be pullable by the cluster (point the
 plan's images at your registry).
 """
@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness import proc
-from harness.errors import ConfigError, HarnessError
-from harness.http1 import load_target
-from harness.mesh.kube import (
+from abtest_harness import proc
+from abtest_harness.errors import ConfigError, HarnessError
+from abtest_harness.http1 import load_target
+from abtest_harness.mesh.kube import (
     _CLUSTER_SCOPED,
     _PRUNABLE,
     DEFAULT_TIMEOUTS,
@@ -61,7 +61,7 @@ from harness.mesh.kube import (
     collection_path,
     object_path,
 )
-from harness.wait import wait_until
+from abtest_harness.wait import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class ClusterMesh(KubeMesh):
 
     @property
     def allowed_gateway_url(self) -> str:
-        """The one non-loopback URL the load run may send to (`harness.traffic.allowed_url_of`)."""
+        """The one non-loopback URL the load run may send to (`abtest_harness.traffic.allowed_url_of`)."""
         return self._gateway_url
 
     @property
@@ -355,7 +355,10 @@ def _stage_namespace(objects: Sequence[Mapping[str, Any]]) -> str | None:
 
 
 def cluster_mesh(plan: Any, options: Any, *, progress: Callable[[str], None] | None = None) -> ClusterMesh:
-    """The ClusterMesh `options` (:class:`harness.rollout.MeshOptions`) ask for; ConfigError naming a missing one."""
+    """The ClusterMesh `options` (:class:`abtest_harness.rollout.MeshOptions`) ask for.
+
+    A missing option is a ConfigError naming it.
+    """
     missing = [
         flag
         for flag, value in (

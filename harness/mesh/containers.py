@@ -30,9 +30,9 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from harness.errors import HarnessError, WaitTimeout
-from harness.images import docker_client
-from harness.mesh.workloads import (
+from abtest_harness.errors import HarnessError, WaitTimeout
+from abtest_harness.images import docker_client
+from abtest_harness.mesh.workloads import (
     HEALTH_TRANSIENT,
     IMAGE_FIELD,
     ReplicaDied,
@@ -43,8 +43,8 @@ from harness.mesh.workloads import (
     probe_http,
     probe_tcp,
 )
-from harness.signals import shielded, teardown_on_sigterm
-from harness.wait import wait_until
+from abtest_harness.signals import shielded, teardown_on_sigterm
+from abtest_harness.wait import wait_until
 
 __all__ = [
     "MANAGED_BY_LABEL",
@@ -404,7 +404,7 @@ class DockerRunner:
                 f"Deployment {spec.namespace}/{spec.deployment}: {IMAGE_FIELD}: image {spec.image!r} is not "
                 "present in the local Docker engine (nothing is pulled): build or pull it first (`docker "
                 "pull`, `docker build`); the sample's scorer images are built by "
-                "harness.images.build_scorer_images, as `abtest run --workloads=docker` does"
+                "abtest_harness.images.build_scorer_images, as `abtest run --workloads=docker` does"
             ) from None
 
     def _container_name(self, spec: WorkloadSpec) -> str:
@@ -522,7 +522,7 @@ def register_cleanup(runner: DockerRunner) -> None:
 
     Ctrl-C unwinds as KeyboardInterrupt (``with`` blocks and atexit run). SIGTERM unwinds as
     ``SystemExit(143)`` from now until :meth:`DockerRunner.close` has finished, through the one
-    mechanism every backend shares (:func:`harness.signals.teardown_on_sigterm`); the handler
+    mechanism every backend shares (:func:`abtest_harness.signals.teardown_on_sigterm`); the handler
     that was there before is restored by close(). Call it from the main thread of the program
     that owns the process lifecycle (elsewhere only the atexit part applies).
     """

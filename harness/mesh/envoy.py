@@ -1,9 +1,9 @@
 """Rendered Kubernetes/Istio objects -> Envoy v3 resources, with Istio's ingress-gateway semantics.
 
 Pure functions over plain dicts; no files, no processes. :func:`translate` gives the listener,
-route configuration, clusters and endpoint assignments that :mod:`harness.mesh.local` writes
+route configuration, clusters and endpoint assignments that :mod:`abtest_harness.mesh.local` writes
 for its Envoy; :func:`build_route_configuration` alone is what the convergence check compares
-against (also on a real Istio gateway, through :mod:`harness.mesh.routetable`).
+against (also on a real Istio gateway, through :mod:`abtest_harness.mesh.routetable`).
 
 What follows Istio's gateway translation (``pilot/pkg/networking/core/route``):
 
@@ -27,13 +27,13 @@ What follows Istio's gateway translation (``pilot/pkg/networking/core/route``):
   the harness's addition, not Istio's; the route-table comparison ignores them.
 
 Which kinds and fields exist is the oracle's decision: every entry point runs
-:func:`harness.support.check_supported` first, so a manifest the oracle refuses is refused
+:func:`abtest_harness.support.check_supported` first, so a manifest the oracle refuses is refused
 here with the same field path. What the oracle accepts but Envoy cannot be given (non-HTTP
 Gateway servers, unknown retry fields or balancer names)
-raises :class:`~harness.errors.UnsupportedField` naming the field, so a rule the translation
+raises :class:`~abtest_harness.errors.UnsupportedField` naming the field, so a rule the translation
 would ignore can never make a verdict lie.
 
->>> from harness.routing import cluster_name
+>>> from abtest_harness.routing import cluster_name
 >>> cluster_name("model-svc-blue.abtesting.svc.cluster.local", 5001)
 'outbound|5001||model-svc-blue.abtesting.svc.cluster.local'
 """
@@ -45,8 +45,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import ConfigError, UnsupportedField
-from harness.routing import (
+from abtest_harness.errors import ConfigError, UnsupportedField
+from abtest_harness.routing import (
     cluster_name,
     destination_rules_for,
     endpoint_selector,
@@ -55,7 +55,7 @@ from harness.routing import (
     resolve_gateway_name,
     resolve_service_host,
 )
-from harness.support import check_supported
+from abtest_harness.support import check_supported
 
 __all__ = [
     "ATTRIBUTION_HEADERS",
@@ -120,7 +120,7 @@ DEFAULT_GATEWAY_PORT = 80
 #: (service FQDN, service port, subset or None): how live endpoints are keyed.
 EndpointKey = tuple[str, int, str | None]
 
-# Which fields exist is decided once, by the oracle (harness.support.check_supported), which
+# Which fields exist is decided once, by the oracle (abtest_harness.support.check_supported), which
 # every entry point below runs first. What remains here are the fields the oracle accepts but
 # this translation cannot build; they raise UnsupportedField naming the field.
 _RETRIES = {"attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities"}
@@ -199,7 +199,7 @@ class Upstream:
     """One cluster: a Service port, optionally narrowed to a DestinationRule subset.
 
     ``selector`` is what a pod's labels must include to be an endpoint: the Service selector and
-    the subset's labels (:func:`harness.routing.endpoint_selector`, which the oracle uses too);
+    the subset's labels (:func:`abtest_harness.routing.endpoint_selector`, which the oracle uses too);
     empty selects no pod (a Service without selector, or a subset asking a label the Service
     selector sets otherwise). ``target_port`` is the Service port's targetPort (a number or a
     container port name).
@@ -312,10 +312,10 @@ def upstreams(objects: Sequence[Mapping[str, Any]]) -> list[Upstream]:
     """Every cluster the objects define: each Service port, and each DestinationRule subset of it.
 
     A Service takes its subsets and traffic policy from the rules Istio applies to its host
-    (:func:`harness.routing.destination_rules_for`: the most specific host among the rules the
+    (:func:`abtest_harness.routing.destination_rules_for`: the most specific host among the rules the
     gateway sees, wildcards such as ``*.ns.svc.cluster.local`` included), the same lookup the
     oracle makes; a subset's endpoints are the Service's own endpoints that carry its labels
-    (:func:`harness.routing.endpoint_selector`).
+    (:func:`abtest_harness.routing.endpoint_selector`).
     """
     check_supported(objects)
     ports = _service_ports(objects)
@@ -562,7 +562,7 @@ def _route_action(
 ) -> dict[str, Any]:
     namespace, _ = _meta(vs)
     picks: list[tuple[str, int]] = []
-    # check_supported has applied Istio's weight rule (harness.support.destination_shares). As
+    # check_supported has applied Istio's weight rule (abtest_harness.support.destination_shares). As
     # Istio's applyHTTPRouteDestination does, the weights go to Envoy unscaled (Envoy picks a
     # cluster with probability weight / sum), a lone destination is a plain cluster whatever
     # its weight, and weight-0 destinations are dropped.
@@ -599,7 +599,7 @@ def _route_action(
 def build_route_configuration(objects: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The RouteConfiguration ``http.<port>`` of the ingress gateway for these objects.
 
-    The objects pass :func:`harness.support.check_supported` first, so the translation accepts
+    The objects pass :func:`abtest_harness.support.check_supported` first, so the translation accepts
     exactly what the oracle judges (one allow-list), and refuses with UnsupportedField only
     what it cannot build on top of that (non-HTTP servers, unknown retry fields).
     """
@@ -722,7 +722,7 @@ def build_listener(
         "codec_type": "AUTO",
         # Istio's gateway at its default pathNormalization (listener_builder.go): RFC 3986
         # normalization, no merging of slashes, escaped slashes left as they are. The oracle
-        # matches the same normalized path (harness.routing.normalize_path).
+        # matches the same normalized path (abtest_harness.routing.normalize_path).
         "normalize_path": True,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         "rds": {"route_config_name": route_name, "config_source": _config_source(rds_path)},

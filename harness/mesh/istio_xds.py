@@ -9,11 +9,11 @@ Envoy v3 JSON. This module
   they are, Services with a cluster IP, and, instead of Deployments (which Istio never
   reads), the Pods and EndpointSlices a cluster would have, one Pod per replica with a
   synthetic pod IP;
-- runs the program (:func:`generate`, :func:`generate_batch`) through :func:`harness.proc.run`;
+- runs the program (:func:`generate`, :func:`generate_batch`) through :func:`abtest_harness.proc.run`;
 - turns its output into the local Envoy's files (:func:`local_resources`): the listener on
   the loopback port, routes and endpoints read from files instead of istiod's ADS stream,
   each synthetic pod address replaced by the address of the local replica behind it;
-- gives :class:`IstioTranslator`, the ``translator`` of :class:`harness.mesh.local.LocalMesh`.
+- gives :class:`IstioTranslator`, the ``translator`` of :class:`abtest_harness.mesh.local.LocalMesh`.
 
 What upstream Envoy lacks is switched off at the source: the program sets Istio's feature
 flags ``PILOT_ENABLE_METADATA_EXCHANGE=false``, ``PILOT_ENABLE_ALPN_FILTER=false`` and
@@ -42,12 +42,12 @@ from typing import Any
 
 import yaml
 
-from harness import proc
-from harness.attribution import gateway_envoy_filter
-from harness.errors import ConfigError, HarnessError
-from harness.mesh import envoy
-from harness.mesh.base import RouteTable, route_table_from_route_configs
-from harness.mesh.workloads import RunningWorkload, WorkloadSpec, specs_from_objects
+from abtest_harness import proc
+from abtest_harness.attribution import gateway_envoy_filter
+from abtest_harness.errors import ConfigError, HarnessError
+from abtest_harness.mesh import envoy
+from abtest_harness.mesh.base import RouteTable, route_table_from_route_configs
+from abtest_harness.mesh.workloads import RunningWorkload, WorkloadSpec, specs_from_objects
 
 __all__ = [
     "RULES",
@@ -226,7 +226,7 @@ def _endpoint_slices(service: Mapping[str, Any], replicas: Sequence[Replica]) ->
 
 
 def attribution_envoy_filter(namespace: str = GATEWAY_NAMESPACE) -> dict[str, Any]:
-    """The attribution EnvoyFilter (:func:`harness.attribution.gateway_envoy_filter`) on the
+    """The attribution EnvoyFilter (:func:`abtest_harness.attribution.gateway_envoy_filter`) on the
     ingress gateway, the same object a cluster's gateway gets."""
     return gateway_envoy_filter("abtest-upstream-attribution", namespace, {"istio": "ingressgateway"})
 
@@ -364,7 +364,7 @@ def generate_batch(
 
 
 def route_table(output: IstioOutput) -> RouteTable:
-    """The canonical route table (harness.mesh.base) of Istio's gateway route configuration."""
+    """The canonical route table (abtest_harness.mesh.base) of Istio's gateway route configuration."""
     return route_table_from_route_configs([output.route_config()])
 
 
@@ -566,7 +566,7 @@ def local_resources(
 
 @dataclass
 class IstioTranslator:
-    """The ``translator`` of :class:`~harness.mesh.local.LocalMesh`: Istio computes what Envoy serves.
+    """The ``translator`` of :class:`~abtest_harness.mesh.local.LocalMesh`: Istio computes what Envoy serves.
 
     Results are cached by objects and replicas, since the mesh asks for the same state more
     than once per apply. `seconds` keeps the duration of each run of the program.
@@ -641,12 +641,12 @@ class IstioTranslator:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m harness.mesh.istio_xds --stage Blue_50``: print Istio's gateway xDS for a stage."""
+    """``python -m abtest_harness.mesh.istio_xds --stage Blue_50``: print Istio's gateway xDS for a stage."""
     import argparse
     import sys
 
-    from harness.plan import load_plan
-    from harness.render import render_stage
+    from abtest_harness.plan import load_plan
+    from abtest_harness.render import render_stage
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--stage", required=True)

@@ -12,14 +12,14 @@ The steps of :meth:`KindIstioMesh.up`, each named in any error it raises:
 ``istio``
     ``istioctl install -y -f manifests/istio/operator.yaml`` (minimal profile plus the ingress
     gateway as NodePort 30080), istioctl from PATH or downloaded and checked
-    (:mod:`harness.istioctl`); then a wait on the istiod and gateway Deployments' status, and
-    the attribution EnvoyFilter (:func:`harness.mesh.kube.attribution_filter`).
+    (:mod:`abtest_harness.istioctl`); then a wait on the istiod and gateway Deployments' status, and
+    the attribution EnvoyFilter (:func:`abtest_harness.mesh.kube.attribution_filter`).
 ``images``
-    the scorer images built with the docker SDK (:func:`harness.images.build_scorer_images`,
+    the scorer images built with the docker SDK (:func:`abtest_harness.images.build_scorer_images`,
     content-derived tags) and side-loaded with ``kind load docker-image``.
 
 Applying a stage, convergence, the prune after it and the diagnostics are the shared
-Kubernetes part (:class:`harness.mesh.kube.KubeMesh`).
+Kubernetes part (:class:`abtest_harness.mesh.kube.KubeMesh`).
 
 Prune selects the managed-by label alone in the stage's namespaces (not the run id): the
 stage's objects have fixed names in a namespace the harness owns, so what an earlier run
@@ -53,10 +53,10 @@ import yaml
 from pytest_kubernetes.options import ClusterOptions
 from pytest_kubernetes.providers.kind import KindManagerBase
 
-from harness import istioctl as istioctl_mod
-from harness import proc
-from harness.errors import CommandError, ConfigError, HarnessError
-from harness.mesh.kube import (
+from abtest_harness import istioctl as istioctl_mod
+from abtest_harness import proc
+from abtest_harness.errors import CommandError, ConfigError, HarnessError
+from abtest_harness.mesh.kube import (
     DEFAULT_TIMEOUTS,
     GATEWAY,
     GATEWAY_ADMIN_PORT,
@@ -74,7 +74,7 @@ from harness.mesh.kube import (
     endpoints_from_config_dump,
     new_run_id,
 )
-from harness.wait import wait_until
+from abtest_harness.wait import wait_until
 
 __all__ = [
     "KindCluster",
@@ -118,7 +118,7 @@ class KindCluster(KindManagerBase):  # type: ignore[misc]  # pytest-kubernetes s
 
     * ``_exec``: it joins argv into one string for a shell (a path with a space
       breaks) and passes ``env=os.environ.update(...)``, which is None; here argv goes through
-      :func:`harness.proc.run` (logged, timeout, CommandError with stderr).
+      :func:`abtest_harness.proc.run` (logged, timeout, CommandError with stderr).
     * ``_set_cluster_name``: it prefixes names with ``pytest-`` and, given a config file,
       tracks the file's ``name`` while kind would create ``kind`` when there is none; here the
       name given is the name used, and ``--name`` is always passed.
@@ -377,7 +377,7 @@ class KindIstioMesh(KubeMesh):
         On a failure: diagnostics into ``<artifacts>/failure-<step>``, then :meth:`down`
         (which deletes the cluster only if this run created it and ``keep_cluster`` is off),
         and KindStepError naming the step. Ctrl-C and SIGTERM also tear down: from up() to the
-        end of down() a :func:`harness.signals.teardown_on_sigterm` hold turns SIGTERM into
+        end of down() a :func:`abtest_harness.signals.teardown_on_sigterm` hold turns SIGTERM into
         SystemExit(143), so a cancelled CI job unwinds into down() instead of leaving the
         cluster behind.
         """
@@ -503,7 +503,7 @@ class KindIstioMesh(KubeMesh):
     def _up_images(self) -> None:
         build = self._build_images
         if build is None:
-            from harness.images import build_scorer_images
+            from abtest_harness.images import build_scorer_images
 
             build = build_scorer_images
         self._say("images: building the scorer images")

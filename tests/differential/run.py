@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.mesh import istio_xds as ix
+from abtest_harness.mesh import istio_xds as ix
 from tests.differential import cases as dc
 from tests.differential import evaluate as ev
 

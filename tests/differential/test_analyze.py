@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from harness import istio_analyze as ia
-from harness.errors import ToolNotFound
-from harness.render import render
-from harness.spec import load_spec
-from harness.validate import Finding, validate_objects
+from abtest_harness import istio_analyze as ia
+from abtest_harness.errors import ToolNotFound
+from abtest_harness.render import render
+from abtest_harness.spec import load_spec
+from abtest_harness.validate import Finding, validate_objects
 from tests.differential.analyze_probes import PROBES
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.mesh import istio_xds as ix
-from harness.routing import Request
+from abtest_harness.mesh import istio_xds as ix
+from abtest_harness.routing import Request
 from tests.differential import cases as dc
 from tests.differential import evaluate as ev
 from tests.differential import run as drun
@@ -82,7 +82,7 @@ def test_istio_refuses_weights_summing_to_zero(istio_xds_binary: str) -> None:
 
 def test_evaluator_follows_envoy_on_missing_headers() -> None:
     """Envoy's HeaderUtility::matchHeaders: checked here without any translation involved."""
-    from harness.mesh.base import HeaderMatch
+    from abtest_harness.mesh.base import HeaderMatch
 
     absent = Request("absent")
     present = Request("present", headers={"x": "v"})

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import requests
 
-from harness import proc
-from harness.mesh import istio_xds as ix
-from harness.mesh.local import LocalMesh
-from harness.plan import load_plan
-from harness.render import render_stage
-from harness.routing import STANDARD_CLASSES, expected_distribution
-from harness.traffic import Observation, run_load
+from abtest_harness import proc
+from abtest_harness.mesh import istio_xds as ix
+from abtest_harness.mesh.local import LocalMesh
+from abtest_harness.plan import load_plan
+from abtest_harness.render import render_stage
+from abtest_harness.routing import STANDARD_CLASSES, expected_distribution
+from abtest_harness.traffic import Observation, run_load
 from tests.e2e.test_agreement import disagreements
 
 PLAN = load_plan()

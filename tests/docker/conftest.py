@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 import docker
 import pytest
 
-from harness.images import BaseImageMissing, DockerUnavailable, build_scorer_images, docker_client
-from harness.mesh.containers import MANAGED_BY_LABEL, RUN_ID_LABEL, new_run_id, reap
-from harness.plan import RolloutPlan, load_plan
+from abtest_harness.images import BaseImageMissing, DockerUnavailable, build_scorer_images, docker_client
+from abtest_harness.mesh.containers import MANAGED_BY_LABEL, RUN_ID_LABEL, new_run_id, reap
+from abtest_harness.plan import RolloutPlan, load_plan
 
 HOW_TO_ENABLE = (
     "to run the docker tests: start the Docker engine (`dockerd` as root) and build the base image "

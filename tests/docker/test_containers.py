@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from harness.mesh.containers import (
+from abtest_harness.mesh.containers import (
     MANAGED_BY_LABEL,
     RUN_ID_LABEL,
     ContainerFailed,
@@ -26,7 +26,7 @@ from harness.mesh.containers import (
     reap,
     register_cleanup,
 )
-from harness.mesh.workloads import ReplicaDied, ReplicaNotReady, WorkloadRunner, WorkloadSpec
+from abtest_harness.mesh.workloads import ReplicaDied, ReplicaNotReady, WorkloadRunner, WorkloadSpec
 
 pytestmark = pytest.mark.docker
 
@@ -163,8 +163,8 @@ def test_ready_timeout_names_the_workload_and_attaches_logs(
 CHILD = textwrap.dedent(
     """
     import sys, time
-    from harness.mesh.containers import DockerRunner, register_cleanup
-    from harness.mesh.workloads import WorkloadSpec
+    from abtest_harness.mesh.containers import DockerRunner, register_cleanup
+    from abtest_harness.mesh.workloads import WorkloadSpec
 
     run_id, image_a, image_b = sys.argv[1:4]
     runner = DockerRunner(run_id=run_id)
@@ -183,7 +183,7 @@ CHILD = textwrap.dedent(
 def start_child(run_id: str, refs: dict[str, str]) -> subprocess.Popen[str]:
     """A separate harness process that starts two containers and then waits to be signalled.
 
-    Popen rather than harness.proc.run: the test must signal the child while it runs.
+    Popen rather than abtest_harness.proc.run: the test must signal the child while it runs.
     """
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     child = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and a literal script

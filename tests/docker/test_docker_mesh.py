@@ -26,12 +26,12 @@ import docker
 import pytest
 import requests
 
-from harness.errors import WaitTimeout
-from harness.images import resolve_base_image
-from harness.mesh.containers import DockerRunner
-from harness.mesh.local import LocalMesh
-from harness.mesh.workloads import ReplicaDied, ReplicaNotReady
-from harness.wait import wait_until
+from abtest_harness.errors import WaitTimeout
+from abtest_harness.images import resolve_base_image
+from abtest_harness.mesh.containers import DockerRunner
+from abtest_harness.mesh.local import LocalMesh
+from abtest_harness.mesh.workloads import ReplicaDied, ReplicaNotReady
+from abtest_harness.wait import wait_until
 from tests.unit import objects as k8s
 from tests.unit.fakes.processes import alive
 
@@ -211,8 +211,8 @@ def test_a_dead_container_is_named_not_reused(
 CHILD = textwrap.dedent(
     """
     import json, sys, threading
-    from harness.mesh.containers import DockerRunner, register_cleanup
-    from harness.mesh.local import LocalMesh
+    from abtest_harness.mesh.containers import DockerRunner, register_cleanup
+    from abtest_harness.mesh.local import LocalMesh
     from tests.docker.test_docker_mesh import _stage
 
     run_id, image = sys.argv[1:3]

@@ -11,9 +11,9 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from harness.images import DIGEST_LABEL, image_exists
-from harness.plan import RolloutPlan
-from harness.wait import wait_until
+from abtest_harness.images import DIGEST_LABEL, image_exists
+from abtest_harness.plan import RolloutPlan
+from abtest_harness.wait import wait_until
 
 pytestmark = pytest.mark.docker
 

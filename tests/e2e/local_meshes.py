@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.mesh.local import LocalMesh
-from harness.mesh.workloads import ProcessRunner
+from abtest_harness.mesh.local import LocalMesh
+from abtest_harness.mesh.workloads import ProcessRunner
 
 IMAGES = {"abtest/scorer-a": "New Model A", "abtest/scorer-b": "New Model B"}
 

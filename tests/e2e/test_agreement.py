@@ -5,7 +5,7 @@ exact/prefix/regex and presence matches, withoutHeaders, uri prefix/exact/regex,
 several match entries, any route order,
 DestinationRule subsets, a Service without endpoints, a route table with no catch-all) are
 applied to a LocalMesh; for every request class, real traffic through Envoy must agree with
-``harness.routing.expected_distribution``:
+``abtest_harness.routing.expected_distribution``:
 
 - a class the oracle calls certain (one outcome, including ``status:404``/``status:503``)
   must get that outcome on every one of its requests;
@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 from scipy.stats import binom
 
-from harness.mesh.local import LocalMesh
-from harness.routing import Expected, Request, expected_distribution
-from harness.traffic import Observation, run_load
+from abtest_harness.mesh.local import LocalMesh
+from abtest_harness.routing import Expected, Request, expected_distribution
+from abtest_harness.traffic import Observation, run_load
 from tests.e2e.local_meshes import process_mesh
 from tests.unit import objects as k8s
 

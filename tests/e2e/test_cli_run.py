@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from harness.cli import main
+from abtest_harness.cli import main
 
 
 def _run(*argv: str) -> tuple[int, str]:

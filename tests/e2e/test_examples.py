@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.errors import ToolNotFound
-from harness.render import find_helm
-from harness.rollout import MeshOptions, MeshUnavailable, RolloutResult, open_mesh, run_rollout
-from harness.spec import load_spec
-from harness.stats import StatsConfig
+from abtest_harness.cli import main
+from abtest_harness.errors import ToolNotFound
+from abtest_harness.render import find_helm
+from abtest_harness.rollout import MeshOptions, MeshUnavailable, RolloutResult, open_mesh, run_rollout
+from abtest_harness.spec import load_spec
+from abtest_harness.stats import StatsConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -160,7 +160,8 @@ def _free(url: str) -> bool:
 
 
 def test_abtest_up_serves_one_stage_until_interrupted(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "harness.cli", "up", "--spec", str(EXAMPLES / "bookinfo-reviews" / "rollout.yaml"),
+    argv = [sys.executable, "-m", "abtest_harness.cli", "up",
+            "--spec", str(EXAMPLES / "bookinfo-reviews" / "rollout.yaml"),
             "--stage", "jason-v2", "--artifacts-dir", str(tmp_path)]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603
     try:
@@ -201,9 +202,9 @@ def test_answers_are_credited_by_the_endpoint_even_when_the_image_lies(
     """Every reviews pod claims to be v1 (MODEL_VERSION); the endpoints tell v1 from v2 anyway."""
     import inspect
 
-    from harness import attribution
-    from harness.mesh.local import LocalMesh
-    from harness.routing import expected_distributions
+    from abtest_harness import attribution
+    from abtest_harness.mesh.local import LocalMesh
+    from abtest_harness.routing import expected_distributions
 
     if not hasattr(LocalMesh, "endpoint_labels") or "versions" not in inspect.signature(
         expected_distributions

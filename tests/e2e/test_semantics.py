@@ -25,12 +25,12 @@ from urllib.parse import urlsplit
 import pytest
 from scipy.stats import binom
 
-from harness.cli import main
-from harness.mesh.envoy import UPSTREAM_CLUSTER_HEADER, UPSTREAM_HOST_HEADER
-from harness.mesh.local import LocalMesh
-from harness.routing import NO_ENDPOINTS, NO_ROUTE, STANDARD_CLASSES, Request, expected_distribution
-from harness.traffic import Observation, run_load
-from harness.validate import ensure_valid, format_findings
+from abtest_harness.cli import main
+from abtest_harness.mesh.envoy import UPSTREAM_CLUSTER_HEADER, UPSTREAM_HOST_HEADER
+from abtest_harness.mesh.local import LocalMesh
+from abtest_harness.routing import NO_ENDPOINTS, NO_ROUTE, STANDARD_CLASSES, Request, expected_distribution
+from abtest_harness.traffic import Observation, run_load
+from abtest_harness.validate import ensure_valid, format_findings
 from tests.e2e.local_meshes import process_mesh
 from tests.unit import objects as k8s
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import pytest
 
-from harness.mesh.base import Mesh
-from harness.rollout import MeshSession
-from harness.spec import RolloutSpec
-from harness.traffic import Observation, allowed_url_of, run_load
+from abtest_harness.mesh.base import Mesh
+from abtest_harness.rollout import MeshSession
+from abtest_harness.spec import RolloutSpec
+from abtest_harness.traffic import Observation, allowed_url_of, run_load
 
 pytestmark = pytest.mark.e2e
 

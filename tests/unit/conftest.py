@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from harness.plan import RolloutPlan, load_plan
-from harness.render import render_stage
+from abtest_harness.plan import RolloutPlan, load_plan
+from abtest_harness.render import render_stage
 
 
 @pytest.fixture(scope="module")

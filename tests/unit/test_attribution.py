@@ -8,9 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness.attribution import Attribution, for_mesh, version_of
-from harness.routing import Request
-from harness.traffic import run_load
+from abtest_harness.attribution import Attribution, for_mesh, version_of
+from abtest_harness.routing import Request
+from abtest_harness.traffic import run_load
 
 VERSIONS = {"v1": {"app": "reviews", "version": "v1"}, "v2": {"app": "reviews", "version": "v2"}}
 ENDPOINTS = {
@@ -138,7 +138,7 @@ def test_run_load_without_attribution_keeps_the_version_header(gateway: str) -> 
 
 
 def test_the_module_switch_decides_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import attribution
+    from abtest_harness import attribution
 
     monkeypatch.setattr(attribution, "VERSION_HEADER_FALLBACK", False)
     assert Attribution(VERSIONS, ENDPOINTS).outcome(None, "v2") == "error:unattributed:-"

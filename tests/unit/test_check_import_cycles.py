@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import proc
+from abtest_harness import proc
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "check_import_cycles.py"
 

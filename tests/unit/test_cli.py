@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cli import main
+from abtest_harness.cli import main
 
 DATA = Path(__file__).parent / "data" / "validate"
 
@@ -78,8 +78,8 @@ def test_run_refuses_manifests_that_route_otherwise_than_the_plan(
 ) -> None:
     import copy
 
-    from harness import render as render_module
-    from harness import rollout
+    from abtest_harness import render as render_module
+    from abtest_harness import rollout
 
     real_render = render_module.render
 
@@ -183,8 +183,8 @@ def test_render_a_spec_stage_with_its_own_namespace_and_host() -> None:
 
 
 def test_run_options_come_from_the_shared_table_in_both_spellings(capsys: pytest.CaptureFixture[str]) -> None:
-    from harness import options
-    from harness.cli import build_parser
+    from abtest_harness import options
+    from abtest_harness.cli import build_parser
 
     parser = build_parser()
     run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
@@ -198,14 +198,14 @@ def test_run_options_come_from_the_shared_table_in_both_spellings(capsys: pytest
         parser.parse_args(["run", "--alpha", "seven"])
     assert info.value.code == 2
     assert "--alpha" in capsys.readouterr().err
-    # The range is one rule (harness.stats.check_settings), applied before anything starts.
+    # The range is one rule (abtest_harness.stats.check_settings), applied before anything starts.
     assert main(["run", "--alpha", "0.7"]) == 2
     assert "--alpha: must be strictly between 0 and 0.5, got 0.7" in capsys.readouterr().err
 
 
 def test_curl_lines_send_the_class_host_and_headers() -> None:
-    from harness.cli import curl_lines
-    from harness.spec import load_spec
+    from abtest_harness.cli import curl_lines
+    from abtest_harness.spec import load_spec
 
     lines = curl_lines(load_spec(BOOKINFO / "rollout.yaml"), "http://127.0.0.1:8080")
     assert lines == [
@@ -219,8 +219,9 @@ def test_help_does_not_import_the_heavy_modules() -> None:
     import sys
 
     code = (
-        "import sys\nfrom harness.cli import build_parser\nbuild_parser().format_help()\n"
-        "heavy = [m for m in ('scipy', 'numpy', 'cloudcoil', 'harness.mesh.local', 'docker', 'harness.routing')"
+        "import sys\nfrom abtest_harness.cli import build_parser\nbuild_parser().format_help()\n"
+        "heavy = [m for m in ('scipy', 'numpy', 'cloudcoil', 'abtest_harness.mesh.local', 'docker',"
+        " 'abtest_harness.routing')"
         " if m in sys.modules]\nprint(heavy)"
     )
     done = subprocess.run(  # noqa: S603 - argv list, this interpreter

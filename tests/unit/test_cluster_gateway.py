@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.plan import RolloutPlan
-from harness.render import render_stage
-from harness.rollout import as_spec, run_rollout
-from harness.stats import StatsConfig
+from abtest_harness.plan import RolloutPlan
+from abtest_harness.render import render_stage
+from abtest_harness.rollout import as_spec, run_rollout
+from abtest_harness.stats import StatsConfig
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
 from tests.unit.test_kind_cluster import NS, Cluster, stub_cluster
 
@@ -156,10 +156,10 @@ def test_a_cluster_stage_is_judged_from_traffic_to_the_given_gateway_url(
 
 
 def test_only_the_cluster_backend_widens_the_load_target() -> None:
-    from harness.mesh.cluster import ClusterMesh
-    from harness.mesh.kind import KindIstioMesh
-    from harness.mesh.kube import KubeMesh
-    from harness.mesh.local import LocalMesh
+    from abtest_harness.mesh.cluster import ClusterMesh
+    from abtest_harness.mesh.kind import KindIstioMesh
+    from abtest_harness.mesh.kube import KubeMesh
+    from abtest_harness.mesh.local import LocalMesh
 
     assert hasattr(ClusterMesh, "allowed_gateway_url")
     for backend in (LocalMesh, KindIstioMesh, KubeMesh):
@@ -168,9 +168,9 @@ def test_only_the_cluster_backend_widens_the_load_target() -> None:
 
 def test_a_mesh_without_an_allowed_url_cannot_sample_a_remote_gateway() -> None:
     # As a local or kind mesh whose gateway URL were not loopback: refused before any request.
-    from harness.rollout import sample
-    from harness.routing import Request
-    from harness.traffic import NotLoopback
+    from abtest_harness.rollout import sample
+    from abtest_harness.routing import Request
+    from abtest_harness.traffic import NotLoopback
 
     class Mesh:
         name = "kind"
@@ -188,7 +188,7 @@ def test_a_gateway_name_that_does_not_resolve_stops_the_run_before_anything_is_a
 ) -> None:
     import socket
 
-    from harness.mesh.cluster import ClusterStepError
+    from abtest_harness.mesh.cluster import ClusterStepError
 
     real = socket.getaddrinfo
     asked: list[object] = []

@@ -1,4 +1,4 @@
-"""Failure dumps (harness.dumps): one place and one naming rule for the CLI and the plugin."""
+"""Failure dumps (abtest_harness.dumps): one place and one naming rule for the CLI and the plugin."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.dumps import MAX_NAME, dump_failure, dump_path
+from abtest_harness.dumps import MAX_NAME, dump_failure, dump_path
 
 
 class _Mesh:

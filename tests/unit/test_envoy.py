@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from harness.errors import ConfigError, UnsupportedField
-from harness.mesh import envoy
-from harness.mesh.local import endpoints_for
-from harness.mesh.routetable import (
+from abtest_harness.errors import ConfigError, UnsupportedField
+from abtest_harness.mesh import envoy
+from abtest_harness.mesh.local import endpoints_for
+from abtest_harness.mesh.routetable import (
     HeaderMatch,
     PathMatch,
     RouteTable,
@@ -20,8 +20,8 @@ from harness.mesh.routetable import (
     route_table_from_config_dump,
     route_table_from_route_configs,
 )
-from harness.mesh.workloads import RunningWorkload, specs_from_objects
-from harness.routing import cluster_name, string_matches
+from abtest_harness.mesh.workloads import RunningWorkload, specs_from_objects
+from abtest_harness.routing import cluster_name, string_matches
 from tests.unit import objects as k8s
 from tests.unit.fakes.istio_config_dump import istio_gateway_dump
 from tests.unit.objects import (

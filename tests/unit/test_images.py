@@ -1,4 +1,4 @@
-"""harness.images against a fake Docker client: tags, skipping, build arguments, error messages."""
+"""abtest_harness.images against a fake Docker client: tags, skipping, build arguments, error messages."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import docker.errors
 import pytest
 
-from harness import images
-from harness.images import (
+from abtest_harness import images
+from abtest_harness.images import (
     BaseImageMissing,
     BuildContext,
     DockerUnavailable,

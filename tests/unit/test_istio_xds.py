@@ -1,4 +1,4 @@
-"""harness.mesh.istio_xds without Go: what Istio is given, and each rule applied to its output.
+"""abtest_harness.mesh.istio_xds without Go: what Istio is given, and each rule applied to its output.
 
 The Istio output used here is shaped like what istio-xds prints for the reference charts
 (the listener, route configuration ``http.80``, EDS clusters over ADS, endpoint assignments
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.mesh import envoy
-from harness.mesh import istio_xds as ix
+from abtest_harness.errors import HarnessError
+from abtest_harness.mesh import envoy
+from abtest_harness.mesh import istio_xds as ix
 from tests.unit import objects as k8s
 
 ADS = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}

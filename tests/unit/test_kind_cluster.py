@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.errors import ConfigError, WaitTimeout
-from harness.mesh.cluster import ClusterMesh, ClusterStepError, retarget
-from harness.mesh.envoy import build_route_configuration
-from harness.mesh.kube import KubeTimeouts
-from harness.plan import RolloutPlan
+from abtest_harness.errors import ConfigError, WaitTimeout
+from abtest_harness.mesh.cluster import ClusterMesh, ClusterStepError, retarget
+from abtest_harness.mesh.envoy import build_route_configuration
+from abtest_harness.mesh.kube import KubeTimeouts
+from abtest_harness.plan import RolloutPlan
 from tests.unit.fakes import fake_tools_on_path
 from tests.unit.fakes.clock import FakeClock
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
@@ -77,7 +77,7 @@ class Cluster:
             ]
         }
         with_attribution_headers(dump)
-        from harness.mesh.envoy import upstreams
+        from abtest_harness.mesh.envoy import upstreams
 
         configs = []
         for upstream in upstreams(moved):
@@ -354,7 +354,7 @@ def test_retarget_moves_hosts_and_gateway_references_only() -> None:
 
 
 def test_open_mesh_names_the_first_missing_cluster_option(plan: RolloutPlan, tmp_path: Path) -> None:
-    from harness.rollout import MeshOptions, open_mesh
+    from abtest_harness.rollout import MeshOptions, open_mesh
 
     with pytest.raises(ConfigError, match="--kubeconfig.*missing: --kubeconfig, --context, --namespace, --gateway-url"):
         open_mesh(plan, MeshOptions(mesh="cluster"))
@@ -371,7 +371,7 @@ def test_open_mesh_names_the_first_missing_cluster_option(plan: RolloutPlan, tmp
 def test_abtest_run_refuses_a_cluster_run_without_its_options_with_exit_2(tmp_path: Path) -> None:
     import io
 
-    from harness.cli import main
+    from abtest_harness.cli import main
 
     out = io.StringIO()
     code = main(["run", "--mesh", "cluster", "--artifacts-dir", str(tmp_path)], out=out)

@@ -12,7 +12,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from harness import proc
+from abtest_harness import proc
 from tests.unit.fakes import install_fake_tools
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import istioctl
-from harness.istioctl import IstioctlDownloadError, archive_name, ensure_istioctl
+from abtest_harness import istioctl
+from abtest_harness.istioctl import IstioctlDownloadError, archive_name, ensure_istioctl
 from tests.unit.fakes import install_fake_tools
 
 VERSION = "1.30.4"

@@ -1,4 +1,4 @@
-"""Contract tests of the shared Kubernetes part (harness.mesh.kube) that need no cluster.
+"""Contract tests of the shared Kubernetes part (abtest_harness.mesh.kube) that need no cluster.
 
 The kubernetes client floor is checked against the installed client's own API (not against a
 version table copied from the code); the attribution EnvoyFilter against Istio's documented
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError, HarnessError
-from harness.mesh import kube
+from abtest_harness.errors import ConfigError, HarnessError
+from abtest_harness.mesh import kube
 
 ROOT = Path(__file__).resolve().parents[2]
 

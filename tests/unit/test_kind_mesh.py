@@ -2,7 +2,7 @@
 
 Fake ``kind``, ``istioctl`` and ``kubectl`` executables (tests/unit/fakes) come first on
 PATH and record every argv; the kubernetes client talks real HTTP to a stub API server on
-127.0.0.1; the images are "built" by harness.images against a fake docker client. No Docker,
+127.0.0.1; the images are "built" by abtest_harness.images against a fake docker client. No Docker,
 no cluster, no network beyond loopback, no sleeping (the waits get a fake clock).
 """
 
@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import istioctl as istioctl_mod
-from harness.errors import ConfigError, HarnessError, ToolNotFound, WaitTimeout
-from harness.images import BaseImageMissing
-from harness.mesh.envoy import build_route_configuration, upstreams
-from harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts, endpoints_from_config_dump
-from harness.mesh.kube import object_path
-from harness.plan import RolloutPlan
+from abtest_harness import istioctl as istioctl_mod
+from abtest_harness.errors import ConfigError, HarnessError, ToolNotFound, WaitTimeout
+from abtest_harness.images import BaseImageMissing
+from abtest_harness.mesh.envoy import build_route_configuration, upstreams
+from abtest_harness.mesh.kind import KindIstioMesh, KindStepError, KindTimeouts, endpoints_from_config_dump
+from abtest_harness.mesh.kube import object_path
+from abtest_harness.plan import RolloutPlan
 from tests.unit.fakes import fake_tools_on_path
 from tests.unit.fakes.clock import FakeClock
 from tests.unit.fakes.docker_client import FakeDockerClient
@@ -429,7 +429,7 @@ def test_keep_cluster_leaves_cluster_and_kubeconfig_and_says_how_to_delete(rig: 
 
 
 def test_every_command_gets_a_deadline_sized_for_it(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import proc
+    from abtest_harness import proc
 
     seen: list[tuple[str, float]] = []
     real_run = proc.run
@@ -922,7 +922,7 @@ def test_endpoints_from_config_dump_skips_unhealthy_endpoints() -> None:
 def test_converge_gives_each_exec_no_more_than_the_time_left(
     rig: Rig, stages: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness import proc
+    from abtest_harness import proc
 
     execs: list[float] = []
     real_run = proc.run
@@ -947,7 +947,7 @@ def test_converge_gives_each_exec_no_more_than_the_time_left(
 def test_converge_raises_a_bug_at_once_instead_of_retrying_it(
     rig: Rig, stages: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import harness.mesh.base
+    import abtest_harness.mesh.base
 
     calls: list[int] = []
 
@@ -959,7 +959,7 @@ def test_converge_raises_a_bug_at_once_instead_of_retrying_it(
     with rig.mesh() as mesh:
         mesh.apply(objects)
         rig.write_config_dump(objects)
-        monkeypatch.setattr(harness.mesh.base, "route_table_from_config_dump", broken)
+        monkeypatch.setattr(abtest_harness.mesh.base, "route_table_from_config_dump", broken)
         with pytest.raises(ValueError, match="unexpected route shape"):
             mesh.converge(objects, timeout=3)
     assert calls == [1], "a ValueError is not a transient condition: it must not be retried"
@@ -1011,7 +1011,7 @@ def test_the_shell_paths_of_pytest_kubernetes_are_unreachable(
 ) -> None:
     import subprocess
 
-    from harness.mesh.kind import KindCluster
+    from abtest_harness.mesh.kind import KindCluster
 
     def no_process(*a: Any, **k: Any) -> Any:
         raise AssertionError(f"a process was started: {a}")

@@ -1,4 +1,4 @@
-"""`python -m harness.prereqs kind`: every check, with fakes for Docker, PATH and the network."""
+"""`python -m abtest_harness.prereqs kind`: every check, with fakes for Docker, PATH and the network."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 import docker.errors
 import pytest
 
-from harness import istioctl, prereqs, proc
-from harness.errors import ToolNotFound
-from harness.prereqs import Check, kind_checks, report
+from abtest_harness import istioctl, prereqs, proc
+from abtest_harness.errors import ToolNotFound
+from abtest_harness.prereqs import Check, kind_checks, report
 from tests.unit.fakes import install_fake_tools
 from tests.unit.fakes.docker_client import FakeDockerClient
 
@@ -158,12 +158,12 @@ def test_a_network_check_that_hangs_is_cut_off(monkeypatch: pytest.MonkeyPatch) 
 
 def test_usage_errors_exit_2() -> None:
     done = proc.run(
-        [sys.executable, "-m", "harness.prereqs", "minikube"],
+        [sys.executable, "-m", "abtest_harness.prereqs", "minikube"],
         timeout=30,
         cwd=Path(__file__).resolve().parents[2],
         check=False,
     )
-    assert done.returncode == 2 and "usage: python -m harness.prereqs kind" in done.stderr
+    assert done.returncode == 2 and "usage: python -m abtest_harness.prereqs kind" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_the_check_runs_with_the_standard_library_alone(fake_kind: Path) -> None
     code = (
         "import sys, json\n"
         f"sys.path.insert(0, {str(root)!r})\n"
-        "from harness import prereqs\n"
+        "from abtest_harness import prereqs\n"
         "def refuse(address, timeout): raise OSError('offline')\n"
         "checks = prereqs.kind_checks(\n"
         "    which=lambda n: None, resolve=lambda n: n, connect=refuse, environ={})\n"

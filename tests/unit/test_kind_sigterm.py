@@ -2,7 +2,7 @@
 
 A cancelled CI job sends SIGTERM; its default action ends the process without running any
 ``with``/``finally``, which would leak the kind cluster. The backend holds
-:func:`harness.signals.teardown_on_sigterm` from up() to the end of down(), which turns it
+:func:`abtest_harness.signals.teardown_on_sigterm` from up() to the end of down(), which turns it
 into SystemExit(143). Tested in a child process (a signal to the pytest process itself would
 hit whatever test runs), against the same fake tools and stub API as test_kind_mesh.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from harness.mesh.kind import KindIstioMesh
+from abtest_harness.mesh.kind import KindIstioMesh
 from tests.unit.fakes import install_fake_tools
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
 
@@ -34,7 +34,7 @@ import json, shutil, sys, threading
 from pathlib import Path
 
 sys.path.insert(0, {repo!r})
-from harness.mesh.kind import KindIstioMesh, KindTimeouts
+from abtest_harness.mesh.kind import KindIstioMesh, KindTimeouts
 from tests.unit.fakes.stub_kube_api import StubKubeAPI
 
 tmp = Path(sys.argv[1])
@@ -148,7 +148,7 @@ def test_the_sigterm_handler_is_installed_only_while_up_and_then_restored(fakes:
 
 
 def test_a_handler_someone_else_set_is_put_back_after_down(fakes: Path) -> None:
-    """harness.signals' rule: while up, SIGTERM tears down; afterwards the previous handler is back."""
+    """abtest_harness.signals' rule: while up, SIGTERM tears down; afterwards the previous handler is back."""
 
     def theirs(signum: int, frame: Any) -> None:
         pass

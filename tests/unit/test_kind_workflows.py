@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import prereqs
+from abtest_harness import prereqs
 from tests.unit.fakes import install_fake_tools
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,12 +228,12 @@ def test_no_workflow_step_runs_a_script_that_needs_root_or_debootstrap(runner_ho
         for needs_root in ("build-base-image", "debootstrap", "sudo "):
             assert needs_root not in plan, f"{argv} would run {needs_root!r}, which a hosted runner step cannot: {plan}"
         if argv[1] == "e2e":
-            check = next(line for line in plan.splitlines() if "harness.prereqs kind" in line)
+            check = next(line for line in plan.splitlines() if "abtest_harness.prereqs kind" in line)
             pytest_line = next(line for line in plan.splitlines() if "-m pytest" in line)
             assert check.startswith("ABTEST_BASE_IMAGE=python:3.12-slim .venv/bin/python"), check
             assert "--abtest-base-image python:3.12-slim" in plan
             assert "ABTEST_BASE_IMAGE=python:3.12-slim" in pytest_line
-            assert plan.index("harness.prereqs kind") < plan.index("-m pytest")
+            assert plan.index("abtest_harness.prereqs kind") < plan.index("-m pytest")
 
 
 def test_the_e2e_prerequisite_check_runs_as_a_non_root_user_and_names_what_is_missing(runner_home: Path) -> None:
@@ -241,7 +241,7 @@ def test_the_e2e_prerequisite_check_runs_as_a_non_root_user_and_names_what_is_mi
     env = _runner_env(runner_home)
     env["ABTEST_BASE_IMAGE"] = "python:3.12-slim"
     done = subprocess.run(  # noqa: S603 - this interpreter, the repository's own module
-        [*_runner_user(), sys.executable, "-m", "harness.prereqs", "kind"],
+        [*_runner_user(), sys.executable, "-m", "abtest_harness.prereqs", "kind"],
         capture_output=True, text=True, timeout=60, env=env, check=False, cwd=ROOT,
     )
     assert done.returncode == 1, f"rc {done.returncode}: {done.stdout}{done.stderr}"

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from harness import mutate
-from harness.errors import HarnessError
-from harness.plan import RolloutPlan, load_plan
-from harness.render import render_stage
+from abtest_harness import mutate
+from abtest_harness.errors import HarnessError
+from abtest_harness.plan import RolloutPlan, load_plan
+from abtest_harness.render import render_stage
 
 OPERATORS = {
     "weights-shift", "weights-sum", "destination-swap", "destination-host", "destination-port", "route-remove",
@@ -187,7 +187,7 @@ def test_a_spec_example_with_subsets_and_selectors() -> None:
     """Istio's Bookinfo reviews rollout: versions are pod selectors, routes go to subsets."""
     from pathlib import Path
 
-    from harness.spec import load_spec
+    from abtest_harness.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "bookinfo-reviews" / "rollout.yaml")
     checks, mutants = mutate.spec_mutants(spec, [spec.stage("all-v1"), spec.stage("shift-80-20")])
@@ -209,7 +209,7 @@ def test_a_partial_table_still_judges_the_classes_it_names(tmp_path: Any) -> Non
 
     import yaml
 
-    from harness.spec import load_spec
+    from abtest_harness.spec import load_spec
 
     example = Path(__file__).resolve().parents[2] / "examples" / "bookinfo-reviews" / "rollout.yaml"
     raw = yaml.safe_load(example.read_text(encoding="utf-8"))
@@ -231,9 +231,9 @@ def test_a_partial_table_still_judges_the_classes_it_names(tmp_path: Any) -> Non
 def test_a_run_points_the_mutant_at_the_images_the_mesh_built(monkeypatch: pytest.MonkeyPatch) -> None:
     """With docker workloads the images are built with content tags; a mutant rendered with the
     manifests' tags must run those, or every mutant fails on a missing image (a false catch)."""
-    from harness import rollout
-    from harness.spec import load_spec
-    from harness.stats import StatsConfig
+    from abtest_harness import rollout
+    from abtest_harness.spec import load_spec
+    from abtest_harness.stats import StatsConfig
 
     spec = load_spec()
     checks, mutants = mutate.spec_mutants(spec, [spec.stage("Blue_50")])

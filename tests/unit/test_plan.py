@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.errors import ConfigError
-from harness.plan import DEFAULT_PLAN, load_plan, parse_plan
+from abtest_harness.errors import ConfigError
+from abtest_harness.plan import DEFAULT_PLAN, load_plan, parse_plan
 
 
 def _raw() -> dict[str, Any]:

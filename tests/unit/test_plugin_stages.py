@@ -1,4 +1,4 @@
-"""fixtures.stages: a stage's offline gate and setup failure count once per session."""
+"""abtest_harness_pytest.stages: a stage's offline gate and setup failure count once per session."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from fixtures.stages import StageGuard, gate_findings
-from harness.errors import HarnessError, WaitTimeout
-from harness.spec import RolloutSpec, load_spec
+from abtest_harness.errors import HarnessError, WaitTimeout
+from abtest_harness.spec import RolloutSpec, load_spec
+from abtest_harness_pytest.stages import StageGuard, gate_findings
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from harness import proc
-from harness.errors import CommandError, ToolNotFound, WaitTimeout
-from harness.wait import wait_until
+from abtest_harness import proc
+from abtest_harness.errors import CommandError, ToolNotFound, WaitTimeout
+from abtest_harness.wait import wait_until
 from tests.unit.fakes.clock import FakeClock
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from harness.errors import CommandError, ConfigError
-from harness.plan import load_plan
-from harness.render import BASE_DIR, render_stage, render_yaml
+from abtest_harness.errors import CommandError, ConfigError
+from abtest_harness.plan import load_plan
+from abtest_harness.render import BASE_DIR, render_stage, render_yaml
 
 PLAN = load_plan()
 
@@ -124,7 +124,7 @@ def test_base_without_a_versions_deployment_names_the_base(tmp_path: Path) -> No
 def test_the_base_cache_sees_a_change_in_a_subdirectory(tmp_path: Path) -> None:
     # The overlay's patch indexes come from a cached render of the base; a stale cache would
     # patch the wrong route after an edit in a nested kustomization.
-    from harness.render import _base_objects
+    from abtest_harness.render import _base_objects
 
     base = _copy_base(tmp_path)
     (base / "extra").mkdir()

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from harness import proc, rendercache
-from harness import render as render_mod
-from harness.errors import CommandError
-from harness.render import render, render_many
-from harness.spec import load_spec
+from abtest_harness import proc, rendercache
+from abtest_harness import render as render_mod
+from abtest_harness.errors import CommandError
+from abtest_harness.render import render, render_many
+from abtest_harness.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"

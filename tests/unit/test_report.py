@@ -1,4 +1,4 @@
-"""harness.report: run.json's provenance, durations, and what the plots draw."""
+"""abtest_harness.report: run.json's provenance, durations, and what the plots draw."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from harness import proc, report
-from harness.plan import load_plan
-from harness.rollout import ClassResult, RolloutResult, StageResult
-from harness.routing import STANDARD_CLASSES
-from harness.stats import SequentialTest, StatsConfig, Verdict
+from abtest_harness import proc, report
+from abtest_harness.plan import load_plan
+from abtest_harness.rollout import ClassResult, RolloutResult, StageResult
+from abtest_harness.routing import STANDARD_CLASSES
+from abtest_harness.stats import SequentialTest, StatsConfig, Verdict
 
 
 def _verdict(label: str, expected: dict[str, float], outcomes: list[str]) -> Verdict:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from harness.plan import load_plan
-from harness.render import render_stage
-from harness.report import to_markdown, write_report
-from harness.rollout import (
+from abtest_harness.plan import load_plan
+from abtest_harness.render import render_stage
+from abtest_harness.report import to_markdown, write_report
+from abtest_harness.rollout import (
     ClassResult,
     RolloutResult,
     StageResult,
@@ -22,8 +22,8 @@ from harness.rollout import (
     pinned_version,
     wrong_answers,
 )
-from harness.routing import STANDARD_CLASSES, Request
-from harness.stats import SequentialTest
+from abtest_harness.routing import STANDARD_CLASSES, Request
+from abtest_harness.stats import SequentialTest
 
 PLAN = load_plan()
 WEIGHTED, BLUE, GREEN = STANDARD_CLASSES
@@ -98,7 +98,7 @@ def _result() -> RolloutResult:
         if test.decision.value != "continue":
             break
         test.observe("green" if i % 2 else "blue")
-    from harness.spec import load_spec
+    from abtest_harness.spec import load_spec
 
     stage = StageResult(load_spec().stage("Blue_50"), [ClassResult("Blue_50", WEIGHTED, test.verdict())],
                         weights={"green": 50, "blue": 50})
@@ -125,22 +125,22 @@ def test_report_writes_json_markdown_html_and_a_plot_per_stage(tmp_path: Path) -
 def test_open_mesh_kind_without_kind_is_unavailable_naming_the_prereq_check(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from harness import proc
-    from harness.errors import ToolNotFound
-    from harness.rollout import MeshOptions, MeshUnavailable, open_mesh
+    from abtest_harness import proc
+    from abtest_harness.errors import ToolNotFound
+    from abtest_harness.rollout import MeshOptions, MeshUnavailable, open_mesh
 
     def missing(name: str) -> str:
         raise ToolNotFound(f"{name!r} not found")
 
     monkeypatch.setattr(proc, "tool", missing)
-    with pytest.raises(MeshUnavailable, match=r"'kind' not found .*python -m harness.prereqs kind"):
+    with pytest.raises(MeshUnavailable, match=r"'kind' not found .*python -m abtest_harness.prereqs kind"):
         open_mesh(PLAN, MeshOptions(mesh="kind", artifacts_dir=tmp_path))
 
 
 def test_open_mesh_kind_builds_the_backend_from_the_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from harness import images, proc
-    from harness.mesh.kind import KindIstioMesh
-    from harness.rollout import MeshOptions, open_mesh
+    from abtest_harness import images, proc
+    from abtest_harness.mesh.kind import KindIstioMesh
+    from abtest_harness.rollout import MeshOptions, open_mesh
 
     monkeypatch.setattr(proc, "tool", lambda name: f"/usr/local/bin/{name}")
     monkeypatch.setattr(images, "docker_client", lambda: object())
@@ -154,8 +154,8 @@ def test_open_mesh_kind_builds_the_backend_from_the_options(monkeypatch: pytest.
 
 
 def test_open_mesh_rejects_an_unknown_backend(tmp_path: Path) -> None:
-    from harness.errors import HarnessError
-    from harness.rollout import MeshOptions, open_mesh
+    from abtest_harness.errors import HarnessError
+    from abtest_harness.rollout import MeshOptions, open_mesh
 
     with pytest.raises(HarnessError, match="unknown mesh 'minikube'"):
         open_mesh(PLAN, MeshOptions(mesh="minikube", artifacts_dir=tmp_path))

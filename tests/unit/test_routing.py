@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from harness import routing
-from harness.errors import ConfigError, UnsupportedField
-from harness.plan import load_plan
-from harness.render import render_stage
-from harness.routing import (
+from abtest_harness import routing
+from abtest_harness.errors import ConfigError, UnsupportedField
+from abtest_harness.plan import load_plan
+from abtest_harness.render import render_stage
+from abtest_harness.routing import (
     NO_ENDPOINTS,
     NO_LISTENER,
     NO_ROUTE,
@@ -41,7 +41,7 @@ from harness.routing import (
     server_host_parts,
     versions_behind,
 )
-from harness.validate import validate_objects
+from abtest_harness.validate import validate_objects
 from tests.unit import objects as k8s
 from tests.unit.objects import NS
 

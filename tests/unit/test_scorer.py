@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.scorer import ScorerConfig, _ScorerServer
+from abtest_harness.scorer import ScorerConfig, _ScorerServer
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import tarfile
 import docker.errors
 import pytest
 
-from harness.errors import WaitTimeout
-from harness.mesh import expected_route_table, route_table_from_config_dump
-from harness.plan import load_plan
-from harness.render import render_stage
-from harness.wait import wait_until
+from abtest_harness.errors import WaitTimeout
+from abtest_harness.mesh import expected_route_table, route_table_from_config_dump
+from abtest_harness.plan import load_plan
+from abtest_harness.render import render_stage
+from abtest_harness.wait import wait_until
 from tests.unit.fakes.clock import FakeClock
 from tests.unit.fakes.docker_client import FakeDockerClient
 from tests.unit.fakes.istio_config_dump import istio_gateway_dump

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import signals
-from harness.signals import EXIT_SIGTERM, Terminated, teardown_on_sigterm
+from abtest_harness import signals
+from abtest_harness.signals import EXIT_SIGTERM, Terminated, teardown_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def _child(body: str) -> subprocess.Popen[str]:
     script = textwrap.dedent(
         """
         import json, os, signal, sys, threading
-        from harness.signals import teardown_on_sigterm, Terminated, sigterm_received
+        from abtest_harness.signals import teardown_on_sigterm, Terminated, sigterm_received
         def say(*words):
             print(json.dumps(words), flush=True)
         """
@@ -188,7 +188,7 @@ def test_terminated_is_a_system_exit_with_the_shell_code() -> None:
 def test_a_sigterm_during_a_shielded_teardown_waits_for_its_end_then_ends_the_run() -> None:
     child = _child(
         """
-        from harness.signals import shielded
+        from abtest_harness.signals import shielded
         with teardown_on_sigterm():
             with shielded():
                 say("tearing down")
@@ -211,7 +211,7 @@ def test_a_sigterm_during_a_shielded_teardown_waits_for_its_end_then_ends_the_ru
 
 
 def test_a_shield_without_a_signal_changes_nothing_and_is_inert_outside_a_block() -> None:
-    from harness.signals import shielded
+    from abtest_harness.signals import shielded
 
     with shielded():
         pass

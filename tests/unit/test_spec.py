@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.errors import ConfigError, ToolNotFound
-from harness.plan import load_plan
-from harness.render import find_helm, render, render_stage, retag
-from harness.spec import (
+from abtest_harness.errors import ConfigError, ToolNotFound
+from abtest_harness.plan import load_plan
+from abtest_harness.render import find_helm, render, render_stage, retag
+from abtest_harness.spec import (
     DEFAULT_SPEC,
     FilesSource,
     HelmSource,
@@ -270,7 +270,7 @@ def test_helm_is_called_once_per_chart_with_namespace_values_and_sets(
 
 
 def test_no_helm_anywhere_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.render as render_module
+    import abtest_harness.render as render_module
 
     monkeypatch.delenv("ABTEST_HELM", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))

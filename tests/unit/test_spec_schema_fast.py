@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from harness import spec as spec_mod
+from abtest_harness import spec as spec_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = [ROOT / "manifests" / "rollout.yaml", *sorted((ROOT / "examples").glob("*/rollout.yaml"))]

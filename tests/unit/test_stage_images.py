@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import cli
-from harness.plan import load_plan
-from harness.render import render
-from harness.rollout import _stage_answers, image_mismatches, manifest_mismatches, wrong_answers
-from harness.spec import DEFAULT_SPEC, StageImage, load_spec, spec_from_plan
+from abtest_harness import cli
+from abtest_harness.plan import load_plan
+from abtest_harness.render import render
+from abtest_harness.rollout import _stage_answers, image_mismatches, manifest_mismatches, wrong_answers
+from abtest_harness.spec import DEFAULT_SPEC, StageImage, load_spec, spec_from_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOKINFO = ROOT / "examples" / "bookinfo-reviews" / "rollout.yaml"

@@ -16,9 +16,9 @@ import pytest
 from scipy.stats import beta as beta_dist
 from scipy.stats import binom
 
-from harness import stats
-from harness.errors import ConfigError
-from harness.stats import (
+from abtest_harness import stats
+from abtest_harness.errors import ConfigError
+from abtest_harness.stats import (
     Decision,
     ErrorBound,
     SequentialTest,
@@ -652,7 +652,7 @@ def test_lagrangian_value_is_the_minimum_over_every_test(d: float, lam: float, l
 
 def test_abtest_run_refuses_a_bad_delta_before_it_starts_anything(monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from harness import cli, rollout
+    from abtest_harness import cli, rollout
 
     def started(*_: object, **__: object) -> None:
         raise AssertionError("nothing may start with a bad setting")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import stats
+from abtest_harness import stats
 
 ARGS = (0.5, 1e-3, 1e-3, 0.2)
 

@@ -24,10 +24,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import http1
-from harness.loadcmd import load_command
-from harness.routing import STANDARD_CLASSES, Request
-from harness.traffic import (
+from abtest_harness import http1
+from abtest_harness.loadcmd import load_command
+from abtest_harness.routing import STANDARD_CLASSES, Request
+from abtest_harness.traffic import (
     NotLoopback,
     Observation,
     UnresolvedTarget,
@@ -590,7 +590,7 @@ def test_already_decided_tests_get_nothing(server: _Server) -> None:
 
 
 def test_with_the_real_sequential_test(server: _Server) -> None:
-    stats = pytest.importorskip("harness.stats")
+    stats = pytest.importorskip("abtest_harness.stats")
     tests = {
         "header-blue": stats.SequentialTest({"blue": 1.0}, label="header-blue"),
         "header-green": stats.SequentialTest({"blue": 1.0}, label="header-green"),  # a misroute
@@ -606,7 +606,7 @@ def test_with_the_real_sequential_test(server: _Server) -> None:
 
 def test_a_split_judged_live_by_the_real_sequential_test(server: _Server) -> None:
     """The server splits 30% blue: a 70/30 expectation passes, a 50/50 one fails, both early."""
-    stats = pytest.importorskip("harness.stats")
+    stats = pytest.importorskip("abtest_harness.stats")
     tests = {
         "right": stats.SequentialTest({"green": 0.7, "blue": 0.3}, label="right"),
         "wrong": stats.SequentialTest({"green": 0.5, "blue": 0.5}, label="wrong"),

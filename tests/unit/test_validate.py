@@ -17,9 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from harness import routing
-from harness.errors import ConfigError, UnsupportedField
-from harness.validate import (
+from abtest_harness import routing
+from abtest_harness.errors import ConfigError, UnsupportedField
+from abtest_harness.validate import (
     KUBERNETES_VERSION,
     Finding,
     InvalidObjects,
@@ -107,8 +107,8 @@ _STAGES = ("baseline", "Blue_0", "Blue_50", "Blue_100", "Blue_Green", "Green_100
 
 @pytest.mark.parametrize("stage", _STAGES)
 def test_every_rendered_stage_has_no_errors(stage: str) -> None:
-    from harness.plan import load_plan
-    from harness.render import render_stage
+    from abtest_harness.plan import load_plan
+    from abtest_harness.render import render_stage
 
     plan = load_plan()
     assert [s.name for s in plan.stages] == list(_STAGES), "the plan's stages changed: update _STAGES"
@@ -332,7 +332,7 @@ def test_weights_3_and_1_pass_and_the_oracle_routes_75_25() -> None:
 def test_abtest_validate_accepts_the_3_1_file_and_prints_the_split(tmp_path: Path) -> None:
     import io
 
-    from harness import cli
+    from abtest_harness import cli
 
     path = DATA / "weights-3-1.yaml"
     assert load_manifests(path) == _weights_3_1(), "data: weights-3-1.yaml is Blue_50 with weights 3 and 1"
@@ -361,7 +361,7 @@ def _bookinfo_3_1(tmp_path: Path, expect: str) -> Path:
 def test_a_stage_with_weights_3_and_1_passes_abtest_validate_at_75_25(tmp_path: Path) -> None:
     import io
 
-    from harness import cli
+    from abtest_harness import cli
 
     out = io.StringIO()
     spec = _bookinfo_3_1(tmp_path, "{v1: 0.75, v2: 0.25}")
@@ -1043,7 +1043,7 @@ def test_a_field_in_neither_release_is_refused(version: str) -> None:
 
 
 def test_the_default_istio_schemas_are_those_the_kind_backend_installs() -> None:
-    from harness import istio_schemas, istioctl
+    from abtest_harness import istio_schemas, istioctl
 
     assert istio_schemas.minor_of(istioctl.ISTIO_VERSION) == istio_schemas.DEFAULT_MINOR
     bundled = istio_schemas.for_version(istioctl.ISTIO_VERSION)
@@ -1059,8 +1059,8 @@ def test_the_bundled_schemas_reproduce_from_the_crds_in_the_go_module_cache() ->
     import glob
     import hashlib
 
-    from harness import istio_schemas
-    from harness.istio_schemas import extract
+    from abtest_harness import istio_schemas
+    from abtest_harness.istio_schemas import extract
 
     bundled = istio_schemas.for_version()
     cache_root = Path.home() / "go" / "pkg" / "mod" / "istio.io"
@@ -1076,7 +1076,7 @@ def test_the_bundled_schemas_reproduce_from_the_crds_in_the_go_module_cache() ->
 
 
 def test_conversion_refuses_unknown_fields_unless_the_crd_preserves_them() -> None:
-    from harness.istio_schemas.extract import to_json_schema
+    from abtest_harness.istio_schemas.extract import to_json_schema
 
     crd = {"type": "object", "properties": {
         "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
@@ -1104,7 +1104,7 @@ def _bomb(levels: int = 9, width: int = 9) -> str:
 
 
 def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import yamlio
+    from abtest_harness import yamlio
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(_bomb())
@@ -1122,7 +1122,7 @@ def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path, monkeypa
 
 
 def test_small_aliases_are_fine_and_a_cycle_is_refused(tmp_path: Path) -> None:
-    from harness import yamlio
+    from abtest_harness import yamlio
 
     assert yamlio.parse_documents("base: &b {k: v}\nother: *b\n") == [{"base": {"k": "v"}, "other": {"k": "v"}}]
     with pytest.raises(ConfigError, match="expands without end"):
@@ -1134,7 +1134,7 @@ def test_small_aliases_are_fine_and_a_cycle_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", ["missing", "directory", "not-utf8", "too-large"])
 def test_bad_input_files_are_one_line_config_errors(case: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import cli, yamlio
+    from abtest_harness import cli, yamlio
 
     path = tmp_path / "x.yaml"
     expected = {"missing": "no such file", "directory": "is a directory",
@@ -1171,12 +1171,13 @@ def test_validation_and_stats_load_nothing_heavy_at_import() -> None:
     # an invalid object), pydantic, matplotlib, docker or a mesh backend.
     import sys
 
-    from harness import proc
+    from abtest_harness import proc
 
-    code = ("import sys; import harness.validate, harness.stats, harness.yamlio, harness.istio_schemas; "
+    code = ("import sys; import abtest_harness.validate, abtest_harness.stats, abtest_harness.yamlio, "
+            "abtest_harness.istio_schemas; "
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
     loaded = set(proc.run([sys.executable, "-c", code], timeout=60).stdout.split())
     heavy = {"scipy", "numpy", "jsonschema", "pydantic", "matplotlib", "docker", "cloudcoil", "kubernetes"}
     assert loaded & heavy == set(), sorted(loaded & heavy)
     mesh = proc.run([sys.executable, "-c", code.replace("m.split('.')[0]", "m")], timeout=60).stdout.split()
-    assert not [m for m in mesh if m.startswith("harness.mesh")], mesh
+    assert not [m for m in mesh if m.startswith("abtest_harness.mesh")], mesh

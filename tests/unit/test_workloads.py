@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from harness.errors import ConfigError, UnsupportedField
-from harness.mesh import envoy
-from harness.mesh.local import endpoints_for
-from harness.mesh.workloads import (
+from abtest_harness.errors import ConfigError, UnsupportedField
+from abtest_harness.mesh import envoy
+from abtest_harness.mesh.local import endpoints_for
+from abtest_harness.mesh.workloads import (
     Probe,
     ProcessRunner,
     ReplicaNotReady,

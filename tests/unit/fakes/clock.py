@@ -1,6 +1,6 @@
 """The one fake clock of the unit tests: time passes only when code sleeps (or asks the time).
 
-Pass ``clock=fake`` and ``sleep=fake.sleep`` to `harness.wait.wait_until` (or any code with an
+Pass ``clock=fake`` and ``sleep=fake.sleep`` to `abtest_harness.wait.wait_until` (or any code with an
 injectable clock): a wait of minutes runs in microseconds and never sleeps for real.
 """
 

@@ -1,4 +1,4 @@
-"""The one fake docker SDK client of the unit tests: what harness.images, prereqs and kind call.
+"""The one fake docker SDK client of the unit tests: what abtest_harness.images, prereqs and kind call.
 
 `FakeDockerClient` holds a local image store (ref -> id) and records every call:
 
