@@ -36,8 +36,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
+from abtest_harness import yamlio
 from abtest_harness.errors import ConfigError
 from abtest_harness.plan import MANIFESTS_DIR, ImageSpec, RolloutPlan, parse_plan
 from abtest_harness.routing import Request
@@ -223,6 +222,8 @@ class RolloutSpec:
 def read_text(path: Path, what: str) -> str:
     """A file's text as UTF-8; a ConfigError (missing, a directory, not UTF-8) otherwise."""
     try:
+        if path.is_file() and path.stat().st_size > yamlio.MAX_BYTES:
+            raise ConfigError(f"{what} {path}", "", f"is larger than {yamlio.MAX_BYTES} bytes; refused")
         data = path.read_bytes()
     except IsADirectoryError:
         raise ConfigError(f"{what} {path}", "", "is a directory, not a file") from None
@@ -244,10 +245,10 @@ def load_spec(path: str | Path | None = None) -> RolloutSpec:
     """
     source = Path(path) if path is not None else DEFAULT_SPEC
     text = read_text(source, "spec")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"spec {source}", "", f"not valid YAML: {_one_line(exc)}") from None
+    documents = yamlio.parse_documents(text, f"spec {source}")  # bounded: size, alias expansion, depth
+    if len(documents) > 1:
+        raise ConfigError(f"spec {source}", "", f"holds {len(documents)} YAML documents; a spec is one")
+    raw = documents[0] if documents else None
     if isinstance(raw, dict) and "apiVersion" not in raw and {"versions", "images", "stages"} <= set(raw):
         return spec_from_plan(parse_plan(raw, source=str(source)))
     return parse_spec(raw, source=source)
@@ -513,10 +514,6 @@ def _parse_stage_images(
                 "with a '/', ':' or '@' (e.g. docker.io/library/nginx:1.27)",
             )
     return MappingProxyType(out)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 # ----------------------------------------------------------------------------- the sample plan

@@ -166,7 +166,7 @@ def test_unreadable_specs_are_config_errors(tmp_path: Path) -> None:
     assert _error(binary) == f"spec {binary}: not UTF-8 text (byte 9)"
     broken = tmp_path / "broken.yaml"
     broken.write_text("stages: [\n")
-    assert _error(broken).startswith(f"spec {broken}: not valid YAML: ")
+    assert _error(broken).startswith(f"spec {broken}: line 2: not valid YAML: ")
 
 
 def test_the_schema_ships_with_the_package_and_is_what_the_loader_checks() -> None:
@@ -315,3 +315,26 @@ def test_parse_spec_takes_plain_data_too(tmp_path: Path) -> None:
     _write(tmp_path)
     spec = parse_spec(yaml.safe_load(MINIMAL), source=tmp_path / "inline.yaml")
     assert spec.name == "inline" and spec.stage("canary-10").expect is not None
+
+
+def test_an_alias_bomb_in_a_spec_or_its_sources_is_refused_at_once(tmp_path: Path) -> None:
+    # Nine levels of nine aliases: a few hundred bytes that expand to 387 million nodes when
+    # anything walks them (validation does); refused by harness.yamlio before that.
+    lines = ['  a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"  {name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    bomb = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n" + "\n".join(lines) + "\n"
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    spec = tmp_path / "rollout.yaml"
+    spec.write_text(
+        "apiVersion: abtest-harness/v1\nkind: Rollout\nnamespace: ns\ngateway: {host: h.example}\n"
+        "versions: {v1: {app: a}}\nclasses: [{name: c, path: /}]\n"
+        "stages: [{name: s, source: {files: [bomb.yaml]}}]\n"
+    )
+    from abtest_harness.render import render
+
+    loaded = load_spec(spec)
+    with pytest.raises(ConfigError, match="alias bomb"):
+        render(loaded, loaded.stages[0])
+    spec.write_text("x: &x [1, 2]\n" + bomb.replace("apiVersion: v1\nkind: ConfigMap\n", ""))
+    assert "alias bomb" in _error(spec)
