@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class HarnessError(Exception):
@@ -28,6 +31,16 @@ class UnsupportedField(ConfigError):
 
     Raised instead of silently ignoring the field, which would make a verdict lie.
     """
+
+
+def named(items: Iterable[T], name: str, label: Callable[[T], str], *, obj: str, field: str, noun: str) -> T:
+    """The item of `items` whose `label` is `name`; a ConfigError on `obj`'s `field` lists the known ones."""
+    listed = list(items)
+    for item in listed:
+        if label(item) == name:
+            return item
+    known = ", ".join(label(item) for item in listed)
+    raise ConfigError(obj, field, f"no {noun} {name!r} (known: {known})")
 
 
 class ToolNotFound(HarnessError):

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from abtest_harness import proc
 from abtest_harness.errors import HarnessError
 from abtest_harness.mesh import istio_xds as ix
 from abtest_harness.validate import Finding
@@ -74,13 +73,8 @@ class Analysis:
 
 
 def _run(stdin: str, batch: bool, runtime_kinds: bool, timeout: float) -> str:
-    argv = [ix.binary(), "-analyze", *(["-batch"] if batch else []), *(["-runtime-kinds"] if runtime_kinds else [])]
-    done = proc.run(argv, timeout=timeout, input=stdin, check=False)
-    if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"exit status {done.returncode}"
-        raise HarnessError(f"Istio's analyzers failed: {reason}")
-    return done.stdout
+    args = ["-analyze", *(["-batch"] if batch else []), *(["-runtime-kinds"] if runtime_kinds else [])]
+    return ix.run_program(args, stdin, timeout, what="Istio's analyzers")
 
 
 def analyze(

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from abtest_harness import yamlio
-from abtest_harness.errors import ConfigError
+from abtest_harness.errors import ConfigError, named
 from abtest_harness.support import WeightProblem, destination_shares
 
 MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
@@ -82,11 +82,7 @@ class RolloutPlan:
 
     def stage(self, name: str) -> Stage:
         """The stage called `name`; a ConfigError lists the known names."""
-        for stage in self.stages:
-            if stage.name == name:
-                return stage
-        known = ", ".join(s.name for s in self.stages)
-        raise ConfigError(f"plan {self.source}", "stages", f"no stage {name!r} (known: {known})")
+        return named(self.stages, name, lambda s: s.name, obj=f"plan {self.source}", field="stages", noun="stage")
 
     def image_for(self, ref: str) -> ImageSpec:
         """The image whose repository `ref` names (the tag does not matter)."""

@@ -37,7 +37,7 @@ from types import MappingProxyType
 from typing import Any
 
 from abtest_harness import yamlio
-from abtest_harness.errors import ConfigError
+from abtest_harness.errors import ConfigError, named
 from abtest_harness.plan import MANIFESTS_DIR, ImageSpec, RolloutPlan, parse_plan
 from abtest_harness.routing import Request
 
@@ -201,19 +201,11 @@ class RolloutSpec:
 
     def stage(self, name: str) -> StageSpec:
         """The stage called `name`; a ConfigError lists the known names."""
-        for stage in self.stages:
-            if stage.name == name:
-                return stage
-        known = ", ".join(s.name for s in self.stages)
-        raise ConfigError(f"spec {self.source}", "stages", f"no stage {name!r} (known: {known})")
+        return named(self.stages, name, lambda s: s.name, obj=f"spec {self.source}", field="stages", noun="stage")
 
     def request_class(self, name: str) -> Request:
-        """The request class called `name`."""
-        for request in self.classes:
-            if request.label == name:
-                return request
-        known = ", ".join(r.label for r in self.classes)
-        raise ConfigError(f"spec {self.source}", "classes", f"no class {name!r} (known: {known})")
+        """The request class called `name`; a ConfigError lists the known names."""
+        return named(self.classes, name, lambda r: r.label, obj=f"spec {self.source}", field="classes", noun="class")
 
 
 # ----------------------------------------------------------------------------- loading

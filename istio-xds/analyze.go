@@ -8,8 +8,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -84,30 +82,9 @@ func analyze(text, istioNamespace string, runtimeKinds bool) (res analysisResult
 }
 
 func runAnalyzeBatch(in io.Reader, out *bufio.Writer, istioNamespace string, runtimeKinds bool) error {
-	scanner := bufio.NewScanner(in)
-	scanner.Buffer(make([]byte, 1<<20), 64<<20)
-	line := 0
-	for scanner.Scan() {
-		line++
-		if len(bytes.TrimSpace(scanner.Bytes())) == 0 {
-			continue
-		}
-		var in input
-		if err := json.Unmarshal(scanner.Bytes(), &in); err != nil {
-			return fmt.Errorf("stdin line %d: %v", line, err)
-		}
-		res := analyze(in.YAML, istioNamespace, runtimeKinds)
-		res.ID = in.ID
-		data, err := json.Marshal(res)
-		if err != nil {
-			return err
-		}
-		if _, err := out.Write(append(data, '\n')); err != nil {
-			return err
-		}
-		if err := out.Flush(); err != nil {
-			return err
-		}
-	}
-	return scanner.Err()
+	return eachCase(in, out, func(c input) any {
+		res := analyze(c.YAML, istioNamespace, runtimeKinds)
+		res.ID = c.ID
+		return res
+	})
 }

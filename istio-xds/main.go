@@ -268,6 +268,16 @@ func readInputs(files []string) (string, error) {
 }
 
 func runBatch(in io.Reader, out *bufio.Writer, o options, mc *meshconfig.MeshConfig) error {
+	return eachCase(in, out, func(c input) any {
+		res := generate(c.YAML, o, mc)
+		res.ID = c.ID
+		return res
+	})
+}
+
+// eachCase reads one JSON case {"id", "yaml"} per line of in and writes, for each, the JSON
+// line handle returns, flushed at once so a caller reading the stream sees it case by case.
+func eachCase(in io.Reader, out *bufio.Writer, handle func(input) any) error {
 	scanner := bufio.NewScanner(in)
 	scanner.Buffer(make([]byte, 1<<20), 64<<20)
 	line := 0
@@ -276,13 +286,11 @@ func runBatch(in io.Reader, out *bufio.Writer, o options, mc *meshconfig.MeshCon
 		if len(bytes.TrimSpace(scanner.Bytes())) == 0 {
 			continue
 		}
-		var in input
-		if err := json.Unmarshal(scanner.Bytes(), &in); err != nil {
+		var c input
+		if err := json.Unmarshal(scanner.Bytes(), &c); err != nil {
 			return fmt.Errorf("stdin line %d: %v", line, err)
 		}
-		res := generate(in.YAML, o, mc)
-		res.ID = in.ID
-		if err := writeJSON(out, res, false); err != nil {
+		if err := writeJSON(out, handle(c), false); err != nil {
 			return err
 		}
 		if err := out.Flush(); err != nil {
@@ -292,7 +300,7 @@ func runBatch(in io.Reader, out *bufio.Writer, o options, mc *meshconfig.MeshCon
 	return scanner.Err()
 }
 
-func writeJSON(out io.Writer, res result, indent bool) error {
+func writeJSON(out io.Writer, res any, indent bool) error {
 	var data []byte
 	var err error
 	if indent {

@@ -66,6 +66,7 @@ __all__ = [
     "replicas_from_objects",
     "replicas_from_workloads",
     "route_table",
+    "run_program",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -315,12 +316,13 @@ class IstioOutput:
         return http[0]
 
 
-def _run(argv: Sequence[str], stdin: str, timeout: float) -> str:
-    done = proc.run(argv, timeout=timeout, input=stdin, check=False)
+def run_program(args: Sequence[str], stdin: str, timeout: float, *, what: str = "Istio's translation") -> str:
+    """istio-xds with `args`, `stdin` fed in; its output, or a HarnessError with its last error line."""
+    done = proc.run([binary(), *args], timeout=timeout, input=stdin, check=False)
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"exit status {done.returncode}"
-        raise HarnessError(f"Istio's translation failed: {reason}")
+        raise HarnessError(f"{what} failed: {reason}")
     return done.stdout
 
 
@@ -335,7 +337,7 @@ def generate(
     if replicas is None:
         replicas = replicas_from_objects(objects)
     started = time.perf_counter()
-    out = _run([binary(), "-compact"], _yaml(istio_inputs(objects, replicas, attribution=attribution)), timeout)
+    out = run_program(["-compact"], _yaml(istio_inputs(objects, replicas, attribution=attribution)), timeout)
     return IstioOutput.from_json(json.loads(out), time.perf_counter() - started)
 
 
@@ -350,7 +352,7 @@ def generate_batch(
     for case_id, objects in cases.items():
         inputs = istio_inputs(objects, replicas_from_objects(objects), attribution=attribution)
         lines.append(json.dumps({"id": case_id, "yaml": _yaml(inputs)}))
-    out = _run([binary(), "-batch"], "\n".join(lines) + "\n", timeout)
+    out = run_program(["-batch"], "\n".join(lines) + "\n", timeout)
     results: dict[str, IstioOutput | str] = {}
     for line in out.splitlines():
         if not line.strip():
@@ -596,7 +598,7 @@ class IstioTranslator:
         key = hashlib.sha256((text + where).encode()).hexdigest()
         if key not in self._cache:
             started = time.perf_counter()
-            out = _run([binary(), "-compact"], text, self.timeout)
+            out = run_program(["-compact"], text, self.timeout)
             self.seconds.append(time.perf_counter() - started)
             if len(self._cache) > 16:
                 self._cache.clear()
