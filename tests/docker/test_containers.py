@@ -212,7 +212,7 @@ def test_an_interrupted_run_removes_its_containers(
     try:
         assert len(containers_of(run_id)) == 2, "the child must have started two containers"
         child.send_signal(signum)
-        child.wait(timeout=30)
+        child.wait(timeout=90)  # stopping two containers; generous for a loaded machine
     finally:
         if child.poll() is None:
             child.kill()

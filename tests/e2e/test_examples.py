@@ -163,7 +163,9 @@ def test_abtest_up_serves_one_stage_until_interrupted(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "abtest_harness.cli", "up",
             "--spec", str(EXAMPLES / "bookinfo-reviews" / "rollout.yaml"),
             "--stage", "jason-v2", "--artifacts-dir", str(tmp_path)]
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603
+    # Progress goes to stderr: a file, so a full pipe can never block the child.
+    stderr = (tmp_path / "stderr").open("w")
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True)  # noqa: S603
     try:
         assert child.stdout is not None
         deadline = time.monotonic() + 120.0
@@ -188,12 +190,13 @@ def test_abtest_up_serves_one_stage_until_interrupted(tmp_path: Path) -> None:
             conn.close()
         assert answers == ['"reviews v1: no stars"', '"reviews v2: black stars"']
         child.send_signal(signal.SIGINT)
-        assert child.wait(timeout=30.0) == 130
+        assert child.wait(timeout=90.0) == 130, (tmp_path / "stderr").read_text()
         assert _free(url), "the gateway still listens after Ctrl-C"
     finally:
         if child.poll() is None:
             child.kill()
             child.wait(timeout=10.0)
+        stderr.close()
 
 
 def test_answers_are_credited_by_the_endpoint_even_when_the_image_lies(
