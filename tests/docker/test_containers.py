@@ -193,6 +193,9 @@ def start_child(run_id: str, refs: dict[str, str]) -> subprocess.Popen[str]:
         text=True,
         env=env,
         cwd=REPO_ROOT,
+        # A job started in the background without job control inherits SIGINT ignored, and
+        # Python then installs no Ctrl-C handler: give the child the default, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert child.stdout is not None
     ready, _, _ = select.select([child.stdout], [], [], 60.0)

@@ -165,7 +165,12 @@ def test_abtest_up_serves_one_stage_until_interrupted(tmp_path: Path) -> None:
             "--stage", "jason-v2", "--artifacts-dir", str(tmp_path)]
     # Progress goes to stderr: a file, so a full pipe can never block the child.
     stderr = (tmp_path / "stderr").open("w")
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True)  # noqa: S603
+    child = subprocess.Popen(  # noqa: S603 - this interpreter and fixed arguments
+        argv, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        # A job started in the background without job control inherits SIGINT ignored, and
+        # Python then installs no Ctrl-C handler: give the child the default, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         assert child.stdout is not None
         deadline = time.monotonic() + 120.0
