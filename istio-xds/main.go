@@ -129,18 +129,9 @@ func main() {
 		mainAnalyze(out, opts, files)
 		return
 	}
-	if opts.batch {
-		if err := runBatch(os.Stdin, out, opts, mc); err != nil {
-			out.Flush()
-			fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
-			os.Exit(2)
-		}
+	text, single := batchOrRead(out, opts.batch, files, func() error { return runBatch(os.Stdin, out, opts, mc) })
+	if !single {
 		return
-	}
-	text, err := readInputs(files)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
-		os.Exit(2)
 	}
 	res := generate(text, opts, mc)
 	if res.Error != "" {
@@ -156,18 +147,11 @@ func main() {
 // mainAnalyze is main for -analyze: one JSON object {"analysis": [...]} for the YAML read,
 // or with -batch one JSON line per case. Exit status 1 when the objects cannot be read.
 func mainAnalyze(out *bufio.Writer, opts options, files []string) {
-	if opts.batch {
-		if err := runAnalyzeBatch(os.Stdin, out, opts.namespace, opts.runtimeKinds); err != nil {
-			out.Flush()
-			fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
-			os.Exit(2)
-		}
+	text, single := batchOrRead(out, opts.batch, files, func() error {
+		return runAnalyzeBatch(os.Stdin, out, opts.namespace, opts.runtimeKinds)
+	})
+	if !single {
 		return
-	}
-	text, err := readInputs(files)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
-		os.Exit(2)
 	}
 	res := analyze(text, opts.namespace, opts.runtimeKinds)
 	if res.Error != "" {
@@ -180,6 +164,25 @@ func mainAnalyze(out *bufio.Writer, opts options, files []string) {
 		os.Exit(1)
 	}
 	out.Write(append(data, '\n'))
+}
+
+// batchOrRead runs batch when -batch is set and returns single = false; otherwise it returns
+// the YAML of files (stdin when none). Either failure ends the program with exit status 2.
+func batchOrRead(out *bufio.Writer, isBatch bool, files []string, batch func() error) (text string, single bool) {
+	if isBatch {
+		if err := batch(); err != nil {
+			out.Flush()
+			fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
+			os.Exit(2)
+		}
+		return "", false
+	}
+	text, err := readInputs(files)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "istio-xds: %v\n", err)
+		os.Exit(2)
+	}
+	return text, true
 }
 
 // ensureEnv re-executes the program with requiredEnv set when any of it is missing.
