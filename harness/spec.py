@@ -58,6 +58,7 @@ __all__ = [
     "read_text",
     "schema",
     "spec_from_plan",
+    "with_files",
 ]
 
 API_VERSION = "abtest-harness/v1"
@@ -554,3 +555,52 @@ def spec_from_plan(plan: RolloutPlan) -> RolloutSpec:
         namespace=plan.namespace,
         source=Path(plan.source),
     )
+
+
+# ----------------------------------------------------------------------------- a spec as data
+
+
+def with_files(spec: RolloutSpec, files: Mapping[str, Sequence[Path]]) -> dict[str, Any]:
+    """`spec` as spec-file data, each stage's source replaced by plain YAML files.
+
+    ``files`` maps every stage name to the files that hold its objects (absolute paths, so
+    the data can be written anywhere). Everything else (versions, classes, images, each
+    stage's ``expect`` and ``images``) is kept: :func:`parse_spec` of the result gives back
+    `spec` with only the stages' sources changed. This is how a check runs a suite on objects
+    that are not the ones the spec's tools render (``abtest mutate --suite``).
+    """
+    missing = [s.name for s in spec.stages if s.name not in files]
+    if missing:
+        raise ValueError(f"no files for stage(s) {', '.join(missing)}")
+    classes: list[dict[str, Any]] = []
+    for request in spec.classes:
+        entry: dict[str, Any] = {"name": request.label, "method": request.method, "path": request.path}
+        if request.authority != spec.gateway.host:
+            entry["host"] = request.authority
+        if request.headers:
+            entry["headers"] = dict(request.headers)
+        classes.append(entry)
+    stages: list[dict[str, Any]] = []
+    for stage in spec.stages:
+        entry = {"name": stage.name, "source": {"files": [str(Path(f).resolve()) for f in files[stage.name]]}}
+        if stage.description:
+            entry["description"] = stage.description
+        if stage.expect is not None:
+            entry["expect"] = {label: dict(shares) for label, shares in stage.expect.items()}
+        if stage.images is not None:
+            entry["images"] = {v: i.key if i.key is not None else i.ref for v, i in stage.images.items()}
+        stages.append(entry)
+    data: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": spec.name,
+        "gateway": {"host": spec.gateway.host, "port": spec.gateway.port},
+        "versions": {name: dict(selector) for name, selector in spec.versions.items()},
+        "classes": classes,
+        "stages": stages,
+    }
+    if spec.images:
+        data["images"] = {key: {"repository": i.repository, "answer": i.answer} for key, i in spec.images.items()}
+    if spec.namespace is not None:
+        data["namespace"] = spec.namespace
+    return data

@@ -192,6 +192,33 @@ def _run_with_blue_50_patch(pytester: pytest.Pytester, target: str, operation: s
     return result
 
 
+_PER_STAGE_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("stage", ["Blue_0", "Blue_50"])
+def test_pinned(check_stage, stage):
+    assert check_stage(stage, labels=["header-green"]).passed
+
+def test_blue_50_by_name(check_stage):
+    assert check_stage("Blue_50", labels=["header-blue"]).passed
+
+def test_no_mesh():
+    pass
+"""
+
+
+def test_abtest_stage_runs_only_that_stages_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_stages=_PER_STAGE_TESTS)
+    result = _run(pytester, "--abtest-workloads=process", "--abtest-stage=Blue_0", "-rs", "-v")
+    # test_pinned[Blue_50] is deselected; the test that deploys Blue_50 by name is skipped.
+    result.assert_outcomes(passed=2, skipped=1, deselected=1)
+    result.stdout.fnmatch_lines(["*test_pinned?process-Blue_0? PASSED*",
+                                 "SKIPPED*Blue_50 is not among --abtest-stage Blue_0*"])
+    unknown = _run(pytester, "--abtest-workloads=process", "--abtest-stage=Blue_5")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    unknown.stderr.fnmatch_lines(["*--abtest-stage: *Blue_5*Blue_0*"])
+
+
 def test_a_stage_failing_the_offline_gate_fails_once_and_sends_no_traffic(pytester: pytest.Pytester) -> None:
     # An upper-case header name, which Istio's validation rejects; Envoy matches header names
     # case-insensitively, so on the local mesh this stage would pass every traffic check.

@@ -23,6 +23,7 @@ from abtest_harness.spec import (
     load_spec,
     parse_spec,
     schema,
+    with_files,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,3 +339,34 @@ def test_an_alias_bomb_in_a_spec_or_its_sources_is_refused_at_once(tmp_path: Pat
         render(loaded, loaded.stages[0])
     spec.write_text("x: &x [1, 2]\n" + bomb.replace("apiVersion: v1\nkind: ConfigMap\n", ""))
     assert "alias bomb" in _error(spec)
+
+
+@pytest.mark.parametrize("path", [DEFAULT_SPEC, DEFAULT_SPEC.with_name("stages.yaml"),
+                                  EXAMPLES / "bookinfo-reviews" / "rollout.yaml"])
+def test_a_spec_written_with_files_reads_back_as_itself_with_only_the_sources_changed(
+    tmp_path: Path, path: Path
+) -> None:
+    import dataclasses
+
+    spec = load_spec(path)
+    files = {}
+    for i, stage in enumerate(spec.stages):
+        files[stage.name] = [tmp_path / f"{i}.yaml"]
+        files[stage.name][0].write_text(yaml.safe_dump_all(render(spec, stage)))
+    written = tmp_path / "spec" / "copy.yaml"
+    written.parent.mkdir()
+    written.write_text(yaml.safe_dump(with_files(spec, files), sort_keys=False))
+    copy_ = load_spec(written)
+    # Stage by stage: the same objects from the files, everything else equal field for field.
+    for stage, again in zip(spec.stages, copy_.stages, strict=True):
+        assert again.source == FilesSource((files[stage.name][0].resolve(),))
+        assert render(copy_, again) == render(spec, stage)
+        assert dataclasses.replace(again, source=stage.source) == stage
+    assert dataclasses.replace(copy_, stages=spec.stages, source=spec.source, name=spec.name) == spec
+    assert copy_.name == spec.name
+
+
+def test_a_spec_with_files_needs_files_for_every_stage() -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    with pytest.raises(ValueError, match="Blue_0"):
+        with_files(spec, {"baseline": [Path("x.yaml")]})
