@@ -82,12 +82,16 @@ types: $(STAMP)
 	$(VENV)/bin/mypy
 
 # One-edit mutants of every stage of the sample and of each example: which check catches each
-# (exit 1 if one survives in any of them). About a minute on 2 cores.
+# (exit 1 if one survives in any of them); every mutant that reaches the mesh also goes through
+# that rollout's pytest suite. A few minutes on 2 cores.
 MUTATE_JOBS ?= 2
 mutate: $(STAMP) .cache/bin/helm
-	@status=0; for spec in manifests/rollout.yaml examples/*/rollout.yaml; do \
-	  echo "== abtest mutate --spec $$spec"; \
-	  $(PY) -m abtest_harness.cli mutate --spec $$spec --jobs $(MUTATE_JOBS) \
+	@status=0; for pair in manifests/rollout.yaml:tests/e2e/test_rollout.py \
+	    examples/bookinfo-reviews/rollout.yaml:examples/bookinfo-reviews/test_rollout.py \
+	    examples/reference-helm/rollout.yaml:examples/reference-helm/test_rollout.py; do \
+	  spec=$${pair%%:*}; suite=$${pair#*:}; \
+	  echo "== abtest mutate --spec $$spec --suite $$suite"; \
+	  $(PY) -m abtest_harness.cli mutate --spec $$spec --suite $$suite --jobs $(MUTATE_JOBS) \
 	    --artifacts-dir $(ARTIFACTS)/mutate || status=1; \
 	done; exit $$status
 

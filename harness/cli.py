@@ -299,7 +299,8 @@ def cmd_mutate(args: argparse.Namespace, out: TextIO) -> int:
     return mutate.mutate_command(
         spec, args.stage, out, run=not args.offline, confirm_equivalent=args.confirm_equivalent,
         open_session=lambda: rollout.open_mesh(spec, options, progress=_progress), config=config,
-        jobs=args.jobs, deadline_s=args.deadline, progress=_progress,
+        jobs=args.jobs, deadline_s=args.deadline, progress=_progress, suite=args.suite,
+        workloads=options.workloads,
     )
 
 
@@ -344,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_to_argparse(mutate, ["spec", "workloads", "alpha", "beta", "delta", "artifacts-dir", "base-image"])
     mutate.add_argument("--plan", type=Path, default=None, help=argparse.SUPPRESS)
     mutate.add_argument("--stage", action="append", default=[], help="only these stages (repeatable; default all)")
-    mutate.add_argument("--offline", action="store_true", help="validate and oracle only; no runs on a mesh")
+    mutate.add_argument("--offline", action="store_true",
+                        help="the offline checks only (validate, oracle, images); nothing runs on a mesh")
+    mutate.add_argument("--suite", action="append", default=[], metavar="PATH",
+                        help="also run this pytest rollout suite (a test file, directory or node id; repeatable) "
+                             "on every mutant that goes to the mesh, with --abtest-spec and --abtest-stage set")
     mutate.add_argument("--confirm-equivalent", action="store_true",
                         help="also run the mutants the oracle calls equivalent on the mesh")
     mutate.add_argument("--jobs", type=int, default=1, help="meshes run in parallel (default 1)")

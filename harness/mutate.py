@@ -32,7 +32,9 @@ offline checks let through, in parallel over `jobs` meshes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -75,6 +77,8 @@ class Outcome:
     status: str
     check: str = ""
     detail: str = ""
+    #: The rollout suite's reading of a mutant it ran (``--suite``): "caught", "missed", or "" (not run).
+    suite: str = ""
 
 
 @dataclass
@@ -541,6 +545,7 @@ def mutate(
     mutants: Sequence[Mutant],
     *,
     run_check: Callable[[], RunCheck] | None = None,
+    suite_check: RunCheck | None = None,
     confirm_equivalent: bool = False,
     jobs: int = 1,
     deadline_s: float = 600.0,
@@ -551,6 +556,9 @@ def mutate(
     `run_check` is a factory called once per parallel job (each job gets its own mesh). With
     `confirm_equivalent`, mutants the oracle calls equivalent are run too: a run that fails one
     shows that the oracle and the data plane disagree, and it is reported as caught by the run.
+    `suite_check` (thread-safe; each call brings up its own mesh) runs the rollout suite on each
+    mutant that goes to the mesh, after the run: both readings are kept, so the report shows
+    what the suite catches on its own.
     """
     started = time.monotonic()
     deadline = started + deadline_s
@@ -566,18 +574,19 @@ def mutate(
             outcomes[mutant.ident] = found
         if found is None or (confirm_equivalent and found.status == EQUIVALENT and mutant.routing):
             to_run.append(mutant)
-    if run_check is not None and to_run:
+    if (run_check is not None or suite_check is not None) and to_run:
         if progress:
-            progress(f"{len(to_run)} mutants on the mesh ({jobs} at a time)")
-        _run_all(to_run, by_stage, run_check, max(1, jobs), deadline, outcomes)
+            progress(f"{len(to_run)} mutants on the mesh ({jobs} at a time)"
+                     + (", each also through the rollout suite" if suite_check is not None else ""))
+        _run_all(to_run, by_stage, run_check, suite_check, max(1, jobs), deadline, outcomes)
     for mutant in to_run:
         if mutant.ident not in outcomes:
             outcomes[mutant.ident] = Outcome(mutant, SURVIVED, "", "no check failed it")
     return MutationReport([outcomes[m.ident] for m in mutants], max(time.monotonic() - started, 0.0))
 
 
-def _run_all(to_run: Sequence[Mutant], by_stage: Mapping[str, StageCheck], factory: Callable[[], RunCheck],
-             jobs: int, deadline: float, outcomes: dict[str, Outcome]) -> None:
+def _run_all(to_run: Sequence[Mutant], by_stage: Mapping[str, StageCheck], factory: Callable[[], RunCheck] | None,
+             suite_check: RunCheck | None, jobs: int, deadline: float, outcomes: dict[str, Outcome]) -> None:
     """Each job opens its own mesh, runs its share of the mutants, and always closes the mesh.
 
     On an interrupt (Ctrl-C, SIGTERM in the main thread) the jobs stop after their current
@@ -586,18 +595,28 @@ def _run_all(to_run: Sequence[Mutant], by_stage: Mapping[str, StageCheck], facto
     shards = [list(to_run[i::jobs]) for i in range(jobs)]
     stop = threading.Event()
 
+    def judge(run_check: RunCheck | None, mutant: Mutant) -> None:
+        check = by_stage[mutant.stage]
+        failed = {name: fn(check, mutant) for name, fn in (("run", run_check), ("suite", suite_check))
+                  if fn is not None}
+        suite = "" if "suite" not in failed else "missed" if failed["suite"] is None else "caught"
+        caught = [(name, why) for name, why in failed.items() if why is not None]
+        if caught:
+            outcomes[mutant.ident] = Outcome(mutant, CAUGHT, caught[0][0], caught[0][1], suite)
+        elif mutant.ident in outcomes and outcomes[mutant.ident].status == EQUIVALENT:
+            outcomes[mutant.ident].suite = suite
+        else:
+            passed = " and ".join(f"the {name} passed" for name in failed)
+            outcomes[mutant.ident] = Outcome(mutant, SURVIVED, "", f"no check failed it, {passed}", suite)
+
     def work(shard: list[Mutant]) -> None:
-        run_check = factory()
+        run_check = factory() if factory is not None else None
         try:
             for mutant in shard:
                 if stop.is_set() or time.monotonic() > deadline:
                     outcomes.setdefault(mutant.ident, Outcome(mutant, NOT_RUN, "", "deadline"))
                     continue
-                failed = run_check(by_stage[mutant.stage], mutant)
-                if failed is not None:
-                    outcomes[mutant.ident] = Outcome(mutant, CAUGHT, "run", failed)
-                elif mutant.ident not in outcomes or outcomes[mutant.ident].status != EQUIVALENT:
-                    outcomes[mutant.ident] = Outcome(mutant, SURVIVED, "", "no check failed it, the run passed")
+                judge(run_check, mutant)
         finally:
             close = getattr(run_check, "close", None)
             if callable(close):
@@ -609,6 +628,9 @@ def _run_all(to_run: Sequence[Mutant], by_stage: Mapping[str, StageCheck], facto
             future.result()
     except BaseException:
         stop.set()
+        close = getattr(suite_check, "close", None)
+        if callable(close):
+            close()  # the suites in flight tear down their meshes now, not at their timeout
         raise
     finally:
         pool.shutdown(wait=True)
@@ -714,6 +736,137 @@ class MeshRunCheck:
         self.session.__exit__(None, None, None)
 
 
+class SuiteCheck:
+    """Run a pytest rollout suite on a mutant: the user's own tests, through the plugin.
+
+    Each call writes a spec whose stages are plain YAML files (:func:`abtest_harness.spec.with_files`):
+    every stage's objects as rendered, the mutant's stage replaced by the mutant. It then runs
+    ``python -m pytest <suite> --abtest-spec <that spec> --abtest-stage <the mutant's stage>``
+    in its own process (its own mesh, torn down by the plugin), in the current directory so
+    the suite's conftest.py and settings apply. Exit 1 (a test failed or errored) catches the
+    mutant, with pytest's first ``FAILED``/``ERROR`` line; exit 0 misses it; exit 5 (no test
+    of that stage) misses it and names the stage in `untested`; any other exit is an error
+    of the suite, not a reading of the mutant.
+    """
+
+    def __init__(self, spec: Any, objects: Mapping[str, Objects], suite: Sequence[str], *, config: Any,
+                 workloads: str = "process", timeout_s: float = 300.0, extra_args: Sequence[str] = ()) -> None:
+        self.spec = spec
+        self.objects = dict(objects)
+        self.suite = list(suite)
+        self.config = config
+        self.workloads = workloads
+        self.timeout_s = timeout_s
+        self.extra_args = list(extra_args)
+        self.untested: set[str] = set()
+        self._lock = threading.Lock()
+        self._running: set[Any] = set()
+
+    def argv(self, spec_file: str, stages: Sequence[str], artifacts: str) -> list[str]:
+        import sys
+
+        return [
+            sys.executable, "-m", "pytest", *self.suite, f"--abtest-spec={spec_file}",
+            *(f"--abtest-stage={s}" for s in stages), f"--abtest-workloads={self.workloads}",
+            f"--abtest-alpha={self.config.alpha!r}", f"--abtest-beta={self.config.beta!r}",
+            f"--abtest-delta={self.config.delta!r}", f"--abtest-artifacts-dir={artifacts}",
+            "-p", "no:cacheprovider", "-q", "-rfE", "--no-header", *self.extra_args,
+        ]
+
+    def _run(self, objects: Mapping[str, Objects], stages: Sequence[str]) -> tuple[int, str]:
+        """Run the suite on `objects` (stage -> objects) for `stages`; (exit code, output)."""
+        import subprocess
+        import tempfile
+        from pathlib import Path
+
+        import yaml
+
+        from abtest_harness.spec import with_files
+
+        # Only the stages being mutated: the suite runs with --abtest-stage, so it deploys no other.
+        spec = dataclasses.replace(self.spec, stages=tuple(s for s in self.spec.stages if s.name in objects))
+        with tempfile.TemporaryDirectory(prefix="abtest-suite-") as tmp:
+            files = {}
+            for i, stage in enumerate(spec.stages):
+                path = Path(tmp) / f"stage-{i}.yaml"
+                path.write_text(yaml.safe_dump_all(objects[stage.name], sort_keys=False))
+                files[stage.name] = [path]
+            spec_file = Path(tmp) / "rollout.yaml"
+            spec_file.write_text(yaml.safe_dump(with_files(spec, files), sort_keys=False))
+            argv = self.argv(str(spec_file), stages, str(Path(tmp) / "artifacts"))
+            # Not proc.run: a suite that overruns, or is stopped, gets SIGTERM first, which the
+            # plugin turns into a teardown of its mesh (processes, containers, files).
+            # A wide "terminal": pytest cuts its FAILED summary lines, with the reason, to the width.
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # noqa: S603
+                                       stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "400"})
+            with self._lock:
+                self._running.add(process)
+            try:
+                output, _ = process.communicate(timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                output = _stop(process)
+                return -1, f"{output}\nthe suite did not finish in {self.timeout_s:.0f}s"
+            finally:
+                with self._lock:
+                    self._running.discard(process)
+        return process.returncode, output
+
+    def close(self) -> None:
+        """Stop the suites still running (an interrupt): SIGTERM, then their teardown."""
+        with self._lock:
+            running = list(self._running)
+        for process in running:
+            _stop(process)
+
+    def baseline(self, stages: Sequence[str]) -> None:
+        """The suite must pass on the unmutated stages, or no reading of a mutant means anything."""
+        code, output = self._run(self.objects, stages)
+        if code == 5:
+            raise HarnessError(f"the rollout suite {' '.join(self.suite)} has no test of stage(s) "
+                               f"{', '.join(stages)}: it cannot judge their mutants")
+        if code != 0:
+            raise HarnessError(f"the rollout suite {' '.join(self.suite)} fails on the unmutated rollout "
+                               f"(exit {code}): {_first_failure(output)}; fix that before mutating")
+
+    def __call__(self, check: StageCheck, mutant: Mutant) -> str | None:
+        code, output = self._run({**self.objects, mutant.stage: mutant.objects}, [mutant.stage])
+        if code == 0:
+            return None
+        if code == 5:
+            with self._lock:
+                self.untested.add(mutant.stage)
+            return None
+        if code == 1:
+            return _first_failure(output)[:240]
+        raise HarnessError(f"the rollout suite {' '.join(self.suite)} on mutant {mutant.ident} ended with exit "
+                           f"{code}, not a verdict: {_first_failure(output)}")
+
+
+def _stop(process: Any, grace_s: float = 90.0) -> str:
+    """SIGTERM a suite and wait for its teardown (then SIGKILL); its output so far."""
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+    try:
+        output, _ = process.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return str(output or "")
+
+
+def _first_failure(output: str) -> str:
+    """pytest's first FAILED or ERROR summary line (``-rfE``), else the output's last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("FAILED ", "ERROR ")):
+            word, rest = line.split(" ", 1)
+            test = rest.split("::", 1)[-1]  # the test's name, without the file's (temporary) path
+            return f"{word} {test.replace(' - Failed: ', ' - ', 1)}"
+    return lines[-1] if lines else "no output"
+
+
 # -------------------------------------------------------------------------------------- output
 
 
@@ -725,6 +878,8 @@ def write_table(report: MutationReport, out: TextIO) -> None:
     for o in report.outcomes:
         result = {CAUGHT: f"caught: {o.check} ({o.detail})", EQUIVALENT: f"equivalent: {o.detail}",
                   SURVIVED: f"SURVIVED: {o.detail}", NOT_RUN: f"not run: {o.detail}"}[o.status]
+        if o.suite:
+            result += f"; suite: {'caught' if o.suite == 'caught' else 'MISSED'}"
         out.write(f"{o.mutant.ident:<14} {o.mutant.operator:<16} {o.mutant.description[:width]:<{width}}  "
                   f"{result}\n")
     by_check: dict[str, int] = {}
@@ -738,6 +893,12 @@ def write_table(report: MutationReport, out: TextIO) -> None:
         + (f", {report.count(NOT_RUN)} not run" if report.count(NOT_RUN) else "")
         + f" in {report.elapsed_s:.1f}s\n"
     )
+    ran = [o for o in report.outcomes if o.suite]
+    if ran:
+        missed = [o.mutant.ident for o in ran if o.suite == "missed" and o.status != EQUIVALENT]
+        out.write(f"suite: caught {sum(o.suite == 'caught' for o in ran)} of the {len(ran)} mutants it ran"
+                  + (f"; missed {len(missed)} that are not equivalent: {', '.join(missed[:10])}"
+                     + (" ..." if len(missed) > 10 else "") if missed else "") + "\n")
 
 
 def mutate_command(
@@ -752,10 +913,14 @@ def mutate_command(
     jobs: int = 1,
     deadline_s: float = 600.0,
     progress: Callable[[str], None] | None = None,
+    suite: Sequence[str] = (),
+    workloads: str = "process",
 ) -> int:
     """``abtest mutate``: generate, judge, print the table; 0 when no mutant survived, else 1.
 
-    `spec` is a rollout spec or a ``stages.yaml`` plan.
+    `spec` is a rollout spec or a ``stages.yaml`` plan. `suite` (pytest paths or node ids) is
+    the rollout suite to run on every mutant that goes to the mesh; it must pass on the
+    unmutated stages first.
     """
     from abtest_harness.rollout import as_spec
 
@@ -769,7 +934,16 @@ def mutate_command(
     if run and open_session is not None and config is not None:
         def factory() -> RunCheck:
             return MeshRunCheck(spec, config, open_session)
-    report = mutate(checks, mutants, run_check=factory, confirm_equivalent=confirm_equivalent, jobs=jobs,
-                    deadline_s=deadline_s, progress=progress)
+    suite_check = None
+    if run and suite and config is not None:
+        suite_check = SuiteCheck(spec, {c.stage.name: c.objects for c in checks}, suite, config=config,
+                                 workloads=workloads)
+        if progress:
+            progress(f"the rollout suite {' '.join(suite)} on the unmutated stages")
+        suite_check.baseline([s.name for s in stages])
+    report = mutate(checks, mutants, run_check=factory, suite_check=suite_check,
+                    confirm_equivalent=confirm_equivalent, jobs=jobs, deadline_s=deadline_s, progress=progress)
     write_table(report, out)
+    if suite_check is not None and suite_check.untested:
+        out.write(f"suite: no test of stage(s) {', '.join(sorted(suite_check.untested))}\n")
     return 0 if report.passed else 1

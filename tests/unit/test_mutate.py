@@ -169,6 +169,37 @@ def test_survivors_go_to_the_run_check_and_its_verdict_decides(plan: RolloutPlan
     assert out.getvalue().splitlines()[-1].startswith(f"FAIL: {len(mutants)} mutants:"), out.getvalue()[-300:]
 
 
+def test_the_suite_reads_every_mutant_that_goes_to_the_mesh_and_can_catch_one_alone(plan: RolloutPlan) -> None:
+    checks, mutants = mutate.spec_mutants(plan, [plan.stage("Blue_50")])
+    offline = {o.mutant.ident: o for o in mutate.mutate(checks, mutants).outcomes}
+    to_mesh = [m for m in mutants if offline[m.ident].status == mutate.SURVIVED]
+    assert len(to_mesh) >= 3, "the sample's Blue_50 has probe and port mutants only a mesh can catch"
+    only_suite, only_run, neither = to_mesh[0].ident, to_mesh[1].ident, to_mesh[2].ident
+    suite_ran: list[str] = []
+
+    def factory() -> mutate.RunCheck:
+        return lambda check, mutant: None if mutant.ident in (only_suite, neither) else "run: failed"
+
+    def suite(check: mutate.StageCheck, mutant: mutate.Mutant) -> str | None:
+        suite_ran.append(mutant.ident)
+        return None if mutant.ident in (only_run, neither) else "FAILED test_rollout.py::test_x[Blue_50]"
+
+    report = mutate.mutate(checks, mutants, run_check=factory, suite_check=suite)
+    by_id = {o.mutant.ident: o for o in report.outcomes}
+    assert sorted(suite_ran) == sorted(m.ident for m in to_mesh), "the suite reads exactly the mutants on the mesh"
+    assert (by_id[only_suite].status, by_id[only_suite].check, by_id[only_suite].suite) == (mutate.CAUGHT, "suite",
+                                                                                            "caught")
+    assert (by_id[only_run].status, by_id[only_run].check, by_id[only_run].suite) == (mutate.CAUGHT, "run", "missed")
+    assert by_id[neither].status == mutate.SURVIVED and "the run passed and the suite passed" in by_id[neither].detail
+    assert all(o.suite == "" for o in report.outcomes if o.mutant.ident not in suite_ran), "offline catches: not read"
+    out = io.StringIO()
+    mutate.write_table(report, out)
+    text = out.getvalue()
+    assert f"suite: caught {len(to_mesh) - 2} of the {len(to_mesh)} mutants it ran; missed 2 that are not " \
+           f"equivalent: " in text, text[-400:]
+    assert "; suite: MISSED" in text and "; suite: caught" in text
+
+
 def test_the_deadline_bounds_the_run(plan: RolloutPlan) -> None:
     checks, mutants = mutate.spec_mutants(plan, [plan.stage("Blue_50")])
     report = mutate.mutate(checks, mutants, deadline_s=0.0)
