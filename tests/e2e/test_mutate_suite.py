@@ -62,7 +62,8 @@ def test_the_suite_passes_the_unmutated_stage_and_catches_a_mutant_the_offline_c
     check = _check(tmp_path, sample, SUITE)
     check.baseline(["Blue_50"])  # raises if the suite fails on the rollout as rendered
     spec, objects = sample
-    mutant = mutate.Mutant("Blue_50#x", "Blue_50", "probe", "readinessProbe path", _probe_on_nothing(objects["Blue_50"]))
+    edited = _probe_on_nothing(objects["Blue_50"])
+    mutant = mutate.Mutant("Blue_50#x", "Blue_50", "probe", "readinessProbe path", edited)
     caught = check(None, mutant)  # type: ignore[arg-type]
     assert caught is not None and caught.startswith("FAILED ") and "Blue_50" in caught, caught
     assert "/not-there" in caught, "the first failure names the probe that never passes"
