@@ -34,7 +34,9 @@ not expect (weights not summing to 100) is a warning that says what Istio does w
 code      level    meaning
 ========  =======  ==========================================================================
 IST0106   error    SchemaValidationError: the object does not match its schema (unknown or
-                   misspelled field, wrong type, missing required field).
+                   misspelled field, wrong type, missing required field), or a value Istio's
+                   validation refuses that the schema cannot express: a ``regex`` match that
+                   RE2 (Envoy's engine) rejects (Istio's ``validateStringMatchRegexp``).
 IST0101   error    ReferencedResourceNotFound: a destination host that is no Service (or
                    ServiceEntry host), a host:port the Service does not expose, a subset no
                    DestinationRule defines for that host, a Gateway that does not exist.
@@ -46,11 +48,15 @@ IST0112   error    VirtualServiceDestinationPortSelectorRequired: no port on a d
 IST0118   warning  PortNameIsNotUnderNamingConvention: a Service port whose name is not
                    ``<protocol>[-<suffix>]`` and that has no appProtocol (istioctl: info). The
                    reference charts' unnamed port is such a case.
-IST0122   error    InvalidRegexp: a ``regex`` match that RE2 (Envoy's engine) rejects.
-                   istioctl says warning; Envoy refuses the whole route table, so error here.
-IST0127   warning  NoMatchingWorkloadsFound: a Service selector (or a DestinationRule
-                   subset) that selects no Deployment's pods: requests to it get 503.
-                   Expected at stages where a version does not run.
+IST0127   warning  NoMatchingWorkloadsFound: a Service selector that selects no
+                   Deployment's pods: requests to it get 503. Expected at stages where a
+                   version does not run. (Istio's analyzers use this code for
+                   AuthorizationPolicy selectors only and have no message for a Service.)
+IST0173   warning  DestinationRuleSubsetNotSelectPods: a DestinationRule subset that
+                   selects none of its Service's pods (its labels contradict the Service's
+                   selector, or no Deployment's pods carry them): requests to it get 503.
+                   istioctl says error; here warning, since a stage where a version no longer
+                   runs may keep its subset, and its ``expect`` table judges the 503.
 IST0130   error    VirtualServiceUnreachableRule: an HTTP route after a catch-all route (no
                    match, or a match that admits every request), or whose matches all repeat
                    earlier ones. istioctl says warning; here the route is usually a header
@@ -824,7 +830,7 @@ _STRING_MATCH_FIELDS = ("uri", "scheme", "method", "authority")
 
 
 def _check_matches(index: _Index) -> Iterator[Finding]:
-    """Header names lower-case (ABT003) and every regex valid RE2 (IST0122)."""
+    """Header names lower-case (ABT003) and every regex valid RE2 (IST0106, as Istio's validation)."""
     for vs, spec in _virtual_services(index):
         for i, rule in enumerate(_list(spec.get("http"))):
             for j, match in enumerate(_list(_mapping(rule).get("match"))):
@@ -843,7 +849,7 @@ def _check_matches(index: _Index) -> Iterator[Finding]:
                     if isinstance(pattern, str):
                         problem = _re2_problem(pattern)
                         if problem:
-                            yield Finding("IST0122", "error", _label(vs), _path([*where, "regex"]),
+                            yield Finding("IST0106", "error", _label(vs), _path([*where, "regex"]),
                                           f"regular expression {pattern!r} is not valid RE2: {problem}")
 
 
@@ -909,11 +915,11 @@ def _check_selectors(index: _Index) -> Iterator[Finding]:
                 # A subset selects among the Service's endpoints (one rule with the oracle).
                 labels = routing.endpoint_selector(selector, subset_labels)
                 if selector and not labels:
-                    yield Finding("IST0127", "warning", _label(obj), _path(["spec", "subsets", i, "labels"]),
+                    yield Finding("IST0173", "warning", _label(obj), _path(["spec", "subsets", i, "labels"]),
                                   f"labels {_labels(subset_labels)} contradict the selector {_labels(selector)} "
                                   "of its Service: no endpoint, requests to this subset get 503")
                 elif labels and not index.selects_pods(target[0], labels):
-                    yield Finding("IST0127", "warning", _label(obj), _path(["spec", "subsets", i, "labels"]),
+                    yield Finding("IST0173", "warning", _label(obj), _path(["spec", "subsets", i, "labels"]),
                                   f"no workload in {target[0]} has pods labelled {_labels(labels)}: "
                                   "requests to this subset get 503")
 
@@ -1033,7 +1039,7 @@ def _oracle_refusals(objects: Sequence[Mapping[str, Any]], earlier: Sequence[Fin
     checked again without the field at fault until nothing more is found. A field the
     oracle does not model is ABT020; a value Istio's own validation refuses is ABT021,
     unless an earlier error already names the same field (a negative weight is ABT002,
-    a ``regex: "*"`` header match IST0122). Objects with schema errors may be too broken
+    a ``regex: "*"`` header match IST0106). Objects with schema errors may be too broken
     for the oracle's walk; what it cannot read there is covered by those errors.
     """
     taken = {(f.obj, f.path) for f in earlier if f.severity == "error"}

@@ -1371,12 +1371,12 @@ def test_kinds_that_add_pods_or_routes_the_oracle_does_not_model_are_refused(kin
 
 
 def test_offline_validation_reads_subsets_as_the_oracle_does() -> None:
-    """`abtest validate` warns (IST0127) about the subset the oracle answers 503 for."""
+    """`abtest validate` warns (IST0173) about the subset the oracle answers 503 for."""
     objects = reference()
     objects.append(green_subset_rule())
     route1(objects)["route"] = [green_subset_of_blue()]
     assert expected_distribution(objects, GREEN).certain == NO_ENDPOINTS
-    findings = [f for f in validate_objects(objects) if f.code == "IST0127"]
+    findings = [f for f in validate_objects(objects) if f.code == "IST0173"]
     assert [(f.obj, f.path) for f in findings] == [
         (f"DestinationRule {NS}/subset-green", "spec.subsets[0].labels")
     ], findings

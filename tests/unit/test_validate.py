@@ -610,7 +610,8 @@ def test_subset_without_any_destination_rule() -> None:
 def test_subset_whose_labels_select_no_pods_is_a_warning() -> None:
     objects = [o for o in subset_variant() if o["metadata"]["name"] != "model-blue"]
     findings = validate_objects(objects)
-    warning = the_one(findings, "IST0127")
+    # Istio's code for it (DestinationRuleSubsetNotSelectPods, pkg/config/analysis/msg/messages.yaml).
+    warning = the_one(findings, "IST0173")
     assert (warning.severity, warning.obj, warning.path) == (
         "warning", "DestinationRule abtesting/model", "spec.subsets[1].labels")
 
@@ -717,8 +718,9 @@ def test_regex_that_re2_rejects() -> None:
     def mutate(objects: Objects) -> None:
         http(objects)[0]["match"][0]["headers"]["x-api-version"] = {"regex": "(blue"}
 
-    finding = the_one(broken(mutate), "IST0122")
-    assert finding.path == "spec.http[0].match[0].headers.x-api-version.regex"
+    # Istio's validation refuses it (validateStringMatchRegexp); istioctl reports SchemaValidationError.
+    finding = the_one(broken(mutate), "IST0106")
+    assert finding.path == "spec.http[0].match[0].headers.x-api-version.regex" and finding.severity == "error"
 
 
 def test_route_after_a_prefix_slash_match_is_unreachable() -> None:
