@@ -607,7 +607,11 @@ def _run_all(to_run: Sequence[Mutant], by_stage: Mapping[str, StageCheck], facto
             outcomes[mutant.ident].suite = suite
         else:
             passed = " and ".join(f"the {name} passed" for name in failed)
-            outcomes[mutant.ident] = Outcome(mutant, SURVIVED, "", f"no check failed it, {passed}", suite)
+            hint = ""
+            if mutant.operator == "image" and getattr(check.stage, "images", None) is None:
+                # No request may reach the version (0% and no pin); only the stage's images can say.
+                hint = f"; stage {mutant.stage} has no `images:` saying which image each version runs"
+            outcomes[mutant.ident] = Outcome(mutant, SURVIVED, "", f"no check failed it, {passed}{hint}", suite)
 
     def work(shard: list[Mutant]) -> None:
         run_check = factory() if factory is not None else None

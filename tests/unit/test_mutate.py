@@ -200,6 +200,21 @@ def test_the_suite_reads_every_mutant_that_goes_to_the_mesh_and_can_catch_one_al
     assert "; suite: MISSED" in text and "; suite: caught" in text
 
 
+def test_an_image_edit_nothing_can_see_names_the_missing_stage_images() -> None:
+    import dataclasses
+
+    from abtest_harness.spec import load_spec
+
+    spec = load_spec()
+    spec = dataclasses.replace(spec, stages=tuple(dataclasses.replace(s, images=None) for s in spec.stages))
+    checks, mutants = mutate.spec_mutants(spec, [spec.stage("Green_100")])
+    report = mutate.mutate(checks, mutants, run_check=lambda: lambda check, mutant: None)
+    image = [o for o in report.outcomes if o.mutant.operator == "image"]
+    assert image and all(o.status == mutate.SURVIVED for o in image), [(o.status, o.detail) for o in image]
+    assert all("stage Green_100 has no `images:`" in o.detail for o in image)
+    assert not any("images:" in o.detail for o in report.outcomes if o.mutant.operator != "image")
+
+
 def test_the_deadline_bounds_the_run(plan: RolloutPlan) -> None:
     checks, mutants = mutate.spec_mutants(plan, [plan.stage("Blue_50")])
     report = mutate.mutate(checks, mutants, deadline_s=0.0)
