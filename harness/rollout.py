@@ -91,6 +91,13 @@ class StageResult:
             and not self.manifest_mismatches
         )
 
+    @property
+    def failures(self) -> list[str]:
+        """Why the stage failed, one line each (empty when it passed): verdicts, answers, manifests."""
+        found = [c.verdict.message for c in self.classes if not c.passed]
+        found += [*self.wrong_answers, *self.manifest_mismatches]
+        return found or ([] if self.classes else ["no request class was sampled"])
+
 
 @dataclass
 class RolloutResult:

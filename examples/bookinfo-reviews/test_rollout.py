@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from abtest_harness.rollout import StageResult
+from abtest_harness_pytest import judge
 
 CheckStage = Callable[..., StageResult]
 
@@ -32,21 +33,16 @@ STAGES: dict[str, tuple[dict[str, float], str | None]] = {
 ANSWERS = {"v1": "reviews v1: no stars", "v2": "reviews v2: black stars", "v3": "reviews v3: red stars"}
 
 
-def _judge(result: StageResult) -> None:
-    failed = [c.verdict.message for c in result.classes if not c.verdict.passed] + result.wrong_answers
-    if failed:
-        pytest.fail(f"{result.stage.name}: " + "; ".join(failed), pytrace=False)
-
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_anonymous_requests_split_as_the_stage_says(check_stage: CheckStage, stage: str) -> None:
-    _judge(check_stage(stage, labels=["anonymous"], expected={"anonymous": STAGES[stage][0]}))
+    judge(check_stage(stage, labels=["anonymous"], expected={"anonymous": STAGES[stage][0]}))
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_jason_gets_his_version(check_stage: CheckStage, stage: str) -> None:
     weights, jason = STAGES[stage]
-    _judge(check_stage(stage, labels=["jason"], expected={"jason": {jason: 1.0} if jason else weights}))
+    judge(check_stage(stage, labels=["jason"], expected={"jason": {jason: 1.0} if jason else weights}))
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -56,4 +52,4 @@ def test_each_version_answers_with_its_image(check_stage: CheckStage, stage: str
                                    "jason": {STAGES[stage][1]: 1.0} if STAGES[stage][1] else STAGES[stage][0]})
     seen = {version: set(bodies) for version, bodies in result.answers.items()}
     assert all(seen[v] == {ANSWERS[v]} for v in seen), f"{stage}: answers per version {seen}"
-    _judge(result)
+    judge(result)

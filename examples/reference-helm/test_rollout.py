@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from abtest_harness.rollout import StageResult
+from abtest_harness_pytest import judge
 
 CheckStage = Callable[..., StageResult]
 
@@ -31,15 +32,10 @@ STAGES: dict[str, tuple[dict[str, float], dict[str, str]]] = {
 }
 
 
-def _judge(result: StageResult) -> None:
-    failed = [c.verdict.message for c in result.classes if not c.verdict.passed] + result.wrong_answers
-    if failed:
-        pytest.fail(f"{result.stage.name}: " + "; ".join(failed), pytrace=False)
-
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_canary_requests_split_by_weight(check_stage: CheckStage, stage: str) -> None:
-    _judge(check_stage(stage, labels=["canary"], expected={"canary": STAGES[stage][0]}))
+    judge(check_stage(stage, labels=["canary"], expected={"canary": STAGES[stage][0]}))
 
 
 @pytest.mark.parametrize("colour", ["blue", "green"])
@@ -47,7 +43,7 @@ def test_canary_requests_split_by_weight(check_stage: CheckStage, stage: str) ->
 def test_x_api_version_pins_the_colour(check_stage: CheckStage, stage: str, colour: str) -> None:
     runs = colour in STAGES[stage][1]
     label = f"ab-{colour}"
-    _judge(check_stage(stage, labels=[label], expected={label: {colour: 1.0} if runs else {"status:503": 1.0}}))
+    judge(check_stage(stage, labels=[label], expected={label: {colour: 1.0} if runs else {"status:503": 1.0}}))
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -57,4 +53,4 @@ def test_each_colour_answers_with_its_image(check_stage: CheckStage, stage: str)
     result = check_stage(stage, labels=labels, expected={f"ab-{c}": {c: 1.0} for c in answers})
     seen = {colour: set(bodies) for colour, bodies in result.answers.items()}
     assert seen == {colour: {answer} for colour, answer in answers.items()}, f"{stage}: answers {seen}"
-    _judge(result)
+    judge(result)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from abtest_harness.rollout import StageResult
+from abtest_harness_pytest import judge
 
 pytestmark = pytest.mark.e2e
 
@@ -56,14 +57,14 @@ def _check(check_stage: CheckStage, stage: str, labels: list[str]) -> StageResul
 def test_weighted_split(check_stage: CheckStage, stage: str) -> None:
     """Requests without x-api-version split as the stage's weights say (and no errors)."""
     result = _check(check_stage, stage, ["weighted"])
-    _judge(result)
+    judge(result)
 
 
 @pytest.mark.parametrize("version", ["blue", "green"])
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_version_header_pins_the_request(check_stage: CheckStage, stage: str, version: str) -> None:
     """x-api-version: V reaches V only, whatever the weights; 503 where V does not run."""
-    _judge(_check(check_stage, stage, [f"header-{version}"]))
+    judge(_check(check_stage, stage, [f"header-{version}"]))
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -77,11 +78,5 @@ def test_each_version_gives_its_images_answer(check_stage: CheckStage, stage: st
     assert seen == {v: {answer} for v, answer in STAGES[stage].answers.items()}, (
         f"{stage}: answers per version {seen}"
     )
-    _judge(result)
+    judge(result)
 
-
-def _judge(result: StageResult) -> None:
-    """Fail with the verdicts' one-line messages, which say expected, observed, interval and n."""
-    failed = [c.verdict.message for c in result.classes if not c.verdict.passed] + result.wrong_answers
-    if failed:
-        pytest.fail(f"{result.stage.name}: " + "; ".join(failed), pytrace=False)

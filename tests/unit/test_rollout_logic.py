@@ -159,3 +159,17 @@ def test_open_mesh_rejects_an_unknown_backend(tmp_path: Path) -> None:
 
     with pytest.raises(HarnessError, match="unknown mesh 'minikube'"):
         open_mesh(PLAN, MeshOptions(mesh="minikube", artifacts_dir=tmp_path))
+
+
+def test_a_stage_fails_exactly_when_it_has_failures_and_judge_says_them() -> None:
+    from abtest_harness_pytest import judge
+
+    passed = _result().stages[0]
+    assert passed.passed and passed.failures == [] and judge(passed) is passed
+    wrong = StageResult(passed.stage, passed.classes, wrong_answers=["green answered 'New Model B' x3, expected "
+                                                                     "'New Model A'"])
+    empty = StageResult(passed.stage)
+    for failed, line in ((wrong, wrong.wrong_answers[0]), (empty, "no request class was sampled")):
+        assert not failed.passed and failed.failures == [line]
+        with pytest.raises(pytest.fail.Exception, match=f"^Blue_50: {line}$"):
+            judge(failed)
