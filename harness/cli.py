@@ -292,6 +292,11 @@ def cmd_mutate(args: argparse.Namespace, out: TextIO) -> int:
     from abtest_harness import mutate, rollout
     from abtest_harness.stats import StatsConfig
 
+    if args.suite and args.offline:
+        raise ConfigError("option --suite", " ".join(args.suite), "runs on a mesh; it cannot be used with --offline")
+    missing = [path for path in args.suite if not Path(path.split("::", 1)[0]).exists()]
+    if missing:
+        raise ConfigError("option --suite", missing[0], "no such test file or directory")
     spec = _load(args)
     config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
     options = rollout.MeshOptions(mesh="local", workloads=args.workloads.split(",")[0],

@@ -228,3 +228,16 @@ def test_help_does_not_import_the_heavy_modules() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--offline", "--suite", "tests/e2e/test_rollout.py"],
+     "tests/e2e/test_rollout.py: runs on a mesh; it cannot be used with --offline"),
+    (["--suite", "no/such/test_file.py"], "no/such/test_file.py: no such test file or directory"),
+])
+def test_mutate_suite_misuse_is_exit_2_before_anything_runs(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _run("mutate", *argv)
+    assert code == 2 and out == ""
+    assert f"option --suite: {message}" in capsys.readouterr().err
