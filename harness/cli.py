@@ -297,16 +297,22 @@ def cmd_mutate(args: argparse.Namespace, out: TextIO) -> int:
     missing = [path for path in args.suite if not Path(path.split("::", 1)[0]).exists()]
     if missing:
         raise ConfigError("option --suite", missing[0], "no such test file or directory")
+    from abtest_harness.signals import teardown_on_sigterm
+
     spec = _load(args)
     config = StatsConfig(alpha=args.alpha, beta=args.beta, delta=args.delta)
     options = rollout.MeshOptions(mesh="local", workloads=args.workloads.split(",")[0],
                                   artifacts_dir=args.artifacts_dir, base_image=args.base_image)
-    return mutate.mutate_command(
-        spec, args.stage, out, run=not args.offline, confirm_equivalent=args.confirm_equivalent,
-        open_session=lambda: rollout.open_mesh(spec, options, progress=_progress), config=config,
-        jobs=args.jobs, deadline_s=args.deadline, progress=_progress, suite=args.suite,
-        workloads=options.workloads,
-    )
+    # The meshes run in worker threads, where a mesh's own SIGTERM guard is inert: here, in the
+    # main thread, SIGTERM unwinds (SystemExit 143) and the workers close their meshes and stop
+    # the suites in flight before the command exits.
+    with teardown_on_sigterm():
+        return mutate.mutate_command(
+            spec, args.stage, out, run=not args.offline, confirm_equivalent=args.confirm_equivalent,
+            open_session=lambda: rollout.open_mesh(spec, options, progress=_progress), config=config,
+            jobs=args.jobs, deadline_s=args.deadline, progress=_progress, suite=args.suite,
+            workloads=options.workloads,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,3 +103,54 @@ def test_abtest_mutate_with_a_suite_reports_what_the_suite_caught(tmp_path: Path
     assert mesh_lines and all(line.endswith("; suite: caught") for line in mesh_lines), text[-2000:]
     assert f"suite: caught {len(mesh_lines)} of the {len(mesh_lines)} mutants it ran" in text
     assert os.environ.get("PYTEST_CURRENT_TEST")  # the suite ran in its own process, not this one
+
+
+def _processes_under(path: Path) -> list[str]:
+    """Command lines of live processes that name `path` (the meshes' and suites' temporary files)."""
+    from tests.unit.fakes.processes import alive
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(path) in cmdline and alive(int(proc.name)):
+                found.append(cmdline)
+    return found
+
+
+def test_sigterm_stops_abtest_mutate_with_its_meshes_and_suites_torn_down(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    log = tmp_path / "mutate.log"
+    argv = [sys.executable, "-m", "abtest_harness.cli", "mutate", "--stage", "Blue_50", "--jobs", "2",
+            "--suite", "tests/e2e/test_rollout.py", "--artifacts-dir", str(tmp_path / "artifacts")]
+    with log.open("w") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT,  # noqa: S603 - our own command
+                                   env={**os.environ, "TMPDIR": str(tmp)})
+        try:
+            deadline = time.monotonic() + 120
+            while "mutants on the mesh" not in log.read_text() and time.monotonic() < deadline:
+                assert process.poll() is None, log.read_text()
+                time.sleep(0.2)
+            time.sleep(1.0)  # meshes up, suites in flight
+            assert process.poll() is None, "finished before the signal: nothing was interrupted"
+            assert _processes_under(tmp), "no mesh or suite was running when the signal came"
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=150)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    text = log.read_text()
+    assert code == 143 and "abtest: terminated" in text, text[-2000:]
+    time.sleep(0.5)  # a child that got SIGKILL as the last resort is reaped by init
+    assert _processes_under(tmp) == [], "processes left behind"
+    assert list(tmp.iterdir()) == [], f"temporary files left behind: {list(tmp.iterdir())}"
