@@ -270,3 +270,58 @@ def test_an_outcome_has_one_colour_in_every_stage(tmp_path: Path) -> None:
         for row in _find(root, "row"):
             fills.setdefault(row.get("data-outcome"), set()).update(d.get("fill") for d in _find(row, "observed"))
     assert len(fills["v3"]) == 1 and fills["v3"] != fills["a1"], fills
+
+
+# --------------------------------------------------------------------------- what a run imports
+
+_VERDICT_AND_REPORT = """
+import sys
+from pathlib import Path
+from abtest_harness.plan import load_plan
+from abtest_harness.report import write_report
+from abtest_harness.rollout import ClassResult, RolloutResult, StageResult
+from abtest_harness.routing import STANDARD_CLASSES
+from abtest_harness.stats import Decision, SequentialTest, StatsConfig
+weighted, header_blue, _ = STANDARD_CLASSES
+split = SequentialTest({"green": 0.5, "blue": 0.5}, StatsConfig(), label="weighted")
+i = 0
+while split.observe("green" if i % 2 else "blue") is Decision.CONTINUE:
+    i += 1
+pinned = SequentialTest({"blue": 1.0}, StatsConfig(), label="header-blue")
+for _ in range(200):
+    pinned.observe("blue")
+stage = StageResult(load_plan().stage("Blue_50"), [ClassResult("Blue_50", weighted, split.verdict()),
+                                                   ClassResult("Blue_50", header_blue, pinned.verdict())])
+paths = write_report(RolloutResult([stage]), Path(sys.argv[1]), meta={"settings": {"delta": 0.1}})
+print(stage.passed, len(paths))
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+_HEAVY = {"scipy", "numpy", "matplotlib"}
+
+
+def test_verdicts_and_report_import_no_scipy_numpy_or_matplotlib_once_boundaries_are_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`abtest run` with the split boundaries stored: the verdicts and the report run in pure Python."""
+    import sys
+
+    from abtest_harness import stats
+
+    store = tmp_path / "stats"
+    monkeypatch.setenv(stats.STATS_CACHE_ENV, str(store))
+    config = StatsConfig()
+    ((_, bounds),) = SequentialTest({"green": 0.5, "blue": 0.5}, config).boundaries
+    # Past this process's in-memory cache: the entry a first run leaves on disk.
+    stats.stored_split_boundaries.__wrapped__(bounds.p0, bounds.alpha, bounds.beta, bounds.delta,
+                                              config.cap_share, config.composite_weight)
+    assert len(list(store.glob("split-*.json"))) == 1
+
+    def loaded(cache: str) -> set[str]:
+        out = proc.run([sys.executable, "-c", _VERDICT_AND_REPORT, str(tmp_path / "out")], timeout=120,
+                       env={stats.STATS_CACHE_ENV: cache}).stdout.splitlines()
+        assert out[0] == "True 4", out[0]  # the stage passed; json, md, html and one SVG written
+        return set(out[1].split())
+
+    assert loaded(str(store)) & _HEAVY == set()
+    # The check sees them when they are used: without the store the boundaries are computed.
+    assert {"scipy", "numpy"} <= loaded("off")
