@@ -325,3 +325,41 @@ def test_verdicts_and_report_import_no_scipy_numpy_or_matplotlib_once_boundaries
     assert loaded(str(store)) & _HEAVY == set()
     # The check sees them when they are used: without the store the boundaries are computed.
     assert {"scipy", "numpy"} <= loaded("off")
+
+
+def test_envoy_version_is_kept_until_the_binary_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from abtest_harness.errors import HarnessError
+    from abtest_harness.rendercache import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    runs = tmp_path / "runs"
+    envoy = tmp_path / "envoy"
+
+    def fake(version: str) -> None:
+        envoy.write_text(f"#!/bin/sh\necho run >> '{runs}'\n"
+                         f"echo 'envoy  version: abc/{version}/Clean/RELEASE/BoringSSL'\n")
+        envoy.chmod(0o755)
+
+    fake("1.40.0")
+    line = report._envoy_version_line(str(envoy))
+    assert line == "envoy  version: abc/1.40.0/Clean/RELEASE/BoringSSL"
+    assert report._envoy_version_line(str(envoy)) == line and runs.read_text().count("run") == 1, \
+        "the second run reads the stored line"
+    fake("1.41.10")  # a new binary: another size
+    assert "/1.41.10/" in report._envoy_version_line(str(envoy)) and runs.read_text().count("run") == 2
+    envoy.write_text("#!/bin/sh\nexit 0\n")
+    with pytest.raises(HarnessError):
+        report._envoy_version_line(str(envoy))
+    with pytest.raises(HarnessError):
+        report._envoy_version_line(str(envoy))  # a failure is not stored
+
+
+def test_tool_versions_of_the_local_mesh_name_the_envoy_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from abtest_harness.rendercache import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    line = proc.run([proc.tool("envoy"), "--version"], timeout=30).stdout
+    found = re.search(r"/(\d+\.\d+\.\d+)/", line)
+    assert found and report.tool_versions("local")["envoy"] == found.group(1)
