@@ -482,8 +482,10 @@ def beta_quantile(q: float, a: float, b: float) -> float:
     Newton's method on log I as a function of log x, kept inside a bracket that every
     evaluation narrows (bisection when a step leaves it). For b >= 1, log I is concave in
     log x (log X has a log-concave density), so after the first step Newton approaches the
-    root from below without overshooting. Accurate to about 1e-13 relative, far inside the
-    1e-10 absolute the tests hold it to against scipy.
+    root from below without overshooting. The error is below 1e-12 absolute on the tested
+    grid (shapes up to 1e5; the tests hold it to 1e-10 against scipy); relative to a tiny
+    quantile it is about 1e-13 for shapes up to a few thousand and up to about 1e-9 near 1e5,
+    where log B(a, b) from `math.lgamma` carries rounding of that order.
     """
     if not (a > 0.0 and b > 0.0):
         raise ValueError(f"beta_quantile needs a, b > 0, got a={a!r}, b={b!r}")
