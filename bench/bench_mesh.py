@@ -176,13 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"request GET /score via gateway {via * 1000:7.2f} ms   direct to replica {direct * 1000:7.2f} ms"
         )
     if not args.skip_full_run:
-        started = time.monotonic()
-        done = subprocess.run(  # noqa: S603 - our own CLI, argv list
-            [sys.executable, "-m", "abtest_harness.cli", "run",
-             "--artifacts-dir", tempfile.mkdtemp(prefix="abtest-bench-")],
-            capture_output=True, text=True, timeout=300, check=False,
-        )
-        wall = time.monotonic() - started
+        with tempfile.TemporaryDirectory(prefix="abtest-bench-") as artifacts:
+            started = time.monotonic()
+            done = subprocess.run(  # noqa: S603 - our own CLI, argv list
+                [sys.executable, "-m", "abtest_harness.cli", "run", "--artifacts-dir", artifacts],
+                capture_output=True, text=True, timeout=300, check=False,
+            )
+            wall = time.monotonic() - started
         print(
             f"abtest run as a command (process start, imports, all stages)  {wall:6.1f} s  exit {done.returncode}"
             f"  goal < 20 s: {'met' if wall < 20 and done.returncode == 0 else 'MISSED'}"
