@@ -810,17 +810,27 @@ class SuiteCheck:
             except subprocess.TimeoutExpired:
                 output = _stop(process)
                 return -1, f"{output}\nthe suite did not finish in {self.timeout_s:.0f}s"
+            except BaseException:
+                # Interrupted while waiting (Ctrl-C, SIGTERM: the main thread, the baseline run):
+                # the suite tears its mesh down before the interrupt goes on.
+                _stop(process)
+                raise
             finally:
                 with self._lock:
                     self._running.discard(process)
         return process.returncode, output
 
     def close(self) -> None:
-        """Stop the suites still running (an interrupt): SIGTERM, then their teardown."""
+        """Stop the suites still running (an interrupt): SIGTERM starts their teardown.
+
+        Only the signal: each suite's own thread is reading its output and sees it end (or,
+        past its timeout, kills it); two threads must not read one process's pipes.
+        """
         with self._lock:
             running = list(self._running)
         for process in running:
-            _stop(process)
+            if process.poll() is None:
+                process.terminate()
 
     def baseline(self, stages: Sequence[str]) -> None:
         """The suite must pass on the unmutated stages, or no reading of a mutant means anything."""

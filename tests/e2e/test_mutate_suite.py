@@ -121,7 +121,9 @@ def _processes_under(path: Path) -> list[str]:
     return found
 
 
-def test_sigterm_stops_abtest_mutate_with_its_meshes_and_suites_torn_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize("phase", ["the rollout suite", "mutants on the mesh"])
+def test_sigterm_stops_abtest_mutate_with_its_meshes_and_suites_torn_down(tmp_path: Path, phase: str) -> None:
+    """SIGTERM while the baseline suite runs (main thread), and while mutants run (worker threads)."""
     import signal
     import subprocess
     import sys
@@ -137,12 +139,14 @@ def test_sigterm_stops_abtest_mutate_with_its_meshes_and_suites_torn_down(tmp_pa
                                    env={**os.environ, "TMPDIR": str(tmp)})
         try:
             deadline = time.monotonic() + 120
-            while "mutants on the mesh" not in log.read_text() and time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (
+                phase in log.read_text() and any("--abtest-stage" in p for p in _processes_under(tmp))
+            ):
                 assert process.poll() is None, log.read_text()
-                time.sleep(0.2)
-            time.sleep(1.0)  # meshes up, suites in flight
+                time.sleep(0.05)
+            time.sleep(0.5)  # the suite's own mesh starting or up
             assert process.poll() is None, "finished before the signal: nothing was interrupted"
-            assert _processes_under(tmp), "no mesh or suite was running when the signal came"
+            assert any("--abtest-stage" in p for p in _processes_under(tmp)), "no suite in flight at the signal"
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=150)
         finally:
