@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test unit e2e install-check bench lint types cycles mutate tox validate render base-image clean helm examples istio-xds differential
+.PHONY: help venv run test unit e2e install-check bench lint types cycles mutate tox validate render base-image clean helm examples istio-xds differential kustomize-batch
 
 help:
 	@echo "make run         run the whole rollout on the local Envoy mesh (the main job)"
@@ -22,6 +22,7 @@ help:
 	@echo "make helm        build helm into .cache/bin (for Helm chart sources in a rollout spec)"
 	@echo "make examples    run every example rollout (examples/*/rollout.yaml) on the local mesh"
 	@echo "make istio-xds   build Istio's gateway translation (Go) into .cache/bin/istio-xds"
+	@echo "make kustomize-batch  build abtest-kustomize (Go): several kubectl kustomize renders in one process"
 	@echo "make differential  compare the oracle, the Python translation and Istio's (needs istio-xds)"
 
 venv: $(STAMP)
@@ -122,6 +123,17 @@ examples: $(STAMP) .cache/bin/helm
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# kubectl kustomize for several directories in one process (kustomize-batch/, the kustomize
+# release kubectl embeds): the offline gate uses it when it is built and its kustomize version
+# is kubectl's. About 20 s to build.
+KUSTOMIZE_BATCH := .cache/bin/abtest-kustomize
+kustomize-batch: $(KUSTOMIZE_BATCH)
+
+$(KUSTOMIZE_BATCH): kustomize-batch/go.mod kustomize-batch/go.sum kustomize-batch/main.go
+	@command -v $(GO) >/dev/null 2>&1 || { echo "make kustomize-batch: Go not found; the harness renders with kubectl alone without it" >&2; exit 2; }
+	mkdir -p .cache/bin
+	cd kustomize-batch && $(GO) build -o $(CURDIR)/$(KUSTOMIZE_BATCH) .
 
 # Istio's own gateway translation (istio-xds/, a Go module pinned to Istio's release-1.30
 # branch). Rebuilt only when its sources change; Go's build cache makes a rebuild cheap.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -390,6 +391,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         print("abtest: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`abtest validate | head`): stop quietly, as a shell tool does.
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
     except SystemExit as exc:
         if exc.code == 143:
             print("abtest: terminated", file=sys.stderr)

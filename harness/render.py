@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from abtest_harness import proc, rendercache, yamlio
-from abtest_harness.errors import ConfigError
+from abtest_harness.errors import ConfigError, HarnessError
 from abtest_harness.plan import MANIFESTS_DIR, RolloutPlan, Stage
 from abtest_harness.spec import (
     HelmChart,
@@ -255,7 +255,11 @@ def find_helm() -> str:
 
 
 def render(
-    spec: RolloutSpec, stage: StageSpec | str, *, image_refs: Mapping[str, str] | None = None
+    spec: RolloutSpec,
+    stage: StageSpec | str,
+    *,
+    image_refs: Mapping[str, str] | None = None,
+    _prefetched: Mapping[Path, tuple[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """The objects of one stage of a rollout spec (plain dicts, in the order rendered).
 
@@ -268,7 +272,8 @@ def render(
     if isinstance(source, PlanSource):
         objects = render_stage(source.plan, source.stage)
     elif isinstance(source, KustomizeSource):
-        objects = _parse_stream(_run_kustomize(source.path), f"{where}: kubectl kustomize {source.path}")
+        text = _run_kustomize(source.path, (_prefetched or {}).get(source.path))
+        objects = _parse_stream(text, f"{where}: kubectl kustomize {source.path}")
     elif isinstance(source, HelmSource):
         objects = []
         for chart in source.charts:
@@ -298,14 +303,16 @@ def render_many(
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    prefetched = _prefetch_kustomize([s.source.path for s in stages if isinstance(s.source, KustomizeSource)])
     jobs = min(RENDER_JOBS, len(stages), os.cpu_count() or 1)
     if jobs <= 1:
         for stage in stages:
-            yield render(spec, stage, image_refs=image_refs)
+            yield render(spec, stage, image_refs=image_refs, _prefetched=prefetched)
         return
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="abtest-render")
     try:
-        futures = [pool.submit(render, spec, stage, image_refs=image_refs) for stage in stages]
+        futures = [pool.submit(render, spec, stage, image_refs=image_refs, _prefetched=prefetched)
+                   for stage in stages]
         for future in futures:
             yield future.result()
     finally:
@@ -385,12 +392,56 @@ def _parse_stream(text: str, where: str) -> list[dict[str, Any]]:
     return objects
 
 
-def _run_kustomize(path: Path) -> str:
+def _run_kustomize(path: Path, prefetched: tuple[str, str] | None = None) -> str:
+    """``kubectl kustomize path``, through the render cache.
+
+    `prefetched` is (cache key, output) from one batch of several directories
+    (:func:`_prefetch_kustomize`); it stands for kubectl's run only while the inputs still
+    have that key, so a file changed since the batch is rendered again.
+    """
     argv = [proc.tool("kubectl"), "kustomize", str(path)]
-    return rendercache.cached_output(
-        argv[0], argv[1:], lambda: rendercache.kustomize_inputs(path),
-        lambda: proc.run(argv, timeout=KUSTOMIZE_TIMEOUT_S).stdout,
-    )
+
+    def run() -> str:
+        if prefetched is not None and _kustomize_key(argv[0], path) == prefetched[0]:
+            return prefetched[1]
+        return proc.run(argv, timeout=KUSTOMIZE_TIMEOUT_S).stdout
+
+    return rendercache.cached_output(argv[0], argv[1:], lambda: rendercache.kustomize_inputs(path), run)
+
+
+def _kustomize_key(kubectl: str, path: Path) -> str | None:
+    """The render cache's key for ``kubectl kustomize path``; None when it cannot have one."""
+    return rendercache.try_key(kubectl, ["kustomize", str(path)], lambda: rendercache.kustomize_inputs(path))
+
+
+def _prefetch_kustomize(paths: Sequence[Path]) -> dict[Path, tuple[str, str]]:
+    """The kustomize directories not in the render cache, rendered in one batch when that helps.
+
+    Only with two or more to render and a batch binary that embeds kubectl's kustomize
+    (:mod:`abtest_harness.kustomizebatch`); each output comes with the key its inputs had
+    before the batch ran, and is dropped if they changed while it ran.
+    """
+    from abtest_harness import kustomizebatch
+
+    if len(set(paths)) < 2:
+        return {}
+    batch = kustomizebatch.find()
+    if batch is None:
+        return {}
+    try:
+        kubectl = proc.tool("kubectl")
+    except HarnessError:
+        return {}  # each stage's render says so, in stage order
+    keys: dict[Path, str] = {}
+    for path in dict.fromkeys(paths):
+        key = _kustomize_key(kubectl, path)
+        if key is not None and not rendercache.has(key):
+            keys[path] = key
+    if len(keys) < 2 or not kustomizebatch.usable(batch, kubectl):
+        return {}
+    rendered = kustomizebatch.render_dirs(batch, list(keys))
+    return {path: (keys[path], text) for path, text in rendered.items()
+            if _kustomize_key(kubectl, path) == keys[path]}
 
 
 def _run_helm(chart: HelmChart, namespace: str | None) -> str:

@@ -165,6 +165,21 @@ def key(tool: str, command: Sequence[str], files: Iterable[Path], extra: Mapping
     return digest.hexdigest()
 
 
+def try_key(tool: str, command: Sequence[str], inputs: Callable[[], list[Path]],
+            extra: Mapping[str, object] | None = None) -> str | None:
+    """`key` of a run whose inputs can be listed and read; None otherwise (it is never cached)."""
+    try:
+        return key(tool, command, inputs(), extra)
+    except (_Uncacheable, OSError):
+        return None
+
+
+def has(entry_key: str) -> bool:
+    """Whether an output is stored under this key (False with the cache turned off)."""
+    directory = cache_dir()
+    return directory is not None and (directory / f"{entry_key}.out").is_file()
+
+
 def cached_output(
     tool: str,
     command: Sequence[str],

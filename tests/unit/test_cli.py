@@ -241,3 +241,20 @@ def test_mutate_suite_misuse_is_exit_2_before_anything_runs(
     code, out = _run("mutate", *argv)
     assert code == 2 and out == ""
     assert f"option --suite: {message}" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    import subprocess
+    import sys
+
+    # `abtest validate --all | head -0`: the reader is gone before the first line is written
+    # (closed at once; the command takes a good part of a second to start).
+    child = subprocess.Popen(  # noqa: S603 - our own command
+        [sys.executable, "-m", "abtest_harness.cli", "validate", "--all"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    err = child.stderr.read()
+    code = child.wait(timeout=120)
+    assert code == 141 and "Traceback" not in err and "BrokenPipe" not in err, (code, err)
