@@ -665,11 +665,12 @@ def spec_mutants(spec: Any, stages: Sequence[Any], *, delta: float = 0.10,
     spec = as_spec(spec)
     stages = [spec.stage(s if isinstance(s, str) else s.name) for s in stages]
     if render is None:
-        from abtest_harness.render import render as render_spec
+        from abtest_harness.render import render_many
 
-        def render(s: Any, stage: Any) -> Objects:
-            return render_spec(s, stage)
-    rendered = {stage.name: render(spec, stage) for stage in stages}
+        # The stages' tools at once (one kustomize batch where it applies), in stage order.
+        rendered = dict(zip([s.name for s in stages], render_many(spec, stages), strict=True))
+    else:
+        rendered = {stage.name: render(spec, stage) for stage in stages}
     images = sorted({str(_container(dep).get("image")) for objects in rendered.values()
                      for _, dep in _objects_of(objects, "Deployment")
                      if dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers")})
