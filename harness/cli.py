@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="drive every stage on a mesh and judge the routing statistically")
     opts.add_to_argparse(run)
     run.add_argument("--plan", type=Path, default=None, help=argparse.SUPPRESS)
-    run.add_argument("--stage", action="append", default=[], help="only these stages (repeatable; default all)")
+    run.add_argument("--stage", "--abtest-stage", action="append", default=[],
+                     help="only these stages (repeatable; default all)")
     run.set_defaults(func=cmd_run)
 
     up = sub.add_parser("up", help="serve one stage on the local mesh and print the gateway URL, until Ctrl-C")
@@ -356,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     mutate = sub.add_parser("mutate", help="one-edit mutants of every stage, and which check catches each")
     opts.add_to_argparse(mutate, ["spec", "workloads", "alpha", "beta", "delta", "artifacts-dir", "base-image"])
     mutate.add_argument("--plan", type=Path, default=None, help=argparse.SUPPRESS)
-    mutate.add_argument("--stage", action="append", default=[], help="only these stages (repeatable; default all)")
+    mutate.add_argument("--stage", "--abtest-stage", action="append", default=[],
+                     help="only these stages (repeatable; default all)")
     mutate.add_argument("--offline", action="store_true",
                         help="the offline checks only (validate, oracle, images); nothing runs on a mesh")
     mutate.add_argument("--suite", action="append", default=[], metavar="PATH",

@@ -194,6 +194,10 @@ def test_run_options_come_from_the_shared_table_in_both_spellings(capsys: pytest
         assert " ".join(option.help.split()) in help_text
     args = parser.parse_args(["run", "--abtest-mesh", "kind", "--alpha", "0.01", "--abtest-keep-cluster"])
     assert (args.mesh, args.alpha, args.keep_cluster, args.workloads) == ("kind", 0.01, True, "process")
+    # --stage is the plugin's --abtest-stage too (a pytest-only option, not in the table).
+    for command in ("run", "mutate"):
+        args = parser.parse_args([command, "--abtest-stage", "Blue_50", "--stage", "Blue_0"])
+        assert args.stage == ["Blue_50", "Blue_0"]
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["run", "--alpha", "seven"])
     assert info.value.code == 2
