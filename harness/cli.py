@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_to_argparse(mutate, ["spec", "workloads", "alpha", "beta", "delta", "artifacts-dir", "base-image"])
     mutate.add_argument("--plan", type=Path, default=None, help=argparse.SUPPRESS)
     mutate.add_argument("--stage", "--abtest-stage", action="append", default=[],
-                     help="only these stages (repeatable; default all)")
+                        help="only these stages (repeatable; default all)")
     mutate.add_argument("--offline", action="store_true",
                         help="the offline checks only (validate, oracle, images); nothing runs on a mesh")
     mutate.add_argument("--suite", action="append", default=[], metavar="PATH",
