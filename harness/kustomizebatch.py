@@ -51,22 +51,17 @@ def find() -> str | None:
     return None
 
 
-def _version(tool: str, command: Sequence[str], read: str) -> str:
-    def run() -> str:
-        done = proc.run([tool, *command], timeout=30.0)
-        return done.stdout
-
-    text = rendercache.cached_output(tool, list(command), lambda: [], run)
-    if read == "json":
-        return str(json.loads(text).get("kustomizeVersion", ""))
-    return text.strip().removeprefix("kustomize ").strip()
+def _output(tool: str, *command: str) -> str:
+    """A version command's output, cached by the binary's identity (it is the same until the binary changes)."""
+    return rendercache.cached_output(tool, list(command), lambda: [],
+                                     lambda: proc.run([tool, *command], timeout=30.0).stdout)
 
 
 def usable(batch: str, kubectl: str) -> bool:
     """Whether `batch` embeds the kustomize release `kubectl` does (so their outputs are the same)."""
     try:
-        ours = _version(batch, ["-version"], "text")
-        theirs = _version(kubectl, ["version", "--client", "-o", "json"], "json")
+        ours = _output(batch, "-version").strip().removeprefix("kustomize ").strip()
+        theirs = str(json.loads(_output(kubectl, "version", "--client", "-o", "json")).get("kustomizeVersion", ""))
     except (HarnessError, OSError, ValueError) as exc:
         log.info("kustomize batch: not used (%s)", exc)
         return False

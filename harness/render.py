@@ -419,7 +419,8 @@ def _prefetch_kustomize(paths: Sequence[Path]) -> dict[Path, tuple[str, str]]:
 
     Only with two or more to render and a batch binary that embeds kubectl's kustomize
     (:mod:`abtest_harness.kustomizebatch`); each output comes with the key its inputs had
-    before the batch ran, and is dropped if they changed while it ran.
+    before the batch ran, which `_run_kustomize` compares with the key they have when it is
+    used (a directory changed since is rendered again).
     """
     from abtest_harness import kustomizebatch
 
@@ -439,9 +440,7 @@ def _prefetch_kustomize(paths: Sequence[Path]) -> dict[Path, tuple[str, str]]:
             keys[path] = key
     if len(keys) < 2 or not kustomizebatch.usable(batch, kubectl):
         return {}
-    rendered = kustomizebatch.render_dirs(batch, list(keys))
-    return {path: (keys[path], text) for path, text in rendered.items()
-            if _kustomize_key(kubectl, path) == keys[path]}
+    return {path: (keys[path], text) for path, text in kustomizebatch.render_dirs(batch, list(keys)).items()}
 
 
 def _run_helm(chart: HelmChart, namespace: str | None) -> str:
