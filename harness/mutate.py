@@ -744,8 +744,8 @@ class MeshRunCheck:
 class SuiteCheck:
     """Run a pytest rollout suite on a mutant: the user's own tests, through the plugin.
 
-    Each call writes a spec whose stages are plain YAML files (:func:`abtest_harness.spec.with_files`):
-    every stage's objects as rendered, the mutant's stage replaced by the mutant. It then runs
+    Each call writes a spec whose one stage is the mutant's, its objects a plain YAML file
+    (:func:`abtest_harness.spec.with_files`; the baseline writes every stage as rendered). It then runs
     ``python -m pytest <suite> --abtest-spec <that spec> --abtest-stage <the mutant's stage>``
     in its own process (its own mesh, torn down by the plugin), in the current directory so
     the suite's conftest.py and settings apply. Exit 1 (a test failed or errored) catches the
@@ -788,7 +788,8 @@ class SuiteCheck:
 
         from abtest_harness.spec import with_files
 
-        # Only the stages being mutated: the suite runs with --abtest-stage, so it deploys no other.
+        # Only the stages given (a mutant's one): the suite runs with --abtest-stage, so it
+        # deploys no other, and a test that deploys another stage skips before reading the spec.
         spec = dataclasses.replace(self.spec, stages=tuple(s for s in self.spec.stages if s.name in objects))
         with tempfile.TemporaryDirectory(prefix="abtest-suite-") as tmp:
             files = {}
@@ -844,7 +845,7 @@ class SuiteCheck:
                                f"(exit {code}): {_first_failure(output)}; fix that before mutating")
 
     def __call__(self, check: StageCheck, mutant: Mutant) -> str | None:
-        code, output = self._run({**self.objects, mutant.stage: mutant.objects}, [mutant.stage])
+        code, output = self._run({mutant.stage: mutant.objects}, [mutant.stage])
         if code == 0:
             return None
         if code == 5:
