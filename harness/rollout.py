@@ -84,12 +84,7 @@ class StageResult:
 
     @property
     def passed(self) -> bool:
-        return (
-            bool(self.classes)
-            and all(c.passed for c in self.classes)
-            and not self.wrong_answers
-            and not self.manifest_mismatches
-        )
+        return not self.failures
 
     @property
     def failures(self) -> list[str]:
